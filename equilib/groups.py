@@ -1,0 +1,422 @@
+"""Groups acting on images and feature maps, and a numerical test of equivariance.
+
+An image is a tensor ``x: (..., H, W)``; a feature map with a group axis is ``x: (..., |G|, H, W)``.
+Every group here is finite (SO(2) is represented by a grid of angles) so that an equivariance
+test can visit every element.
+
+Conventions
+-----------
+* ``compose(a, b)`` is "first b, then a": ``act(compose(a, b), x) == act(a, act(b, x))``.
+* Rotation by ``k`` steps of C_N turns the image counter-clockwise by ``2*pi*k/N``, matching
+  ``torch.rot90(x, k, dims=(-2, -1))`` for quarter turns.
+* On a feature map with a group axis the *regular representation* acts:
+  ``(g.f)[g h] = g.(f[h])``: the spatial part is transformed and the group axis permuted.
+
+Rotations by multiples of 90 degrees are exact permutations of pixels. Any other angle needs
+interpolation on the pixel grid: a bilinear rotation is a low-pass filter that also cuts the
+corners of the image, so rotating by ``theta`` and back does not return the input. Chapter 01
+measures that error; ``rotation_roundtrip_error`` computes it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "Group",
+    "CyclicShifts",
+    "Rotations",
+    "Dihedral",
+    "SO2Grid",
+    "Trivial",
+    "rotate",
+    "shift",
+    "flip",
+    "rotation_roundtrip_error",
+    "equivariance_error",
+    "invariance_error",
+]
+
+
+def _check_image(x: torch.Tensor, square: bool = False, what: str = "x") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor of shape (..., H, W), got {type(x).__name__}")
+    if x.ndim < 2:
+        raise ValueError(f"{what} must have shape (..., H, W) with at least 2 dims, got {tuple(x.shape)}")
+    if square and x.shape[-1] != x.shape[-2]:
+        raise ValueError(
+            f"rotations need square images (..., H, H); got {what} of shape {tuple(x.shape)}"
+        )
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Cyclically shift images down by ``dy`` and right by ``dx`` pixels. ``x: (..., H, W)``."""
+    _check_image(x)
+    return torch.roll(x, shifts=(int(dy), int(dx)), dims=(-2, -1))
+
+
+def flip(x: torch.Tensor) -> torch.Tensor:
+    """Mirror images left-right (about the vertical axis). ``x: (..., H, W)``."""
+    _check_image(x)
+    return torch.flip(x, dims=(-1,))
+
+
+def rotate(x: torch.Tensor, angle: float | torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Rotate square images counter-clockwise by ``angle`` radians about their centre.
+
+    ``x: (..., H, H)`` -> same shape. Bilinear interpolation, zeros outside the image;
+    differentiable in ``x`` and in ``angle`` (a scalar or a tensor of shape ``x.shape[:-2]``'s
+    leading batch dimension ``(B,)`` for a per-image angle). Quarter turns agree with
+    ``torch.rot90`` up to float rounding.
+    """
+    _check_image(x, square=True)
+    lead = x.shape[:-2]
+    H, W = x.shape[-2:]
+    flat = x.reshape(-1, 1, H, W)
+    angle_t = torch.as_tensor(angle, dtype=x.dtype, device=x.device)
+    if angle_t.ndim == 0:
+        angle_t = angle_t.expand(flat.shape[0])
+    elif angle_t.ndim == 1 and len(lead) >= 1 and angle_t.shape[0] == lead[0]:
+        per = flat.shape[0] // lead[0]
+        angle_t = angle_t.repeat_interleave(per)
+    else:
+        raise ValueError(
+            f"angle must be a scalar or a 1-D tensor of length {lead[0] if lead else 1} "
+            f"(one per image), got shape {tuple(angle_t.shape)}"
+        )
+    c, s = torch.cos(angle_t), torch.sin(angle_t)
+    # affine_grid maps output coordinates (x right, y down) to input coordinates. A
+    # counter-clockwise turn of the picture samples the input at the clockwise-turned point.
+    zero = torch.zeros_like(c)
+    theta = torch.stack(
+        [torch.stack([c, -s, zero], -1), torch.stack([s, c, zero], -1)], dim=-2
+    )  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+    out = F.grid_sample(flat, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return out.reshape(x.shape)
+
+
+def _quarter_turns(angle: float) -> int | None:
+    """Number of quarter turns if ``angle`` is a multiple of pi/2 (to 1e-9), else None."""
+    q = angle / (math.pi / 2)
+    r = round(q)
+    return r % 4 if abs(q - r) < 1e-9 else None
+
+
+def rotate_exact_or_interp(x: torch.Tensor, angle: float) -> torch.Tensor:
+    """Rotate by ``angle`` radians: exact ``rot90`` for quarter turns, bilinear otherwise."""
+    _check_image(x, square=True)
+    q = _quarter_turns(float(angle))
+    if q is not None:
+        return torch.rot90(x, q, dims=(-2, -1))
+    return rotate(x, float(angle))
+
+
+def rotation_roundtrip_error(x: torch.Tensor, angle: float) -> float:
+    """Relative error of rotating by ``angle`` and back: |R(-a) R(a) x - x| / |x|.
+
+    Zero for quarter turns (exact permutations of pixels); positive for other angles, where
+    bilinear interpolation blurs the image and the corners leave the canvas.
+    """
+    back = rotate_exact_or_interp(rotate_exact_or_interp(x, angle), -angle)
+    return float((back - x).norm() / x.norm().clamp_min(1e-30))
+
+
+# --------------------------------------------------------------------------- groups
+
+
+class Group:
+    """A finite group acting on images ``(..., H, W)`` and on feature maps ``(..., |G|, H, W)``.
+
+    Subclasses define ``elements``, ``compose``, ``inverse`` and ``act``; the regular action on
+    feature maps (``act_fmap``) follows from those.
+    """
+
+    name = "group"
+
+    def __init__(self, elements: Sequence[Any]):
+        self._elements = list(elements)
+        if len(self._elements) < 1:
+            raise ValueError(f"{type(self).__name__} needs at least one element")
+        self._index = {g: i for i, g in enumerate(self._elements)}
+
+    @property
+    def elements(self) -> list:
+        """All elements, identity first."""
+        return list(self._elements)
+
+    @property
+    def identity(self) -> Any:
+        return self._elements[0]
+
+    @property
+    def order(self) -> int:
+        return len(self._elements)
+
+    def __len__(self) -> int:
+        return self.order
+
+    def __iter__(self):
+        return iter(self._elements)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(order={self.order})"
+
+    def index(self, g: Any) -> int:
+        """Position of element ``g`` in ``elements`` (and on a feature map's group axis)."""
+        self._check_element(g)
+        return self._index[g]
+
+    def _check_element(self, g: Any) -> None:
+        if g not in self._index:
+            raise ValueError(f"{g!r} is not an element of {self!r}; elements are {self._elements}")
+
+    def compose(self, a: Any, b: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def inverse(self, a: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def act(self, g: Any, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def permutation(self, g: Any) -> list[int]:
+        """Indices ``p`` with ``(g.f)[..., i, :, :] = g.(f[..., p[i], :, :])`` (regular rep).
+
+        ``(g.f)[g h] = g.(f[h])``, so the entry at ``i = index(g h)`` reads ``index(h)``, i.e.
+        ``p[i] = index(g^-1 elements[i])``.
+        """
+        g_inv = self.inverse(g)
+        return [self.index(self.compose(g_inv, h)) for h in self._elements]
+
+    def act_fmap(self, g: Any, x: torch.Tensor) -> torch.Tensor:
+        """Regular representation on a feature map ``x: (..., |G|, H, W)``."""
+        self._check_element(g)
+        if x.ndim < 3 or x.shape[-3] != self.order:
+            raise ValueError(
+                f"act_fmap expects a feature map (..., {self.order}, H, W) with a group axis of "
+                f"size |G|={self.order}; got shape {tuple(x.shape)}"
+            )
+        perm = torch.as_tensor(self.permutation(g), device=x.device)
+        return self.act(g, x.index_select(-3, perm))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> list:
+        """``n`` elements drawn uniformly with replacement."""
+        idx = torch.randint(self.order, (n,), generator=generator).tolist()
+        return [self._elements[i] for i in idx]
+
+
+class Trivial(Group):
+    """The one-element group: every function is equivariant to it."""
+
+    name = "trivial"
+
+    def __init__(self):
+        super().__init__([0])
+
+    def compose(self, a, b):
+        return 0
+
+    def inverse(self, a):
+        return 0
+
+    def act(self, g, x):
+        _check_image(x)
+        return x
+
+
+class CyclicShifts(Group):
+    """Cyclic translations of ``H x W`` images; elements ``(dy, dx)``, action ``torch.roll``.
+
+    The group Z_H x Z_W: exact on the pixel grid, the symmetry a circular convolution respects.
+    """
+
+    name = "shifts"
+
+    def __init__(self, H: int, W: int | None = None):
+        W = H if W is None else W
+        for n, v in (("H", H), ("W", W)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"CyclicShifts needs positive integer sizes, got {n}={v!r}")
+        self.H, self.W = H, W
+        super().__init__([(dy, dx) for dy in range(H) for dx in range(W)])
+
+    def compose(self, a, b):
+        return ((a[0] + b[0]) % self.H, (a[1] + b[1]) % self.W)
+
+    def inverse(self, a):
+        return ((-a[0]) % self.H, (-a[1]) % self.W)
+
+    def act(self, g, x):
+        self._check_element(g)
+        _check_image(x)
+        if x.shape[-2:] != (self.H, self.W):
+            raise ValueError(
+                f"{self!r} acts on images (..., {self.H}, {self.W}); got shape {tuple(x.shape)}"
+            )
+        return shift(x, g[0], g[1])
+
+    def act_fmap(self, g, x):
+        """Translations act on every channel alike; there is no group axis to permute."""
+        return self.act(g, x)
+
+    def __repr__(self) -> str:
+        return f"CyclicShifts(H={self.H}, W={self.W})"
+
+
+class Rotations(Group):
+    """C_N: rotations by multiples of ``2*pi/N``; element ``k`` turns by ``2*pi*k/N``.
+
+    Exact (``rot90``) when ``k*360/N`` is a multiple of 90 degrees, bilinear otherwise.
+    """
+
+    name = "rotations"
+
+    def __init__(self, N: int):
+        if not isinstance(N, int) or N < 1:
+            raise ValueError(f"the order N of C_N must be a positive integer, got {N!r}")
+        self.N = N
+        super().__init__(list(range(N)))
+
+    def angle(self, k: int) -> float:
+        """The rotation angle of element ``k`` in radians."""
+        self._check_element(k)
+        return 2 * math.pi * k / self.N
+
+    def is_exact(self, k: int) -> bool:
+        """Whether element ``k`` acts by an exact permutation of pixels."""
+        return (4 * k) % self.N == 0
+
+    def compose(self, a, b):
+        return (a + b) % self.N
+
+    def inverse(self, a):
+        return (-a) % self.N
+
+    def act(self, g, x):
+        self._check_element(g)
+        _check_image(x, square=True)
+        if self.is_exact(g):
+            return torch.rot90(x, (4 * g) // self.N, dims=(-2, -1))
+        return rotate(x, self.angle(g))
+
+    def act_fmap(self, g, x):
+        self._check_element(g)
+        if x.ndim < 3 or x.shape[-3] != self.N:
+            raise ValueError(
+                f"act_fmap expects a feature map (..., {self.N}, H, W); got shape {tuple(x.shape)}"
+            )
+        return self.act(g, torch.roll(x, shifts=g, dims=-3))
+
+    def __repr__(self) -> str:
+        return f"Rotations(N={self.N})"
+
+
+class SO2Grid(Rotations):
+    """SO(2) discretised on ``n`` equally spaced angles (C_n, used as a grid over SO(2))."""
+
+    name = "so2"
+
+    def __repr__(self) -> str:
+        return f"SO2Grid(n={self.N})"
+
+
+class Dihedral(Group):
+    """D_N: N rotations and N reflections; element ``(k, f)`` = first flip if f, then rotate k.
+
+    ``(k1, f1)(k2, f2) = (k1 + (-1)^f1 k2, f1 xor f2)`` since a flip reverses rotations.
+    """
+
+    name = "dihedral"
+
+    def __init__(self, N: int):
+        if not isinstance(N, int) or N < 1:
+            raise ValueError(f"the order N of D_N must be a positive integer, got {N!r}")
+        self.N = N
+        self._rot = Rotations(N)
+        super().__init__([(k, f) for f in (0, 1) for k in range(N)])
+
+    def compose(self, a, b):
+        (k1, f1), (k2, f2) = a, b
+        return ((k1 + (-1) ** f1 * k2) % self.N, f1 ^ f2)
+
+    def inverse(self, a):
+        k, f = a
+        return ((-k) % self.N, 0) if f == 0 else (k, 1)
+
+    def act(self, g, x):
+        self._check_element(g)
+        _check_image(x, square=True)
+        k, f = g
+        return self._rot.act(k, flip(x) if f else x)
+
+    def __repr__(self) -> str:
+        return f"Dihedral(N={self.N})"
+
+
+# --------------------------------------------------------------------------- equivariance
+
+
+Action = Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+def _resolve_action(action: Action | str | None, group: Group, default: Action) -> Action:
+    if action is None:
+        return default
+    if callable(action):
+        return action
+    table = {
+        "invariant": lambda g, y: y,
+        "trivial": lambda g, y: y,
+        "image": group.act,
+        "fmap": group.act_fmap,
+    }
+    if action not in table:
+        raise ValueError(f"unknown action {action!r}; expected a callable or one of {sorted(table)}")
+    return table[action]
+
+
+@torch.no_grad()
+def equivariance_error(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    group: Group,
+    x: torch.Tensor,
+    in_action: Action | str | None = None,
+    out_action: Action | str | None = None,
+    elements: Iterable[Any] | None = None,
+) -> float:
+    """Largest relative equivariance error ``max_g |f(g.x) - g.f(x)| / |f(x)|``.
+
+    ``f`` maps a batch to a batch; ``in_action`` and ``out_action`` default to ``group.act``
+    (pass ``"fmap"`` for outputs with a group axis, ``"invariant"`` to test invariance, or any
+    callable ``(g, y) -> y'``). ``elements`` restricts the test to some elements (all by default).
+    Norms are taken over the whole batch; 0 means exactly equivariant.
+    """
+    if not isinstance(group, Group):
+        raise TypeError(f"group must be an equilib.groups.Group, got {type(group).__name__}")
+    act_in = _resolve_action(in_action, group, group.act)
+    act_out = _resolve_action(out_action, group, group.act)
+    fx = f(x)
+    scale = fx.norm()
+    if not torch.isfinite(scale):
+        raise ValueError("f(x) contains NaN or inf; cannot measure equivariance")
+    if scale == 0:
+        scale = torch.ones_like(scale)
+    worst = 0.0
+    for g in group.elements if elements is None else elements:
+        err = (f(act_in(g, x)) - act_out(g, fx)).norm() / scale
+        worst = max(worst, float(err))
+    return worst
+
+
+def invariance_error(f, group: Group, x: torch.Tensor, in_action=None, elements=None) -> float:
+    """Largest relative invariance error ``max_g |f(g.x) - f(x)| / |f(x)|``."""
+    return equivariance_error(f, group, x, in_action, "invariant", elements)
