@@ -1,0 +1,423 @@
+"""Training loop: MAP, and online marginal-likelihood learning of per-tensor prior precisions.
+
+One function, :func:`fit`, trains a classifier either
+
+* by **MAP**: minimise ``mean CE + 1/2 sum_l delta_l |theta_l|^2 / N`` with the prior precisions
+  ``delta`` held fixed (the prior acts as a per-tensor weight decay), or
+* by **marginal likelihood** (Immer et al. 2021, Algorithm 1): the same MAP steps, and every
+  ``marglik_every`` epochs after ``burn_in`` epochs, refit the Kronecker-factored Laplace
+  approximation at the current weights and take ``hyper_steps`` Adam steps on ``log delta`` of
+  ``-log p(D | delta) / N`` with the curvature held fixed.
+
+It records a :class:`History` (losses, accuracies, log marginal likelihood and every per-tensor
+prior precision over time), shows a tqdm bar that works in a terminal and in a notebook, and writes
+checkpoints atomically (temporary file, then rename) from which a run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+OBJECTIVES = ("map", "marglik")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+CHECKPOINT_FORMAT = "equilib.train/1"
+
+
+@dataclass
+class History:
+    """What a run recorded, one entry per finished epoch.
+
+    ``prior_precision[e][l]`` is the precision of tensor ``param_names[l]`` at the end of epoch
+    ``epoch[e]``; ``log_marglik[e]`` is the log marginal likelihood after that epoch's
+    hyperparameter steps (NaN on epochs without a curvature refit); ``seconds[e]`` is the wall
+    time spent training up to the end of that epoch (summed over resumed runs).
+    """
+
+    param_names: list[str]
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    log_marglik: list[float] = field(default_factory=list)
+    prior_precision: list[list[float]] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """A plain dict of lists (what the checkpoint stores)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> History:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{k: list(v) for k, v in d.items()})
+
+    def precision_of(self, name: str) -> list[float]:
+        """The precision of one tensor over the epochs: a list of length ``len(self.epoch)``."""
+        if name not in self.param_names:
+            raise KeyError(f"{name!r} is not a parameter of this run; known: {self.param_names}")
+        i = self.param_names.index(name)
+        return [p[i] for p in self.prior_precision]
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The trainable ``(name, parameter)`` pairs in ``model.named_parameters()`` order."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def expand_prior_precision(prior_precision, n_tensors: int) -> torch.Tensor:
+    """A scalar or per-tensor precision as a float64 vector of length ``n_tensors`` (all > 0)."""
+    delta = torch.as_tensor(prior_precision, dtype=torch.float64).detach().clone().flatten()
+    if delta.numel() == 1:
+        delta = delta.expand(n_tensors).clone()
+    if delta.numel() != n_tensors:
+        raise ValueError(
+            f"prior_precision must be a scalar or have one value per trainable parameter tensor "
+            f"({n_tensors}), got {delta.numel()} values"
+        )
+    if not bool(torch.all(torch.isfinite(delta) & (delta > 0))):
+        raise ValueError(f"prior_precision must be finite and > 0, got {delta.tolist()}")
+    return delta
+
+
+def prior_penalty(params: list[torch.Tensor], delta: torch.Tensor, n_data: int) -> torch.Tensor:
+    """The MAP prior term ``1/2 sum_l delta_l |theta_l|^2 / N`` (``delta`` treated as constant)."""
+    sq = torch.stack([p.pow(2).sum() for p in params])
+    return 0.5 * (sq * delta.detach().to(sq.dtype)).sum() / n_data
+
+
+def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
+    """Cosine annealing from ``lr`` at step 0 to ``lr_min`` at step ``total``."""
+    t = min(step, total) / max(total, 1)
+    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * t))
+
+
+def evaluate(model: nn.Module, loader, device=None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``loader`` (batches of ``(x, y)``)."""
+    device = _model_device(model) if device is None else torch.device(device)
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            loss += F.cross_entropy(out, y, reduction="sum").double()
+            correct += (out.argmax(-1) == y).sum()
+            n += y.shape[0]
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate() got an empty loader")
+    return loss.item() / n, correct.item() / n
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _n_data(loader) -> int:
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        n = sum(int(y.shape[0]) for _, y in loader)
+        if n == 0:
+            raise ValueError("the training loader is empty") from None
+        return n
+
+
+def _default_laplace(model: nn.Module, prior_precision: torch.Tensor):
+    from equilib.laplace import KronLaplace
+
+    return KronLaplace(model, likelihood="classification", prior_precision=prior_precision)
+
+
+def _loader_generators(loader) -> list[torch.Generator]:
+    """The torch Generators that decide a loader's shuffling (so a resume can restore them)."""
+    gens = []
+    for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        g = getattr(obj, "generator", None) if obj is not None else None
+        if isinstance(g, torch.Generator) and all(g is not h for h in gens):
+            gens.append(g)
+    inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+    g = getattr(inner, "generator", None)
+    if isinstance(g, torch.Generator) and all(g is not h for h in gens):
+        gens.append(g)
+    return gens
+
+
+def _rng_state(loader) -> dict:
+    state = {"torch": torch.get_rng_state(), "loader": [g.get_state() for g in _loader_generators(loader)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, loader) -> None:
+    torch.set_rng_state(state["torch"])
+    gens = _loader_generators(loader)
+    if len(gens) != len(state["loader"]):
+        raise ValueError(
+            "the checkpoint was written with a training loader of a different kind "
+            f"({len(state['loader'])} generators, this one has {len(gens)})"
+        )
+    for g, s in zip(gens, state["loader"]):
+        g.set_state(s)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Write ``state`` with torch.save to a temporary file beside ``path``, then rename it.
+
+    A crash mid-write leaves the previous checkpoint intact (the rename is atomic on POSIX).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint written by :func:`fit`; a clear ``ValueError`` if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r} to resume from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a damaged file
+        raise ValueError(
+            f"checkpoint {str(path)!r} is corrupted or not an equilib checkpoint "
+            f"({type(e).__name__}: {e})"
+        ) from e
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"checkpoint {str(path)!r} is not an equilib training checkpoint "
+            f"(expected format {CHECKPOINT_FORMAT!r})"
+        )
+    return state
+
+
+def fit(
+    model: nn.Module,
+    train_loader,
+    test_loader=None,
+    *,
+    objective: str = "map",
+    epochs: int,
+    lr: float = 1e-3,
+    lr_min: float = 0.0,
+    schedule: str = "cosine",
+    optimizer: str = "adam",
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+    prior_precision=1.0,
+    marglik_every: int = 5,
+    burn_in: int = 10,
+    hyper_steps: int = 20,
+    hyper_lr: float = 0.1,
+    laplace: Callable | None = None,
+    device=None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    seed: int = 0,
+    callback: Callable[[int, History, nn.Module], None] | None = None,
+) -> History:
+    """Train ``model`` on ``train_loader`` by MAP or by online marginal-likelihood learning.
+
+    x: (B, ...) batches from the loaders, y: (B,) class indices; ``model(x)``: (B, n_classes).
+    MAP step: minimise ``mean_i CE(f(x_i), y_i) + 1/2 sum_l delta_l |theta_l|^2 / N`` (+
+    ``extra_loss(model)``) with ``delta`` detached, learning rate cosine-annealed from ``lr`` to
+    ``lr_min`` over all steps. With ``objective="marglik"``, after every epoch ``e`` (1-based)
+    with ``e > burn_in`` and ``(e - burn_in) % marglik_every == 0`` (and after the last epoch),
+    ``laplace(model, delta)`` is fit on ``train_loader`` and ``hyper_steps`` Adam steps
+    (lr ``hyper_lr``, state kept across refits) minimise ``-log p(D | delta) / N`` over
+    ``log delta``. ``laplace`` defaults to ``equilib.laplace.KronLaplace`` for classification.
+
+    ``checkpoint``: a file written (atomically) after every epoch; with ``resume=True`` the run
+    continues from it exactly (same model, optimizers, precisions, history and random state) and
+    it must have been written by a run with the same settings and parameter shapes.
+    ``callback(epoch, history, model)`` is called after every epoch. Returns the :class:`History`.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVES)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {list(OPTIMIZERS)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; expected one of {list(SCHEDULES)}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    for name, value in (("marglik_every", marglik_every), ("hyper_steps", hyper_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(burn_in, bool) or not isinstance(burn_in, int) or burn_in < 0:
+        raise ValueError(f"burn_in must be a non-negative int, got {burn_in!r}")
+    if not (lr > 0 and hyper_lr > 0 and 0 <= lr_min <= lr):
+        raise ValueError(f"need lr > 0, hyper_lr > 0 and 0 <= lr_min <= lr; got {lr}, {hyper_lr}, {lr_min}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path")
+
+    device = _model_device(model) if device is None else torch.device(device)
+    model.to(device)
+    named = trainable_parameters(model)
+    if not named:
+        raise ValueError("the model has no trainable parameters")
+    names = [n for n, _ in named]
+    params = [p for _, p in named]
+    n_data = _n_data(train_loader)
+    laplace = _default_laplace if laplace is None else laplace
+
+    log_delta = expand_prior_precision(prior_precision, len(params)).log().to(device)
+    log_delta.requires_grad_(objective == "marglik")
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    hyper_opt = torch.optim.Adam([log_delta], lr=hyper_lr) if objective == "marglik" else None
+
+    settings = {
+        "params": [(n, list(p.shape)) for n, p in named],
+        "objective": objective, "epochs": epochs, "lr": lr, "lr_min": lr_min,
+        "schedule": schedule, "optimizer": optimizer, "marglik_every": marglik_every,
+        "burn_in": burn_in, "hyper_steps": hyper_steps, "hyper_lr": hyper_lr, "n_data": n_data,
+    }
+    history = History(param_names=names)
+    start_epoch = 0
+    if resume:
+        state = load_checkpoint(checkpoint)
+        if state["settings"] != settings:
+            diff = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+            raise ValueError(
+                f"checkpoint {str(checkpoint)!r} was written by a different run "
+                f"(these settings differ: {diff}); not resuming"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            log_delta.copy_(state["log_prior_precision"].to(device))
+        if hyper_opt is not None:
+            hyper_opt.load_state_dict(state["hyper_optimizer"])
+        history = History.from_dict(state["history"])
+        start_epoch = state["epoch"]
+        _set_rng_state(state["rng"], train_loader)
+    else:
+        torch.manual_seed(seed)
+
+    steps_per_epoch = max(len(train_loader), 1) if hasattr(train_loader, "__len__") else None
+    total_steps = epochs * steps_per_epoch if steps_per_epoch else None
+    step = start_epoch * (steps_per_epoch or 0)
+    elapsed = history.seconds[-1] if history.seconds else 0.0
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, initial=start_epoch, desc=f"{objective}", unit="epoch", leave=True)
+    try:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen = 0
+            delta = log_delta.detach().exp().to(params[0].dtype)
+            cur_lr = lr
+            for x, y in train_loader:
+                x, y = x.to(device), y.to(device)
+                if schedule == "cosine" and total_steps:
+                    cur_lr = cosine_lr(step, total_steps, lr, lr_min)
+                    for group in opt.param_groups:
+                        group["lr"] = cur_lr
+                out = model(x)
+                ce = F.cross_entropy(out, y)
+                loss = ce + prior_penalty(params, delta, n_data)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                loss_sum += loss.detach().double() * y.shape[0]
+                correct += (out.detach().argmax(-1) == y).sum()
+                seen += y.shape[0]
+            if seen == 0:
+                raise ValueError("the training loader yielded no batches")
+
+            log_ml = float("nan")
+            refit = epoch > burn_in and ((epoch - burn_in) % marglik_every == 0 or epoch == epochs)
+            if objective == "marglik" and refit:
+                log_ml = _marglik_update(model, train_loader, log_delta, hyper_opt, hyper_steps,
+                                         n_data, laplace)
+            test_acc = evaluate(model, test_loader, device)[1] if test_loader is not None else float("nan")
+            elapsed += time.perf_counter() - t0
+
+            history.epoch.append(epoch)
+            history.train_loss.append(loss_sum.item() / seen)
+            history.train_acc.append(correct.item() / seen)
+            history.test_acc.append(test_acc)
+            history.log_marglik.append(log_ml)
+            history.prior_precision.append(log_delta.detach().exp().cpu().tolist())
+            history.lr.append(cur_lr)
+            history.seconds.append(elapsed)
+
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, {
+                    "format": CHECKPOINT_FORMAT, "settings": settings, "epoch": epoch,
+                    "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "log_prior_precision": log_delta.detach().cpu(),
+                    "hyper_optimizer": hyper_opt.state_dict() if hyper_opt is not None else None,
+                    "history": history.to_dict(), "rng": _rng_state(train_loader),
+                })
+            if bar is not None:
+                post = {"loss": f"{history.train_loss[-1]:.3f}", "acc": f"{history.train_acc[-1]:.3f}"}
+                if test_loader is not None:
+                    post["test"] = f"{test_acc:.3f}"
+                if not math.isnan(log_ml):
+                    post["logml/N"] = f"{log_ml / n_data:.3f}"
+                bar.set_postfix(post, refresh=False)
+                bar.update(1)
+            if callback is not None:
+                callback(epoch, history, model)
+    finally:
+        if bar is not None:
+            bar.close()
+    return history
+
+
+def _marglik_update(model, train_loader, log_delta, hyper_opt, hyper_steps, n_data, laplace) -> float:
+    """Refit the curvature at the current weights, then Adam steps on log delta; returns log p(D|delta)."""
+    was_training = model.training
+    model.eval()
+    la = laplace(model, log_delta.detach().exp())
+    la.fit(train_loader)
+    for _ in range(hyper_steps):
+        hyper_opt.zero_grad(set_to_none=True)
+        nlml = -la.log_marginal_likelihood(prior_precision=log_delta.exp()) / n_data
+        nlml.backward()
+        hyper_opt.step()
+    with torch.no_grad():
+        log_ml = float(la.log_marginal_likelihood(prior_precision=log_delta.exp()))
+    for p in model.parameters():
+        p.grad = None
+    model.train(was_training)
+    return log_ml
