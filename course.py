@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""The course's single entry point: set up, open the book, run the tests, grade exercises.
+
+    python3 course.py lab            # set up .venv if needed, then JupyterLab on the book
+    python3 course.py test           # set up .venv if needed, then every test and chapter
+    python3 course.py check 01       # grade your own exercises of chapter 01
+    python3 course.py students       # regenerate the student copies of the exercises
+    python3 course.py bench          # run the benchmarks
+    python3 course.py html           # build the static HTML edition under build/html
+    python3 course.py browser        # open a chapter in JupyterLab in a headless browser
+
+Only the standard library is used here, so this file runs with any Python 3.10+ before the
+virtual environment exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BOOK = ROOT / "book"
+EXERCISES = ROOT / "exercises"
+WORKSPACE = BOOK / "my-exercises"
+TORCH_PIN = "torch==2.13.0"
+STAMP = VENV / ".equilib-setup"
+
+
+def venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def say(msg: str) -> None:
+    print(f"[course] {msg}", flush=True)
+
+
+def run(cmd: list, env: dict | None = None, check: bool = True) -> int:
+    say("$ " + " ".join(str(c) for c in cmd))
+    merged = {**os.environ, **(env or {})}
+    code = subprocess.call([str(c) for c in cmd], cwd=ROOT, env=merged)
+    if check and code != 0:
+        sys.exit(code)
+    return code
+
+
+def setup_fingerprint() -> str:
+    """What the environment was built from: a change re-runs the install."""
+    h = hashlib.sha256()
+    h.update((ROOT / "pyproject.toml").read_bytes())
+    h.update(TORCH_PIN.encode())
+    h.update(sys.version.encode())
+    return h.hexdigest()
+
+
+def setup(force: bool = False) -> Path:
+    """Create ``.venv`` (torch pinned first, then the package with its dev extra) if needed."""
+    py = venv_python()
+    fingerprint = setup_fingerprint()
+    if not force and py.exists() and STAMP.exists() and STAMP.read_text() == fingerprint:
+        say(f"environment up to date ({VENV})")
+        return py
+    if not py.exists():
+        say(f"creating the virtual environment {VENV}")
+        run([sys.executable, "-m", "venv", VENV])
+    pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
+    # torch first, pinned, and pinned again below so no dependency can pull another build.
+    run(pip + [TORCH_PIN])
+    run(pip + [TORCH_PIN, "-e", ".[dev]"])
+    STAMP.write_text(fingerprint)
+    say("environment ready")
+    return py
+
+
+def chapters() -> list[Path]:
+    return sorted(p for p in BOOK.glob("[0-9][0-9]-*.md"))
+
+
+def notebooks(py: Path, sync: bool = True) -> list[Path]:
+    """Pair every chapter with its notebook.
+
+    ``sync=True`` (for reading) lets the newer of the two files win, so edits saved in JupyterLab
+    are kept; ``sync=False`` (for testing) regenerates every notebook from its Markdown, which is
+    the version under test.
+    """
+    mds = chapters()
+    if mds:
+        mode = ["--sync"] if sync else ["--to", "ipynb"]
+        run([py, "-m", "jupytext", *mode, "--quiet", *mds])
+    return [md.with_suffix(".ipynb") for md in mds]
+
+
+def students(py: Path, check: bool = False) -> None:
+    args = [py, ROOT / "tools" / "exercises.py"] + (["--check"] if check else [])
+    run(args)
+
+
+def workspace() -> None:
+    """Copy each student exercise into ``book/my-exercises`` unless the reader has one already."""
+    WORKSPACE.mkdir(exist_ok=True)
+    for src in sorted((EXERCISES / "student").glob("ex*.py")):
+        dst = WORKSPACE / src.name
+        if not dst.exists():
+            shutil.copy(src, dst)
+            say(f"new exercise file for you: {dst.relative_to(ROOT)}")
+
+
+def cmd_lab(args) -> None:
+    py = setup()
+    notebooks(py)
+    workspace()
+    cmd = [
+        py, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={args.port}",
+        f"--ServerApp.root_dir={BOOK}",
+    ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    say(f"starting JupyterLab: open the http://127.0.0.1:{args.port}/lab?token=... URL printed below")
+    os.chdir(ROOT)
+    os.execv(str(py), [str(c) for c in cmd])
+
+
+def cmd_test(args) -> None:
+    py = setup()
+    nbs = [] if args.no_book else notebooks(py, sync=False)
+    env = {"EQUILIB_FAST": "1", "MPLBACKEND": "Agg", "PYTHONHASHSEED": "0"}
+    workers = args.workers or str(min(os.cpu_count() or 1, 2))
+    cmd = [
+        py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", workers, "--dist", "loadscope",
+        "--nbval-lax", "--durations=15", "tests", "exercises/tests", *nbs, *args.pytest_args,
+    ]
+    run(cmd, env=env)
+
+
+def cmd_check(args) -> None:
+    py = setup()
+    workspace()
+    chapter = f"{int(args.chapter):02d}"
+    tests = sorted((EXERCISES / "tests").glob(f"test_ex{chapter}_*.py"))
+    if not tests:
+        valid = sorted({p.name[7:9] for p in (EXERCISES / "tests").glob("test_ex*_*.py")})
+        sys.exit(f"no exercises for chapter {chapter}; chapters with exercises: {', '.join(valid)}")
+    folder = Path(args.dir).resolve() if args.dir else WORKSPACE
+    say(f"grading your work in {folder}")
+    env = {"EQUILIB_EXERCISES_DIR": str(folder), "EQUILIB_FAST": "1", "MPLBACKEND": "Agg"}
+    code = run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], env=env, check=False)
+    say("all exercises pass, well done" if code == 0 else "some exercises are not done yet (see above)")
+    sys.exit(code)
+
+
+def cmd_students(args) -> None:
+    students(Path(sys.executable), check=args.check)  # standard library only: no set-up needed
+
+
+def cmd_bench(args) -> None:
+    py = setup()
+    for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+        run([py, script])
+
+
+def cmd_html(args) -> None:
+    py = setup()
+    notebooks(py, sync=False)
+    run([py, ROOT / "tools" / "build_html.py", *args.rest])
+
+
+def cmd_browser(args) -> None:
+    py = setup()
+    notebooks(py, sync=False)
+    run([py, ROOT / "tools" / "browser_test.py", *args.rest])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("setup", help="create or update .venv")
+    p.add_argument("--force", action="store_true", help="reinstall even if up to date")
+    p.set_defaults(func=lambda a: setup(force=a.force))
+
+    p = sub.add_parser("lab", help="set up, then start JupyterLab on the book")
+    p.add_argument("--port", type=int, default=8888)
+    p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("test", help="set up, then run every test and execute every chapter (FAST)")
+    p.add_argument("--no-book", action="store_true", help="skip executing the chapters")
+    p.add_argument("--workers", default=None, help="pytest-xdist workers (default: up to 2)")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra arguments for pytest")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("check", help="grade your exercises of one chapter, e.g. 'check 01'")
+    p.add_argument("chapter", help="chapter number, e.g. 01")
+    p.add_argument("--dir", default=None, help="folder with your exercise files (book/my-exercises)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("students", help="regenerate the student copies of the exercises")
+    p.add_argument("--check", action="store_true", help="only check that they are up to date")
+    p.set_defaults(func=cmd_students)
+
+    p = sub.add_parser("bench", help="run the benchmarks")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("html", help="build the static HTML edition under build/html")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_html)
+
+    p = sub.add_parser("browser", help="run the real-browser test of the course")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_browser)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

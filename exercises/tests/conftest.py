@@ -1,0 +1,41 @@
+"""The ``exercise`` fixture: import an exercise module, the solutions or the reader's copy.
+
+By default the solutions in ``exercises/`` are graded (that is what the test suite checks).
+``python3 course.py check NN`` sets ``EQUILIB_EXERCISES_DIR`` to the reader's folder
+(``book/my-exercises``), so the same tests grade the reader's work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+SOLUTIONS = Path(__file__).resolve().parent.parent
+
+
+def exercise_dir() -> Path:
+    return Path(os.environ.get("EQUILIB_EXERCISES_DIR", SOLUTIONS))
+
+
+def load_exercise(name: str, folder: Path | None = None):
+    """Import ``<folder>/<name>.py`` as a fresh module (cells run top to bottom)."""
+    folder = exercise_dir() if folder is None else Path(folder)
+    path = folder / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"exercise file {path} not found; run `python3 course.py lab` or "
+            f"`python3 course.py check NN` to create your copy from exercises/student/"
+        )
+    spec = importlib.util.spec_from_file_location(f"exercise_{name}_{abs(hash(str(folder)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def exercise():
+    """``exercise("ex01_groups")`` returns that exercise module."""
+    return load_exercise
