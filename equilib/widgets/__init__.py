@@ -1,0 +1,1 @@
+"""Interactive ipywidgets explorers for the book; each topic file imports ipywidgets inside."""
