@@ -1,0 +1,169 @@
+"""The model zoo of the book: ``build(name, in_shape, n_classes, width)``.
+
+Every model is ``blocks`` (an ``nn.ModuleList`` of ``equilib.nn.SoftBlock``), a global pooling
+(mean over space, and max over the rotation axis for ``gconv-c4``) and a small MLP ``head``.
+Blocks stride by ``(2, 2, 1, 1, ...)`` with shift-equivariant (polyphase) striding, biases start
+at zero and there is no BatchNorm. Because of the global spatial pooling, a model whose blocks are
+all equivariant to cyclic shifts is *invariant* to them (up to the polyphase phase), so a pure
+CONV model cannot tell in which quadrant a digit sits, while an FC path can encode position.
+
+Names (``MODEL_NAMES``) and the paths of each block:
+
+========================  ==========================================================
+``conv``                  ``conv`` (3x3 circular conv)
+``fc``                    ``fc`` (dense FC between images)
+``fc+conv``               ``fc`` + ``conv`` (residual pathway prior model)
+``f-fc`` / ``f-fc+conv``  ``fc`` as a factored FC (``FactoredLinear``) [+ ``conv``]
+``s-conv``                ``conv`` as a sparsified conv (5x5 filters from 3x3 anchors)
+``s-fc``                  ``fc`` as a sparsified factored FC (about half the anchors per axis)
+``s-fc+s-conv``           both sparsified
+``gconv-c4``              ``gconv``: C4 lifting conv, then C4 group convs (group feature maps)
+``fc+conv+gconv``         three paths; ``gconv`` lifts to C4 and max-pools over rotations
+``f-fc+conv+gconv``       the same with a factored FC path
+========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import nn
+
+from equilib.nn.blocks import SoftBlock, make_path
+from equilib.nn.linear import check_shape
+
+__all__ = ["MODEL_NAMES", "SoftNet", "build", "path_of", "path_norms", "default_strides"]
+
+#: model name -> path kinds of every block (block path name is given by equilib.nn.PATH_KINDS)
+_SPECS: dict[str, tuple[str, ...]] = {
+    "conv": ("conv",),
+    "fc": ("fc",),
+    "fc+conv": ("fc", "conv"),
+    "f-fc": ("f-fc",),
+    "f-fc+conv": ("f-fc", "conv"),
+    "s-conv": ("s-conv",),
+    "s-fc": ("s-fc",),
+    "s-fc+s-conv": ("s-fc", "s-conv"),
+    "gconv-c4": ("gconv-c4",),
+    "fc+conv+gconv": ("fc", "conv", "gconv"),
+    "f-fc+conv+gconv": ("f-fc", "conv", "gconv"),
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_SPECS)
+
+_PATH_RE = re.compile(r"(?:^|\.)blocks\.(\d+)\.paths\.([^.]+)\.")
+
+
+def default_strides(depth: int) -> tuple[int, ...]:
+    """Strides of the blocks: 2 for the first two, 1 after (``(2, 2, 1)`` for depth 3)."""
+    return tuple(2 if i < 2 else 1 for i in range(depth))
+
+
+class SoftNet(nn.Module):
+    """Blocks of summed paths, a global pooling and an MLP head: ``(B, C, H, W) -> (B, classes)``.
+
+    Attributes: ``blocks`` (``nn.ModuleList`` of ``SoftBlock``), ``head`` (``nn.Sequential``),
+    ``name``, ``in_shape``, ``strides``, ``group_order`` (4 for ``gconv-c4``, else 1).
+    """
+
+    def __init__(self, name: str, in_shape: tuple[int, int, int], blocks: list[SoftBlock],
+                 head: nn.Module, strides: tuple[int, ...], group_order: int = 1):
+        super().__init__()
+        self.name, self.in_shape, self.strides = name, in_shape, strides
+        self.group_order = group_order
+        self.blocks = nn.ModuleList(blocks)
+        self.head = head
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's output: ``(B, width, H/S, W/S)`` (``(B, width, 4, ...)`` for C4)."""
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != self.in_shape:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"model {self.name!r} expects input (B, "
+                             f"{', '.join(map(str, self.in_shape))}), got {got}")
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def pool(self, h: torch.Tensor) -> torch.Tensor:
+        """Global pooling: max over the group axis (if any), mean over space -> ``(B, width)``."""
+        if self.group_order > 1:
+            h = h.amax(dim=2)
+        return h.mean(dim=(-2, -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)))
+
+
+def build(name: str, in_shape=(1, 16, 16), n_classes: int = 10, width: int = 8, *,
+          depth: int = 3, strides=None, kernel_size: int = 3, hidden: int = 64) -> SoftNet:
+    """Build the named model for inputs ``(B, C, H, W)`` with ``in_shape = (C, H, W)``.
+
+    ``width``: channels of every block (per rotation for ``gconv-c4``); ``depth`` blocks with
+    ``strides`` (default ``default_strides(depth)``; ``H`` and ``W`` must be divisible by their
+    product); ``head`` = Linear(width, hidden) -> ReLU -> Linear(hidden, n_classes).
+    Valid names: ``MODEL_NAMES``.
+    """
+    if name not in _SPECS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}")
+    C, H, W = check_shape(in_shape, "in_shape")
+    for arg, v in (("n_classes", n_classes), ("width", width), ("depth", depth),
+                   ("hidden", hidden)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{arg} must be a positive int, got {v!r}")
+    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd positive int (a filter with a centre and at "
+                         f"least one weight), got {kernel_size!r}")
+    strides = default_strides(depth) if strides is None else tuple(strides)
+    if len(strides) != depth or not all(isinstance(s, int) and s >= 1 for s in strides):
+        raise ValueError(f"strides must be {depth} positive ints (one per block), got {strides!r}")
+    total = math.prod(strides)
+    if H % total or W % total:
+        raise ValueError(f"input size {H}x{W} must be divisible by the total stride {total} "
+                         f"(strides {strides})")
+    kinds = _SPECS[name]
+    group = name == "gconv-c4"
+    if (group or "gconv" in kinds) and H != W:
+        raise ValueError(f"rotation models need square inputs, got {H}x{W}")
+    blocks = []
+    c, h, w = C, H, W
+    for i, s in enumerate(strides):
+        paths = {}
+        for kind in kinds:
+            if group:
+                k = "lift-c4" if i == 0 else "gconv-c4"
+                shape = (c, h, w) if i == 0 else (c, 4, h, w)
+                paths["gconv"] = make_path(k, shape, width, s, kernel_size)
+            else:
+                pname = {"f-fc": "fc", "s-fc": "fc", "s-conv": "conv"}.get(kind, kind)
+                paths[pname] = make_path(kind, (c, h, w), width, s, kernel_size)
+        blocks.append(SoftBlock(paths, stride=s))
+        c, h, w = width, h // s, w // s
+    head = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+    for m in head:
+        if isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+    return SoftNet(name, (C, H, W), blocks, head, strides, group_order=4 if group else 1)
+
+
+def path_of(param_name: str) -> tuple[int, str] | None:
+    """``(block_index, path_name)`` of a parameter name like ``blocks.1.paths.fc.u.weight``.
+
+    ``None`` for parameters outside the blocks' paths (e.g. the head).
+    """
+    m = _PATH_RE.search(param_name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+@torch.no_grad()
+def path_norms(model: nn.Module) -> list[dict[str, float]]:
+    """Per block, the Euclidean norm of every path's parameters (all its tensors together)."""
+    out: dict[int, dict[str, float]] = {}
+    for pname, p in model.named_parameters():
+        where = path_of(pname)
+        if where is None:
+            continue
+        b, path = where
+        out.setdefault(b, {}).setdefault(path, 0.0)
+        out[b][path] += float(p.pow(2).sum())
+    return [{k: math.sqrt(v) for k, v in out[b].items()} for b in sorted(out)]

@@ -1,0 +1,193 @@
+"""Convolutions on the torus and striding that keeps shift equivariance.
+
+A convolution with circular padding commutes exactly with cyclic shifts of its input; zero
+padding breaks this at the border. Striding (keeping every s-th pixel) breaks it too, because a
+one-pixel shift of the input changes *which* pixels are kept. Shift-equivariant striding picks
+the polyphase component (one of the ``s*s`` sub-grids ``x[..., i::s, j::s]``) with the largest
+norm (adaptive polyphase sampling, Chaman and Dokmanic 2021): a shifted input has the same
+components in a permuted order, so the same component is chosen and the output is a shifted
+copy of the unshifted output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = [
+    "conv2d",
+    "BasisConv2d",
+    "polyphase_components",
+    "PolyphaseDownsample",
+    "PlainDownsample",
+    "downsample",
+]
+
+
+def _check_kernel(kernel_size) -> int:
+    if not isinstance(kernel_size, int) or kernel_size < 1:
+        raise ValueError(
+            f"kernel_size must be a positive int (a k x k filter with k >= 1), got {kernel_size!r}"
+        )
+    return kernel_size
+
+
+def conv2d(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+           padding_mode: str = "circular", bias: bool = True) -> nn.Conv2d:
+    """A ``k x k`` ``nn.Conv2d`` with 'same' padding ``k // 2`` and a zero-initialised bias.
+
+    ``x: (B, C, H, W) -> (B, C', H/stride, W/stride)``. ``padding_mode``: ``"circular"`` (exact
+    shift equivariance for odd ``k``) or ``"zeros"`` (breaks it at the border).
+    """
+    k = _check_kernel(kernel_size)
+    if padding_mode not in ("circular", "zeros", "reflect", "replicate"):
+        raise ValueError(f"padding_mode must be 'circular' or 'zeros' (or reflect/replicate), "
+                         f"got {padding_mode!r}")
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be a positive int, got {stride!r}")
+    conv = nn.Conv2d(in_channels, out_channels, k, stride=stride, padding=k // 2,
+                     padding_mode=padding_mode, bias=bias)
+    if bias:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+class BasisConv2d(nn.Module):
+    """A convolution whose ``k x k`` filters are linear in a few coefficients: ``w = weight @ basis``.
+
+    ``weight: (C', C, M)``, fixed ``basis: (M, k*k)``; effective filter
+    ``(weight @ basis).view(C', C, k, k)``, 'same' padding ``k // 2`` in ``padding_mode``.
+    ``x: (B, C, H, W) -> (B, C', H/stride, W/stride)``. With an RBF basis this is the
+    sparsified convolution S-CONV (see ``equilib.nn.sparse``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 basis: torch.Tensor, bias: bool = True, stride: int = 1,
+                 padding_mode: str = "circular"):
+        super().__init__()
+        k = _check_kernel(kernel_size)
+        if not isinstance(basis, torch.Tensor) or basis.ndim != 2 or basis.shape[1] != k * k:
+            got = tuple(basis.shape) if isinstance(basis, torch.Tensor) else type(basis).__name__
+            raise ValueError(f"basis must be a tensor (M, k*k={k * k}), got {got}")
+        if basis.shape[0] < 1:
+            raise ValueError("basis must have at least one row (M >= 1): no parameters otherwise")
+        if padding_mode not in ("circular", "zeros"):
+            raise ValueError(f"padding_mode must be 'circular' or 'zeros', got {padding_mode!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = (k, k)
+        self.stride = (stride, stride)
+        self.padding = (k // 2, k // 2)
+        self.padding_mode = padding_mode
+        self.register_buffer("basis", basis.detach().clone().float())
+        m = basis.shape[0]
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, m))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        with torch.no_grad():  # effective filter entries of size ~ 1/sqrt(C k^2), like Kaiming
+            std = 1.0 / (in_channels * k * k) ** 0.5
+            target = torch.randn(out_channels * in_channels, k * k, dtype=torch.float64) * std
+            sol = torch.linalg.lstsq(self.basis.T.double(), target.T).solution  # (M, C'C)
+            self.weight.copy_(sol.T.reshape(out_channels, in_channels, m).float())
+
+    def filter(self) -> torch.Tensor:
+        """The effective filter ``(C', C, k, k)``."""
+        return (self.weight @ self.basis).view(self.out_channels, self.in_channels,
+                                               *self.kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"BasisConv2d expects input (B, {self.in_channels}, H, W), "
+                             f"got {tuple(x.shape)}")
+        p = self.padding[0]
+        if self.padding_mode == "circular" and p > 0:
+            x = nn.functional.pad(x, (p, p, p, p), mode="circular")
+            pad = 0
+        else:
+            pad = p
+        return nn.functional.conv2d(x, self.filter(), self.bias, stride=self.stride, padding=pad)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"basis=({self.basis.shape[0]}, {self.basis.shape[1]}), stride={self.stride}, "
+                f"padding_mode={self.padding_mode!r}")
+
+
+def _check_stride_input(x: torch.Tensor, stride: int) -> None:
+    if x.ndim < 3:
+        raise ValueError(f"downsampling expects (B, ..., H, W), got {tuple(x.shape)}")
+    H, W = x.shape[-2:]
+    if H % stride or W % stride:
+        raise ValueError(
+            f"spatial size {H}x{W} is not divisible by the stride {stride}; shift-equivariant "
+            f"striding needs H and W to be multiples of the stride"
+        )
+
+
+def polyphase_components(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """The ``s*s`` polyphase components of ``x: (B, ..., H, W)``: ``(B, s*s, ..., H/s, W/s)``.
+
+    Component ``i*s + j`` is ``x[..., i::s, j::s]``.
+    """
+    _check_stride_input(x, stride)
+    comps = [x[..., i::stride, j::stride] for i in range(stride) for j in range(stride)]
+    return torch.stack(comps, dim=1)
+
+
+class PolyphaseDownsample(nn.Module):
+    """Shift-equivariant striding: keep, per example, the polyphase component of largest norm.
+
+    ``x: (B, ..., H, W) -> (B, ..., H/s, W/s)``. The norm is taken over every non-batch axis
+    (all channels, and a group axis if there is one), so one phase is chosen per example and
+    applied to all its channels consistently. ``forward(x, phase=...)`` reuses a given phase
+    ``(B,)`` (e.g. the one chosen on the sum of several paths).
+    """
+
+    def __init__(self, stride: int):
+        super().__init__()
+        if not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"stride must be a positive int, got {stride!r}")
+        self.stride = stride
+
+    def choose_phase(self, x: torch.Tensor) -> torch.Tensor:
+        """Index ``(B,)`` of the largest-norm polyphase component of each example."""
+        comps = polyphase_components(x, self.stride)
+        return comps.flatten(2).pow(2).sum(2).argmax(dim=1)
+
+    def forward(self, x: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
+        if self.stride == 1:
+            _check_stride_input(x, 1)
+            return x
+        comps = polyphase_components(x, self.stride)
+        if phase is None:
+            phase = comps.detach().flatten(2).pow(2).sum(2).argmax(dim=1)
+        return comps[torch.arange(x.shape[0], device=x.device), phase]
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}"
+
+
+class PlainDownsample(nn.Module):
+    """Ordinary striding ``x[..., ::s, ::s]`` (not shift equivariant; for comparison).
+
+    ``x: (B, ..., H, W) -> (B, ..., H/s, W/s)``.
+    """
+
+    def __init__(self, stride: int):
+        super().__init__()
+        if not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"stride must be a positive int, got {stride!r}")
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
+        _check_stride_input(x, self.stride)
+        return x[..., :: self.stride, :: self.stride]
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}"
+
+
+def downsample(stride: int, mode: str = "polyphase") -> nn.Module:
+    """A striding module: ``mode="polyphase"`` (shift equivariant) or ``"plain"`` (``x[::s, ::s]``)."""
+    modes = {"polyphase": PolyphaseDownsample, "plain": PlainDownsample}
+    if mode not in modes:
+        raise ValueError(f"unknown striding mode {mode!r}; valid: {sorted(modes)}")
+    return modes[mode](stride)

@@ -1,0 +1,226 @@
+"""Unit tests of equilib.nn primitives against dense / loop oracles."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from equilib import nn as enn
+
+torch.manual_seed(0)
+
+
+def _dense_oracle(layer, in_shape):
+    """The matrix of a linear layer (bias removed) by pushing the identity basis through it."""
+    n = math.prod(in_shape)
+    eye = torch.eye(n).view(n, *in_shape)
+    zero = layer(torch.zeros(1, *in_shape))
+    return (layer(eye) - zero).reshape(n, -1).T  # (out, in)
+
+
+def test_grouped_linear_matches_loop_with_and_without_basis():
+    x = torch.randn(5, 3, 7)
+    for basis in (None, torch.randn(4, 7)):
+        layer = enn.GroupedLinear(3, 7, 2, basis=basis)
+        with torch.no_grad():
+            layer.bias.normal_()
+        W = layer.weight if basis is None else layer.weight @ basis
+        expect = torch.stack([x[:, g] @ W[g].T + layer.bias[g] for g in range(3)], dim=1)
+        torch.testing.assert_close(layer(x), expect, rtol=1e-5, atol=1e-5)
+        assert layer.weight.shape == (3, 2, 7 if basis is None else 4)
+
+
+def test_grouped_linear_rejects_bad_input():
+    layer = enn.GroupedLinear(3, 7, 2)
+    with pytest.raises(ValueError, match=r"\(\.\.\., G=3, in=7\)"):
+        layer(torch.randn(5, 7, 3))
+    with pytest.raises(ValueError, match="basis"):
+        enn.GroupedLinear(3, 7, 2, basis=torch.randn(4, 6))
+
+
+def test_image_linear_is_a_dense_map():
+    layer = enn.ImageLinear((2, 4, 4), (3, 2, 2))
+    x = torch.randn(6, 2, 4, 4)
+    W = layer.dense_weight().reshape(12, 32)
+    torch.testing.assert_close(layer(x).reshape(6, -1), x.reshape(6, -1) @ W.T + layer.linear.bias)
+    with pytest.raises(ValueError, match=r"\(B, 2, 4, 4\)"):
+        layer(torch.randn(6, 2, 4, 5))
+
+
+def test_factored_linear_equals_dense_rank_one_weight():
+    layer = enn.FactoredLinear((3, 4, 5), (2, 2, 3))
+    with torch.no_grad():
+        layer.v.bias.normal_()
+    U, V = layer.factors()
+    assert U.shape == (2, 3, 20) and V.shape == (2, 3, 6)
+    Wfull = torch.einsum("dcy,dcx->dycx", V, U).reshape(12, 60)  # oracle: materialised weight
+    x = torch.randn(7, 3, 4, 5)
+    expect = x.reshape(7, -1) @ Wfull.T + layer.v.bias.reshape(-1)
+    torch.testing.assert_close(layer(x).reshape(7, -1), expect, rtol=1e-5, atol=1e-5)
+    n_weights = layer.u.weight.numel() + layer.v.weight.numel()
+    assert n_weights == 2 * 3 * (20 + 6)  # C'C(X + Y)
+
+
+def test_sparse_factored_linear_dense_oracle_and_count():
+    layer = enn.SparseFactoredLinear((2, 6, 6), (3, 4, 4), anchors_in=3, anchors_out=(2, 2))
+    with torch.no_grad():
+        layer.v.bias.normal_()
+    W = _dense_oracle(layer, (2, 6, 6))
+    torch.testing.assert_close(W, layer.dense_weight().reshape(48, 72), rtol=1e-4, atol=1e-5)
+    assert layer.u.weight.numel() + layer.v.weight.numel() == 3 * 2 * (9 + 4)
+
+
+def test_conv2d_circular_is_cyclic_correlation():
+    conv = enn.conv2d(2, 3, 3)
+    x = torch.randn(2, 2, 6, 6)
+    # oracle: explicit sum over taps of rolled inputs (cross-correlation on the torus)
+    w = conv.weight
+    expect = torch.zeros(2, 3, 6, 6)
+    for i in range(3):
+        for j in range(3):
+            shifted = torch.roll(x, shifts=(-(i - 1), -(j - 1)), dims=(-2, -1))
+            expect += torch.einsum("dc,bchw->bdhw", w[:, :, i, j], shifted)
+    torch.testing.assert_close(conv(x), expect, rtol=1e-5, atol=1e-5)
+    assert torch.all(conv.bias == 0)
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.5])
+def test_conv2d_rejects_bad_kernel(k):
+    with pytest.raises(ValueError, match="kernel_size"):
+        enn.conv2d(1, 1, k)
+
+
+def test_basis_conv_matches_conv_with_effective_filter():
+    basis = torch.randn(4, 9)
+    layer = enn.BasisConv2d(2, 3, 3, basis)
+    ref = torch.nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular")
+    with torch.no_grad():
+        ref.weight.copy_(layer.filter())
+        layer.bias.normal_()
+        ref.bias.copy_(layer.bias)
+    x = torch.randn(2, 2, 5, 5)
+    torch.testing.assert_close(layer(x), ref(x), rtol=1e-5, atol=1e-5)
+    assert layer.kernel_size == (3, 3) and layer.padding == (1, 1) and layer.stride == (1, 1)
+    with pytest.raises(ValueError, match=r"\(M, k\*k=9\)"):
+        enn.BasisConv2d(2, 3, 3, torch.randn(4, 8))
+    with pytest.raises(ValueError, match="at least one"):
+        enn.BasisConv2d(2, 3, 3, torch.randn(0, 9))
+
+
+def test_sparse_conv_with_anchors_on_grid_reproduces_plain_conv():
+    layer = enn.SparseConv2d(2, 3, 5)  # anchors on all 5x5 taps
+    ref = enn.conv2d(2, 3, 5)
+    with torch.no_grad():
+        layer.weight.copy_(ref.weight.reshape(3, 2, 25))  # the same filter values at the anchors
+    x = torch.randn(4, 2, 8, 8)
+    err = (layer(x) - ref(x)).norm() / ref(x).norm()
+    assert err < 1e-4
+
+
+def test_rbf_basis_fewer_anchors_and_errors():
+    P = enn.rbf_basis((5, 5), 3)
+    assert P.shape == (9, 25)
+    # the anchors are grid points (0, 2, 4): interpolation reproduces anchor values there
+    idx = [r * 5 + c for r in (0, 2, 4) for c in (0, 2, 4)]
+    torch.testing.assert_close(P[:, idx], torch.eye(9), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="between 1 and"):
+        enn.rbf_basis((5, 5), 0)
+    with pytest.raises(ValueError, match="between 1 and"):
+        enn.SparseConv2d(1, 1, 3, anchors=4)
+
+
+def test_polyphase_components_and_plain_striding():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    comps = enn.polyphase_components(x, 2)
+    assert comps.shape == (1, 4, 1, 2, 2)
+    torch.testing.assert_close(comps[0, 3, 0], x[0, 0, 1::2, 1::2])
+    torch.testing.assert_close(enn.PlainDownsample(2)(x), x[..., ::2, ::2])
+    # the largest-norm component of an increasing ramp is the last one
+    torch.testing.assert_close(enn.PolyphaseDownsample(2)(x), x[..., 1::2, 1::2])
+    with pytest.raises(ValueError, match="not divisible by the stride 2"):
+        enn.PolyphaseDownsample(2)(torch.randn(1, 1, 5, 4))
+    with pytest.raises(ValueError, match="valid"):
+        enn.downsample(2, "bogus")
+
+
+def test_lifting_conv_matches_explicit_rotated_filters():
+    layer = enn.LiftingConv2d(2, 3, 3)
+    x = torch.randn(2, 2, 6, 6)
+    y = layer(x)
+    assert y.shape == (2, 3, 4, 6, 6)
+    w, b = layer.conv.weight, layer.conv.bias
+    for g in range(4):
+        wg = torch.rot90(w, g, dims=(-2, -1))
+        expect = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="circular"), wg, b)
+        torch.testing.assert_close(y[:, :, g], expect, rtol=1e-5, atol=1e-5)
+
+
+def test_group_conv_matches_explicit_transformed_filters():
+    layer = enn.GroupConv2d(2, 3, 3)
+    x = torch.randn(2, 2, 4, 6, 6)
+    y = layer(x)
+    w = layer.conv.weight.view(3, 2, 4, 3, 3)
+    for g in range(4):
+        wg = torch.roll(torch.rot90(w, g, dims=(-2, -1)), g, dims=2).reshape(3, 8, 3, 3)
+        expect = F.conv2d(F.pad(x.reshape(2, 8, 6, 6), (1, 1, 1, 1), mode="circular"), wg,
+                          layer.conv.bias)
+        torch.testing.assert_close(y[:, :, g], expect, rtol=1e-5, atol=1e-5)
+
+
+def test_cn_layers_with_n4_equal_exact_c4_layers():
+    lift, lift4 = enn.LiftingConvCN(2, 3, 3, N=4), enn.LiftingConv2d(2, 3, 3)
+    gc, gc4 = enn.GroupConvCN(3, 2, 3, N=4), enn.GroupConv2d(3, 2, 3)
+    with torch.no_grad():
+        lift4.conv.weight.copy_(lift.weight)
+        gc4.conv.weight.copy_(gc.weight)
+    x = torch.randn(2, 2, 8, 8)
+    torch.testing.assert_close(lift(x), lift4(x), rtol=1e-5, atol=1e-5)
+    h = lift(x)
+    torch.testing.assert_close(gc(h), gc4(h), rtol=1e-5, atol=1e-5)
+
+
+def test_rotation_interpolation_matrix_quarter_turn_is_rot90():
+    w = torch.randn(5, 5, dtype=torch.float64)
+    R = enn.rotation_interpolation_matrix(5, math.pi / 2)
+    torch.testing.assert_close((R @ w.reshape(-1)).view(5, 5), torch.rot90(w, 1, dims=(0, 1)))
+    with pytest.raises(ValueError, match="odd kernel_size"):
+        enn.rotation_interpolation_matrix(4, 0.3)
+
+
+def test_group_layers_reject_bad_input():
+    with pytest.raises(ValueError, match="n in"):
+        enn.LiftingConv2d(1, 2, 3, n=8)
+    with pytest.raises(ValueError, match="odd kernel_size"):
+        enn.LiftingConv2d(1, 2, 4)
+    with pytest.raises(ValueError, match=r"\(B, 2, 4, H, H\)"):
+        enn.GroupConv2d(2, 2, 3)(torch.randn(1, 2, 3, 6, 6))
+    with pytest.raises(ValueError, match="square"):
+        enn.LiftingConv2d(1, 2, 3)(torch.randn(1, 1, 6, 8))
+    with pytest.raises(ValueError, match="'max' or 'mean'"):
+        enn.GroupPool("sum")
+
+
+def test_soft_block_sums_paths_with_averaging_factor():
+    fc = enn.make_path("fc", (2, 8, 8), 3, stride=2)
+    conv = enn.make_path("conv", (2, 8, 8), 3, stride=2)
+    block = enn.SoftBlock({"fc": fc, "conv": conv}, stride=2)
+    x = torch.randn(4, 2, 8, 8)
+    outs = block.path_outputs(x)
+    assert set(outs) == {"fc", "conv"}
+    assert outs["fc"].shape == outs["conv"].shape == (4, 3, 4, 4)
+    torch.testing.assert_close(outs["fc"], fc(x))
+    # the conv path is the full-resolution conv strided by the largest-norm phase
+    comps = enn.polyphase_components(conv(x), 2)
+    chosen = comps.flatten(2).norm(dim=2).argmax(1)
+    torch.testing.assert_close(outs["conv"], comps[torch.arange(4), chosen])
+    torch.testing.assert_close(block(x), torch.relu((outs["fc"] + outs["conv"]) / 2))
+
+
+def test_soft_block_and_make_path_errors():
+    with pytest.raises(ValueError, match="valid path names"):
+        enn.SoftBlock({"dense": torch.nn.Identity()})
+    with pytest.raises(ValueError, match="valid kinds"):
+        enn.make_path("mlp", (1, 4, 4), 2)
+    with pytest.raises(ValueError, match="not divisible"):
+        enn.make_path("fc", (1, 5, 5), 2, stride=2)
