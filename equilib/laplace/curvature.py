@@ -1,0 +1,414 @@
+"""Curvature backend: which modules own which parameters, forward hooks, output-Hessian roots.
+
+The generalised Gauss-Newton (GGN) of the summed negative log likelihood is
+``H = sum_n J_n^T Lambda_n J_n`` with ``J_n = d f(x_n) / d theta`` and ``Lambda_n`` the Hessian of
+the loss in the network output ``f``. Writing ``Lambda_n = L_n L_n^T`` (``L_n``: (C, K)), every
+column ``L_n[:, k]`` is pushed backwards through the network once; at a primitive layer with
+input rows ``a`` and backpropagated output rows ``g`` the gradient of ``L_n[:, k]^T f`` with
+respect to the weight is ``sum_r g_r a_r^T``. Everything the Laplace classes need (KFAC factors,
+per-example gradients for the dense and diagonal GGN) is built from these ``(a, g)`` pairs.
+
+Every primitive is brought to one generic form: ``a: (B, R, G, D_in)`` and
+``g: (K, B, R, G, D_out)`` with ``R`` the rows one example contributes (locations of a conv,
+extra leading dims of a Linear, stacked copies...) and ``G`` the groups of an
+``equilib.nn.GroupedLinear`` (1 for the others).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LIKELIHOODS = ("classification", "regression")
+HESSIANS = ("ggn", "mc", "ef")
+
+
+# --------------------------------------------------------------------------------------------
+# Which parameters belong to which primitive
+# --------------------------------------------------------------------------------------------
+
+
+def _equilib_primitives() -> dict[str, type]:
+    """The equilib.nn primitives the backend understands (empty while equilib.nn is absent)."""
+    try:
+        from equilib import nn as enn
+    except ImportError:  # pragma: no cover - only while the package is being written
+        return {}
+    found = {}
+    for name in ("GroupedLinear", "BasisConv2d"):
+        cls = getattr(enn, name, None)
+        if isinstance(cls, type):
+            found[name] = cls
+    return found
+
+
+def primitive_kind(module: nn.Module) -> str | None:
+    """``'linear' | 'conv2d' | 'grouped' | 'basisconv'`` for a supported primitive, else None."""
+    prims = _equilib_primitives()
+    if "GroupedLinear" in prims and isinstance(module, prims["GroupedLinear"]):
+        return "grouped"
+    if "BasisConv2d" in prims and isinstance(module, prims["BasisConv2d"]):
+        return "basisconv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.Conv2d):
+        return "conv2d"
+    return None
+
+
+SUPPORTED = (
+    "torch.nn.Linear, torch.nn.Conv2d (groups=1), equilib.nn.GroupedLinear, equilib.nn.BasisConv2d"
+)
+
+
+@dataclass
+class ParamInfo:
+    """One trainable parameter tensor: its name, module, role and position in the prior vector."""
+
+    index: int
+    name: str
+    module_name: str
+    kind: str
+    role: str  # "weight" or "bias"
+    numel: int
+    shape: tuple
+
+
+@dataclass
+class LayerInfo:
+    """One primitive module and the indices of its trainable weight / bias tensors."""
+
+    name: str
+    module: nn.Module
+    kind: str
+    weight: int | None = None
+    bias: int | None = None
+    calls: list = field(default_factory=list)
+
+
+def inspect_model(model: nn.Module) -> tuple[list[ParamInfo], list[LayerInfo]]:
+    """Map every trainable parameter of ``model`` to its primitive layer.
+
+    Raises ValueError naming the module and its type when a module that owns trainable parameters
+    (or any BatchNorm) is not one of the supported primitives, instead of silently skipping it.
+    """
+    order = {}
+    for i, (name, p) in enumerate((n, p) for n, p in model.named_parameters() if p.requires_grad):
+        order[id(p)] = (i, name)
+    if not order:
+        raise ValueError("the model has no trainable parameters (requires_grad=True)")
+    params: list[ParamInfo | None] = [None] * len(order)
+    layers: list[LayerInfo] = []
+    for mname, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(
+                f"module {mname!r} of type {type(module).__name__} is not supported by the "
+                "Laplace curvature (batch statistics make examples interact); "
+                f"supported primitives: {SUPPORTED}"
+            )
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        kind = primitive_kind(module)
+        if kind is None:
+            raise ValueError(
+                f"module {mname!r} of type {type(module).__name__} owns trainable parameters "
+                f"{[n for n, _ in own]} but is not supported by the Laplace curvature; "
+                f"supported primitives: {SUPPORTED}"
+            )
+        if kind == "conv2d":
+            if module.groups != 1 or tuple(module.dilation) != (1, 1):
+                raise ValueError(
+                    f"module {mname!r} (Conv2d) has groups={module.groups}, dilation="
+                    f"{tuple(module.dilation)}; only groups=1 and dilation=1 are supported"
+                )
+        layer = LayerInfo(name=mname, module=module, kind=kind)
+        for pname, p in own:
+            if pname not in ("weight", "bias"):
+                raise ValueError(
+                    f"module {mname!r} of type {type(module).__name__} has an unexpected "
+                    f"parameter {pname!r}; expected only 'weight' and 'bias'"
+                )
+            if id(p) not in order:  # shared with an earlier module: counted there
+                continue
+            idx, full = order.pop(id(p))
+            params[idx] = ParamInfo(idx, full, mname, kind, pname, p.numel(), tuple(p.shape))
+            setattr(layer, pname, idx)
+        if layer.weight is not None or layer.bias is not None:
+            layers.append(layer)
+    missing = [name for _, name in order.values()]
+    if missing:  # pragma: no cover - named_modules covers every owner
+        raise ValueError(f"could not find the modules owning parameters {missing}")
+    return params, layers  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Layer inputs in the generic form a: (B, R, G, D_in)
+# --------------------------------------------------------------------------------------------
+
+
+def _pad_mode(mode: str) -> str:
+    return {"zeros": "constant", "circular": "circular", "reflect": "reflect"}.get(
+        mode, "replicate"
+    )
+
+
+def conv_patches(x: torch.Tensor, kernel_size, stride, padding, padding_mode: str) -> torch.Tensor:
+    """Unfolded input patches of a 2-D convolution.
+
+    x: (B, C, H, W) -> (B, C*kh*kw, L) with L = H' * W' output locations, ordered like
+    ``weight.view(C', C*kh*kw)``. ``padding`` is (ph, pw) or the string 'valid' / 'same'.
+    """
+    kh, kw = kernel_size
+    if isinstance(padding, str):
+        if padding == "valid":
+            ph = pw = (0, 0)
+        else:  # 'same' (stride 1): torch puts the extra pixel at the end
+            ph = ((kh - 1) // 2, kh - 1 - (kh - 1) // 2)
+            pw = ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)
+    else:
+        ph = (padding[0], padding[0])
+        pw = (padding[1], padding[1])
+    if any(ph) or any(pw):
+        x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]), mode=_pad_mode(padding_mode))
+    return F.unfold(x, (kh, kw), stride=stride)
+
+
+def layer_input_rows(layer: LayerInfo, x: torch.Tensor) -> torch.Tensor:
+    """The input rows of one call of a primitive: (B, R, G, D_in) (see module docstring)."""
+    m = layer.module
+    if layer.kind == "linear":
+        return x.reshape(x.shape[0], -1, 1, x.shape[-1])
+    if layer.kind == "conv2d":
+        p = conv_patches(x, m.kernel_size, m.stride, m.padding, m.padding_mode)
+        return p.transpose(1, 2).unsqueeze(2)
+    if layer.kind == "grouped":
+        G = m.weight.shape[0]
+        a = x.reshape(x.shape[0], -1, G, x.shape[-1])
+        if getattr(m, "basis", None) is not None:
+            a = a @ m.basis.transpose(0, 1)
+        return a
+    if layer.kind == "basisconv":
+        padding = getattr(m, "padding", None)
+        if padding is None:
+            padding = tuple(k // 2 for k in m.kernel_size)
+        p = conv_patches(x, m.kernel_size, m.stride, padding, m.padding_mode)
+        B, _, L = p.shape
+        C = m.weight.shape[1]
+        p = p.view(B, C, -1, L)  # (B, C, k*k, L)
+        a = torch.einsum("bckl,mk->blcm", p, m.basis)
+        return a.reshape(B, L, 1, -1)
+    raise AssertionError(layer.kind)  # pragma: no cover
+
+
+def layer_output_rows(layer: LayerInfo, g: torch.Tensor) -> torch.Tensor:
+    """Backpropagated output rows of one call: g (K, B, *out_shape) -> (K, B, R, G, D_out)."""
+    K, B = g.shape[:2]
+    if layer.kind == "linear":
+        return g.reshape(K, B, -1, 1, g.shape[-1])
+    if layer.kind in ("conv2d", "basisconv"):
+        return g.reshape(K, B, g.shape[2], -1).transpose(2, 3).unsqueeze(3)
+    if layer.kind == "grouped":
+        G = layer.module.weight.shape[0]
+        return g.reshape(K, B, -1, G, g.shape[-1])
+    raise AssertionError(layer.kind)  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------
+# Output Hessian and its square roots
+# --------------------------------------------------------------------------------------------
+
+
+def nll_sum(f: torch.Tensor, y: torch.Tensor, likelihood: str) -> torch.Tensor:
+    """Summed negative log likelihood with unit noise (regression: 0.5 * squared error).
+
+    f: (B, C) logits or means; y: (B,) class indices or (B, C) targets.
+    """
+    if likelihood == "classification":
+        return F.cross_entropy(f, y, reduction="sum")
+    return 0.5 * (f - y).pow(2).sum()
+
+
+def output_hessian_sqrt(
+    f: torch.Tensor,
+    y: torch.Tensor,
+    likelihood: str,
+    hessian: str = "ggn",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A square root L of the loss Hessian in the outputs, per example: (B, C, K), L L^T ~ H_f.
+
+    ``hessian='ggn'``: exact, K = C. Classification: H_f = diag(p) - p p^T and
+    L[:, c] = sqrt(p_c) (e_c - p); regression (unit noise): L = I.
+    ``'mc'``: one sampled label, K = 1, E[L L^T] = H_f (L = p - e_yhat, yhat ~ Cat(p);
+    regression: L = eps, eps ~ N(0, I)). ``'ef'``: empirical Fisher, K = 1, L = dloss/df at the
+    observed label (p - e_y; regression f - y).
+    """
+    f = f.detach()
+    B, C = f.shape
+    if likelihood == "classification":
+        p = torch.softmax(f, dim=-1)
+        if hessian == "ggn":
+            eye = torch.eye(C, device=f.device, dtype=f.dtype)
+            return (eye.unsqueeze(0) - p.unsqueeze(2)) * p.sqrt().unsqueeze(1)
+        if hessian == "mc":
+            yhat = torch.multinomial(p, 1, generator=generator).squeeze(1)
+            return (p - F.one_hot(yhat, C).to(f.dtype)).unsqueeze(-1)
+        return (p - F.one_hot(y, C).to(f.dtype)).unsqueeze(-1)
+    if hessian == "ggn":
+        eye = torch.eye(C, device=f.device, dtype=f.dtype)
+        return eye.expand(B, C, C)
+    if hessian == "mc":
+        eps = torch.randn(f.shape, device=f.device, dtype=f.dtype, generator=generator)
+        return eps.unsqueeze(-1)
+    return (f - y).unsqueeze(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# One batch through the network: (a, g) pairs for every call of every primitive
+# --------------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """Forward hooks that keep the input and output of every call of every primitive layer."""
+
+    def __init__(self, layers: list[LayerInfo]):
+        self.layers = layers
+        self.handles = []
+
+    def __enter__(self) -> Recorder:
+        for layer in self.layers:
+            layer.calls = []
+            self.handles.append(layer.module.register_forward_hook(self._hook(layer)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    @staticmethod
+    def _hook(layer: LayerInfo):
+        def hook(module, inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(
+                    f"module {layer.name!r} returned {type(output).__name__}, expected a tensor"
+                )
+            layer.calls.append((inputs[0].detach(), output, output._version))
+
+        return hook
+
+    def clear(self) -> None:
+        for layer in self.layers:
+            layer.calls = []
+
+
+def check_targets(f: torch.Tensor, y: torch.Tensor, likelihood: str) -> tuple:
+    """Validate model output f and targets y; regression with f: (B,) is seen as (B, 1)."""
+    if likelihood == "regression":
+        if f.dim() == 1:
+            f = f.unsqueeze(-1)
+        if y.dim() == 1 and f.shape[-1] == 1:
+            y = y.unsqueeze(-1)
+        if f.dim() != 2 or y.shape != f.shape:
+            raise ValueError(
+                f"regression expects outputs (B, D) and targets of the same shape, got outputs "
+                f"{tuple(f.shape)} and targets {tuple(y.shape)}"
+            )
+        return f, y.to(f.dtype)
+    if f.dim() != 2 or y.dim() != 1 or y.shape[0] != f.shape[0]:
+        raise ValueError(
+            f"classification expects logits (B, C) and integer labels (B,), got outputs "
+            f"{tuple(f.shape)} and labels {tuple(y.shape)}"
+        )
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"classification labels must be integers, got dtype {y.dtype}")
+    return f, y.long()
+
+
+def backprop_rows(
+    layers: list[LayerInfo], f: torch.Tensor, L: torch.Tensor, vectorize: bool = True
+) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Push the K columns of L back from the outputs to every recorded primitive call.
+
+    f: (B, C) outputs (with graph), L: (B, C, K). Returns, per layer, a list over its calls of
+    ``(a, g)`` with a: (B, R, G, D_in) and g: (K, B, R, G, D_out).
+    """
+    outs, where = [], []
+    for li, layer in enumerate(layers):
+        if not layer.calls:
+            continue
+        for ci, (_, out, version) in enumerate(layer.calls):
+            if out._version != version:
+                raise RuntimeError(
+                    f"the output of module {layer.name!r} ({type(layer.module).__name__}) was "
+                    "modified in place after the layer ran (e.g. ReLU(inplace=True)); use "
+                    "out-of-place operations so that the curvature sees the layer's output"
+                )
+            if out.requires_grad:
+                outs.append(out)
+                where.append((li, ci))
+    grads: list = [None] * len(outs)
+    K = L.shape[-1]
+    if outs:
+        cols = L.permute(2, 0, 1)  # (K, B, C)
+        if vectorize and K > 1:
+            try:
+                grads = list(
+                    torch.autograd.grad(
+                        f, outs, grad_outputs=cols, is_grads_batched=True, allow_unused=True,
+                        retain_graph=True,
+                    )
+                )
+            except RuntimeError:
+                vectorize = False
+        if not vectorize or K == 1:
+            per_k = [
+                torch.autograd.grad(f, outs, grad_outputs=cols[k], allow_unused=True,
+                                    retain_graph=True)
+                for k in range(K)
+            ]
+            grads = [
+                None if per_k[0][j] is None else torch.stack([pk[j] for pk in per_k])
+                for j in range(len(outs))
+            ]
+    result: list[list] = [[] for _ in layers]
+    lookup = dict(zip(where, grads))
+    for li, layer in enumerate(layers):
+        for ci, (x, out, _) in enumerate(layer.calls):
+            a = layer_input_rows(layer, x)
+            g = lookup.get((li, ci))
+            if g is None:
+                g = torch.zeros((K,) + tuple(out.shape), device=out.device, dtype=out.dtype)
+            result[li].append((a, layer_output_rows(layer, g)))
+    return result
+
+
+def per_example_grads(
+    layer: LayerInfo, pairs: list[tuple[torch.Tensor, torch.Tensor]], params: list[ParamInfo]
+) -> dict[int, torch.Tensor]:
+    """Per-example, per-column gradients of one layer's tensors: {index: (K, B, numel)}.
+
+    weight: sum over calls and rows of g a^T; bias: sum of g.
+    """
+    out: dict[int, torch.Tensor] = {}
+    for a, g in pairs:
+        K, B = g.shape[:2]
+        if layer.weight is not None:
+            gw = torch.einsum("kbrgo,brgi->kbgoi", g, a).reshape(K, B, -1)
+            out[layer.weight] = out[layer.weight] + gw if layer.weight in out else gw
+        if layer.bias is not None:
+            gb = g.sum(2).reshape(K, B, -1)
+            out[layer.bias] = out[layer.bias] + gb if layer.bias in out else gb
+    for idx, v in out.items():
+        if v.shape[-1] != params[idx].numel:  # pragma: no cover - guards the generic form
+            raise RuntimeError(f"gradient of {params[idx].name} has {v.shape[-1]} entries")
+    return out
+
+
+def sqrt2pi() -> float:
+    return math.sqrt(2 * math.pi)

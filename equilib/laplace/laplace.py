@@ -1,0 +1,490 @@
+"""Laplace approximations of the posterior and the log marginal likelihood (the evidence).
+
+    log p(D | delta) ~ log p(D | theta*) - 1/2 [ log det P - log det P0 + theta*^T P0 theta* ]
+
+with ``P = H / (sigma^2 T) + P0`` the posterior precision, ``H`` the GGN of the summed negative
+log likelihood (unit noise) at ``theta*``, ``P0 = diag(delta)`` with one prior precision
+``delta_l`` per trainable parameter tensor (``model.named_parameters()`` order), ``sigma`` the
+regression noise (1 for classification) and ``T`` the temperature. The API mirrors laplace-torch:
+``la = KronLaplace(model, "classification"); la.fit(loader); la.log_marginal_likelihood(delta)``.
+
+``fit`` runs the data once, storing the curvature (eigenvalues for Kron / Diag, the dense matrix
+for Full) and the summed loss at ``theta*``; ``log_marginal_likelihood`` is then a cheap function
+of ``prior_precision`` and ``sigma_noise``, differentiable in both (the curvature is fixed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from equilib.laplace.curvature import (
+    HESSIANS,
+    LIKELIHOODS,
+    Recorder,
+    backprop_rows,
+    check_targets,
+    inspect_model,
+    nll_sum,
+    output_hessian_sqrt,
+    per_example_grads,
+)
+from equilib.laplace.kfac import KronFactors, kron_eigenvalues
+
+__all__ = ["BaseLaplace", "FullLaplace", "DiagLaplace", "KronLaplace", "Laplace"]
+
+
+class BaseLaplace:
+    """Shared logic: likelihood, prior, fit loop over a loader, evidence and MacKay's update.
+
+    model: an ``nn.Module`` built from supported primitives (see ``equilib.laplace.curvature``).
+    likelihood: ``"classification"`` (softmax cross-entropy, outputs (B, C) logits) or
+    ``"regression"`` (Gaussian with ``sigma_noise``, outputs (B, D)).
+    prior_precision: a positive scalar or a 1-D tensor with one value per trainable tensor.
+    hessian: ``"ggn"`` (exact output Hessian), ``"mc"`` (Monte-Carlo Fisher, one sampled label)
+    or ``"ef"`` (empirical Fisher).
+    logdet_dtype: dtype of the eigen/Cholesky decompositions and of the evidence (float64).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: str = "classification",
+        prior_precision=1.0,
+        sigma_noise=1.0,
+        temperature: float = 1.0,
+        hessian: str = "ggn",
+        logdet_dtype: torch.dtype = torch.float64,
+        generator: torch.Generator | None = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        if hessian not in HESSIANS:
+            raise ValueError(f"hessian must be one of {HESSIANS}, got {hessian!r}")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        self.model = model
+        self.likelihood = likelihood
+        self.hessian = hessian
+        self.temperature = float(temperature)
+        self.logdet_dtype = logdet_dtype
+        self.generator = generator
+        self.params, self.layers = inspect_model(model)
+        self.param_names = [p.name for p in self.params]
+        first = next(p for p in model.parameters() if p.requires_grad)
+        self.device, self.dtype = first.device, first.dtype
+        self.n_tensors = len(self.params)
+        self.numels = [p.numel for p in self.params]
+        self.n_params = sum(self.numels)
+        self._numel_t = torch.tensor(self.numels, device=self.device, dtype=logdet_dtype)
+        self.prior_precision = prior_precision
+        self.sigma_noise = sigma_noise
+        self.n_data = 0
+        self.n_outputs = 0
+        self.loss = None
+        self._fitted = False
+
+    # ---------------------------------------------------------------- hyperparameters ----
+    @property
+    def prior_precision(self) -> torch.Tensor:
+        """Per-tensor prior precisions delta: (n_tensors,) (autograd graph kept)."""
+        return self._prior_precision
+
+    @prior_precision.setter
+    def prior_precision(self, value) -> None:
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(value, dtype=self.logdet_dtype)
+        delta = value.to(self.device)
+        if not torch.is_floating_point(delta):
+            delta = delta.to(self.logdet_dtype)
+        if delta.dim() == 0 or (delta.dim() == 1 and delta.numel() == 1):
+            delta = delta.reshape(1).expand(self.n_tensors)
+        elif delta.dim() != 1 or delta.numel() != self.n_tensors:
+            raise ValueError(
+                f"prior_precision must be a scalar or a 1-D tensor with one value per trainable "
+                f"parameter tensor: expected {self.n_tensors} values for {self.param_names}, got "
+                f"shape {tuple(delta.shape)}"
+            )
+        if not bool(torch.all(torch.isfinite(delta) & (delta > 0))):
+            bad = [n for n, d in zip(self.param_names, delta.tolist()) if not (0 < d < math.inf)]
+            raise ValueError(
+                f"prior_precision must be positive and finite; got non-positive or non-finite "
+                f"values for {bad}"
+            )
+        self._prior_precision = delta
+
+    @property
+    def sigma_noise(self) -> torch.Tensor:
+        """Observation noise standard deviation (regression; 1 for classification)."""
+        return self._sigma_noise
+
+    @sigma_noise.setter
+    def sigma_noise(self, value) -> None:
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(value, dtype=self.logdet_dtype)
+        sigma = value.to(self.device)
+        if not torch.is_floating_point(sigma):
+            sigma = sigma.to(self.logdet_dtype)
+        if sigma.numel() != 1:
+            raise ValueError(f"sigma_noise must be a scalar, got shape {tuple(sigma.shape)}")
+        sigma = sigma.reshape(())
+        if not bool(torch.isfinite(sigma) & (sigma > 0)):
+            raise ValueError(f"sigma_noise must be positive and finite, got {float(sigma)}")
+        if self.likelihood == "classification" and float(sigma) != 1.0:
+            raise ValueError("sigma_noise must be 1 for classification (it has no noise scale)")
+        self._sigma_noise = sigma
+
+    @property
+    def _H_factor(self) -> torch.Tensor:
+        """1 / (sigma^2 T): the factor multiplying the unit-noise GGN in the posterior."""
+        return 1.0 / (self.sigma_noise.to(self.logdet_dtype) ** 2 * self.temperature)
+
+    def _delta(self) -> torch.Tensor:
+        return self.prior_precision.to(self.logdet_dtype)
+
+    @property
+    def prior_precision_diag(self) -> torch.Tensor:
+        """delta expanded to one value per parameter: (n_params,)."""
+        return torch.repeat_interleave(self._delta(), self._numel_t.long())
+
+    # ---------------------------------------------------------------------------- fit ----
+    def fit(self, loader: Iterable) -> BaseLaplace:
+        """Compute the curvature and the summed loss at the current parameters over ``loader``.
+
+        loader: iterable of (X, y) batches, e.g. a DataLoader. Batches are moved to the model's
+        device (floating inputs cast to its dtype). Returns self.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        self._init_curvature()
+        loss = torch.zeros((), device=self.device, dtype=self.logdet_dtype)
+        bad_output = torch.zeros((), device=self.device, dtype=torch.bool)
+        n_data, n_outputs, n_batches = 0, None, 0
+        try:
+            for batch in loader:
+                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                    raise TypeError("the loader must yield (X, y) batches")
+                X, y = batch[0], batch[1]
+                X = X.to(self.device, dtype=self.dtype if torch.is_floating_point(X) else None)
+                y = y.to(self.device)
+                with torch.enable_grad(), Recorder(self.layers):
+                    f = self.model(X)
+                    f2, y = check_targets(f, y, self.likelihood)
+                    if n_outputs is not None and f2.shape[1] != n_outputs:
+                        raise ValueError(
+                            f"the model returned {f2.shape[1]} outputs, earlier {n_outputs}"
+                        )
+                    n_outputs = f2.shape[1]
+                    bad_output |= ~torch.isfinite(f2.detach()).all()
+                    loss = loss + nll_sum(f2.detach(), y, self.likelihood).to(self.logdet_dtype)
+                    Lsq = output_hessian_sqrt(f2, y, self.likelihood, self.hessian, self.generator)
+                    pairs = backprop_rows(self.layers, f2, Lsq)
+                self._accumulate(pairs, X.shape[0])
+                for layer in self.layers:
+                    layer.calls = []
+                n_data += X.shape[0]
+                n_batches += 1
+        finally:
+            for layer in self.layers:
+                layer.calls = []
+            self.model.train(was_training)
+        if n_batches == 0 or n_data == 0:
+            raise ValueError("the loader is empty: fit needs at least one (X, y) batch")
+        if bool(bad_output):
+            raise ValueError("the model's outputs contain NaN or inf at the fitted parameters")
+        self.n_data, self.n_outputs = n_data, n_outputs
+        self.loss = loss
+        with torch.no_grad():
+            ps = [p for p in self.model.parameters() if p.requires_grad]
+            self._sqnorm = torch.stack([p.detach().to(self.logdet_dtype).pow(2).sum() for p in ps])
+        self._finalize()
+        self._fitted = True
+        return self
+
+    def _check_fitted(self) -> None:
+        if not self._fitted:
+            raise RuntimeError(f"call {type(self).__name__}.fit(loader) first")
+
+    def _check_finite(self, tensor: torch.Tensor, index: int | None, what: str) -> None:
+        if not bool(torch.isfinite(tensor).all()):
+            where = f"parameter {self.params[index].name!r} (module " \
+                f"{self.params[index].module_name!r})" if index is not None else "the model"
+            raise ValueError(f"the curvature ({what}) of {where} contains NaN or inf")
+
+    # subclasses
+    def _init_curvature(self) -> None:
+        raise NotImplementedError
+
+    def _accumulate(self, pairs, batch_size: int) -> None:
+        raise NotImplementedError
+
+    def _finalize(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def log_det_posterior_precision(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _posterior_trace_terms(self) -> torch.Tensor:
+        """Per tensor l: sum over its parameters of delta_l * Sigma_ii, (n_tensors,)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------ evidence ----
+    @property
+    def log_likelihood(self) -> torch.Tensor:
+        """log p(D | theta*) = -loss / (sigma^2 T) - N D log(sigma sqrt(2 pi)) (regression)."""
+        self._check_fitted()
+        ll = -self._H_factor * self.loss
+        if self.likelihood == "regression":
+            sigma = self.sigma_noise.to(self.logdet_dtype)
+            ll = ll - self.n_data * self.n_outputs * torch.log(sigma * math.sqrt(2 * math.pi))
+        return ll
+
+    @property
+    def scatter(self) -> torch.Tensor:
+        """theta*^T P0 theta* = sum_l delta_l |theta_l|^2."""
+        self._check_fitted()
+        return (self._delta() * self._sqnorm).sum()
+
+    @property
+    def log_det_prior_precision(self) -> torch.Tensor:
+        """log det P0 = sum_l n_l log delta_l."""
+        return (self._numel_t * torch.log(self._delta())).sum()
+
+    @property
+    def log_det_ratio(self) -> torch.Tensor:
+        """log det P - log det P0."""
+        return self.log_det_posterior_precision - self.log_det_prior_precision
+
+    def log_marginal_likelihood(self, prior_precision=None, sigma_noise=None) -> torch.Tensor:
+        """Laplace log evidence, a scalar differentiable in ``prior_precision`` and ``sigma_noise``.
+
+        log p(D) ~ log p(D|theta*) - 1/2 (log det P - log det P0 + theta*^T P0 theta*).
+        Arguments, when given, replace the stored hyperparameters (as in laplace-torch).
+        """
+        self._check_fitted()
+        if prior_precision is not None:
+            self.prior_precision = prior_precision
+        if sigma_noise is not None:
+            self.sigma_noise = sigma_noise
+        return self.log_likelihood - 0.5 * (self.log_det_ratio + self.scatter)
+
+    # --------------------------------------------------------- effective dimensions ----
+    def effective_dimensions(self) -> torch.Tensor:
+        """Per-tensor effective number of parameters gamma_l = n_l - delta_l tr_l(Sigma).
+
+        For Kron / Diag this is sum_i lambda_i / (lambda_i + delta_l) over the eigenvalues of
+        the tensor's (scaled) curvature block. Shape (n_tensors,).
+        """
+        self._check_fitted()
+        return self._numel_t - self._posterior_trace_terms()
+
+    def mackay_update(self) -> torch.Tensor:
+        """One MacKay fixed-point step delta_l <- gamma_l / |theta_l|^2 (stored and returned)."""
+        with torch.no_grad():
+            gamma = self.effective_dimensions().detach()
+            new = gamma / self._sqnorm.clamp_min(torch.finfo(self._sqnorm.dtype).tiny)
+            new = new.clamp_min(torch.finfo(torch.float32).tiny)
+        self.prior_precision = new
+        return new
+
+    def optimize_prior_precision(
+        self, method: str = "gradient", n_steps: int = 100, lr: float = 0.1
+    ) -> torch.Tensor:
+        """Maximise the evidence in delta: Adam on log delta (``'gradient'``) or MacKay steps."""
+        self._check_fitted()
+        if method == "mackay":
+            for _ in range(n_steps):
+                self.mackay_update()
+            return self.prior_precision
+        if method != "gradient":
+            raise ValueError(f"method must be 'gradient' or 'mackay', got {method!r}")
+        log_delta = self._delta().detach().log().clone().requires_grad_(True)
+        opt = torch.optim.Adam([log_delta], lr=lr)
+        for _ in range(n_steps):
+            opt.zero_grad()
+            loss = -self.log_marginal_likelihood(log_delta.exp())
+            loss.backward()
+            opt.step()
+        self.prior_precision = log_delta.detach().exp()
+        return self.prior_precision
+
+
+class _EigenLaplace(BaseLaplace):
+    """Laplace whose curvature is a list of eigenvalues per tensor (diagonal and Kronecker)."""
+
+    def _set_eigenvalues(self, lams: list[torch.Tensor]) -> None:
+        """lams: per tensor l, the n_l eigenvalues of its (unit-noise) curvature block."""
+        for i, lam in enumerate(lams):
+            self._check_finite(lam, i, "eigenvalues")
+        self._lam = torch.cat([lam.reshape(-1).to(self.logdet_dtype) for lam in lams])
+        self._idx = torch.repeat_interleave(
+            torch.arange(self.n_tensors, device=self.device), self._numel_t.long()
+        )
+
+    @property
+    def log_det_posterior_precision(self) -> torch.Tensor:
+        """log det P = sum_i log(lambda_i / (sigma^2 T) + delta_{l(i)})."""
+        self._check_fitted()
+        return torch.log(self._H_factor * self._lam + self._delta()[self._idx]).sum()
+
+    def _posterior_trace_terms(self) -> torch.Tensor:
+        d = self._delta()[self._idx]
+        ratio = d / (self._H_factor * self._lam + d)
+        return torch.zeros(self.n_tensors, device=self.device, dtype=ratio.dtype).index_add(
+            0, self._idx, ratio
+        )
+
+
+class KronLaplace(_EigenLaplace):
+    """Laplace with a KFAC (Kronecker-factored) GGN per parameter tensor.
+
+    Weight blocks: ``B (x) A`` per (group of a) layer, bias blocks: ``B`` (see
+    ``equilib.laplace.kfac``). The log-determinant is exact for Kronecker plus isotropic prior:
+    log det(B (x) A / (sigma^2 T) + delta I) = sum_ij log(lB_i lA_j / (sigma^2 T) + delta),
+    from one eigendecomposition of each factor made in ``fit``.
+    """
+
+    def _init_curvature(self) -> None:
+        self._kron = KronFactors(self.layers)
+
+    def _accumulate(self, pairs, batch_size: int) -> None:
+        self._kron.update(pairs)
+
+    def _finalize(self) -> None:
+        lams: list[torch.Tensor | None] = [None] * self.n_tensors
+        self.factors = {}
+        self.eigenvalues = {}
+        for li, layer in enumerate(self.layers):
+            A, B = self._kron.factors(li)
+            if A is not None:
+                self._check_finite(A, layer.weight, "factor A")
+            self._check_finite(B, layer.weight if layer.weight is not None else layer.bias,
+                               "factor B")
+            lA, lB = kron_eigenvalues(A, B, self.logdet_dtype)
+            if layer.weight is not None:
+                lams[layer.weight] = (lB.unsqueeze(-1) * lA.unsqueeze(-2)).reshape(-1)
+                self.factors[self.param_names[layer.weight]] = (A, B)
+                self.eigenvalues[self.param_names[layer.weight]] = (lA, lB)
+            if layer.bias is not None:
+                lams[layer.bias] = lB.reshape(-1)
+                self.factors[self.param_names[layer.bias]] = (None, B)
+                self.eigenvalues[self.param_names[layer.bias]] = (None, lB)
+        self._set_eigenvalues(lams)  # type: ignore[arg-type]
+
+    def ggn_block(self, name: str) -> torch.Tensor:
+        """The dense KFAC approximation of the unit-noise GGN block of one tensor: (n, n).
+
+        Block diagonal over groups of ``B_g (x) A_g`` (weights) or ``B_g`` (biases).
+        """
+        self._check_fitted()
+        if name not in self.factors:
+            raise KeyError(f"unknown parameter {name!r}; expected one of {self.param_names}")
+        A, B = self.factors[name]
+        blocks = [B[g] if A is None else torch.kron(B[g], A[g]) for g in range(B.shape[0])]
+        return torch.block_diag(*blocks)
+
+
+class DiagLaplace(_EigenLaplace):
+    """Laplace with the exact diagonal of the GGN (from per-example gradients)."""
+
+    def _init_curvature(self) -> None:
+        self._diag: list[torch.Tensor | None] = [None] * self.n_tensors
+
+    def _accumulate(self, pairs, batch_size: int) -> None:
+        for li, layer in enumerate(self.layers):
+            calls = pairs[li]
+            if not calls:
+                continue
+            if len(calls) == 1 and calls[0][0].shape[1] == 1 and layer.weight is not None:
+                a, g = calls[0]  # one row per example: diag of sum (g a^T)^2 factorises
+                d = torch.einsum("kbgo,bgi->goi", g[:, :, 0] ** 2, a[:, 0] ** 2).reshape(-1)
+                self._add(layer.weight, d)
+                if layer.bias is not None:
+                    self._add(layer.bias, (g[:, :, 0] ** 2).sum((0, 1)).reshape(-1))
+                continue
+            for idx, G in per_example_grads(layer, calls, self.params).items():
+                self._add(idx, G.pow(2).sum((0, 1)))
+
+    def _add(self, idx: int, d: torch.Tensor) -> None:
+        self._diag[idx] = d if self._diag[idx] is None else self._diag[idx] + d
+
+    def _finalize(self) -> None:
+        for i, d in enumerate(self._diag):
+            if d is None:
+                raise ValueError(
+                    f"parameter {self.param_names[i]!r} was never used in the forward pass"
+                )
+        self.H = torch.cat([d.reshape(-1) for d in self._diag])  # type: ignore[union-attr]
+        self._set_eigenvalues(self._diag)  # type: ignore[arg-type]
+
+
+class FullLaplace(BaseLaplace):
+    """Laplace with the dense GGN ``H = sum_n J_n^T Lambda_n J_n``: (P, P). For small models."""
+
+    def _init_curvature(self) -> None:
+        self.H = torch.zeros(self.n_params, self.n_params, device=self.device, dtype=self.dtype)
+        self._offsets = [0]
+        for n in self.numels:
+            self._offsets.append(self._offsets[-1] + n)
+
+    def _accumulate(self, pairs, batch_size: int) -> None:
+        K = pairs_K(pairs)
+        G = torch.zeros(K, batch_size, self.n_params, device=self.device, dtype=self.dtype)
+        for li, layer in enumerate(self.layers):
+            if not pairs[li]:
+                continue
+            for idx, Gi in per_example_grads(layer, pairs[li], self.params).items():
+                G[:, :, self._offsets[idx] : self._offsets[idx + 1]] += Gi
+        G = G.reshape(-1, self.n_params)
+        self.H += G.transpose(0, 1) @ G
+
+    def _finalize(self) -> None:
+        for i in range(self.n_tensors):
+            block = self.H[self._offsets[i] : self._offsets[i + 1]]
+            self._check_finite(block, i, "GGN rows")
+        self._H64 = self.H.to(self.logdet_dtype)
+
+    @property
+    def posterior_precision(self) -> torch.Tensor:
+        """P = H / (sigma^2 T) + diag(delta): (P, P)."""
+        self._check_fitted()
+        return self._H_factor * self._H64 + torch.diag(self.prior_precision_diag)
+
+    @property
+    def log_det_posterior_precision(self) -> torch.Tensor:
+        """log det P from a Cholesky factor."""
+        Lc = torch.linalg.cholesky(self.posterior_precision)
+        return 2 * torch.log(torch.diagonal(Lc)).sum()
+
+    def _posterior_trace_terms(self) -> torch.Tensor:
+        Sigma_diag = torch.diagonal(torch.cholesky_inverse(
+            torch.linalg.cholesky(self.posterior_precision)))
+        idx = torch.repeat_interleave(
+            torch.arange(self.n_tensors, device=self.device), self._numel_t.long()
+        )
+        per = torch.zeros(self.n_tensors, device=self.device, dtype=Sigma_diag.dtype)
+        return per.index_add(0, idx, Sigma_diag) * self._delta()
+
+
+def pairs_K(pairs) -> int:
+    """Number of output-Hessian columns K in one batch of (a, g) pairs."""
+    for calls in pairs:
+        for _, g in calls:
+            return g.shape[0]
+    raise ValueError("no primitive layer was called in the forward pass")
+
+
+def Laplace(model: nn.Module, likelihood: str, hessian_structure: str = "kron", **kwargs):
+    """Factory like laplace-torch's: ``hessian_structure`` in {'full', 'diag', 'kron'}."""
+    classes = {"full": FullLaplace, "diag": DiagLaplace, "kron": KronLaplace}
+    if hessian_structure not in classes:
+        raise ValueError(
+            f"hessian_structure must be one of {sorted(classes)}, got {hessian_structure!r}"
+        )
+    return classes[hessian_structure](model, likelihood, **kwargs)

@@ -1,0 +1,427 @@
+"""Laplace evidence against exact oracles: dense torch.func GGN, closed-form linear evidence,
+finite differences; and clear errors for bad input."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+from equilib.laplace import DiagLaplace, FullLaplace, KronLaplace, Laplace
+
+DT = torch.float64
+
+
+# ------------------------------------------------------------------------------- oracles ----
+def trainable(model):
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def dense_jacobian(model, X):
+    """Per-example Jacobians of the outputs in all trainable parameters: (N, C, P)."""
+    names = [n for n, _ in trainable(model)]
+    params = {n: p.detach() for n, p in trainable(model)}
+
+    def f(p, x):
+        return functional_call(model, p, (x.unsqueeze(0),)).squeeze(0)
+
+    J = vmap(jacrev(f), in_dims=(None, 0))(params, X)
+    N = X.shape[0]
+    C = J[names[0]].shape[1]
+    return torch.cat([J[n].reshape(N, C, -1) for n in names], dim=-1)
+
+
+def dense_ggn(model, X, y, likelihood):
+    """H = sum_n J_n^T Lambda_n J_n with the exact output Hessian (unit noise)."""
+    J = dense_jacobian(model, X)
+    with torch.no_grad():
+        f = model(X)
+    if likelihood == "classification":
+        p = torch.softmax(f, -1)
+        Lam = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+    else:
+        Lam = torch.eye(f.shape[-1], dtype=f.dtype).expand(f.shape[0], -1, -1)
+    return torch.einsum("ncp,ncd,ndq->pq", J, Lam, J)
+
+
+def dense_log_marglik(model, X, y, likelihood, delta, sigma=1.0, temperature=1.0, H=None):
+    """The Laplace formula with dense matrices, written out from scratch."""
+    if H is None:
+        H = dense_ggn(model, X, y, likelihood)
+    params = trainable(model)
+    numels = [p.numel() for _, p in params]
+    d = torch.as_tensor(delta, dtype=DT).expand(len(params))
+    prior_diag = torch.repeat_interleave(d, torch.tensor(numels))
+    with torch.no_grad():
+        f = model(X)
+    fac = 1.0 / (sigma**2 * temperature)
+    if likelihood == "classification":
+        loglik = -fac * nn.functional.cross_entropy(f, y, reduction="sum")
+    else:
+        yy = y.reshape(f.shape)
+        loglik = -fac * 0.5 * ((f - yy) ** 2).sum() - f.numel() * math.log(
+            sigma * math.sqrt(2 * math.pi)
+        )
+    theta = torch.cat([p.detach().reshape(-1) for _, p in params])
+    P = fac * H + torch.diag(prior_diag)
+    logdet_p = torch.linalg.slogdet(P)[1]
+    logdet_0 = torch.log(prior_diag).sum()
+    scatter = (prior_diag * theta**2).sum()
+    return loglik - 0.5 * (logdet_p - logdet_0 + scatter)
+
+
+# -------------------------------------------------------------------------------- models ----
+def mlp(bias=True, d_in=6, h=7, c=3):
+    return nn.Sequential(
+        nn.Linear(d_in, h, bias=bias), nn.Tanh(), nn.Linear(h, h, bias=bias), nn.Tanh(),
+        nn.Linear(h, c, bias=bias),
+    ).to(DT)
+
+
+def cnn(bias=True, c=4):
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular", bias=bias),
+        nn.Tanh(),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=bias),
+        nn.Tanh(),
+        nn.Conv2d(4, 2, 2, stride=1, padding=0, padding_mode="zeros", bias=bias),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(2 * 3 * 3, c, bias=bias),
+    ).to(DT)
+
+
+def data(kind, n=24, c=3, seed=0, regression=False):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 6, generator=g, dtype=DT) if kind == "mlp" else torch.randn(
+        n, 1, 8, 8, generator=g, dtype=DT
+    )
+    if regression:
+        y = torch.randn(n, c, generator=g, dtype=DT)
+    else:
+        y = torch.randint(0, c, (n,), generator=g)
+    return X, y
+
+
+def batches(X, y, bs=10):
+    return [(X[i : i + bs], y[i : i + bs]) for i in range(0, len(X), bs)]
+
+
+def seeded(fn, *a, **k):
+    torch.manual_seed(0)
+    return fn(*a, **k)
+
+
+CASES = [
+    ("mlp", True, "classification"),
+    ("mlp", False, "classification"),
+    ("mlp", True, "regression"),
+    ("cnn", True, "classification"),
+    ("cnn", False, "regression"),
+]
+
+
+def make_case(kind, bias, lik):
+    c = 3
+    model = seeded(mlp, bias, c=c) if kind == "mlp" else seeded(cnn, bias, c=c)
+    X, y = data(kind, c=c, regression=lik == "regression")
+    return model, X, y
+
+
+# ------------------------------------------------------------------------- Full and Diag ----
+@pytest.mark.parametrize("kind,bias,lik", CASES)
+def test_full_laplace_matches_dense_formula(kind, bias, lik):
+    model, X, y = make_case(kind, bias, lik)
+    n_t = len(trainable(model))
+    delta = torch.linspace(0.3, 2.0, n_t, dtype=DT)
+    sigma = 0.7 if lik == "regression" else 1.0
+    la = FullLaplace(model, lik, prior_precision=delta, sigma_noise=sigma, temperature=1.3)
+    la.fit(batches(X, y))
+    H = dense_ggn(model, X, y, lik)
+    assert H.shape[0] >= 100
+    torch.testing.assert_close(la.H, H, atol=1e-9, rtol=1e-9)
+    expected = dense_log_marglik(model, X, y, lik, delta, sigma, 1.3, H=H)
+    assert abs(la.log_marginal_likelihood().item() - expected.item()) < 1e-6
+
+
+@pytest.mark.parametrize("kind,bias,lik", CASES)
+def test_diag_laplace_uses_exact_diagonal(kind, bias, lik):
+    model, X, y = make_case(kind, bias, lik)
+    la = DiagLaplace(model, lik, prior_precision=0.8).fit(batches(X, y))
+    H = dense_ggn(model, X, y, lik)
+    torch.testing.assert_close(la.H, torch.diagonal(H), atol=1e-10, rtol=1e-9)
+    expected = dense_log_marglik(model, X, y, lik, 0.8, H=torch.diag(torch.diagonal(H)))
+    assert abs(la.log_marginal_likelihood().item() - expected.item()) < 1e-6
+
+
+# ---------------------------------------------------------------------------------- Kron ----
+def exact_blocks(model, H):
+    blocks, start = {}, 0
+    for n, p in trainable(model):
+        blocks[n] = H[start : start + p.numel(), start : start + p.numel()]
+        start += p.numel()
+    return blocks
+
+
+@pytest.mark.parametrize("lik", ["classification", "regression"])
+def test_kron_blocks_exact_for_one_example_linear_layers(lik):
+    model = seeded(mlp, True)
+    X, y = data("mlp", n=1, regression=lik == "regression")
+    la = KronLaplace(model, lik).fit([(X, y)])
+    blocks = exact_blocks(model, dense_ggn(model, X, y, lik))
+    for name in la.param_names:
+        torch.testing.assert_close(la.ggn_block(name), blocks[name], atol=1e-10, rtol=1e-8)
+
+
+def test_kron_single_linear_layer_block_is_exact_for_one_example():
+    model = seeded(nn.Linear, 5, 4).to(DT)
+    X, y = data("mlp", n=1, c=4)
+    X = X[:, :5]
+    la = KronLaplace(model, "classification").fit([(X, y)])
+    blocks = exact_blocks(model, dense_ggn(model, X, y, "classification"))
+    torch.testing.assert_close(la.ggn_block("weight"), blocks["weight"], atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(la.ggn_block("bias"), blocks["bias"], atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("kind,bias,lik", CASES)
+def test_kron_blocks_close_to_exact_elsewhere(kind, bias, lik):
+    """Many examples: Linear blocks stay close; conv weight blocks keep the total curvature.
+
+    (Conv biases are skipped: KFAC-expand sums g g^T over locations instead of squaring the sum.)
+    """
+    model, X, y = make_case(kind, bias, lik)
+    la = KronLaplace(model, lik).fit(batches(X, y))
+    blocks = exact_blocks(model, dense_ggn(model, X, y, lik))
+    kinds = {n: type(m).__name__ for n, m in model.named_modules()}
+    for name in la.param_names:
+        approx, exact = la.ggn_block(name), blocks[name]
+        rel = ((approx - exact).norm() / exact.norm()).item()
+        ratio = (approx.trace() / exact.trace()).item()
+        if kinds[name.rsplit(".", 1)[0]] == "Linear":
+            assert rel < 0.5 and 0.8 < ratio < 1.25, (name, rel, ratio)
+        elif name.endswith("weight"):
+            assert rel < 0.9 and 0.8 < ratio < 1.25, (name, rel, ratio)
+
+
+@pytest.mark.parametrize("kind,bias,lik", CASES)
+def test_kron_log_det_equals_dense_log_det_of_kron_blocks(kind, bias, lik):
+    """The eigenvalue formula equals log det of the dense block-diagonal Kron precision."""
+    model, X, y = make_case(kind, bias, lik)
+    n_t = len(trainable(model))
+    delta = torch.linspace(0.5, 3.0, n_t, dtype=DT)
+    sigma = 0.6 if lik == "regression" else 1.0
+    la = KronLaplace(model, lik, prior_precision=delta, sigma_noise=sigma).fit(batches(X, y))
+    Hk = torch.block_diag(*[la.ggn_block(n) for n in la.param_names])
+    expected = dense_log_marglik(model, X, y, lik, delta, sigma, H=Hk)
+    assert abs(la.log_marginal_likelihood().item() - expected.item()) < 1e-6
+
+
+def test_kron_evidence_close_to_full():
+    model, X, y = make_case("mlp", True, "classification")
+    full = FullLaplace(model, "classification").fit(batches(X, y)).log_marginal_likelihood()
+    kron = KronLaplace(model, "classification").fit(batches(X, y)).log_marginal_likelihood()
+    assert abs(kron - full) / abs(full) < 0.2
+
+
+def test_laplace_factory_and_float32_model():
+    model = seeded(mlp).float()
+    X, y = data("mlp")
+    la = Laplace(model, "classification", hessian_structure="kron").fit(batches(X.float(), y))
+    lml = la.log_marginal_likelihood()
+    assert lml.dtype == torch.float64 and torch.isfinite(lml)
+    with pytest.raises(ValueError, match="hessian_structure"):
+        Laplace(model, "classification", hessian_structure="lowrank")
+
+
+# -------------------------------------------------------------- Bayesian linear regression ----
+def blr_evidence(Phi, y, delta, sigma):
+    """log N(y; 0, sigma^2 I + Phi Phi^T / delta) (closed form)."""
+    N = Phi.shape[0]
+    cov = sigma**2 * torch.eye(N, dtype=DT) + Phi @ Phi.T / delta
+    return torch.distributions.MultivariateNormal(torch.zeros(N, dtype=DT), cov).log_prob(y)
+
+
+@pytest.mark.parametrize("cls,bias", [(FullLaplace, True), (KronLaplace, False),
+                                      (KronLaplace, True)])
+def test_linear_regression_evidence_is_closed_form(cls, bias):
+    g = torch.Generator().manual_seed(1)
+    N, D, delta, sigma = 30, 4, 0.7, 0.4
+    X = torch.randn(N, D, generator=g, dtype=DT)
+    if cls is KronLaplace and bias:
+        X = X - X.mean(0)  # centred inputs: no weight-bias cross term, KFAC is exact
+    y = X @ torch.randn(D, generator=g, dtype=DT) + 0.3 + sigma * torch.randn(N, generator=g,
+                                                                              dtype=DT)
+    Phi = torch.cat([X, torch.ones(N, 1, dtype=DT)], 1) if bias else X
+    P = Phi.T @ Phi / sigma**2 + delta * torch.eye(Phi.shape[1], dtype=DT)
+    theta = torch.linalg.solve(P, Phi.T @ y / sigma**2)  # the posterior mode
+    model = nn.Linear(D, 1, bias=bias).to(DT)
+    with torch.no_grad():
+        model.weight.copy_(theta[:D].reshape(1, D))
+        if bias:
+            model.bias.copy_(theta[D:])
+    la = cls(model, "regression", prior_precision=delta, sigma_noise=sigma)
+    la.fit(batches(X, y.unsqueeze(1), bs=7))
+    expected = blr_evidence(Phi, y, delta, sigma)
+    assert abs(la.log_marginal_likelihood().item() - expected.item()) < 1e-8
+
+
+# ------------------------------------------------------------------- gradients and MacKay ----
+@pytest.mark.parametrize("cls", [FullLaplace, DiagLaplace, KronLaplace])
+def test_gradient_in_log_prior_precision_matches_finite_differences(cls):
+    model, X, y = make_case("cnn", True, "classification")
+    la = cls(model, "classification").fit(batches(X, y))
+    n_t = len(la.param_names)
+    log_delta = torch.linspace(-1.0, 1.5, n_t, dtype=DT).requires_grad_(True)
+    lml = la.log_marginal_likelihood(log_delta.exp())
+    (grad,) = torch.autograd.grad(lml, log_delta)
+    eps = 1e-6
+    for i in range(n_t):
+        e = torch.zeros(n_t, dtype=DT)
+        e[i] = eps
+        fd = (la.log_marginal_likelihood((log_delta.detach() + e).exp())
+              - la.log_marginal_likelihood((log_delta.detach() - e).exp())) / (2 * eps)
+        assert abs(fd.item() - grad[i].item()) < 1e-5 * max(1.0, abs(fd.item()))
+
+
+@pytest.mark.parametrize("cls", [FullLaplace, KronLaplace])
+def test_gradient_in_sigma_noise_matches_finite_differences(cls):
+    model, X, y = make_case("mlp", True, "regression")
+    la = cls(model, "regression").fit(batches(X, y))
+    log_sigma = torch.tensor(-0.3, dtype=DT, requires_grad=True)
+    lml = la.log_marginal_likelihood(0.9, log_sigma.exp())
+    (grad,) = torch.autograd.grad(lml, log_sigma)
+    eps = 1e-6
+    fd = (la.log_marginal_likelihood(sigma_noise=math.exp(-0.3 + eps))
+          - la.log_marginal_likelihood(sigma_noise=math.exp(-0.3 - eps))) / (2 * eps)
+    assert abs(fd.item() - grad.item()) < 1e-5 * max(1.0, abs(fd.item()))
+
+
+@pytest.mark.parametrize("cls", [FullLaplace, DiagLaplace, KronLaplace])
+def test_mackay_update_increases_evidence(cls):
+    model, X, y = make_case("mlp", True, "classification")
+    la = cls(model, "classification", prior_precision=1.0).fit(batches(X, y))
+    before = la.log_marginal_likelihood().item()
+    new = la.mackay_update()
+    assert not torch.allclose(new, torch.ones_like(new))
+    after = la.log_marginal_likelihood().item()
+    assert after > before
+    # gamma_l = n_l - delta_l tr_l(Sigma) lies in [0, n_l]
+    gamma = la.effective_dimensions()
+    numels = torch.tensor([p.numel() for _, p in trainable(model)], dtype=DT)
+    assert torch.all(gamma >= 0) and torch.all(gamma <= numels)
+
+
+def test_effective_dimensions_full_matches_dense_trace():
+    model, X, y = make_case("mlp", False, "classification")
+    delta = torch.tensor([0.5, 1.0, 2.0], dtype=DT)
+    la = FullLaplace(model, "classification", prior_precision=delta).fit(batches(X, y))
+    H = dense_ggn(model, X, y, "classification")
+    numels = [p.numel() for _, p in trainable(model)]
+    D = torch.repeat_interleave(delta, torch.tensor(numels))
+    M = H @ torch.linalg.inv(H + torch.diag(D))  # gamma = tr(H P^-1) per tensor
+    expected = torch.stack([d.sum() for d in torch.split(torch.diagonal(M), numels)])
+    torch.testing.assert_close(la.effective_dimensions(), expected, atol=1e-8, rtol=1e-8)
+    assert abs(la.effective_dimensions().sum() - torch.trace(M)) < 1e-8
+
+
+def test_mackay_fixed_point_is_stationary_point_of_evidence():
+    model, X, y = make_case("mlp", True, "classification")
+    la = KronLaplace(model, "classification").fit(batches(X, y))
+    la.optimize_prior_precision(method="mackay", n_steps=200)
+    log_delta = la.prior_precision.detach().log().requires_grad_(True)
+    (grad,) = torch.autograd.grad(la.log_marginal_likelihood(log_delta.exp()), log_delta)
+    assert grad.abs().max() < 1e-6
+
+
+# ----------------------------------------------------------------------- Fisher variants ----
+def test_empirical_fisher_is_sum_of_gradient_outer_products():
+    model, X, y = make_case("mlp", True, "classification")
+    la = FullLaplace(model, "classification", hessian="ef").fit(batches(X, y))
+    J = dense_jacobian(model, X)
+    with torch.no_grad():
+        r = torch.softmax(model(X), -1) - nn.functional.one_hot(y, 3).to(DT)
+    grads = torch.einsum("nc,ncp->np", r, J)
+    torch.testing.assert_close(la.H, grads.T @ grads, atol=1e-10, rtol=1e-9)
+
+
+def test_mc_fisher_is_unbiased_for_the_ggn():
+    model, X, y = make_case("mlp", True, "classification")
+    exact = torch.diagonal(dense_ggn(model, X, y, "classification"))
+    g = torch.Generator().manual_seed(0)
+    runs = [DiagLaplace(model, "classification", hessian="mc", generator=g).fit([(X, y)]).H
+            for _ in range(200)]
+    mean = torch.stack(runs).mean(0)
+    assert (mean - exact).norm() / exact.norm() < 0.1
+    assert (runs[0] - exact).norm() / exact.norm() > 0.1  # one draw is noisy
+
+
+# ------------------------------------------------------------------------ bad input ----
+def test_unsupported_module_raises_with_name_and_type():
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 2))
+    with pytest.raises(ValueError, match=r"'1'.*BatchNorm1d"):
+        KronLaplace(model)
+
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return x * self.s
+
+    model = nn.Sequential(nn.Linear(4, 5), Scale())
+    with pytest.raises(ValueError, match=r"'1'.*Scale"):
+        DiagLaplace(model)
+
+
+def test_bad_hyperparameters_raise():
+    model = seeded(mlp)
+    with pytest.raises(ValueError, match="positive"):
+        KronLaplace(model, prior_precision=0.0)
+    with pytest.raises(ValueError, match="positive"):
+        KronLaplace(model, prior_precision=torch.tensor([1.0, 1, 1, -1, 1, 1]))
+    with pytest.raises(ValueError, match=r"expected 6 values.*0\.weight"):
+        KronLaplace(model, prior_precision=torch.ones(4))
+    with pytest.raises(ValueError, match="sigma_noise"):
+        KronLaplace(model, "regression", sigma_noise=0.0)
+    with pytest.raises(ValueError, match="sigma_noise"):
+        KronLaplace(model, "classification", sigma_noise=2.0)
+    with pytest.raises(ValueError, match="likelihood"):
+        KronLaplace(model, "poisson")
+    with pytest.raises(ValueError, match="hessian"):
+        KronLaplace(model, hessian="exact")
+    la = KronLaplace(model)
+    with pytest.raises(RuntimeError, match="fit"):
+        la.log_marginal_likelihood()
+    with pytest.raises(ValueError, match="empty"):
+        la.fit([])
+    X, y = data("mlp")
+    la.fit(batches(X, y))
+    with pytest.raises(ValueError, match="positive"):
+        la.log_marginal_likelihood(torch.tensor(float("nan")))
+
+
+def test_nan_outputs_and_curvature_raise():
+    model = seeded(mlp)
+    X, y = data("mlp")
+    X[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        KronLaplace(model).fit(batches(X, y))
+    # finite outputs but an overflowing input factor: the error names the layer
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1e-30)
+    X = torch.full((4, 2), 1e25)
+    y = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"'0\.weight'"):
+        KronLaplace(model).fit([(X, y)])
+
+
+def test_bad_targets_raise():
+    model = seeded(mlp)
+    X, _ = data("mlp")
+    with pytest.raises(ValueError, match="labels"):
+        KronLaplace(model).fit([(X, torch.zeros(len(X), 3, dtype=torch.long))])
+    with pytest.raises(ValueError, match="targets"):
+        KronLaplace(model, "regression").fit([(X, torch.zeros(len(X), 5, dtype=DT))])
