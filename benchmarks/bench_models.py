@@ -1,0 +1,106 @@
+"""Forward+backward time and memory of every named model, relative to ``conv`` in the same run.
+
+    python benchmarks/bench_models.py                 # the book's sizes on the default device
+    python benchmarks/bench_models.py --device cpu --batch 128 --reps 20
+
+For each model size the book uses (1x16x16 quadrant canvases at width 8, 1x16x16 upsampled
+digits at width 16, and a 3x32x32 CIFAR-sized input at width 16) it prints, per model, the
+number of parameters, the best time (over --reps) of one forward+backward pass of a batch and its memory,
+each also as a ratio to ``conv`` measured in the same process. Memory is the bytes of the
+parameters, their gradients and the tensors autograd saves for the backward pass (counted with
+``torch.autograd.graph.saved_tensors_hooks``, identical on every device); on CUDA the peak
+allocated memory is printed too. F-FC+CONV should stay within a small factor of CONV; FC
+(a dense C'Y x CX weight per block) should not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import equilib
+from equilib.models import MODEL_NAMES, build
+
+SIZES = [((1, 16, 16), 8), ((1, 16, 16), 16), ((3, 32, 32), 16)]
+
+
+def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd saves for backward in one forward pass (deduplicated)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if isinstance(t, torch.Tensor):
+            key = t.untyped_storage().data_ptr()
+            seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum()
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(v for k, v in seen.items() if k not in param_ptrs)
+
+
+def measure(name: str, in_shape, width: int, batch: int, reps: int, device) -> dict:
+    torch.manual_seed(0)
+    model = build(name, in_shape, n_classes=10, width=width).to(device)
+    x = torch.randn(batch, *in_shape, device=device)
+    y = torch.randint(10, (batch,), device=device)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+
+    for _ in range(2):  # warm-up
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    n_params = sum(p.numel() for p in model.parameters())
+    mem = 2 * 4 * n_params + saved_bytes(model, x)
+    out = {"params": n_params, "time": min(times), "mem": mem}  # best of reps: robust to load
+    if device.type == "cuda":
+        out["cuda_peak"] = torch.cuda.max_memory_allocated()
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--models", default=",".join(MODEL_NAMES))
+    args = p.parse_args(argv)
+    device = equilib.default_device(args.device)
+    names = [n.strip() for n in args.models.split(",")]
+    if "conv" not in names:
+        names = ["conv"] + names
+    print(f"device={device} batch={args.batch} reps={args.reps} torch={torch.__version__}")
+    for in_shape, width in SIZES:
+        rows = {n: measure(n, in_shape, width, args.batch, args.reps, device) for n in names}
+        base = rows["conv"]
+        print(f"\ninput {in_shape}, width {width}")
+        head = f"{'model':<18}{'params':>10}{'ms':>9}{'x conv':>8}{'MiB':>9}{'x conv':>8}"
+        if device.type == "cuda":
+            head += f"{'cuda MiB':>10}"
+        print(head)
+        for n, r in rows.items():
+            line = (f"{n:<18}{r['params']:>10}{1e3 * r['time']:>9.2f}"
+                    f"{r['time'] / base['time']:>8.2f}{r['mem'] / 2**20:>9.2f}"
+                    f"{r['mem'] / base['mem']:>8.2f}")
+            if device.type == "cuda":
+                line += f"{r['cuda_peak'] / 2**20:>10.1f}"
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
