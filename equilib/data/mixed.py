@@ -1,0 +1,171 @@
+"""Digits with full, partial and mixed rotational symmetry (the degree-of-equivariance data).
+
+Each source digit (scikit-learn's 8x8, upsampled to ``digit`` pixels and centred on a
+``size x size`` canvas, so rotations keep it on the canvas) is transformed by one of:
+
+* ``upright``: not at all;
+* ``c4``: a random multiple of 90 degrees (exact, ``rot90``);
+* ``so2``: a random angle in [0, 2 pi) (bilinear);
+* ``partial``: a random angle in [-theta, theta] (bilinear).
+
+Tasks (``make_degree_task``): ``upright``, ``rotated`` (all of C4), ``partial`` (+- theta) with
+10 classes, and ``double``: two digits side by side on a ``size x 2 size`` canvas, the left one
+rotated (by ``left``, default C4) and the right one upright, label ``10 * left + right`` (100
+classes). Train and test images come from disjoint source digits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from equilib.data.digits import load_digits, upsample
+from equilib.groups import rotate
+
+__all__ = [
+    "DEGREE_TASKS",
+    "TRANSFORMS",
+    "transform_digits",
+    "make_rotated_digits",
+    "make_double_digits",
+    "make_degree_task",
+]
+
+DEGREE_TASKS = ("upright", "rotated", "partial", "double")
+TRANSFORMS = ("upright", "c4", "so2", "partial")
+
+
+def _check_transform(kind: str) -> None:
+    if kind not in TRANSFORMS:
+        raise ValueError(f"unknown transform {kind!r}; valid transforms are {list(TRANSFORMS)}")
+
+
+def transform_digits(
+    X: torch.Tensor, kind: str, theta: float = math.pi / 4, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate every square image of ``X: (N, C, S, S)`` by a random angle drawn per ``kind``.
+
+    Returns ``(X', angles (N,))``; ``theta`` (radians, >= 0) is the half-width for ``partial``.
+    """
+    _check_transform(kind)
+    if X.ndim != 4 or X.shape[-1] != X.shape[-2]:
+        raise ValueError(f"expected square images (N, C, S, S), got {tuple(X.shape)}")
+    if not theta >= 0:
+        raise ValueError(f"theta must be a non-negative angle in radians, got {theta!r}")
+    N = len(X)
+    if kind == "upright":
+        return X.clone(), torch.zeros(N)
+    if kind == "c4":
+        k = torch.randint(4, (N,), generator=generator)
+        out = X.clone()
+        for q in range(1, 4):
+            sel = k == q
+            out[sel] = torch.rot90(X[sel], q, dims=(-2, -1))
+        return out, k.float() * (math.pi / 2)
+    if kind == "so2":
+        angles = torch.rand(N, generator=generator) * (2 * math.pi)
+    else:
+        angles = (2 * torch.rand(N, generator=generator) - 1) * theta
+    return rotate(X, angles.to(X.dtype)).clamp(0, 1), angles
+
+
+def _sources(n_train: int, n_test: int, size: int, digit: int, seed: int):
+    """Disjoint train/test pools of source digits centred on ``size`` canvases."""
+    if not (isinstance(size, int) and isinstance(digit, int) and 1 <= digit <= size):
+        raise ValueError(f"need integers 1 <= digit <= size, got digit={digit!r}, size={size!r}")
+    X, y = load_digits()
+    if n_train < 1 or n_test < 1 or n_train + n_test > len(X):
+        raise ValueError(
+            f"need n_train >= 1, n_test >= 1 and n_train + n_test <= {len(X)} source digits; "
+            f"got n_train={n_train}, n_test={n_test}"
+        )
+    X = upsample(X, digit)
+    pad_lo = (size - digit) // 2
+    pad_hi = size - digit - pad_lo
+    X = torch.nn.functional.pad(X, (pad_lo, pad_hi, pad_lo, pad_hi))
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))
+    tr, te = perm[:n_train], perm[n_train : n_train + n_test]
+    return X[tr], y[tr], X[te], y[te]
+
+
+def make_rotated_digits(
+    n_train: int,
+    n_test: int,
+    kind: str = "c4",
+    size: int = 16,
+    digit: int = 12,
+    theta: float = math.pi / 4,
+    seed: int = 0,
+):
+    """Single digits transformed per ``kind``: ``(Xtr (n_train, 1, size, size), ytr, Xte, yte)``.
+
+    At most 1797 digits in all (each source digit is used once).
+    """
+    _check_transform(kind)
+    Xtr, ytr, Xte, yte = _sources(n_train, n_test, size, digit, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    Xtr, _ = transform_digits(Xtr, kind, theta, g)
+    Xte, _ = transform_digits(Xte, kind, theta, g)
+    return Xtr, ytr, Xte, yte
+
+
+def make_double_digits(
+    n_train: int,
+    n_test: int,
+    left: str = "c4",
+    right: str = "upright",
+    size: int = 16,
+    digit: int = 12,
+    theta: float = math.pi / 4,
+    seed: int = 0,
+    test_fraction: float = 0.3,
+):
+    """Two digits side by side, each transformed by its own kind; label ``10 * left + right``.
+
+    Returns ``(Xtr (n_train, 1, size, 2 size), ytr (n_train,), Xte, yte)`` with labels in 0..99.
+    Train pairs draw from one pool of source digits and test pairs from a disjoint pool
+    (``test_fraction`` of the 1797).
+    """
+    _check_transform(left)
+    _check_transform(right)
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"need n_train >= 1 and n_test >= 1, got {n_train}, {n_test}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    n_pool_test = int(round(1797 * test_fraction))
+    Ptr, qtr, Pte, qte = _sources(1797 - n_pool_test, n_pool_test, size, digit, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def pairs(P, q, n):
+        i = torch.randint(len(P), (n,), generator=g)
+        j = torch.randint(len(P), (n,), generator=g)
+        a, _ = transform_digits(P[i], left, theta, g)
+        b, _ = transform_digits(P[j], right, theta, g)
+        return torch.cat([a, b], dim=-1), 10 * q[i] + q[j]
+
+    Xtr, ytr = pairs(Ptr, qtr, n_train)
+    Xte, yte = pairs(Pte, qte, n_test)
+    return Xtr, ytr, Xte, yte
+
+
+def make_degree_task(
+    name: str,
+    n_train: int,
+    n_test: int,
+    size: int = 16,
+    digit: int = 12,
+    theta: float = math.pi / 4,
+    seed: int = 0,
+):
+    """One of ``DEGREE_TASKS``: ``(Xtr, ytr, Xte, yte, n_classes)``.
+
+    ``upright``/``rotated``/``partial``: single digits, upright / C4-rotated / within +-theta
+    (10 classes). ``double``: left digit C4-rotated, right upright (100 classes).
+    """
+    if name not in DEGREE_TASKS:
+        raise ValueError(f"unknown degree task {name!r}; valid tasks are {list(DEGREE_TASKS)}")
+    if name == "double":
+        return (*make_double_digits(n_train, n_test, "c4", "upright", size, digit, theta, seed), 100)
+    kind = {"upright": "upright", "rotated": "c4", "partial": "partial"}[name]
+    return (*make_rotated_digits(n_train, n_test, kind, size, digit, theta, seed), 10)

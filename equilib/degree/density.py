@@ -1,0 +1,265 @@
+"""Band-limited densities over rotation groups: C_N, SO(2) on a grid, and D_N / O(2) with flips.
+
+A density lambda over a compact group H is stored by the Fourier coefficients of its logit
+(log-density up to a constant), truncated at a band limit L:
+
+    logit(theta, f) = a_f0 + sum_{m=1..L} a_fm cos(m theta) + b_fm sin(m theta)
+
+where f in {0, 1} says whether the element contains a reflection (one series per coset; together
+the 2 + 4L real numbers span exactly the functions on O(2) whose irreducible components have
+frequency <= L). The density is evaluated on the group's grid of elements without sampling,
+
+    lambda(h) = exp(logit(h)) / mean_h' exp(logit(h')),
+
+so that the uniform density equals 1 everywhere (the mean is the normalised Haar measure on the
+grid). Zero coefficients are the uniform density: a fully equivariant layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = [
+    "GroupDensity",
+    "kl_divergence",
+    "kl_to_uniform",
+    "normalized_entropy",
+    "project_logits",
+]
+
+
+def _check_density(lam: torch.Tensor, name: str = "density") -> None:
+    if not isinstance(lam, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of grid values, got {type(lam).__name__}")
+    if lam.ndim != 1 or lam.numel() < 1:
+        raise ValueError(f"{name} must be 1-D (|H|,) grid values, got shape {tuple(lam.shape)}")
+    if bool((lam < 0).any()):
+        raise ValueError(f"{name} has negative values; a density on the grid must be >= 0")
+
+
+def kl_divergence(lam_p: torch.Tensor, lam_q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """KL(p || q) of two densities given on the same grid (each with mean 1 over the grid).
+
+    lam_p, lam_q: (|H|,). KL = mean_h lam_p(h) log(lam_p(h) / lam_q(h)); exact for finite groups,
+    a quadrature (rectangle rule) for SO(2) / O(2).
+    """
+    _check_density(lam_p, "lam_p")
+    _check_density(lam_q, "lam_q")
+    if lam_p.shape != lam_q.shape:
+        raise ValueError(
+            f"lam_p and lam_q must live on the same grid, got shapes {tuple(lam_p.shape)} "
+            f"and {tuple(lam_q.shape)}"
+        )
+    p = lam_p / lam_p.mean()
+    q = lam_q / lam_q.mean()
+    return (p * (torch.log(p + eps) - torch.log(q + eps))).mean()
+
+
+def kl_to_uniform(lam: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """KL(lambda || uniform) = mean_h lambda(h) log lambda(h); lam: (|H|,) with mean 1."""
+    _check_density(lam)
+    p = lam / lam.mean()
+    return (p * torch.log(p + eps)).mean()
+
+
+def normalized_entropy(lam: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Entropy of the weights w = lambda / sum(lambda), divided by its maximum log|H| (1 = uniform).
+
+    lam: (|H|,). H / log|H| = 1 - KL(lambda || uniform) / log|H|. A one-element grid returns 1.
+    """
+    _check_density(lam)
+    n = lam.numel()
+    if n == 1:
+        return torch.ones((), dtype=lam.dtype, device=lam.device)
+    w = lam / lam.sum()
+    return -(w * torch.log(w + eps)).sum() / math.log(n)
+
+
+def project_logits(
+    values: torch.Tensor, angles: torch.Tensor, band_limit: int, discrete_order: int | None = None
+) -> torch.Tensor:
+    """Least-squares Fourier coefficients (2L+1,) of a logit sampled at equally spaced angles.
+
+    values, angles: (n,). Returns [a_0, a_1..a_L, b_1..b_L] minimising sum_h (values - series)^2;
+    on an equally spaced grid this is the truncated discrete Fourier transform, so any frequency
+    above L (e.g. the 4-fold pattern of a C4-periodic density when L < 4) is simply lost.
+    """
+    if values.ndim != 1 or angles.shape != values.shape:
+        raise ValueError(
+            f"values and angles must both be (n,), got {tuple(values.shape)} and {tuple(angles.shape)}"
+        )
+    B = _fourier_basis(angles.to(values.dtype), band_limit)  # (2L+1, n)
+    sol = torch.linalg.lstsq(B.T, values.unsqueeze(-1)).solution
+    return sol.squeeze(-1)
+
+
+def _fourier_basis(angles: torch.Tensor, band_limit: int) -> torch.Tensor:
+    """Rows [1, cos(m theta) for m=1..L, sin(m theta) for m=1..L]: (2L+1, n)."""
+    m = torch.arange(1, band_limit + 1, dtype=angles.dtype, device=angles.device)
+    arg = m[:, None] * angles[None, :]
+    ones = torch.ones(1, angles.numel(), dtype=angles.dtype, device=angles.device)
+    return torch.cat([ones, torch.cos(arg), torch.sin(arg)], dim=0)
+
+
+class GroupDensity(nn.Module):
+    """A learnable band-limited density lambda over C_N, SO(2) (grid), D_N or O(2) (grid).
+
+    The grid of elements is given by ``angles`` (|H|,) and ``flips`` (|H|,) in {0, 1}; element h
+    acts as "reflect if flips[h], then rotate by angles[h]". Index 0 must be the identity.
+    Parameter ``coefficients``: (F, 2L+1) with F = 2 when the group has flips, else 1, laid out as
+    [a_0, a_1..a_L, b_1..b_L] per coset. Use the constructors ``cyclic``, ``dihedral``, ``so2``,
+    ``o2`` or ``for_group``.
+    """
+
+    def __init__(
+        self,
+        angles: torch.Tensor,
+        flips: torch.Tensor | None,
+        band_limit: int,
+        n_rotations: int,
+        continuous: bool = False,
+        coefficients: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        angles = torch.as_tensor(angles, dtype=torch.float32)
+        if angles.ndim != 1 or angles.numel() < 1:
+            raise ValueError(f"angles must be a non-empty 1-D tensor, got shape {tuple(angles.shape)}")
+        if flips is None:
+            flips = torch.zeros(angles.numel(), dtype=torch.long)
+        flips = torch.as_tensor(flips, dtype=torch.long)
+        if flips.shape != angles.shape:
+            raise ValueError(f"flips must have the shape of angles {tuple(angles.shape)}, got {tuple(flips.shape)}")
+        if not isinstance(band_limit, int) or isinstance(band_limit, bool) or band_limit < 0:
+            raise ValueError(f"band_limit must be a non-negative int, got {band_limit!r}")
+        max_l = n_rotations // 2
+        if band_limit > max_l:
+            what = f"an SO(2) grid of {n_rotations} angles" if continuous else f"C_{n_rotations}"
+            raise ValueError(
+                f"band_limit={band_limit} is above what {what} allows: at most n/2 = {max_l} "
+                f"(higher frequencies alias onto lower ones on {n_rotations} rotations)"
+            )
+        if float(angles[0]) != 0.0 or int(flips[0]) != 0:
+            raise ValueError("element 0 of the grid must be the identity (angle 0, no flip)")
+        self.band_limit = band_limit
+        self.n_rotations = n_rotations
+        self.continuous = continuous
+        self.has_flips = bool((flips != 0).any())
+        n_cosets = 2 if self.has_flips else 1
+        self.register_buffer("angles", angles)
+        self.register_buffer("flips", flips)
+        self.register_buffer("basis", _fourier_basis(angles, band_limit))  # (2L+1, |H|)
+        shape = (n_cosets, 2 * band_limit + 1)
+        if coefficients is None:
+            coefficients = torch.zeros(shape)
+        else:
+            coefficients = torch.as_tensor(coefficients, dtype=torch.float32)
+            if coefficients.ndim == 1 and n_cosets == 1:
+                coefficients = coefficients.unsqueeze(0)
+            if tuple(coefficients.shape) != shape:
+                raise ValueError(
+                    f"coefficients must have shape {shape} (cosets, 2L+1 = [a_0, a_1..a_L, "
+                    f"b_1..b_L]) for band_limit={band_limit}, got {tuple(coefficients.shape)}"
+                )
+        self.coefficients = nn.Parameter(coefficients.clone())
+
+    # ---------------------------------------------------------------- constructors
+    @classmethod
+    def cyclic(cls, n: int, band_limit: int, **kw) -> GroupDensity:
+        """Density over C_n, element k = rotation by 2 pi k / n; band_limit <= n // 2."""
+        _check_order(n)
+        angles = 2 * math.pi * torch.arange(n) / n
+        return cls(angles, None, band_limit, n_rotations=n, **kw)
+
+    @classmethod
+    def so2(cls, n: int, band_limit: int, **kw) -> GroupDensity:
+        """Density over SO(2) evaluated on a grid of n equally spaced angles; band_limit <= n // 2."""
+        _check_order(n)
+        angles = 2 * math.pi * torch.arange(n) / n
+        return cls(angles, None, band_limit, n_rotations=n, continuous=True, **kw)
+
+    @classmethod
+    def dihedral(cls, n: int, band_limit: int, **kw) -> GroupDensity:
+        """Density over D_n: elements (k, f), index f * n + k; band_limit <= n // 2."""
+        _check_order(n)
+        angles = (2 * math.pi * torch.arange(n) / n).repeat(2)
+        flips = torch.arange(2).repeat_interleave(n)
+        return cls(angles, flips, band_limit, n_rotations=n, **kw)
+
+    @classmethod
+    def o2(cls, n: int, band_limit: int, **kw) -> GroupDensity:
+        """Density over O(2) on a grid of n angles times {no flip, flip}; band_limit <= n // 2."""
+        _check_order(n)
+        angles = (2 * math.pi * torch.arange(n) / n).repeat(2)
+        flips = torch.arange(2).repeat_interleave(n)
+        return cls(angles, flips, band_limit, n_rotations=n, continuous=True, **kw)
+
+    @classmethod
+    def for_group(cls, group, band_limit: int, **kw) -> GroupDensity:
+        """Density over the elements of an ``equilib.groups`` rotation group, in its element order."""
+        from equilib.degree.layers import group_angles_flips
+
+        angles, flips, n_rot, continuous = group_angles_flips(group)
+        return cls(angles, flips, band_limit, n_rotations=n_rot, continuous=continuous, **kw)
+
+    # ---------------------------------------------------------------- evaluation
+    @property
+    def order(self) -> int:
+        """Number of grid elements |H|."""
+        return self.angles.numel()
+
+    def logits(self) -> torch.Tensor:
+        """Logit on the grid: (|H|,), logit(h) = coefficients[flip(h)] . basis(angle(h))."""
+        per_coset = self.coefficients @ self.basis  # (F, |H|)
+        return per_coset.gather(0, self.flips.unsqueeze(0)).squeeze(0)
+
+    def forward(self) -> torch.Tensor:
+        """The density lambda on the grid: (|H|,), positive with mean 1 (uniform = 1)."""
+        z = self.logits()
+        return torch.softmax(z, dim=0) * self.order
+
+    density = forward
+
+    def weights(self) -> torch.Tensor:
+        """Averaging weights w(h) = lambda(h) / |H|: (|H|,), non-negative, summing to 1."""
+        return torch.softmax(self.logits(), dim=0)
+
+    def entropy(self) -> torch.Tensor:
+        """Normalised entropy of the weights: H(w) / log|H| (1 = uniform, 0 = a single element)."""
+        return normalized_entropy(self.density())
+
+    def kl_to_uniform(self) -> torch.Tensor:
+        """KL(lambda || uniform) on the grid (>= 0, 0 iff uniform)."""
+        z = self.logits()
+        logw = torch.log_softmax(z, dim=0)
+        return (logw.exp() * (logw + math.log(self.order))).sum()
+
+    def kl(self, other: GroupDensity | torch.Tensor) -> torch.Tensor:
+        """KL(self || other) on the shared grid; ``other`` a GroupDensity or grid values (|H|,)."""
+        if isinstance(other, GroupDensity):
+            if other.order != self.order:
+                raise ValueError(f"densities on different grids: {self.order} vs {other.order} elements")
+            logq = torch.log_softmax(other.logits(), dim=0)
+        else:
+            _check_density(other, "other")
+            if other.numel() != self.order:
+                raise ValueError(f"other must have {self.order} grid values, got {other.numel()}")
+            logq = torch.log(other / other.sum() + 1e-12)
+        logp = torch.log_softmax(self.logits(), dim=0)
+        return (logp.exp() * (logp - logq)).sum()
+
+    def alignment(self) -> torch.Tensor:
+        """max_h logit(h) - logit(identity) >= 0: zero iff the density peaks at the identity."""
+        z = self.logits()
+        return z.max() - z[0]
+
+    def extra_repr(self) -> str:
+        kind = ("O(2)" if self.continuous else "D") if self.has_flips else ("SO(2)" if self.continuous else "C")
+        return f"group={kind}, rotations={self.n_rotations}, band_limit={self.band_limit}"
+
+
+def _check_order(n) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"the number of rotations must be a positive int, got {n!r}")
