@@ -1,0 +1,95 @@
+"""Grading tests of exercises/ex02_convolution.py: compared against equilib and oracles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from equilib import nn as enn
+from equilib.groups import CyclicShifts, equivariance_error
+from equilib.viz.connectivity import layer_matrix
+
+NAME = "ex02_convolution"
+
+
+@pytest.fixture
+def mod(exercise):
+    return exercise(NAME)
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------- Exercise 2.1
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 3, 5, 5), (3, 2, 3, 4, 6), (1, 2, 5, 7, 7)])
+def test_2_1_conv_matrix_matches_the_layer(mod, shape):
+    Co, C, k, H, W = shape
+    conv = enn.conv2d(C, Co, k)
+    M = mod.conv_matrix(conv.weight.detach(), H, W)
+    assert tuple(M.shape) == (Co * H * W, C * H * W)
+    torch.testing.assert_close(M, layer_matrix(conv, (C, H, W)), rtol=1e-5, atol=1e-6)
+
+
+def test_2_1_conv_matrix_is_banded_and_shared(mod):
+    M = mod.conv_matrix(_rand(1, 1, 3, 3), 6, 6)
+    assert int((M != 0).sum(dim=1).max()) == 9  # each output reads 9 inputs
+    row0 = M[0].view(6, 6)
+    row = M[2 * 6 + 3].view(6, 6)
+    torch.testing.assert_close(torch.roll(row0, (2, 3), dims=(0, 1)), row)
+
+
+# --------------------------------------------------------------------------- Exercise 2.2
+
+
+@pytest.mark.parametrize("p", [0, 1, 2, 4])
+def test_2_2_circular_pad_matches_F_pad(mod, p):
+    x = _rand(2, 3, 4, 5)
+    expect = x if p == 0 else F.pad(x, (p, p, p, p), mode="circular")
+    torch.testing.assert_close(mod.circular_pad(x, p), expect)
+
+
+# --------------------------------------------------------------------------- Exercise 2.3
+
+
+@pytest.mark.parametrize("s", [2, 3])
+def test_2_3_polyphase_matches_equilib(mod, s):
+    x = _rand(5, 3, 4 * s, 4 * s)
+    torch.testing.assert_close(mod.polyphase_downsample(x, s), enn.PolyphaseDownsample(s)(x))
+
+
+def test_2_3_polyphase_is_shift_equivariant_up_to_output_shift(mod):
+    x = _rand(3, 2, 8, 8, seed=1)
+    y = mod.polyphase_downsample(x, 2)
+    for t in [(1, 0), (0, 1), (3, 5)]:
+        ys = mod.polyphase_downsample(torch.roll(x, t, dims=(-2, -1)), 2)
+        for b in range(3):
+            best = min(float((ys[b] - torch.roll(y[b], (i, j), dims=(-2, -1))).norm())
+                       for i in range(4) for j in range(4))
+            assert best < 1e-5 * float(y[b].norm()), (t, b)
+
+
+def test_2_3_polyphase_chooses_per_example_over_all_channels(mod):
+    x = torch.zeros(2, 2, 4, 4)
+    x[0, 1, 1, 1] = 5.0  # example 0: component (1, 1), found in channel 1
+    x[1, 0, 0, 1] = 3.0  # example 1: component (0, 1)
+    y = mod.polyphase_downsample(x, 2)
+    assert y[0, 1, 0, 0] == 5.0 and y[1, 0, 0, 0] == 3.0
+
+
+# --------------------------------------------------------------------------- Exercise 2.4
+
+
+def test_2_4_shift_error_matches_equilib(mod):
+    x = _rand(3, 1, 8, 8, seed=2)
+    shifts = [(1, 0), (0, 3), (5, 2)]
+    for pm in ("circular", "zeros"):
+        conv = enn.conv2d(1, 2, 3, padding_mode=pm)
+        expect = equivariance_error(conv, CyclicShifts(8, 8), x, elements=shifts)
+        assert mod.shift_equivariance_error(conv, x, shifts) == pytest.approx(expect, rel=1e-4,
+                                                                              abs=1e-7)
+    assert mod.shift_equivariance_error(enn.conv2d(1, 2, 3), x, shifts) < 1e-5
+    assert mod.shift_equivariance_error(lambda z: z.flip(-1), x, shifts) > 0.1
