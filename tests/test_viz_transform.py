@@ -204,3 +204,30 @@ def test_rotation_equivariance_errors():
     mass = lambda z: z.sum(dim=(1, 2, 3))
     inv = rotation_equivariance_errors(mass, _digitlike(16), [90, 45], "invariant")
     assert inv[0] < 1e-12 and 0 < inv[1] < 0.2
+
+
+# --------------------------------------------------------------------------- drawing and widget
+
+
+def test_draw_response_and_explorer_smoke():
+    """The drawing and the explorer run for image and vector outputs (no pixels compared)."""
+    matplotlib = pytest.importorskip("matplotlib")
+    pytest.importorskip("ipywidgets")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from equilib.widgets.transform import draw_response, transform_explorer
+
+    x = _digitlike(16).float()
+    for f in (torch.sigmoid, lambda z: z.flatten(1)[:, :10]):
+        fig = draw_response(response(f, x[:1], make_transform("rotation", angle=30)))
+        assert len(fig.axes) == 5
+        plt.close(fig)
+    box = transform_explorer(x, {"sigmoid": torch.sigmoid, "first ten": lambda z: z[:, 0, 0, :10]})
+    controls = [w for column in box.children[0].children for w in column.children]
+    kind = next(w for w in controls if w.description == "transform")
+    for value in ("shift", "d4", "rotation"):
+        kind.value = value
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        transform_explorer(x[0], {"sigmoid": torch.sigmoid})
+    plt.close("all")

@@ -15,12 +15,14 @@ from equilib.viz.transform import D4_LABELS, make_transform, response, transform
 
 __all__ = ["draw_response", "transform_explorer"]
 
-_PANELS = [("x", "x"), ("gx", "g.x"), ("f_gx", "f(g.x)"), ("g_fx", "g.f(x)"), ("diff", "difference")]
+_PANELS = [
+    ("x", "x"), ("gx", "g.x"), ("f_gx", "f(g.x)"), ("g_fx", "g.f(x)"), ("diff", "difference")
+]
 
 
-def _first_image(t: torch.Tensor) -> torch.Tensor:
-    """The first image of a batch ``(B, C, H, W)`` as ``(H, W)`` (channels averaged)."""
-    return t[0].detach().float().cpu().mean(0)
+def _first_image(t: torch.Tensor):
+    """The first image of a batch ``(B, C, H, W)`` as an ``(H, W)`` array (channels averaged)."""
+    return t[0].detach().float().cpu().mean(0).numpy()
 
 
 def draw_response(resp: Mapping[str, Any], fig=None, title: str = ""):
