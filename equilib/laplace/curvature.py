@@ -175,7 +175,13 @@ def conv_patches(x: torch.Tensor, kernel_size, stride, padding, padding_mode: st
         pw = (padding[1], padding[1])
     if any(ph) or any(pw):
         x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]), mode=_pad_mode(padding_mode))
-    return F.unfold(x, (kh, kw), stride=stride)
+    sh, sw = stride
+    B, C, H, W = x.shape
+    Ho, Wo = (H - kh) // sh + 1, (W - kw) // sw + 1
+    # kh*kw strided slices instead of F.unfold (im2col), which is slow on CPU
+    cols = [x[:, :, i : i + sh * (Ho - 1) + 1 : sh, j : j + sw * (Wo - 1) + 1 : sw]
+            for i in range(kh) for j in range(kw)]
+    return torch.stack(cols, dim=2).reshape(B, C * kh * kw, Ho * Wo)
 
 
 def layer_input_rows(layer: LayerInfo, x: torch.Tensor) -> torch.Tensor:
@@ -330,18 +336,23 @@ def check_targets(f: torch.Tensor, y: torch.Tensor, likelihood: str) -> tuple:
     return f, y.long()
 
 
+def layer_inputs(layers: list[LayerInfo], batch: int) -> list[list[torch.Tensor]]:
+    """Input rows of every recorded call: per layer, a list over calls of a: (B, R, G, D_in)."""
+    return [[_fold(layer, layer_input_rows(layer, x), batch, 0) for x, _, _ in layer.calls]
+            for layer in layers]
+
+
 def backprop_rows(
-    layers: list[LayerInfo], f: torch.Tensor, L: torch.Tensor, vectorize: bool = True
-) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    layers: list[LayerInfo], f: torch.Tensor, L: torch.Tensor, vectorize: bool = False
+):
     """Push the K columns of L back from the outputs to every recorded primitive call.
 
-    f: (B, C) outputs (with graph), L: (B, C, K). Returns, per layer, a list over its calls of
-    ``(a, g)`` with a: (B, R, G, D_in) and g: (K, B, R, G, D_out).
+    f: (B, C) outputs (with graph), L: (B, C, K). Yields, for one column at a time (or all K at
+    once with ``vectorize=True``, one batched backward), per layer a list over its calls of
+    g: (k, B, R, G, D_out), the backpropagated output rows.
     """
     outs, where = [], []
     for li, layer in enumerate(layers):
-        if not layer.calls:
-            continue
         for ci, (_, out, version) in enumerate(layer.calls):
             if out._version != version:
                 raise RuntimeError(
@@ -352,51 +363,64 @@ def backprop_rows(
             if out.requires_grad:
                 outs.append(out)
                 where.append((li, ci))
-    grads: list = [None] * len(outs)
-    K = L.shape[-1]
-    if outs:
-        cols = L.permute(2, 0, 1)  # (K, B, C)
-        if vectorize and K > 1:
-            try:
-                grads = list(
-                    torch.autograd.grad(
-                        f, outs, grad_outputs=cols, is_grads_batched=True, allow_unused=True,
-                        retain_graph=True,
-                    )
-                )
-            except RuntimeError:
-                vectorize = False
-        if not vectorize or K == 1:
-            per_k = [
-                torch.autograd.grad(f, outs, grad_outputs=cols[k], allow_unused=True,
-                                    retain_graph=True)
-                for k in range(K)
-            ]
-            grads = [
-                None if per_k[0][j] is None else torch.stack([pk[j] for pk in per_k])
-                for j in range(len(outs))
-            ]
-    result: list[list] = [[] for _ in layers]
-    lookup = dict(zip(where, grads))
-    for li, layer in enumerate(layers):
-        for ci, (x, out, _) in enumerate(layer.calls):
-            a = layer_input_rows(layer, x)
-            g = lookup.get((li, ci))
-            if g is None:
-                g = torch.zeros((K,) + tuple(out.shape), device=out.device, dtype=out.dtype)
-            result[li].append((a, layer_output_rows(layer, g)))
-    return result
+    K, batch = L.shape[-1], f.shape[0]
+    cols = L.permute(2, 0, 1)  # (K, B, C)
+    chunks = [cols] if vectorize and K > 1 else [cols[k : k + 1] for k in range(K)]
+    for chunk in chunks:
+        k = chunk.shape[0]
+        if not outs:
+            grads: tuple = ()
+        elif k > 1:
+            grads = torch.autograd.grad(f, outs, grad_outputs=chunk, is_grads_batched=True,
+                                        allow_unused=True, retain_graph=True)
+        else:
+            grads = torch.autograd.grad(f, outs, grad_outputs=chunk[0], allow_unused=True,
+                                        retain_graph=True)
+            grads = tuple(None if g is None else g.unsqueeze(0) for g in grads)
+        lookup = dict(zip(where, grads))
+        result: list[list[torch.Tensor]] = []
+        for li, layer in enumerate(layers):
+            per_call = []
+            for ci, (_, out, _) in enumerate(layer.calls):
+                g = lookup.get((li, ci))
+                if g is None:
+                    g = torch.zeros((k,) + tuple(out.shape), device=out.device, dtype=out.dtype)
+                per_call.append(_fold(layer, layer_output_rows(layer, g), batch, 1))
+            result.append(per_call)
+        yield result
+
+
+def _fold(layer: LayerInfo, t: torch.Tensor, batch: int, axis: int) -> torch.Tensor:
+    """Move stacked copies of the batch (n*B at ``axis``) into the rows of their example.
+
+    Lifting / group convolutions apply their inner conv once to ``torch.cat`` of n transformed
+    copies of the batch (copy-major); row ``i`` then belongs to example ``i % B``.
+    a: (n*B, R, G, D) -> (B, n*R, G, D) (axis 0); g: (K, n*B, R, G, D) -> (K, B, n*R, G, D).
+    """
+    lead = t.shape[axis]
+    if lead == batch:
+        return t
+    if lead % batch:
+        raise ValueError(
+            f"module {layer.name!r} ({type(layer.module).__name__}) was called on a batch of "
+            f"{lead} rows for {batch} examples; expected a multiple (stacked copies)"
+        )
+    n = lead // batch
+    pre = t.shape[:axis]
+    t = t.reshape(*pre, n, batch, *t.shape[axis + 1 :]).transpose(axis, axis + 1)
+    return t.reshape(*pre, batch, -1, *t.shape[axis + 3 :])
 
 
 def per_example_grads(
-    layer: LayerInfo, pairs: list[tuple[torch.Tensor, torch.Tensor]], params: list[ParamInfo]
+    layer: LayerInfo, inputs: list[torch.Tensor], grads: list[torch.Tensor],
+    params: list[ParamInfo],
 ) -> dict[int, torch.Tensor]:
     """Per-example, per-column gradients of one layer's tensors: {index: (K, B, numel)}.
 
     weight: sum over calls and rows of g a^T; bias: sum of g.
     """
     out: dict[int, torch.Tensor] = {}
-    for a, g in pairs:
+    for a, g in zip(inputs, grads):
         K, B = g.shape[:2]
         if layer.weight is not None:
             gw = torch.einsum("kbrgo,brgi->kbgoi", g, a).reshape(K, B, -1)

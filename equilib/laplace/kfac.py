@@ -28,16 +28,23 @@ class KronFactors:
         self.B: list[torch.Tensor | None] = [None] * len(layers)  # (G, D_out, D_out) sums
         self.rows: list[int] = [0] * len(layers)
 
-    def update(self, pairs_per_layer: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
-        """Add one batch: per layer, a list over its calls of (a (B,R,G,Din), g (K,B,R,G,Dout))."""
-        for li, pairs in enumerate(pairs_per_layer):
-            layer = self.layers[li]
-            for a, g in pairs:
-                if layer.weight is not None:
-                    A = torch.einsum("brgi,brgj->gij", a, a)
-                    self.A[li] = A if self.A[li] is None else self.A[li] + A
-                    self.rows[li] += a.shape[0] * a.shape[1]
-                B = torch.einsum("kbrgi,kbrgj->gij", g, g)
+    def update_inputs(self, inputs: list[list[torch.Tensor]]) -> None:
+        """Add the input rows of one batch: per layer, per call, a: (B, R, G, D_in)."""
+        for li, calls in enumerate(inputs):
+            if self.layers[li].weight is None:
+                continue
+            for a in calls:
+                a2 = a.reshape(-1, a.shape[-2], a.shape[-1]).transpose(0, 1)  # (G, rows, D)
+                A = a2.transpose(1, 2) @ a2
+                self.A[li] = A if self.A[li] is None else self.A[li] + A
+                self.rows[li] += a.shape[0] * a.shape[1]
+
+    def update_grads(self, grads: list[list[torch.Tensor]]) -> None:
+        """Add backpropagated rows: per layer, per call, g: (k, B, R, G, D_out)."""
+        for li, calls in enumerate(grads):
+            for g in calls:
+                g2 = g.reshape(-1, g.shape[-2], g.shape[-1]).transpose(0, 1)  # (G, rows, D)
+                B = g2.transpose(1, 2) @ g2
                 self.B[li] = B if self.B[li] is None else self.B[li] + B
 
     def factors(self, li: int) -> tuple[torch.Tensor | None, torch.Tensor]:

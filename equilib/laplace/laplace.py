@@ -28,6 +28,7 @@ from equilib.laplace.curvature import (
     backprop_rows,
     check_targets,
     inspect_model,
+    layer_inputs,
     nll_sum,
     output_hessian_sqrt,
     per_example_grads,
@@ -47,6 +48,8 @@ class BaseLaplace:
     hessian: ``"ggn"`` (exact output Hessian), ``"mc"`` (Monte-Carlo Fisher, one sampled label)
     or ``"ef"`` (empirical Fisher).
     logdet_dtype: dtype of the eigen/Cholesky decompositions and of the evidence (float64).
+    generator: random numbers of the MC Fisher. vectorize: push all output-Hessian columns back
+    in one batched backward (``is_grads_batched``) instead of one backward per column.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class BaseLaplace:
         hessian: str = "ggn",
         logdet_dtype: torch.dtype = torch.float64,
         generator: torch.Generator | None = None,
+        vectorize: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -74,6 +78,7 @@ class BaseLaplace:
         self.temperature = float(temperature)
         self.logdet_dtype = logdet_dtype
         self.generator = generator
+        self.vectorize = bool(vectorize)
         self.params, self.layers = inspect_model(model)
         self.param_names = [p.name for p in self.params]
         first = next(p for p in model.parameters() if p.requires_grad)
@@ -183,8 +188,11 @@ class BaseLaplace:
                     bad_output |= ~torch.isfinite(f2.detach()).all()
                     loss = loss + nll_sum(f2.detach(), y, self.likelihood).to(self.logdet_dtype)
                     Lsq = output_hessian_sqrt(f2, y, self.likelihood, self.hessian, self.generator)
-                    pairs = backprop_rows(self.layers, f2, Lsq)
-                self._accumulate(pairs, X.shape[0])
+                    inputs = layer_inputs(self.layers, X.shape[0])
+                    for first, grads in enumerate(
+                        backprop_rows(self.layers, f2, Lsq, self.vectorize)
+                    ):
+                        self._accumulate(inputs, grads, first == 0)
                 for layer in self.layers:
                     layer.calls = []
                 n_data += X.shape[0]
@@ -220,7 +228,12 @@ class BaseLaplace:
     def _init_curvature(self) -> None:
         raise NotImplementedError
 
-    def _accumulate(self, pairs, batch_size: int) -> None:
+    def _accumulate(self, inputs, grads, first: bool) -> None:
+        """Add one chunk of output-Hessian columns of one batch.
+
+        inputs: per layer, per call, a: (B, R, G, D_in) (the same for every chunk of a batch);
+        grads: per layer, per call, g: (k, B, R, G, D_out); first: first chunk of the batch.
+        """
         raise NotImplementedError
 
     def _finalize(self) -> None:
@@ -353,8 +366,10 @@ class KronLaplace(_EigenLaplace):
     def _init_curvature(self) -> None:
         self._kron = KronFactors(self.layers)
 
-    def _accumulate(self, pairs, batch_size: int) -> None:
-        self._kron.update(pairs)
+    def _accumulate(self, inputs, grads, first: bool) -> None:
+        if first:
+            self._kron.update_inputs(inputs)
+        self._kron.update_grads(grads)
 
     def _finalize(self) -> None:
         lams: list[torch.Tensor | None] = [None] * self.n_tensors
@@ -396,19 +411,18 @@ class DiagLaplace(_EigenLaplace):
     def _init_curvature(self) -> None:
         self._diag: list[torch.Tensor | None] = [None] * self.n_tensors
 
-    def _accumulate(self, pairs, batch_size: int) -> None:
+    def _accumulate(self, inputs, grads, first: bool) -> None:
         for li, layer in enumerate(self.layers):
-            calls = pairs[li]
-            if not calls:
+            if not inputs[li]:
                 continue
-            if len(calls) == 1 and calls[0][0].shape[1] == 1 and layer.weight is not None:
-                a, g = calls[0]  # one row per example: diag of sum (g a^T)^2 factorises
-                d = torch.einsum("kbgo,bgi->goi", g[:, :, 0] ** 2, a[:, 0] ** 2).reshape(-1)
-                self._add(layer.weight, d)
+            if len(inputs[li]) == 1 and inputs[li][0].shape[1] == 1 and layer.weight is not None:
+                a, g = inputs[li][0][:, 0], grads[li][0][:, :, 0]  # one row per example:
+                g2 = g**2  # the diagonal of sum (g a^T)^2 factorises
+                self._add(layer.weight, torch.einsum("kbgo,bgi->goi", g2, a**2).reshape(-1))
                 if layer.bias is not None:
-                    self._add(layer.bias, (g[:, :, 0] ** 2).sum((0, 1)).reshape(-1))
+                    self._add(layer.bias, g2.sum((0, 1)).reshape(-1))
                 continue
-            for idx, G in per_example_grads(layer, calls, self.params).items():
+            for idx, G in per_example_grads(layer, inputs[li], grads[li], self.params).items():
                 self._add(idx, G.pow(2).sum((0, 1)))
 
     def _add(self, idx: int, d: torch.Tensor) -> None:
@@ -433,16 +447,18 @@ class FullLaplace(BaseLaplace):
         for n in self.numels:
             self._offsets.append(self._offsets[-1] + n)
 
-    def _accumulate(self, pairs, batch_size: int) -> None:
-        K = pairs_K(pairs)
-        G = torch.zeros(K, batch_size, self.n_params, device=self.device, dtype=self.dtype)
+    def _accumulate(self, inputs, grads, first: bool) -> None:
+        G = None
         for li, layer in enumerate(self.layers):
-            if not pairs[li]:
+            if not inputs[li]:
                 continue
-            for idx, Gi in per_example_grads(layer, pairs[li], self.params).items():
+            for idx, Gi in per_example_grads(layer, inputs[li], grads[li], self.params).items():
+                if G is None:
+                    G = Gi.new_zeros(Gi.shape[0], Gi.shape[1], self.n_params)
                 G[:, :, self._offsets[idx] : self._offsets[idx + 1]] += Gi
-        G = G.reshape(-1, self.n_params)
-        self.H += G.transpose(0, 1) @ G
+        if G is not None:
+            G = G.reshape(-1, self.n_params)
+            self.H += G.transpose(0, 1) @ G
 
     def _finalize(self) -> None:
         for i in range(self.n_tensors):
@@ -470,14 +486,6 @@ class FullLaplace(BaseLaplace):
         )
         per = torch.zeros(self.n_tensors, device=self.device, dtype=Sigma_diag.dtype)
         return per.index_add(0, idx, Sigma_diag) * self._delta()
-
-
-def pairs_K(pairs) -> int:
-    """Number of output-Hessian columns K in one batch of (a, g) pairs."""
-    for calls in pairs:
-        for _, g in calls:
-            return g.shape[0]
-    raise ValueError("no primitive layer was called in the forward pass")
 
 
 def Laplace(model: nn.Module, likelihood: str, hessian_structure: str = "kron", **kwargs):

@@ -1,0 +1,124 @@
+"""Laplace on every model of the zoo and on equilib's own primitives, against dense oracles."""
+
+import pytest
+import torch
+from test_laplace import DT, dense_ggn, dense_log_marglik, exact_blocks, trainable
+from torch import nn
+
+from equilib.laplace import DiagLaplace, FullLaplace, KronLaplace
+from equilib.models import MODEL_NAMES, build
+from equilib.nn import BasisConv2d, FactoredLinear, GroupedLinear, SparseFactoredLinear
+
+
+def tiny(name):
+    torch.manual_seed(0)
+    return build(name, in_shape=(1, 8, 8), n_classes=3, width=2, hidden=4).to(DT)
+
+
+def images(n=6, seed=0, c=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g, dtype=DT), torch.randint(0, c, (n,), generator=g)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_full_and_diag_match_dense_ggn_on_every_model(name):
+    model = tiny(name)
+    X, y = images()
+    loader = [(X[:4], y[:4]), (X[4:], y[4:])]
+    H = dense_ggn(model, X, y, "classification")
+    full = FullLaplace(model, prior_precision=0.5).fit(loader)
+    torch.testing.assert_close(full.H, H, atol=1e-10, rtol=1e-8)
+    expected = dense_log_marglik(model, X, y, "classification", 0.5, H=H)
+    assert abs(full.log_marginal_likelihood().item() - expected.item()) < 1e-6
+    diag = DiagLaplace(model).fit(loader)
+    torch.testing.assert_close(diag.H, torch.diagonal(H), atol=1e-10, rtol=1e-8)
+    kron = KronLaplace(model).fit(loader)
+    assert torch.isfinite(kron.log_marginal_likelihood())
+    # Kron and the dense GGN carry the same curvature on the head
+    blocks = exact_blocks(model, H)
+    torch.testing.assert_close(kron.ggn_block("head.2.bias"), blocks["head.2.bias"])
+
+
+def test_grouped_linear_kfac_is_exact_for_one_example():
+    """One example: every group's block B_g (x) A_g equals the exact GGN block (basis or not)."""
+    torch.manual_seed(0)
+    basis = torch.randn(3, 5, dtype=DT)
+    model = nn.Sequential(
+        GroupedLinear(4, 5, 6, basis=basis), nn.Tanh(), GroupedLinear(4, 6, 2)
+    ).to(DT)
+    model.append(nn.Flatten())
+    X = torch.randn(1, 4, 5, dtype=DT)
+    y = torch.tensor([3])
+    la = KronLaplace(model).fit([(X, y)])
+    blocks = exact_blocks(model, dense_ggn(model, X, y, "classification"))
+    for name, p in trainable(model):
+        n = p[0].numel()  # one group's slice; KFAC keeps the blocks within a group
+        approx, exact = la.ggn_block(name), blocks[name]
+        for g in range(p.shape[0]):
+            sl = slice(g * n, (g + 1) * n)
+            torch.testing.assert_close(approx[sl, sl], exact[sl, sl], atol=1e-10, rtol=1e-8)
+    # the factor of u is Psi A Psi^T
+    A = la.factors["0.weight"][0]
+    x = X[0]  # (G, in)
+    Psi = model[0].basis  # as stored by the layer (float32 precision)
+    expected = torch.einsum("mi,gi,gj,nj->gmn", Psi, x, x, Psi)
+    torch.testing.assert_close(A, expected)
+
+
+def test_factored_linear_both_factors_have_kron_blocks():
+    torch.manual_seed(1)
+    for layer in (FactoredLinear((2, 4, 4), (3, 2, 2)),
+                  SparseFactoredLinear((2, 4, 4), (3, 2, 2), anchors_in=(2, 2),
+                                       anchors_out=(1, 2))):
+        model = nn.Sequential(layer, nn.Flatten(), nn.Tanh(), nn.Linear(12, 3)).to(DT)
+        X, y = torch.randn(1, 2, 4, 4, dtype=DT), torch.tensor([1])
+        la = KronLaplace(model).fit([(X, y)])
+        assert set(la.param_names) == {"0.u.weight", "0.v.weight", "0.v.bias", "3.weight",
+                                       "3.bias"}
+        blocks = exact_blocks(model, dense_ggn(model, X, y, "classification"))
+        # one example: within every group of u and of v the Kronecker block is exact
+        for name in ("0.u.weight", "0.v.weight", "0.v.bias"):
+            p = dict(model.named_parameters())[name]
+            n = p[0].numel()
+            approx, exact = la.ggn_block(name), blocks[name]
+            for g in range(p.shape[0]):
+                sl = slice(g * n, (g + 1) * n)
+                torch.testing.assert_close(approx[sl, sl], exact[sl, sl])
+
+
+def test_basis_conv_kfac_factor_is_projected_patch_factor():
+    """BasisConv2d: A_u = Psi A_W Psi^T per channel pair, with A_W the Conv2d patch factor."""
+    torch.manual_seed(2)
+    basis = torch.randn(4, 9, dtype=DT)
+    bconv = BasisConv2d(2, 3, 3, basis, stride=2).to(DT)
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1, padding_mode="circular").to(DT)
+    with torch.no_grad():
+        conv.weight.copy_(bconv.filter())
+        conv.bias.copy_(bconv.bias)
+    X, y = torch.randn(5, 2, 6, 6, dtype=DT), torch.randint(0, 3, (5,))
+    head = nn.Sequential(nn.Flatten(), nn.Linear(27, 3)).to(DT)
+    la_b = KronLaplace(nn.Sequential(bconv, head)).fit([(X, y)])
+    la_c = KronLaplace(nn.Sequential(conv, head)).fit([(X, y)])
+    A_b, B_b = la_b.factors["0.weight"]
+    A_c, B_c = la_c.factors["0.weight"]
+    P = torch.block_diag(bconv.basis, bconv.basis)  # (C*M, C*k*k)
+    torch.testing.assert_close(A_b[0], P @ A_c[0] @ P.T)
+    torch.testing.assert_close(B_b, B_c)
+    # and the dense GGN of the basis conv is the projection of the conv's GGN
+    Hb = dense_ggn(nn.Sequential(bconv, head), X, y, "classification")
+    full = FullLaplace(nn.Sequential(bconv, head)).fit([(X[:2], y[:2]), (X[2:], y[2:])])
+    torch.testing.assert_close(full.H, Hb)
+
+
+def test_lifting_conv_stacked_copies_are_rows_of_one_example():
+    """C4 lifting conv (inner Conv2d on 4 stacked copies): per-example GGN stays exact."""
+    model = tiny("gconv-c4")
+    X, y = images(n=3)
+    H = dense_ggn(model, X, y, "classification")
+    full = FullLaplace(model).fit([(X[:2], y[:2]), (X[2:], y[2:])])
+    torch.testing.assert_close(full.H, H)
+    kron = KronLaplace(model).fit([(X, y)])
+    rows = kron._kron.rows
+    conv_layer = [i for i, layer in enumerate(kron.layers) if layer.name.endswith("paths.gconv.conv")]
+    assert rows[conv_layer[0]] == 3 * 4 * 8 * 8  # examples x copies x locations
