@@ -1,0 +1,297 @@
+"""The command line: ``python -m equilib discover ...`` and ``python -m equilib compare ...``.
+
+``discover`` trains one model on one task and writes ``OUT/result.json`` (accuracy, objective,
+time, and per block the learned prior precision and weight norm of every path) and
+``OUT/structure.png``; ``compare`` runs the table of models x objectives and prints it as
+Markdown. Progress goes to stderr, results to stdout. ``equilib.degree_cli``, when present, adds
+the ``degree`` subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+EPILOG = """examples:
+  python -m equilib discover --task digits --model f-fc+conv --objective marglik --out runs/d
+  python -m equilib discover --task quadrant --model f-fc+conv --objective marglik --fast --out r
+  python -m equilib compare --task digits quadrant --fast
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+    return v
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    from equilib.discover import Config
+
+    d = Config()
+    g = p.add_argument_group("training (defaults: the chapter's settings; --fast shrinks them)")
+    g.add_argument("--epochs", type=_positive_int, help=f"training epochs (default {d.epochs})")
+    g.add_argument("--seed", type=_nonneg_int, default=0,
+                   help="seed of the data split, the initialisation and the shuffling (default 0)")
+    g.add_argument("--fast", action="store_true",
+                   help="shrunken data, width and epochs for a quick look (also EQUILIB_FAST=1)")
+    g.add_argument("--device", choices=["cpu", "cuda"],
+                   help="where to compute (default: cuda if available, else cpu)")
+    g.add_argument("--threads", type=_positive_int,
+                   help="CPU threads torch may use (default: torch's choice)")
+    g.add_argument("--n-train", type=_positive_int,
+                   help=f"training digits, each in a random quadrant (default {d.n_train})")
+    g.add_argument("--n-test", type=_positive_int,
+                   help=f"test digits, each shown in all four quadrants (default {d.n_test})")
+    g.add_argument("--width", type=_positive_int, help=f"channels per block (default {d.width})")
+    g.add_argument("--batch-size", type=_positive_int, help=f"batch size (default {d.batch_size})")
+    g.add_argument("--lr", type=_positive_float,
+                   help=f"Adam learning rate, cosine-annealed to --lr-min (default {d.lr})")
+    g.add_argument("--lr-min", type=float, help=f"final learning rate (default {d.lr_min})")
+    g.add_argument("--prior-precision", type=_positive_float,
+                   help=f"initial (MAP: fixed) prior precision of every tensor "
+                        f"(default {d.prior_precision})")
+    g.add_argument("--burn-in", type=_nonneg_int,
+                   help=f"marglik: epochs before the first curvature refit (default {d.burn_in})")
+    g.add_argument("--marglik-every", type=_positive_int,
+                   help=f"marglik: refit the curvature every this many epochs "
+                        f"(default {d.marglik_every})")
+    g.add_argument("--hyper-steps", type=_positive_int,
+                   help=f"marglik: Adam steps on log prior precisions per refit "
+                        f"(default {d.hyper_steps})")
+    g.add_argument("--hyper-lr", type=_positive_float,
+                   help=f"marglik: learning rate of those steps (default {d.hyper_lr})")
+    g.add_argument("--source", choices=["sklearn", "mnist"],
+                   help="source digits: scikit-learn's 8x8 digits (default, bundled) or MNIST "
+                        "from local IDX files (see --data-root)")
+    g.add_argument("--data-root", help="folder with the MNIST IDX files (default $EQUILIB_DATA/mnist)")
+    g.add_argument("--digit-size", type=_positive_int,
+                   help="resize the source digits to this size (canvas = twice it)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m equilib`` argument parser with all its subcommands."""
+    from equilib.discover import MODELS, OBJECTIVES, TASKS, model_names
+
+    parser = argparse.ArgumentParser(
+        prog="python -m equilib",
+        description="Learn which symmetry each layer of a network should have, from data.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    d = sub.add_parser(
+        "discover", help="train one model on one task and report its learned per-layer structure",
+        description="Train one model on the digits or quadrant task, by MAP or by marginal "
+                    "likelihood, and write OUT/result.json and OUT/structure.png (the learned "
+                    "prior variance and weight norm of every path of every block).",
+    )
+    d.add_argument("--task", required=True, choices=TASKS,
+                   help="digits: label = digit; quadrant: label = digit + 10 x quadrant")
+    d.add_argument("--model", default="f-fc+conv", choices=model_names(), metavar="MODEL",
+                   help=f"architecture (default f-fc+conv); one of: {', '.join(model_names())}")
+    d.add_argument("--objective", default="marglik", choices=OBJECTIVES,
+                   help="map: fixed prior as weight decay; marglik: learn the per-tensor prior "
+                        "precisions by the Laplace marginal likelihood (default marglik)")
+    d.add_argument("--out", required=True, help="output folder (created if missing)")
+    d.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.pt (written after every epoch)")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_training_options(d)
+
+    c = sub.add_parser(
+        "compare", help="run the table of models x objectives and print it as Markdown",
+        description="Train every model by every objective on each task (cached by "
+                    "configuration under EQUILIB_CACHE) and print the accuracy table.",
+    )
+    c.add_argument("--task", nargs="+", default=["digits", "quadrant"], choices=TASKS,
+                   help="task(s) to run (default both)")
+    c.add_argument("--models", nargs="+", default=list(MODELS), choices=model_names(),
+                   metavar="MODEL", help=f"models (default {' '.join(MODELS)})")
+    c.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES,
+                   help="objectives (default map marglik)")
+    c.add_argument("--out", help="also write the table (table.md) and all results "
+                                 "(results.json) to this folder")
+    c.add_argument("--no-cache", action="store_true", help="recompute even if cached")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_training_options(c)
+
+    if importlib.util.find_spec("equilib.degree_cli") is not None:
+        from equilib import degree_cli
+
+        g = sub.add_parser("degree", help="learn the degree of equivariance per layer",
+                           description=(degree_cli.__doc__ or "").strip().splitlines()[0]
+                           if degree_cli.__doc__ else None)
+        degree_cli.add_arguments(g)
+    return parser
+
+
+def _config(args):
+    from equilib import fast_mode
+    from equilib.discover import default_config
+
+    return default_config(
+        args.fast or fast_mode(), task=args.task, model=args.model, objective=args.objective,
+        epochs=args.epochs, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
+        width=args.width, batch_size=args.batch_size, lr=args.lr, lr_min=args.lr_min,
+        burn_in=args.burn_in, marglik_every=args.marglik_every, hyper_steps=args.hyper_steps,
+        hyper_lr=args.hyper_lr, prior_precision=args.prior_precision, source=args.source,
+        digit_size=args.digit_size,
+    )
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and make sure a file can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"cannot write to the output folder {str(folder)!r}: {e.strerror or e}"
+        ) from e
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def _setup(args) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def cmd_discover(args) -> int:
+    """Run ``discover``: train, then write result.json and structure.png into ``--out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from equilib import default_device
+    from equilib.discover import precision_ratios, run
+    from equilib.viz.priors import plot_structure
+
+    _setup(args)
+    config = _config(args)
+    out = Path(args.out)
+    _check_writable(out)
+    device = default_device(args.device)
+    checkpoint = out / "checkpoint.pt"
+    print(f"discover: {config.task} / {config.model} / {config.objective}, {config.epochs} "
+          f"epochs on {device}", file=sys.stderr)
+    result = run(config, device=device, progress=not args.quiet, checkpoint=checkpoint,
+                 resume=args.resume, data_root=args.data_root)
+    result["device"] = str(device)
+    _atomic_write_text(out / "result.json", json.dumps(result, indent=1))
+    fig = plot_structure(result)
+    _save_figure(fig, out / "structure.png")
+    plt.close(fig)
+    print(f"test accuracy {100 * result['test_accuracy']:.1f}%  ({result['seconds']:.1f} s)")
+    ratios = precision_ratios(result["layers"])
+    for layer, r in zip(result["layers"], ratios):
+        parts = ", ".join(f"{p}: precision {v['prior_precision']:.3g}, |w| {v['weight_norm']:.3g}"
+                          for p, v in layer["paths"].items())
+        extra = "" if r is None else f"  (fc/conv precision ratio {r:.3g})"
+        print(f"{layer['name']}: {parts}{extra}")
+    print(f"wrote {out / 'result.json'} and {out / 'structure.png'}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """Run ``compare``: the table of models x objectives per task, printed as Markdown."""
+    import time
+
+    from equilib import default_device, fast_mode
+    from equilib.discover import compare, markdown_table
+
+    _setup(args)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_writable(out)
+    device = default_device(args.device)
+    fast = args.fast or fast_mode()
+    overrides = dict(
+        epochs=args.epochs, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
+        width=args.width, batch_size=args.batch_size, lr=args.lr, lr_min=args.lr_min,
+        burn_in=args.burn_in, marglik_every=args.marglik_every, hyper_steps=args.hyper_steps,
+        hyper_lr=args.hyper_lr, prior_precision=args.prior_precision, source=args.source,
+        digit_size=args.digit_size,
+    )
+    t0 = time.perf_counter()
+    rows = compare(args.task, args.models, args.objectives, fast=fast, device=device,
+                   progress=not args.quiet, cache=not args.no_cache,
+                   log=lambda s: print(s, file=sys.stderr), data_root=args.data_root, **overrides)
+    table = markdown_table(rows)
+    total = time.perf_counter() - t0
+    print(table)
+    print(f"\n{len(rows)} runs in {total:.1f} s (seconds column: time to train each run; "
+          f"cached runs are read back)")
+    if out is not None:
+        _atomic_write_text(out / "table.md", table + "\n")
+        _atomic_write_text(out / "results.json", json.dumps(rows, indent=1))
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of ``python -m equilib`` and of the ``equilib`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "discover":
+            return cmd_discover(args)
+        if args.command == "compare":
+            return cmd_compare(args)
+        if args.command == "degree":
+            from equilib import degree_cli
+
+            return int(degree_cli.run(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

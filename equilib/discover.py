@@ -1,0 +1,318 @@
+"""Layer-wise symmetry discovery experiments: one run (``discover``) and the table (``compare``).
+
+A run builds a task (``equilib.data.tasks``), a model (``equilib.models.build``), trains it with
+``equilib.train.fit`` by MAP or by marginal likelihood, and summarises the learned structure per
+block: for every path (``fc``, ``conv``, ...) the prior precision the data chose and the norm of
+its weights. A path whose precision grows large has its weights pulled to zero: it is pruned,
+and the block becomes what the remaining path is (a convolution, or an unconstrained layer).
+
+Per path, ``prior_precision`` is the parameter-weighted harmonic mean over the path's weight
+tensors, ``n / sum_l (n_l / delta_l)`` (the inverse of the mean prior variance per weight;
+biases excluded), and ``weight_norm`` is ``sqrt(sum_l |theta_l|^2)`` over the same tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from equilib.data.tasks import TASKS, make_task, n_classes
+from equilib.train import OBJECTIVES, History, evaluate, fit, trainable_parameters
+
+__all__ = [
+    "MODELS", "TASKS", "OBJECTIVES", "Config", "default_config", "build_model", "make_loaders",
+    "layer_structure", "precision_ratios", "run", "run_cached", "compare", "markdown_table",
+]
+
+# the models of the paper's table (section 6.1), in the order it lists them
+MODELS = ("conv", "fc", "fc+conv", "f-fc+conv", "s-fc+s-conv")
+INITS = ("lsuv", "default")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that decides a run (and so keys its cache entry)."""
+
+    task: str = "digits"
+    model: str = "f-fc+conv"
+    objective: str = "marglik"
+    epochs: int = 30
+    seed: int = 0
+    n_train: int = 1200
+    n_test: int = 500
+    width: int = 8
+    batch_size: int = 64
+    lr: float = 3e-3
+    lr_min: float = 3e-4
+    burn_in: int = 5
+    marglik_every: int = 2
+    hyper_steps: int = 20
+    hyper_lr: float = 0.1
+    prior_precision: float = 1.0
+    init: str = "lsuv"
+    source: str = "sklearn"
+    digit_size: int | None = None
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; valid tasks are {list(TASKS)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"unknown objective {self.objective!r}; valid objectives are {list(OBJECTIVES)}"
+            )
+        valid = model_names()
+        if self.model not in valid:
+            raise ValueError(f"unknown model {self.model!r}; valid models are {valid}")
+        for name in ("epochs", "n_train", "n_test", "width", "batch_size", "marglik_every",
+                     "hyper_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; valid: {list(INITS)}")
+        if not (self.lr > 0 and self.hyper_lr > 0 and self.prior_precision > 0):
+            raise ValueError("lr, hyper_lr and prior_precision must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+FAST = dict(epochs=6, n_train=300, n_test=100, width=4, burn_in=1, marglik_every=2, hyper_steps=10)
+
+
+def default_config(fast: bool = False, **overrides) -> Config:
+    """The default settings (``fast=True``: shrunken data and epochs for CI), with overrides."""
+    base = dict(FAST) if fast else {}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return Config(**base)
+
+
+def model_names() -> list[str]:
+    """The names ``equilib.models.build`` accepts (the table's models first)."""
+    from equilib import models
+
+    names = list(models.MODEL_NAMES)
+    return [m for m in MODELS if m in names] + [m for m in names if m not in MODELS]
+
+
+def build_model(config: Config, in_shape) -> nn.Module:
+    """``equilib.models.build`` for the config's model, task and width."""
+    from equilib.models import build
+
+    return build(config.model, in_shape=tuple(in_shape), n_classes=n_classes(config.task),
+                 width=config.width)
+
+
+@torch.no_grad()
+def rescale_paths(model: nn.Module, x: torch.Tensor, target_std: float = 1.0) -> list[list[float]]:
+    """Data-dependent initialisation: scale every path so its output has std ``target_std`` on ``x``.
+
+    Block by block, each path's last weight tensor (the one its output is linear in, with zero
+    biases) is multiplied by ``target_std / std(path(h))`` where ``h`` is the block's input on the
+    batch ``x: (B, C, H, W)`` (layer-sequential unit-variance init, Mishkin and Matas 2016); the
+    head's linear layers likewise. Without it the zoo's default init shrinks the signal by about
+    0.4 per block. Returns the scale factors applied, per block and path.
+    """
+    scales = []
+    h = x
+    for block in model.blocks:
+        row = []
+        for path in block.paths.values():
+            weights = [p for n, p in path.named_parameters() if n.endswith("weight")]
+            out = path(h)
+            if isinstance(out, tuple):
+                out = out[0]
+            s = target_std / out.std().clamp_min(1e-12)
+            weights[-1].mul_(s)
+            row.append(float(s))
+        scales.append(row)
+        h = block(h)
+    if hasattr(model, "pool") and hasattr(model, "head"):
+        h = model.pool(h)
+        for layer in model.head:
+            if isinstance(layer, nn.Linear):
+                layer.weight.mul_(target_std / layer(h).std().clamp_min(1e-12))
+            h = layer(h)
+    return scales
+
+
+def make_loaders(config: Config, data_root=None):
+    """Train and test DataLoaders of the config's task (train shuffled, seeded).
+
+    ``data_root``: the MNIST folder when ``config.source == "mnist"``.
+    """
+    from equilib.data.digits import make_loader
+
+    Xtr, ytr, Xte, yte = make_task(config.task, config.n_train, config.n_test, config.seed,
+                                   source=config.source, digit_size=config.digit_size,
+                                   root=data_root)
+    train = make_loader(Xtr, ytr, batch_size=config.batch_size, shuffle=True, seed=config.seed)
+    test = make_loader(Xte, yte, batch_size=512, shuffle=False)
+    return train, test
+
+
+def _path_of(name: str):
+    from equilib.models import path_of
+
+    return path_of(name)
+
+
+def layer_structure(model: nn.Module, prior_precision) -> list[dict]:
+    """Per block, per path: prior precision (harmonic mean over weight tensors) and weight norm.
+
+    ``prior_precision``: one value per trainable tensor (``model.named_parameters()`` order).
+    Returns ``[{"name": "block0", "paths": {"fc": {"prior_precision", "weight_norm",
+    "n_params"}, ...}}, ...]``, one entry per block of ``model.blocks``.
+    """
+    named = trainable_parameters(model)
+    delta = torch.as_tensor(prior_precision, dtype=torch.float64).flatten().tolist()
+    if len(delta) == 1:
+        delta = delta * len(named)
+    if len(delta) != len(named):
+        raise ValueError(f"need {len(named)} prior precisions (one per tensor), got {len(delta)}")
+    acc: dict[tuple[int, str], list[float]] = {}
+    for (name, p), d in zip(named, delta):
+        where = _path_of(name)
+        if where is None or not name.endswith("weight"):
+            continue
+        n, inv, sq = acc.setdefault(where, [0, 0.0, 0.0])
+        acc[where] = [n + p.numel(), inv + p.numel() / d, sq + float(p.detach().pow(2).sum())]
+    blocks = []
+    for b in range(len(model.blocks)):
+        paths = {}
+        for (bi, path), (n, inv, sq) in acc.items():
+            if bi == b:
+                paths[path] = {"prior_precision": n / inv, "weight_norm": math.sqrt(sq),
+                               "n_params": n}
+        blocks.append({"name": f"block{b}", "paths": paths})
+    return blocks
+
+
+def precision_ratios(layers: list[dict], a: str = "fc", b: str = "conv") -> list[float | None]:
+    """Per block, ``prior_precision[a] / prior_precision[b]`` (None where a block lacks a path)."""
+    out = []
+    for layer in layers:
+        p = layer["paths"]
+        out.append(p[a]["prior_precision"] / p[b]["prior_precision"] if a in p and b in p else None)
+    return out
+
+
+def _clean(x):
+    """NaN/inf to None, recursively, so the result is strict JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
+        resume: bool = False, keep_model: bool = False, data_root=None) -> dict:
+    """Train one model on one task with one objective and summarise what it learned.
+
+    Returns a JSON-ready dict: ``task``, ``model``, ``objective``, ``test_accuracy``,
+    ``train_accuracy``, ``log_marglik`` (final, None for MAP), ``seconds``, ``layers`` (see
+    :func:`layer_structure`), ``layers_history`` (the same per epoch), ``history``
+    (:class:`equilib.train.History` as lists) and ``config``; plus ``state_dict`` (CPU tensors,
+    not JSON) if ``keep_model``.
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(config.seed)
+    train_loader, test_loader = make_loaders(config, data_root)
+    in_shape = train_loader.dataset.tensors[0].shape[1:]
+    model = build_model(config, in_shape)
+    if config.init == "lsuv":
+        gen = torch.Generator().manual_seed(config.seed)
+        X = train_loader.dataset.tensors[0]
+        rescale_paths(model, X[torch.randperm(len(X), generator=gen)[:256]])
+    if device is not None:
+        model.to(device)
+    layers_history: list[list[dict]] = []
+
+    def record(epoch, history: History, m):
+        layers_history.append(layer_structure(m, history.prior_precision[-1]))
+
+    history = fit(
+        model, train_loader, test_loader, objective=config.objective, epochs=config.epochs,
+        lr=config.lr, lr_min=config.lr_min, prior_precision=config.prior_precision,
+        marglik_every=config.marglik_every, burn_in=config.burn_in,
+        hyper_steps=config.hyper_steps, hyper_lr=config.hyper_lr, device=device,
+        checkpoint=checkpoint, resume=resume, progress=progress, seed=config.seed, callback=record,
+    )
+    if resume and len(layers_history) < len(history):
+        # epochs before the resume: only the precisions are known, not the weight norms
+        missing = len(history) - len(layers_history)
+        layers_history = [None] * missing + layers_history
+    _, test_acc = evaluate(model, test_loader)
+    _, train_acc = evaluate(model, train_loader)
+    final_ml = [v for v in history.log_marglik if not math.isnan(v)]
+    result = {
+        "task": config.task, "model": config.model, "objective": config.objective,
+        "test_accuracy": test_acc, "train_accuracy": train_acc,
+        "log_marglik": final_ml[-1] if final_ml and config.objective == "marglik" else None,
+        "seconds": time.perf_counter() - t0,
+        "train_seconds": history.seconds[-1],
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "layers": layer_structure(model, history.prior_precision[-1]),
+        "layers_history": layers_history,
+        "history": history.to_dict(),
+        "config": config.to_dict(),
+    }
+    result = _clean(result)
+    if keep_model:
+        result["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return result
+
+
+def run_cached(config: Config, *, device=None, progress: bool = True, keep_model: bool = False,
+               cache: bool = True, data_root=None) -> dict:
+    """:func:`run`, computed once per configuration and then read from ``equilib.cache``."""
+    def compute():
+        return run(config, device=device, progress=progress, keep_model=keep_model,
+                   data_root=data_root)
+
+    if not cache:
+        return compute()
+    from equilib.cache import cached
+
+    return cached("discover", dict(config.to_dict(), keep_model=keep_model, version=1), compute)
+
+
+def compare(tasks=("digits",), models=MODELS, objectives=OBJECTIVES, *, fast: bool = False,
+            device=None, progress: bool = True, cache: bool = True, log=None, data_root=None,
+            **overrides) -> list:
+    """Run every task x model x objective (cached) and return the results as a list of dicts."""
+    rows = []
+    for task in tasks:
+        for model in models:
+            for objective in objectives:
+                config = default_config(fast, task=task, model=model, objective=objective,
+                                        **overrides)
+                t0 = time.perf_counter()
+                res = run_cached(config, device=device, progress=progress, cache=cache,
+                                 data_root=data_root)
+                if log is not None:
+                    log(f"{task} {model} {objective}: test accuracy {res['test_accuracy']:.3f} "
+                        f"({time.perf_counter() - t0:.1f} s now, {res['seconds']:.1f} s to train)")
+                rows.append(res)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The compare table as Markdown: accuracy, log evidence, per-block fc/conv precision ratio, time."""
+    lines = ["| task | model | objective | test acc. | log p(D)/N | prior prec. fc/conv per block "
+             "| seconds |", "| --- | --- | --- | ---: | ---: | --- | ---: |"]
+    for r in rows:
+        ratios = precision_ratios(r["layers"])
+        ratio = ", ".join("-" if v is None else f"{v:.3g}" for v in ratios)
+        n = r["config"]["n_train"]
+        ml = "-" if r.get("log_marglik") is None else f"{r['log_marglik'] / n:.3f}"
+        lines.append(f"| {r['task']} | {r['model']} | {r['objective']} | "
+                     f"{100 * r['test_accuracy']:.1f}% | {ml} | {ratio} | {r['seconds']:.1f} |")
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""What the discovery figures show (pure functions) and how they are drawn (matplotlib).
+
+The input is a result dict of :func:`equilib.discover.run`: ``layers`` (per block, per path:
+prior precision and weight norm), ``layers_history`` (the same after every epoch) and
+``history`` (losses, accuracies, log marginal likelihood per epoch).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["path_names", "structure_arrays", "structure_over_epochs", "evidence_curve",
+           "plot_structure", "plot_precision_history", "plot_evidence"]
+
+PATH_COLOURS = {"fc": "tab:orange", "conv": "tab:blue", "gconv": "tab:green"}
+
+
+def path_names(layers: list[dict]) -> list[str]:
+    """All path names that occur in any block, in first-seen order."""
+    names: list[str] = []
+    for layer in layers:
+        for p in layer["paths"]:
+            if p not in names:
+                names.append(p)
+    return names
+
+
+def structure_arrays(layers: list[dict]) -> dict:
+    """Per-block arrays of what the structure figure shows.
+
+    Returns ``{"blocks": [names], "paths": [names], "prior_variance": (n_paths, n_blocks),
+    "prior_precision": (n_paths, n_blocks), "weight_norm": (n_paths, n_blocks)}`` with NaN where a
+    block lacks a path; ``prior_variance = 1 / prior_precision``.
+    """
+    paths = path_names(layers)
+    prec = np.full((len(paths), len(layers)), np.nan)
+    norm = np.full((len(paths), len(layers)), np.nan)
+    for b, layer in enumerate(layers):
+        for i, p in enumerate(paths):
+            if p in layer["paths"]:
+                prec[i, b] = layer["paths"][p]["prior_precision"]
+                norm[i, b] = layer["paths"][p]["weight_norm"]
+    return {"blocks": [layer["name"] for layer in layers], "paths": paths,
+            "prior_precision": prec, "prior_variance": 1.0 / prec, "weight_norm": norm}
+
+
+def structure_over_epochs(result: dict, key: str = "prior_precision") -> dict:
+    """``{path: (n_epochs, n_blocks) array}`` of ``key`` after every epoch (NaN where unknown)."""
+    hist = result["layers_history"]
+    known = [h for h in hist if h is not None]
+    if not known:
+        raise ValueError("this result has no per-epoch layer structure")
+    paths = path_names(known[-1])
+    n_blocks = len(known[-1])
+    out = {p: np.full((len(hist), n_blocks), np.nan) for p in paths}
+    for e, layers in enumerate(hist):
+        if layers is None:
+            continue
+        for b, layer in enumerate(layers):
+            for p, v in layer["paths"].items():
+                out[p][e, b] = v[key]
+    return out
+
+
+def evidence_curve(result: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Epochs and log marginal likelihood per datum at the epochs where it was computed."""
+    h = result["history"]
+    n = result["config"]["n_train"]
+    pairs = [(e, v / n) for e, v in zip(h["epoch"], h["log_marglik"])
+             if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not pairs:
+        return np.zeros(0), np.zeros(0)
+    e, v = zip(*pairs)
+    return np.asarray(e), np.asarray(v)
+
+
+def _title(result: dict) -> str:
+    return (f"{result['task']}: {result['model']} by {result['objective']} "
+            f"(test acc. {100 * result['test_accuracy']:.1f}%)")
+
+
+def plot_structure(result: dict, axes=None):
+    """Two panels per run: prior variance 1/delta per block and path (log scale), weight norms.
+
+    Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    s = structure_arrays(result["layers"])
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), constrained_layout=True)
+    else:
+        fig = axes[0].figure
+    x = np.arange(len(s["blocks"]))
+    w = 0.8 / max(len(s["paths"]), 1)
+    for i, p in enumerate(s["paths"]):
+        colour = PATH_COLOURS.get(p)
+        axes[0].bar(x + (i - (len(s["paths"]) - 1) / 2) * w, s["prior_variance"][i], w,
+                    label=p, color=colour)
+        axes[1].bar(x + (i - (len(s["paths"]) - 1) / 2) * w, s["weight_norm"][i], w,
+                    label=p, color=colour)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("prior variance 1/delta")
+    axes[1].set_ylabel("weight norm |theta|")
+    for ax in axes:
+        ax.set_xticks(x, s["blocks"])
+        ax.legend(frameon=False)
+    fig.suptitle(_title(result), fontsize=10)
+    return fig
+
+
+def plot_precision_history(result: dict, ax=None):
+    """Prior precision of every path of every block over the epochs (log scale)."""
+    import matplotlib.pyplot as plt
+
+    curves = structure_over_epochs(result, "prior_precision")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2), constrained_layout=True)
+    epochs = np.asarray(result["history"]["epoch"])
+    styles = ["-", "--", ":", "-."]
+    for p, arr in curves.items():
+        for b in range(arr.shape[1]):
+            ax.plot(epochs, arr[:, b], styles[b % len(styles)], color=PATH_COLOURS.get(p),
+                    label=f"{p}, block{b}")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("prior precision delta")
+    ax.legend(frameon=False, fontsize=7, ncol=2)
+    ax.set_title(_title(result), fontsize=9)
+    return ax.figure
+
+
+def plot_evidence(result: dict, ax=None):
+    """Log marginal likelihood per datum (left axis) and test accuracy (right axis) per epoch."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2), constrained_layout=True)
+    e, v = evidence_curve(result)
+    ax.plot(e, v, "o-", color="black", label="log p(D|delta)/N")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("log marginal likelihood / N")
+    ax2 = ax.twinx()
+    h = result["history"]
+    ax2.plot(h["epoch"], h["test_acc"], color="tab:red", alpha=0.7, label="test accuracy")
+    ax2.set_ylabel("test accuracy", color="tab:red")
+    ax.set_title(_title(result), fontsize=9)
+    return ax.figure

@@ -1,0 +1,142 @@
+"""Tests of the command line: help, bad input, a FAST end-to-end discover run, resume, compare."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import sys
+import types
+
+import pytest
+
+from equilib.__main__ import build_parser, main
+
+# small enough for a test, large enough that marglik refits the curvature twice
+TINY = ["--fast", "--epochs", "3", "--burn-in", "1", "--marglik-every", "1", "--hyper-steps", "5",
+        "--n-train", "120", "--n-test", "20", "--width", "2", "--quiet"]
+
+
+def test_help_explains_every_option(capsys):
+    for argv in (["--help"], ["discover", "--help"], ["compare", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+        text = capsys.readouterr().out
+        assert "usage" in text
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in ("discover", "compare"):
+        for action in sub.choices[name]._actions:
+            assert action.help, f"{name} option {action.option_strings} has no help"
+
+
+@pytest.mark.parametrize("argv, valid", [
+    (["discover", "--task", "rotated", "--out", "x"], "digits"),
+    (["discover", "--task", "digits", "--model", "resnet", "--out", "x"], "f-fc+conv"),
+    (["discover", "--task", "digits", "--objective", "elbo", "--out", "x"], "marglik"),
+    (["discover", "--task", "digits", "--epochs", "0", "--out", "x"], "positive"),
+    (["discover", "--task", "digits", "--epochs", "-3", "--out", "x"], "positive"),
+    (["compare", "--models", "mlp"], "conv"),
+])
+def test_bad_input_is_refused_with_the_valid_choices(argv, valid, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert valid in capsys.readouterr().err
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rc = main(["discover", "--task", "digits", "--out", str(blocker / "sub"), *TINY])
+    assert rc == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two FAST discover runs (marglik and MAP) of the same model and task."""
+    out = {}
+    for objective in ("marglik", "map"):
+        d = tmp_path_factory.mktemp(objective)
+        rc = main(["discover", "--task", "quadrant", "--model", "f-fc+conv", "--objective",
+                   objective, "--out", str(d), *TINY])
+        assert rc == 0
+        out[objective] = d
+    return out
+
+
+def test_discover_writes_result_json_and_png(runs):
+    r = json.loads((runs["marglik"] / "result.json").read_text())
+    assert r["task"] == "quadrant" and r["model"] == "f-fc+conv" and r["objective"] == "marglik"
+    assert 0.0 <= r["test_accuracy"] <= 1.0 and r["seconds"] > 0
+    assert len(r["layers"]) == 3
+    for layer in r["layers"]:
+        assert isinstance(layer["name"], str) and set(layer["paths"]) == {"fc", "conv"}
+        for v in layer["paths"].values():
+            assert v["prior_precision"] > 0 and v["weight_norm"] >= 0
+    png = (runs["marglik"] / "structure.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (runs["marglik"] / "checkpoint.pt").exists()
+
+
+def test_objective_changes_the_prior_precisions(runs):
+    ml = json.loads((runs["marglik"] / "result.json").read_text())
+    mp = json.loads((runs["map"] / "result.json").read_text())
+    prec = lambda r: [v["prior_precision"] for layer in r["layers"] for v in layer["paths"].values()]
+    assert all(p == pytest.approx(1.0) for p in prec(mp))  # MAP keeps the prior it was given
+    assert max(abs(p - 1.0) for p in prec(ml)) > 0.05  # marglik learned it
+    refits = [v for v in ml["history"]["log_marglik"] if v is not None]
+    assert len(refits) == 2 and all(v < 0 for v in refits)
+    assert mp["log_marglik"] is None
+
+
+def test_resume_refuses_mismatch_and_corruption_leaving_files_intact(runs, capsys):
+    d = runs["marglik"]
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    base = ["discover", "--task", "quadrant", "--model", "f-fc+conv", "--objective", "marglik",
+            "--out", str(d), "--resume"]
+    rc = main([*base, *TINY, "--lr", "0.5"])
+    assert rc == 2 and "different run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    # resuming a finished run with the same settings reproduces its result
+    rc = main([*base, *TINY])
+    assert rc == 0
+    again = json.loads((d / "result.json").read_text())
+    first = json.loads(before["result.json"])
+    assert again["test_accuracy"] == first["test_accuracy"]
+    assert again["layers"] == first["layers"]
+    # a corrupted checkpoint
+    (d / "checkpoint.pt").write_bytes(b"garbage")
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    rc = main([*base, *TINY])
+    assert rc == 2 and "corrupted" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+
+
+def test_compare_prints_a_markdown_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path / "cache"))
+    args = ["compare", "--task", "digits", "--models", "conv", "f-fc+conv", "--objectives", "map",
+            "--out", str(tmp_path / "out"), *TINY]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| digits")]
+    assert len(rows) == 2 and "| conv | map |" in rows[0] and "| f-fc+conv | map |" in rows[1]
+    assert (tmp_path / "out" / "table.md").read_text().startswith("| task")
+    assert len(json.loads((tmp_path / "out" / "results.json").read_text())) == 2
+    assert list((tmp_path / "cache").iterdir())  # cached by configuration
+
+
+def test_degree_subcommand_is_registered_when_present(monkeypatch):
+    mod = types.ModuleType("equilib.degree_cli")
+    mod.__doc__ = "Learn the degree of equivariance."
+    mod.__spec__ = importlib.machinery.ModuleSpec("equilib.degree_cli", None)
+    mod.add_arguments = lambda p: p.add_argument("--lam", type=float, default=1.0, help="x")
+    seen = {}
+    mod.run = lambda args: seen.setdefault("lam", args.lam) and 7
+    monkeypatch.setitem(sys.modules, "equilib.degree_cli", mod)
+    import equilib
+
+    monkeypatch.setattr(equilib, "degree_cli", mod, raising=False)
+    assert main(["degree", "--lam", "2.5"]) == 7
+    assert seen["lam"] == 2.5

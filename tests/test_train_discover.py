@@ -1,0 +1,102 @@
+"""Tests of equilib.discover (per-path structure, init, config) and equilib.viz.priors (pure parts)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from equilib import discover
+from equilib.models import build
+from equilib.viz import priors as vp
+
+
+def test_layer_structure_matches_hand_computation():
+    torch.manual_seed(0)
+    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=10, width=2)
+    names = [n for n, p in m.named_parameters()]
+    delta = torch.arange(1, len(names) + 1, dtype=torch.float64)
+    layers = discover.layer_structure(m, delta)
+    assert [layer["name"] for layer in layers] == ["block0", "block1", "block2"]
+    # block 1, fc path: harmonic mean over its weight tensors, weighted by size; biases excluded
+    params = dict(m.named_parameters())
+    ws = [n for n in names if n.startswith("blocks.1.paths.fc.") and n.endswith("weight")]
+    assert len(ws) == 2
+    n = sum(params[w].numel() for w in ws)
+    inv = sum(params[w].numel() / float(delta[names.index(w)]) for w in ws)
+    norm = math.sqrt(sum(float(params[w].detach().pow(2).sum()) for w in ws))
+    got = layers[1]["paths"]["fc"]
+    assert got["prior_precision"] == pytest.approx(n / inv)
+    assert got["weight_norm"] == pytest.approx(norm)
+    assert got["n_params"] == n
+    assert set(layers[0]["paths"]) == {"fc", "conv"}
+    ratios = discover.precision_ratios(layers)
+    assert ratios[1] == pytest.approx(n / inv / layers[1]["paths"]["conv"]["prior_precision"])
+    with pytest.raises(ValueError, match="one per tensor"):
+        discover.layer_structure(m, [1.0, 2.0])
+
+
+def test_scalar_precision_gives_that_precision_on_every_path():
+    m = build("fc+conv", in_shape=(1, 8, 8), n_classes=10, width=2)
+    for layer in discover.layer_structure(m, 3.0):
+        for v in layer["paths"].values():
+            assert v["prior_precision"] == pytest.approx(3.0)
+
+
+def test_rescale_paths_gives_unit_std_paths():
+    torch.manual_seed(0)
+    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=10, width=4)
+    x = torch.rand(64, 1, 8, 8)
+    discover.rescale_paths(m, x)
+    h = x
+    for block in m.blocks:
+        for path in block.paths.values():
+            assert float(path(h).std()) == pytest.approx(1.0, rel=1e-4)
+        h = block(h)
+    assert float(m(x).std()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_config_validation_lists_valid_names():
+    with pytest.raises(ValueError, match="digits"):
+        discover.default_config(task="mnist")
+    with pytest.raises(ValueError, match="conv"):
+        discover.default_config(model="resnet")
+    with pytest.raises(ValueError, match="marglik"):
+        discover.default_config(objective="elbo")
+    with pytest.raises(ValueError, match="epochs"):
+        discover.default_config(epochs=0)
+    assert discover.default_config(True).epochs < discover.default_config().epochs
+
+
+def _fake_result():
+    layers = [{"name": "block0", "paths": {"fc": {"prior_precision": 100.0, "weight_norm": 0.1},
+                                           "conv": {"prior_precision": 2.0, "weight_norm": 3.0}}},
+              {"name": "block1", "paths": {"fc": {"prior_precision": 1.0, "weight_norm": 5.0},
+                                           "conv": {"prior_precision": 4.0, "weight_norm": 1.0}}}]
+    hist = [None, layers]
+    return {"task": "digits", "model": "f-fc+conv", "objective": "marglik", "test_accuracy": 0.9,
+            "layers": layers, "layers_history": hist, "config": {"n_train": 10},
+            "history": {"epoch": [1, 2], "log_marglik": [None, -20.0], "test_acc": [0.5, 0.9]}}
+
+
+def test_structure_arrays_and_over_epochs():
+    r = _fake_result()
+    s = vp.structure_arrays(r["layers"])
+    assert s["paths"] == ["fc", "conv"] and s["blocks"] == ["block0", "block1"]
+    np.testing.assert_allclose(s["prior_variance"], [[0.01, 1.0], [0.5, 0.25]])
+    np.testing.assert_allclose(s["weight_norm"], [[0.1, 5.0], [3.0, 1.0]])
+    over = vp.structure_over_epochs(r)
+    assert np.isnan(over["fc"][0]).all()
+    np.testing.assert_allclose(over["fc"][1], [100.0, 1.0])
+    e, v = vp.evidence_curve(r)
+    assert e.tolist() == [2] and v.tolist() == [-2.0]
+
+
+def test_markdown_table_has_one_row_per_result():
+    r = dict(_fake_result(), seconds=1.5, log_marglik=-20.0)
+    table = discover.markdown_table([r, dict(r, objective="map", log_marglik=None)])
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[2].count("|") == lines[0].count("|")
+    assert "90.0%" in lines[2] and "50, 0.25" in lines[2] and "-2.000" in lines[2]
