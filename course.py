@@ -128,7 +128,9 @@ def cmd_lab(args) -> None:
 def cmd_test(args) -> None:
     py = setup()
     nbs = [] if args.no_book else notebooks(py, sync=False)
-    env = {"EQUILIB_FAST": "1", "MPLBACKEND": "Agg", "PYTHONHASHSEED": "0"}
+    # One thread per process: the xdist workers and the notebook kernels already fill the cores,
+    # and oversubscribed BLAS threads make small trainings many times slower.
+    env = {"EQUILIB_FAST": "1", "MPLBACKEND": "Agg", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
     workers = args.workers or str(min(os.cpu_count() or 1, 2))
     cmd = [
         py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", workers, "--dist", "loadscope",

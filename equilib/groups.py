@@ -78,6 +78,8 @@ def rotate(x: torch.Tensor, angle: float | torch.Tensor, mode: str = "bilinear")
     ``torch.rot90`` up to float rounding.
     """
     _check_image(x, square=True)
+    if not x.is_floating_point():
+        raise TypeError(f"rotate interpolates, so x must be a floating-point tensor; got {x.dtype}")
     lead = x.shape[:-2]
     H, W = x.shape[-2:]
     flat = x.reshape(-1, 1, H, W)
@@ -176,7 +178,11 @@ class Group:
         return self._index[g]
 
     def _check_element(self, g: Any) -> None:
-        if g not in self._index:
+        try:
+            known = g in self._index
+        except TypeError:  # unhashable, e.g. a list instead of a tuple
+            known = False
+        if not known:
             raise ValueError(f"{g!r} is not an element of {self!r}; elements are {self._elements}")
 
     def compose(self, a: Any, b: Any) -> Any:  # pragma: no cover - abstract
@@ -281,7 +287,7 @@ class Rotations(Group):
     name = "rotations"
 
     def __init__(self, N: int):
-        if not isinstance(N, int) or N < 1:
+        if isinstance(N, bool) or not isinstance(N, int) or N < 1:
             raise ValueError(f"the order N of C_N must be a positive integer, got {N!r}")
         self.N = N
         super().__init__(list(range(N)))
@@ -338,7 +344,7 @@ class Dihedral(Group):
     name = "dihedral"
 
     def __init__(self, N: int):
-        if not isinstance(N, int) or N < 1:
+        if isinstance(N, bool) or not isinstance(N, int) or N < 1:
             raise ValueError(f"the order N of D_N must be a positive integer, got {N!r}")
         self.N = N
         self._rot = Rotations(N)

@@ -349,3 +349,12 @@ def test_unknown_elements_and_actions():
         equivariance_error(lambda z: z, "c4", torch.ones(3, 3))
     with pytest.raises(ValueError, match="NaN"):
         equivariance_error(lambda z: z / 0.0, Rotations(4), torch.ones(3, 3))
+
+
+def test_malformed_elements_and_orders_are_refused_clearly():
+    with pytest.raises(ValueError, match="not an element"):
+        Dihedral(4).act([1, 0], torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="positive integer"):
+        Rotations(True)
+    with pytest.raises(TypeError, match="floating-point"):
+        rotate(torch.zeros(1, 4, 4, dtype=torch.int64), 0.3)
