@@ -34,7 +34,7 @@ def _check_kernel(kernel_size) -> int:
 
 def conv2d(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
            padding_mode: str = "circular", bias: bool = True) -> nn.Conv2d:
-    """A ``k x k`` ``nn.Conv2d`` with 'same' padding ``k // 2`` and a zero-initialised bias.
+    """A ``k x k`` ``nn.Conv2d`` with 'same' padding ``k // 2``, He-normal weights, zero bias.
 
     ``x: (B, C, H, W) -> (B, C', H/stride, W/stride)``. ``padding_mode``: ``"circular"`` (exact
     shift equivariance for odd ``k``) or ``"zeros"`` (breaks it at the border).
@@ -47,6 +47,7 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int = 3, stride: in
         raise ValueError(f"stride must be a positive int, got {stride!r}")
     conv = nn.Conv2d(in_channels, out_channels, k, stride=stride, padding=k // 2,
                      padding_mode=padding_mode, bias=bias)
+    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")  # std sqrt(2 / (C k^2))
     if bias:
         nn.init.zeros_(conv.bias)
     return conv
@@ -82,8 +83,8 @@ class BasisConv2d(nn.Module):
         m = basis.shape[0]
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, m))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        with torch.no_grad():  # effective filter entries of size ~ 1/sqrt(C k^2), like Kaiming
-            std = 1.0 / (in_channels * k * k) ** 0.5
+        with torch.no_grad():  # effective filter entries of size sqrt(2 / (C k^2)) (He init)
+            std = (2.0 / (in_channels * k * k)) ** 0.5
             target = torch.randn(out_channels * in_channels, k * k, dtype=torch.float64) * std
             sol = torch.linalg.lstsq(self.basis.T.double(), target.T).solution  # (M, C'C)
             self.weight.copy_(sol.T.reshape(out_channels, in_channels, m).float())

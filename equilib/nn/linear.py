@@ -102,7 +102,8 @@ class GroupedLinear(nn.Module):
 class ImageLinear(nn.Module):
     """A fully-connected layer between images (the FC path): ``(B, C, H, W) -> (B, C', H', W')``.
 
-    ``y = reshape(linear(flatten(x)))`` with one ``nn.Linear(C*H*W, C'*H'*W')``; bias zero.
+    ``y = reshape(linear(flatten(x)))`` with one ``nn.Linear(C*H*W, C'*H'*W')``; He-normal
+    weights, zero bias.
     """
 
     def __init__(self, in_shape, out_shape, bias: bool = True):
@@ -110,6 +111,7 @@ class ImageLinear(nn.Module):
         self.in_shape = check_shape(in_shape, "in_shape")
         self.out_shape = check_shape(out_shape, "out_shape")
         self.linear = nn.Linear(math.prod(self.in_shape), math.prod(self.out_shape), bias=bias)
+        nn.init.kaiming_normal_(self.linear.weight, nonlinearity="relu")  # std sqrt(2 / CX)
         if bias:
             nn.init.zeros_(self.linear.bias)
 
@@ -160,12 +162,12 @@ class FactoredLinear(nn.Module):
         else:
             self.register_buffer("basis_out", None)
         n_out = Y if basis_out is None else basis_out.shape[0]
-        # U entries ~ 1/sqrt(X), V entries ~ 1/sqrt(C): y keeps roughly the scale of x
+        # U entries ~ 1/sqrt(X), V entries ~ sqrt(2/C): the effective W has He-like scale
         self.u = GroupedLinear(C, X, Co, bias=False, basis=basis_in, init_std=1 / math.sqrt(X))
-        self.v = GroupedLinear(Co, C, n_out, bias=bias, init_std=1 / math.sqrt(C))
+        self.v = GroupedLinear(Co, C, n_out, bias=bias, init_std=math.sqrt(2 / C))
         if basis_out is not None:
-            with torch.no_grad():  # make the effective V (not v) have entries of size 1/sqrt(C)
-                target = torch.randn(Co, Y, C) / math.sqrt(C)
+            with torch.no_grad():  # make the effective V (not v) have entries of size sqrt(2/C)
+                target = torch.randn(Co, Y, C) * math.sqrt(2 / C)
                 sol = torch.linalg.lstsq(self.basis_out.T.double(),
                                          target.permute(1, 0, 2).reshape(Y, -1).double()).solution
                 self.v.weight.copy_(sol.reshape(n_out, Co, C).permute(1, 0, 2).float())
