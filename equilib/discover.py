@@ -111,11 +111,12 @@ def build_model(config: Config, in_shape) -> nn.Module:
 def rescale_paths(model: nn.Module, x: torch.Tensor, target_std: float = 1.0) -> list[list[float]]:
     """Data-dependent initialisation: scale every path so its output has std ``target_std`` on ``x``.
 
-    Block by block, each path's last weight tensor (the one its output is linear in, with zero
-    biases) is multiplied by ``target_std / std(path(h))`` where ``h`` is the block's input on the
-    batch ``x: (B, C, H, W)`` (layer-sequential unit-variance init, Mishkin and Matas 2016); the
-    head's linear layers likewise. Without it the zoo's default init shrinks the signal by about
-    0.4 per block. Returns the scale factors applied, per block and path.
+    Block by block, with ``s = target_std / std(path(h))`` (``h``: the block's input on the batch
+    ``x: (B, C, H, W)``), each of the path's ``k`` weight tensors is multiplied by ``s^(1/k)``:
+    with zero biases a path is linear in each weight tensor, so its output std becomes
+    ``target_std``, and the factors of a factored path stay balanced (layer-sequential
+    unit-variance init, Mishkin and Matas 2016). The head's linear layers likewise. Without it
+    the zoo's default init shrinks the signal by about 0.4 per block. Returns the factors ``s``.
     """
     scales = []
     h = x
@@ -126,9 +127,10 @@ def rescale_paths(model: nn.Module, x: torch.Tensor, target_std: float = 1.0) ->
             out = path(h)
             if isinstance(out, tuple):
                 out = out[0]
-            s = target_std / out.std().clamp_min(1e-12)
-            weights[-1].mul_(s)
-            row.append(float(s))
+            s = float(target_std / out.std().clamp_min(1e-12))
+            for w in weights:
+                w.mul_(s ** (1.0 / len(weights)))
+            row.append(s)
         scales.append(row)
         h = block(h)
     if hasattr(model, "pool") and hasattr(model, "head"):
@@ -259,6 +261,7 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
         "seconds": time.perf_counter() - t0,
         "train_seconds": history.seconds[-1],
         "n_params": sum(p.numel() for p in model.parameters()),
+        "in_shape": list(in_shape),
         "layers": layer_structure(model, history.prior_precision[-1]),
         "layers_history": layers_history,
         "history": history.to_dict(),
