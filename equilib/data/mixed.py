@@ -6,10 +6,12 @@ Each source digit (scikit-learn's 8x8, upsampled to ``digit`` pixels and centred
 * ``upright``: not at all;
 * ``c4``: a random multiple of 90 degrees (exact, ``rot90``);
 * ``so2``: a random angle in [0, 2 pi) (bilinear);
-* ``partial``: a random angle in [-theta, theta] (bilinear).
+* ``partial``: a random angle in [-theta, theta] (bilinear);
+* ``c4-partial``: a random quarter turn within [-theta, theta] (exact; {-90, 0, 90} degrees
+  for theta = 90 degrees): a partial range on the grid of C4.
 
-Tasks (``make_degree_task``): ``upright``, ``rotated`` (all of C4), ``partial`` (+- theta) with
-10 classes, and ``double``: two digits side by side on a ``size x 2 size`` canvas, the left one
+Tasks (``make_degree_task``): ``upright``, ``rotated`` (all of C4), ``partial`` (the quarter turns
+within +- theta, ``c4-partial``) with 10 classes, and ``double``: two digits side by side on a ``size x 2 size`` canvas, the left one
 rotated (by ``left``, default C4) and the right one upright, label ``10 * left + right`` (100
 classes). Train and test images come from disjoint source digits.
 """
@@ -33,7 +35,7 @@ __all__ = [
 ]
 
 DEGREE_TASKS = ("upright", "rotated", "partial", "double")
-TRANSFORMS = ("upright", "c4", "so2", "partial")
+TRANSFORMS = ("upright", "c4", "so2", "partial", "c4-partial")
 
 
 def _check_transform(kind: str) -> None:
@@ -56,13 +58,18 @@ def transform_digits(
     N = len(X)
     if kind == "upright":
         return X.clone(), torch.zeros(N)
-    if kind == "c4":
-        k = torch.randint(4, (N,), generator=generator)
+    if kind in ("c4", "c4-partial"):
+        if kind == "c4":
+            k = torch.randint(4, (N,), generator=generator)
+        else:
+            kmax = int(math.floor(theta / (math.pi / 2) + 1e-9))
+            k = torch.randint(-kmax, kmax + 1, (N,), generator=generator) % 4
         out = X.clone()
         for q in range(1, 4):
             sel = k == q
             out[sel] = torch.rot90(X[sel], q, dims=(-2, -1))
-        return out, k.float() * (math.pi / 2)
+        angles = k.float() * (math.pi / 2)
+        return out, torch.where(angles > math.pi, angles - 2 * math.pi, angles)
     if kind == "so2":
         angles = torch.rand(N, generator=generator) * (2 * math.pi)
     else:
@@ -155,17 +162,17 @@ def make_degree_task(
     n_test: int,
     size: int = 16,
     digit: int = 12,
-    theta: float = math.pi / 4,
+    theta: float = math.pi / 2,
     seed: int = 0,
 ):
     """One of ``DEGREE_TASKS``: ``(Xtr, ytr, Xte, yte, n_classes)``.
 
-    ``upright``/``rotated``/``partial``: single digits, upright / C4-rotated / within +-theta
-    (10 classes). ``double``: left digit C4-rotated, right upright (100 classes).
+    ``upright``/``rotated``/``partial``: single digits, upright / C4-rotated / turned by a quarter
+    turn within +-theta (10 classes; ``{-90, 0, 90}`` degrees for the default theta = pi/2). ``double``: left digit C4-rotated, right upright (100 classes).
     """
     if name not in DEGREE_TASKS:
         raise ValueError(f"unknown degree task {name!r}; valid tasks are {list(DEGREE_TASKS)}")
     if name == "double":
         return (*make_double_digits(n_train, n_test, "c4", "upright", size, digit, theta, seed), 100)
-    kind = {"upright": "upright", "rotated": "c4", "partial": "partial"}[name]
+    kind = {"upright": "upright", "rotated": "c4", "partial": "c4-partial"}[name]
     return (*make_rotated_digits(n_train, n_test, kind, size, digit, theta, seed), 10)

@@ -122,8 +122,12 @@ class GroupDensity(nn.Module):
         n_rotations: int,
         continuous: bool = False,
         coefficients: torch.Tensor | None = None,
+        gain: float = 1.0,
     ):
         super().__init__()
+        if not (isinstance(gain, (int, float)) and gain > 0):
+            raise ValueError(f"gain must be a positive number, got {gain!r}")
+        self.gain = float(gain)
         angles = torch.as_tensor(angles, dtype=torch.float32)
         if angles.ndim != 1 or angles.numel() < 1:
             raise ValueError(f"angles must be a non-empty 1-D tensor, got shape {tuple(angles.shape)}")
@@ -211,8 +215,8 @@ class GroupDensity(nn.Module):
         return self.angles.numel()
 
     def logits(self) -> torch.Tensor:
-        """Logit on the grid: (|H|,), logit(h) = coefficients[flip(h)] . basis(angle(h))."""
-        per_coset = self.coefficients @ self.basis  # (F, |H|)
+        """Logit on the grid: (|H|,), logit(h) = gain * coefficients[flip(h)] . basis(angle(h))."""
+        per_coset = self.gain * (self.coefficients @ self.basis)  # (F, |H|)
         return per_coset.gather(0, self.flips.unsqueeze(0)).squeeze(0)
 
     def forward(self) -> torch.Tensor:

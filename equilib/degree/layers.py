@@ -100,6 +100,7 @@ class _PartialBase(nn.Module):
         self.density = density
         perms = [group.permutation(h) for h in group.elements]
         self.register_buffer("perm", torch.tensor(perms, dtype=torch.long))  # (|H|, |H|)
+        self._kernel_override = None  # a kernel to use instead of K_lambda (per-example GGN)
 
     def averaging_weights(self, weights: torch.Tensor | None = None) -> torch.Tensor:
         """w(h) = lambda(h) / |H|: (|H|,), from the density or from explicit ``weights``."""
@@ -107,12 +108,14 @@ class _PartialBase(nn.Module):
             return self.density.weights()
         return _check_weights(weights, self.group.order)
 
-    def transformed_kernels(self) -> torch.Tensor:
-        """All |H| transformed copies ``h . K``: (|H|, *weight.shape)."""
+    def transformed_kernels(self, K: torch.Tensor | None = None) -> torch.Tensor:
+        """All |H| transformed copies ``h . K`` of ``K`` (default ``weight``): (|H|, *K.shape)."""
         raise NotImplementedError
 
     def effective_weight(self, weights: torch.Tensor | None = None) -> torch.Tensor:
         """K_lambda = sum_h w(h) (h . K): same shape as ``weight``."""
+        if self._kernel_override is not None and weights is None:
+            return self._kernel_override
         w = self.averaging_weights(weights).to(self.weight.dtype)
         stack = self.transformed_kernels()
         return torch.tensordot(w, stack, dims=1)
@@ -155,8 +158,8 @@ class PartialLiftingConv(_PartialBase):
         self.weight = nn.Parameter(torch.randn(out_channels, G, in_channels, kernel_size, kernel_size) * std)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
-    def transformed_kernels(self) -> torch.Tensor:
-        K = self.weight
+    def transformed_kernels(self, K: torch.Tensor | None = None) -> torch.Tensor:
+        K = self.weight if K is None else K
         out = []
         for i, h in enumerate(self.group.elements):
             out.append(self.group.act(h, K.index_select(1, self.perm[i])))
@@ -205,8 +208,8 @@ class PartialGroupConv(_PartialBase):
         self.weight = nn.Parameter(torch.randn(shape) * std)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
-    def transformed_kernels(self) -> torch.Tensor:
-        K = self.weight
+    def transformed_kernels(self, K: torch.Tensor | None = None) -> torch.Tensor:
+        K = self.weight if K is None else K
         out = []
         for i, h in enumerate(self.group.elements):
             p = self.perm[i]

@@ -1,0 +1,194 @@
+"""Training glue for partial G-CNNs: regularisers through ``equilib.train.fit``, lambda history.
+
+``train_degree`` trains a model with ``fit`` and adds the degree regulariser (divided by the
+number of training examples, like the weight prior that ``fit`` also divides by N: both are
+log-prior terms next to a *mean* cross-entropy). With ``lambda_objective="marglik"`` the density
+coefficients are left out of the MAP optimiser and learned instead by the Laplace marginal
+likelihood after every epoch (``equilib.degree.marglik``). The lambda of every layer is recorded
+at initialisation and after every epoch.
+
+``run_experiment`` builds one data variant and one model kind and trains it; the command line
+and chapter 08 both call it (the chapter through ``equilib.cache.cached``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from equilib.degree.model import PartialGCNN, degree_regulariser, layer_densities
+
+__all__ = ["train_degree", "run_experiment", "experiment_config", "MODEL_KINDS", "LAMBDA_OBJECTIVES"]
+
+MODEL_KINDS = ("partial", "gcnn", "cnn", "fc+conv")
+LAMBDA_OBJECTIVES = ("kl", "marglik")
+
+
+def _n_data(loader) -> int:
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return sum(len(y) for _, y in loader)
+
+
+def train_degree(
+    model: torch.nn.Module,
+    train_loader,
+    test_loader=None,
+    *,
+    epochs: int,
+    lr: float = 2e-3,
+    reg_weights: tuple[float, float, float] = (3.0, 3.0, 5.0),
+    lambda_objective: str = "kl",
+    marglik_subset: int = 256,
+    marglik_steps: int = 10,
+    marglik_lr: float = 0.05,
+    device=None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Train ``model`` with ``equilib.train.fit``; return history, lambdas per epoch and entropies.
+
+    ``reg_weights = (kl_uniform, kl_prev, align)`` (the paper's defaults 3, 3, 5), each divided by
+    N. Returns ``{"history": History.to_dict(), "lambdas": [ {layer: [lambda(h)...]} per epoch,
+    starting with the initialisation ], "entropies": [[H per layer] per epoch], "layers": names}``.
+    """
+    from equilib.train import fit
+
+    if lambda_objective not in LAMBDA_OBJECTIVES:
+        raise ValueError(f"unknown lambda_objective {lambda_objective!r}; expected one of {list(LAMBDA_OBJECTIVES)}")
+    if len(reg_weights) != 3:
+        raise ValueError(f"reg_weights must be (kl_uniform, kl_prev, align), got {reg_weights!r}")
+    n = _n_data(train_loader)
+    has_lambda = any(True for _ in layer_densities(model))
+    lambdas = [{k: v.tolist() for k, v in layer_densities(model).items()}]
+
+    extra = None
+    hook = None
+    if has_lambda and lambda_objective == "kl":
+        w = tuple(float(v) / n for v in reg_weights)
+        extra = lambda m: degree_regulariser(m, *w)  # noqa: E731
+    elif has_lambda and lambda_objective == "marglik":
+        from equilib.degree.marglik import MarglikLambda
+
+        hook = MarglikLambda(model, train_loader, n_data=n, subset=marglik_subset,
+                             steps=marglik_steps, lr=marglik_lr, seed=seed)
+        hook.freeze()
+
+    def callback(epoch, history, m):
+        if hook is not None:
+            hook.update()
+        lambdas.append({k: v.tolist() for k, v in layer_densities(m).items()})
+
+    try:
+        history = fit(model, train_loader, test_loader, epochs=epochs, lr=lr, extra_loss=extra,
+                      device=device, seed=seed, progress=progress, callback=callback)
+    finally:
+        if hook is not None:
+            hook.unfreeze()
+    entropies = []
+    for lam in lambdas:
+        entropies.append([_entropy(v) for v in lam.values()])
+    return {
+        "history": history.to_dict(),
+        "lambdas": lambdas,
+        "entropies": entropies,
+        "layers": list(lambdas[0].keys()),
+        "marglik": hook.log if hook is not None else None,
+    }
+
+
+def _entropy(values) -> float:
+    w = torch.tensor(values, dtype=torch.float64)
+    if w.numel() == 1:
+        return 1.0
+    w = w / w.sum()
+    return float(-(w * torch.log(w.clamp_min(1e-300))).sum() / math.log(w.numel()))
+
+
+def experiment_config(data: str, fast: bool = False, **overrides) -> dict:
+    """Settings of one run: data sizes, epochs, width, learning rate (FAST shrinks them)."""
+    cfg = {
+        "data": data, "n_train": 1000, "n_test": 500, "size": 16, "digit": 12,
+        "theta_deg": 90.0, "epochs": 12, "width": 8, "lr": 2e-3, "batch_size": 32,
+        "group": "C4", "band_limit": None, "share": False, "gain": 30.0,
+        "reg_weights": (3.0, 3.0, 5.0), "lambda_objective": "kl",
+    }
+    if data == "double":
+        cfg.update(n_train=3000, n_test=1000)
+    if fast:
+        cfg.update(n_train=400, n_test=200, epochs=6, width=6)
+        if data == "double":
+            cfg.update(n_train=800, n_test=300, epochs=5)
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; valid settings are {sorted(cfg)}")
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return cfg
+
+
+def build_model(kind: str, in_shape, n_classes: int, cfg: dict) -> torch.nn.Module:
+    """``partial`` (learned lambda), ``gcnn`` (lambda frozen uniform: an exact C4 G-CNN), ``cnn``
+    (the same network with the trivial group and twice the width) or ``fc+conv`` (equilib.models)."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; valid kinds are {list(MODEL_KINDS)}")
+    pool = (1, 2) if cfg["data"] == "double" else (1, 1)
+    if kind == "fc+conv":
+        from equilib.models import build
+
+        return build("fc+conv", in_shape=tuple(in_shape), n_classes=n_classes, width=cfg["width"])
+    if kind == "cnn":
+        return PartialGCNN(in_shape, n_classes, width=2 * cfg["width"], group="C1", pool=pool)
+    model = PartialGCNN(in_shape, n_classes, width=cfg["width"], group=cfg["group"],
+                        band_limit=cfg["band_limit"], share=cfg["share"], pool=pool,
+                        gain=cfg["gain"])
+    if kind == "gcnn":
+        for _, d in model.named_modules():
+            if hasattr(d, "coefficients"):
+                d.coefficients.requires_grad_(False)
+    return model
+
+
+def run_experiment(data: str, kind: str = "partial", seed: int = 0, fast: bool = False,
+                   device=None, progress: bool = False, **overrides) -> dict:
+    """Build data variant ``data`` and model ``kind``, train, and return a JSON-friendly result.
+
+    Result keys: ``config``, ``kind``, ``test_accuracy``, ``train_accuracy``, ``seconds``,
+    ``layers`` ([{"name", "entropy"}] in depth order, empty for ``fc+conv``), ``lambdas`` and
+    ``entropies`` per epoch, ``history``.
+    """
+    import equilib
+    from equilib.data import make_loader
+    from equilib.data.mixed import make_degree_task
+
+    cfg = experiment_config(data, fast, **overrides)
+    Xtr, ytr, Xte, yte, nc = make_degree_task(
+        data, cfg["n_train"], cfg["n_test"], size=cfg["size"], digit=cfg["digit"],
+        theta=math.radians(cfg["theta_deg"]), seed=seed)
+    equilib.seed_everything(seed)
+    model = build_model(kind, tuple(Xtr.shape[1:]), nc, cfg)
+    train = make_loader(Xtr, ytr, cfg["batch_size"], shuffle=True, seed=seed)
+    test = make_loader(Xte, yte, 256, shuffle=False)
+    t0 = time.perf_counter()
+    out = train_degree(model, train, test, epochs=cfg["epochs"], lr=cfg["lr"],
+                       reg_weights=tuple(cfg["reg_weights"]),
+                       lambda_objective=cfg["lambda_objective"], device=device, seed=seed,
+                       progress=progress)
+    seconds = time.perf_counter() - t0
+    hist = out["history"]
+    return {
+        "config": {**cfg, "seed": seed, "kind": kind},
+        "kind": kind,
+        "data": data,
+        "test_accuracy": float(hist["test_acc"][-1]),
+        "train_accuracy": float(hist["train_acc"][-1]),
+        "seconds": seconds,
+        "layers": [{"name": n, "entropy": float(h)} for n, h in zip(out["layers"], out["entropies"][-1])]
+        if kind != "fc+conv" else [],
+        "lambdas": out["lambdas"],
+        "entropies": out["entropies"],
+        "history": hist,
+        "marglik": out["marglik"],
+    }

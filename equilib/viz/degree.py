@@ -1,0 +1,118 @@
+"""What the degree-of-equivariance figures show: lambda per layer on a circle, entropies per run.
+
+Pure functions (``polar_points``, ``entropy_table``) compute the numbers; ``draw_lambdas``,
+``plot_lambdas`` and ``plot_entropies`` draw them with matplotlib (imported inside).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+__all__ = ["polar_points", "entropy_table", "draw_lambdas", "plot_lambdas", "plot_entropies"]
+
+
+def polar_points(values: Sequence[float], n_rotations: int | None = None) -> dict[str, list]:
+    """Angles and radii of lambda(h) for a polar plot, one series per coset (rotations, flips).
+
+    values: (|H|,) lambda on the grid in element order (``f * N + k`` when there are flips, so
+    |H| = 2N). Returns ``{"rotations": [(theta, r), ...], "flips": [...]}`` (flips only for
+    D_N / O(2)); theta = 2 pi k / N. ``n_rotations`` defaults to |H| (no flips).
+    """
+    v = [float(x) for x in values]
+    if any(x < 0 for x in v):
+        raise ValueError("lambda values must be non-negative")
+    n = len(v) if n_rotations is None else n_rotations
+    if len(v) not in (n, 2 * n):
+        raise ValueError(f"expected {n} or {2 * n} values for {n} rotations, got {len(v)}")
+    out = {"rotations": [(2 * math.pi * k / n, v[k]) for k in range(n)]}
+    if len(v) == 2 * n:
+        out["flips"] = [(2 * math.pi * k / n, v[n + k]) for k in range(n)]
+    return out
+
+
+def entropy_table(results: Mapping[str, Mapping]) -> dict[str, dict[str, float]]:
+    """{run name: {layer name: entropy, ..., "mean": mean entropy}} from run results' ``layers``."""
+    table = {}
+    for name, res in results.items():
+        layers = res["layers"]
+        row = {d["name"]: float(d["entropy"]) for d in layers}
+        if row:
+            row["mean"] = sum(row.values()) / len(row)
+        table[name] = row
+    return table
+
+
+def draw_lambdas(lambdas: Mapping[str, Sequence[float]], fig=None, title: str = "",
+                 n_rotations: int | None = None, rmax: float | None = None):
+    """Polar plots of lambda(h) per layer: bars at the group's angles, the uniform density dashed.
+
+    ``lambdas``: {layer name: (|H|,) values}. Draws into ``fig`` (a new figure if None).
+    """
+    import matplotlib.pyplot as plt
+
+    names = list(lambdas)
+    if not names:
+        raise ValueError("lambdas must hold at least one layer")
+    if fig is None:
+        fig = plt.figure(figsize=(2.6 * len(names), 2.9))
+    fig.clf()
+    top = rmax or max(2.0, max(max(float(x) for x in v) for v in lambdas.values()) * 1.1)
+    circle = torch.linspace(0, 2 * math.pi, 100)
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(1, len(names), i + 1, projection="polar")
+        pts = polar_points(lambdas[name], n_rotations)
+        n = len(pts["rotations"])
+        width = 2 * math.pi / n * (0.4 if "flips" in pts else 0.8)
+        th, r = zip(*pts["rotations"])
+        ax.bar(th, r, width=width, color="C0", alpha=0.8, label="rotation")
+        if "flips" in pts:
+            th2, r2 = zip(*pts["flips"])
+            ax.bar([t + width for t in th2], r2, width=width, color="C1", alpha=0.8, label="flip")
+        ax.plot(circle.numpy(), [1.0] * len(circle), "k--", lw=0.8)
+        ax.set_ylim(0, top)
+        ax.set_yticklabels([])
+        ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lambdas(result: Mapping, epoch: int = -1, fig=None):
+    """``draw_lambdas`` for a run result (``run_experiment``) at ``epoch`` (-1 = the last)."""
+    lams = result["lambdas"]
+    if not lams or not lams[0]:
+        raise ValueError("this result has no lambda (a model without partial layers)")
+    ep = epoch if epoch >= 0 else len(lams) + epoch
+    ents = result["entropies"][ep]
+    names = list(lams[ep])
+    labelled = {f"{n} (H={h:.2f})": lams[ep][n] for n, h in zip(names, ents)}
+    title = f"{result.get('data', '')}: lambda per layer after epoch {ep}"
+    return draw_lambdas(labelled, fig=fig, title=title)
+
+
+def plot_entropies(results: Mapping[str, Mapping], ax=None):
+    """Grouped bars: normalised entropy of lambda per layer (x) for every run (colour)."""
+    import matplotlib.pyplot as plt
+
+    table = entropy_table(results)
+    runs = [k for k, v in table.items() if v]
+    if not runs:
+        raise ValueError("no run with lambda to plot")
+    layers = [k for k in table[runs[0]] if k != "mean"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3))
+    w = 0.8 / len(runs)
+    for i, run in enumerate(runs):
+        xs = [j + (i - (len(runs) - 1) / 2) * w for j in range(len(layers))]
+        ax.bar(xs, [table[run].get(layer, float("nan")) for layer in layers], width=w, label=run)
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(layers)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_ylabel("H(lambda) / log|H|")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, loc="lower left")
+    return ax
