@@ -1,7 +1,8 @@
 """The model zoo of the book: ``build(name, in_shape, n_classes, width)``.
 
 Every model is ``blocks`` (an ``nn.ModuleList`` of ``equilib.nn.SoftBlock``), a global pooling
-(mean over space, and max over the rotation axis for ``gconv-c4``) and a small MLP ``head``.
+(max over space, and over the rotation axis for ``gconv-c4``; ``pool="mean"`` averages over
+space instead) and a small MLP ``head``.
 Blocks stride by ``(2, 2, 1, 1, ...)`` with shift-equivariant (polyphase) striding, biases start
 at zero and there is no BatchNorm. Because of the global spatial pooling, a model whose blocks are
 all equivariant to cyclic shifts is *invariant* to them (up to the polyphase phase), so a pure
@@ -64,14 +65,18 @@ class SoftNet(nn.Module):
     """Blocks of summed paths, a global pooling and an MLP head: ``(B, C, H, W) -> (B, classes)``.
 
     Attributes: ``blocks`` (``nn.ModuleList`` of ``SoftBlock``), ``head`` (``nn.Sequential``),
-    ``name``, ``in_shape``, ``strides``, ``group_order`` (4 for ``gconv-c4``, else 1).
+    ``name``, ``in_shape``, ``strides``, ``group_order`` (4 for ``gconv-c4``, else 1),
+    ``pooling`` (``"max"`` or ``"mean"`` over space).
     """
 
     def __init__(self, name: str, in_shape: tuple[int, int, int], blocks: list[SoftBlock],
-                 head: nn.Module, strides: tuple[int, ...], group_order: int = 1):
+                 head: nn.Module, strides: tuple[int, ...], group_order: int = 1,
+                 pooling: str = "max"):
         super().__init__()
+        if pooling not in ("max", "mean"):
+            raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
         self.name, self.in_shape, self.strides = name, in_shape, strides
-        self.group_order = group_order
+        self.group_order, self.pooling = group_order, pooling
         self.blocks = nn.ModuleList(blocks)
         self.head = head
 
@@ -86,23 +91,25 @@ class SoftNet(nn.Module):
         return x
 
     def pool(self, h: torch.Tensor) -> torch.Tensor:
-        """Global pooling: max over the group axis (if any), mean over space -> ``(B, width)``."""
+        """Global pooling: max over the group axis (if any), max (or mean) over space -> ``(B, C)``."""
         if self.group_order > 1:
             h = h.amax(dim=2)
-        return h.mean(dim=(-2, -1))
+        return h.amax(dim=(-2, -1)) if self.pooling == "max" else h.mean(dim=(-2, -1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)))
 
 
 def build(name: str, in_shape=(1, 16, 16), n_classes: int = 10, width: int = 8, *,
-          depth: int = 3, strides=None, kernel_size: int = 3, hidden: int = 64) -> SoftNet:
+          depth: int = 3, strides=None, kernel_size: int = 3, hidden: int = 64,
+          pooling: str = "max") -> SoftNet:
     """Build the named model for inputs ``(B, C, H, W)`` with ``in_shape = (C, H, W)``.
 
     ``width``: channels of every block (per rotation for ``gconv-c4``); ``depth`` blocks with
     ``strides`` (default ``default_strides(depth)``; ``H`` and ``W`` must be divisible by their
-    product); ``head`` = Linear(width, hidden) -> ReLU -> Linear(hidden, n_classes).
-    Valid names: ``MODEL_NAMES``.
+    product); global ``pooling`` over space (``"max"`` or ``"mean"``); ``head`` =
+    Linear(width, hidden) -> ReLU -> Linear(hidden, n_classes), He-normal first layer, zero
+    biases. Valid names: ``MODEL_NAMES``.
     """
     if name not in _SPECS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}")
@@ -140,10 +147,12 @@ def build(name: str, in_shape=(1, 16, 16), n_classes: int = 10, width: int = 8, 
         blocks.append(SoftBlock(paths, stride=s))
         c, h, w = width, h // s, w // s
     head = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+    nn.init.kaiming_normal_(head[0].weight, nonlinearity="relu")
     for m in head:
         if isinstance(m, nn.Linear):
             nn.init.zeros_(m.bias)
-    return SoftNet(name, (C, H, W), blocks, head, strides, group_order=4 if group else 1)
+    return SoftNet(name, (C, H, W), blocks, head, strides, group_order=4 if group else 1,
+                   pooling=pooling)
 
 
 def path_of(param_name: str) -> tuple[int, str] | None:
