@@ -199,6 +199,7 @@ class MarglikLambda:
                 p.requires_grad_(f)
             self.freeze()
             model.train(was)
-        entry = {"nll": float(nll), "complexity": float(comp), "log_marglik": -float(nll + comp)}
+        nll, comp = float(nll.detach()), float(comp.detach())
+        entry = {"nll": nll, "complexity": comp, "log_marglik": -(nll + comp)}
         self.log.append(entry)
         return entry
