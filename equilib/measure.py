@@ -103,7 +103,7 @@ def _weights_1d(src: torch.Tensor, n: int, cyclic: bool) -> torch.Tensor:
     taps = torch.arange(n, dtype=src.dtype, device=src.device)
     d = src.unsqueeze(-1) - taps
     if cyclic:
-        d = torch.remainder(d + n / 2, n) - n / 2
+        d = d - n * torch.floor((d.detach() + n / 2) / n)  # into [-n/2, n/2): locally a shift
     return cubic_kernel(d)
 
 
@@ -178,6 +178,12 @@ def _shift_group_axis(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return torch.einsum("gk,...khw->...ghw", M, x)
 
 
+def _times(t: torch.Tensor, c: float) -> torch.Tensor:
+    """``t * c`` with ``c`` as a tensor of ``t``'s dtype (a Python float would promote the
+    forward-mode tangent of a 0-dim ``t`` to float64)."""
+    return t * torch.as_tensor(c, dtype=t.dtype, device=t.device)
+
+
 def act(
     x: torch.Tensor, t: float | torch.Tensor, transform: str, in_size: int | None = None
 ) -> torch.Tensor:
@@ -197,13 +203,13 @@ def act(
     t = _as_param(t, x)
     if transform == "rotation":
         if x.ndim == 5:
-            x = _shift_group_axis(x, t * x.shape[-3] / (2 * math.pi))
+            x = _shift_group_axis(x, _times(t, x.shape[-3] / (2 * math.pi)))
         return rotate(x, t)
     scale = 1.0 if in_size is None else x.shape[-1] / in_size
     zero = torch.zeros_like(t)
     if transform == "translation_x":
-        return translate(x, zero, t * scale)
-    return translate(x, t * scale, zero)
+        return translate(x, zero, _times(t, scale))
+    return translate(x, _times(t, scale), zero)
 
 
 # --------------------------------------------------------------------------- Lie derivative

@@ -145,6 +145,14 @@ def test_jvp_agrees_with_finite_differences(transform):
     assert (d_jvp - d_fd).norm() / d_jvp.norm() < 1e-3
 
 
+def test_float32_feature_maps_with_a_group_axis_under_jvp():
+    x = torch.randn(2, 3, 4, 6, 6)
+    for tr in measure.TRANSFORMS:
+        d = torch.func.jvp(lambda t, tr=tr: measure.act(x, t, tr), (torch.zeros(()),),
+                           (torch.ones(()),))[1]
+        assert d.dtype == torch.float32 and d.shape == x.shape and torch.isfinite(d).all()
+
+
 def test_feature_map_output_action_is_undone():
     torch.manual_seed(4)
     conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular").double()
