@@ -122,3 +122,34 @@ def test_lifting_conv_stacked_copies_are_rows_of_one_example():
     rows = kron._kron.rows
     conv_layer = [i for i, layer in enumerate(kron.layers) if layer.name.endswith("paths.gconv.conv")]
     assert rows[conv_layer[0]] == 3 * 4 * 8 * 8  # examples x copies x locations
+
+
+@pytest.mark.parametrize("cls", [KronLaplace, DiagLaplace])
+def test_bottleneck_keeps_curvature_blocks_exact(cls):
+    """Pushing min(D, K) columns past the narrow head input gives the same blocks as K columns."""
+    torch.manual_seed(0)
+    model = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=7, width=3, hidden=5).to(DT)
+    X, y = images(n=5, c=7)
+    fast = cls(model, bottleneck="auto").fit([(X, y)])
+    plain = cls(model, bottleneck=None).fit([(X, y)])
+    assert fast._cut == "head" and plain._cut is None
+    if cls is KronLaplace:
+        for name in plain.param_names:
+            for a, b in zip(fast.factors[name], plain.factors[name]):
+                if a is not None:
+                    torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+    else:
+        torch.testing.assert_close(fast.H, plain.H, atol=1e-10, rtol=1e-8)
+    diff = fast.log_marginal_likelihood() - plain.log_marginal_likelihood()
+    assert abs(diff.item()) < 1e-8
+
+
+def test_bottleneck_is_not_used_when_the_input_is_wide():
+    model = tiny("conv")  # head input has width 2 but only 3 classes -> used; 1 class -> not
+    X, y = images(n=4, c=3)
+    la = KronLaplace(model).fit([(X, y)])
+    assert la._cut == "head"
+    la = KronLaplace(model, hessian="mc").fit([(X, y)])
+    assert la._cut == ""
+    with pytest.raises(ValueError, match="bottleneck"):
+        KronLaplace(model, bottleneck="nonexistent")

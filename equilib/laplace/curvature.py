@@ -280,16 +280,30 @@ def output_hessian_sqrt(
 
 
 class Recorder:
-    """Forward hooks that keep the input and output of every call of every primitive layer."""
+    """Forward hooks that keep the input and output of every call of every primitive layer.
 
-    def __init__(self, layers: list[LayerInfo]):
+    With ``model`` and ``find_cut=True`` it also records every submodule's call, so that
+    ``choose_cut`` can find a bottleneck; with ``cut`` (a submodule name) it records that
+    module's input.
+    """
+
+    def __init__(self, layers: list[LayerInfo], model: nn.Module | None = None,
+                 cut: str | None = None, find_cut: bool = False):
         self.layers = layers
+        self.model = model
+        self.cut = cut
+        self.find_cut = find_cut
         self.handles = []
+        self.seen: dict[str, list] = {}
 
     def __enter__(self) -> Recorder:
         for layer in self.layers:
             layer.calls = []
             self.handles.append(layer.module.register_forward_hook(self._hook(layer)))
+        if self.model is not None and (self.find_cut or self.cut is not None):
+            for name, module in self.model.named_modules():
+                if name and (self.find_cut or name == self.cut):
+                    self.handles.append(module.register_forward_hook(self._watch(name)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -308,9 +322,36 @@ class Recorder:
 
         return hook
 
-    def clear(self) -> None:
-        for layer in self.layers:
-            layer.calls = []
+    def _watch(self, name: str):
+        def hook(module, inputs, output):
+            self.seen.setdefault(name, []).append((inputs, output))
+
+        return hook
+
+    def choose_cut(self, f: torch.Tensor, n_columns: int) -> str | None:
+        """The submodule whose output is the model output ``f`` and whose single input is the
+        narrowest (per example), if narrower than ``n_columns``; else None."""
+        best = None
+        for name, calls in self.seen.items():
+            if len(calls) != 1:
+                continue
+            inputs, out = calls[0]
+            if out is not f or len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
+                continue
+            x = inputs[0]
+            if not x.requires_grad or x.dim() == 0 or x.shape[0] != f.shape[0]:
+                continue
+            width = x.numel() // x.shape[0]
+            if best is None or width < best[1]:
+                best = (name, width)
+        return best[0] if best is not None and best[1] < n_columns else None
+
+    def cut_input(self, f: torch.Tensor) -> torch.Tensor | None:
+        """The recorded input of the cut module if its single call produced ``f``."""
+        calls = self.seen.get(self.cut, []) if self.cut is not None else []
+        if len(calls) != 1 or calls[0][1] is not f or len(calls[0][0]) != 1:
+            return None
+        return calls[0][0][0]
 
 
 def check_targets(f: torch.Tensor, y: torch.Tensor, likelihood: str) -> tuple:
@@ -343,43 +384,80 @@ def layer_inputs(layers: list[LayerInfo], batch: int) -> list[list[torch.Tensor]
 
 
 def backprop_rows(
-    layers: list[LayerInfo], f: torch.Tensor, L: torch.Tensor, vectorize: bool = False
+    layers: list[LayerInfo],
+    f: torch.Tensor,
+    L: torch.Tensor,
+    vectorize: bool = False,
+    cut: tuple[torch.Tensor, set[int]] | None = None,
 ):
     """Push the K columns of L back from the outputs to every recorded primitive call.
 
-    f: (B, C) outputs (with graph), L: (B, C, K). Yields, for one column at a time (or all K at
-    once with ``vectorize=True``, one batched backward), per layer a list over its calls of
-    g: (k, B, R, G, D_out), the backpropagated output rows.
+    f: (B, C) outputs (with graph), L: (B, C, K). Yields chunks of columns (one column at a
+    time, or all at once with ``vectorize=True``: one batched backward). Each chunk is, per
+    layer, a list over its calls of g: (k, B, R, G, D_out), or None for layers the chunk does
+    not reach.
+
+    ``cut = (x, inner)``: every path from the layers outside ``inner`` to f passes through the
+    tensor x (the input of the module that produced f; ``inner``: indices of the layers inside
+    it). The K columns are first pushed to x and to the inner layers; at x, with
+    V_n = (v_n1 ... v_nK) (D x K), they are replaced by the r = min(D, K) rows of R in the QR
+    decomposition V_n^T = Q R (R^T R = V_n V_n^T), which then travel on to the outer layers.
+    This keeps every block of the GGN exact (not the blocks coupling inner and outer layers).
     """
-    outs, where = [], []
-    for li, layer in enumerate(layers):
-        for ci, (_, out, version) in enumerate(layer.calls):
+    for layer in layers:
+        for _, out, version in layer.calls:
             if out._version != version:
                 raise RuntimeError(
                     f"the output of module {layer.name!r} ({type(layer.module).__name__}) was "
                     "modified in place after the layer ran (e.g. ReLU(inplace=True)); use "
                     "out-of-place operations so that the curvature sees the layer's output"
                 )
+    batch = f.shape[0]
+    cols = L.permute(2, 0, 1)  # (K, B, C)
+    if cut is None:
+        yield from _push(layers, set(range(len(layers))), f, cols, vectorize, batch)
+        return
+    x, inner = cut
+    V = []
+    for chunk in _push(layers, inner, f, cols, vectorize, batch, extra=x):
+        V.append(chunk.pop())
+        yield chunk
+    V = torch.cat(V).reshape(len(cols), batch, -1).transpose(0, 1)  # (B, K, D)
+    R = torch.linalg.qr(V, mode="r")[1]  # (B, r, D)
+    W = R.transpose(0, 1).reshape(R.shape[1], *x.shape)  # (r, *x.shape)
+    outer = set(range(len(layers))) - inner
+    yield from _push(layers, outer, x, W, vectorize, batch)
+
+
+def _push(layers, which: set[int], f, cols, vectorize: bool, batch: int, extra=None):
+    """Backward passes from f with grad_outputs ``cols`` (k, *f.shape) to the outputs of the
+    layers in ``which`` (and to the tensor ``extra``, appended to each chunk)."""
+    outs, where = [], []
+    for li in sorted(which):
+        for ci, (_, out, _) in enumerate(layers[li].calls):
             if out.requires_grad:
                 outs.append(out)
                 where.append((li, ci))
-    K, batch = L.shape[-1], f.shape[0]
-    cols = L.permute(2, 0, 1)  # (K, B, C)
+    targets = outs + ([extra] if extra is not None else [])
+    K = cols.shape[0]
     chunks = [cols] if vectorize and K > 1 else [cols[k : k + 1] for k in range(K)]
     for chunk in chunks:
         k = chunk.shape[0]
-        if not outs:
+        if not targets:
             grads: tuple = ()
         elif k > 1:
-            grads = torch.autograd.grad(f, outs, grad_outputs=chunk, is_grads_batched=True,
+            grads = torch.autograd.grad(f, targets, grad_outputs=chunk, is_grads_batched=True,
                                         allow_unused=True, retain_graph=True)
         else:
-            grads = torch.autograd.grad(f, outs, grad_outputs=chunk[0], allow_unused=True,
+            grads = torch.autograd.grad(f, targets, grad_outputs=chunk[0], allow_unused=True,
                                         retain_graph=True)
             grads = tuple(None if g is None else g.unsqueeze(0) for g in grads)
         lookup = dict(zip(where, grads))
-        result: list[list[torch.Tensor]] = []
+        result: list = []
         for li, layer in enumerate(layers):
+            if li not in which:
+                result.append(None)
+                continue
             per_call = []
             for ci, (_, out, _) in enumerate(layer.calls):
                 g = lookup.get((li, ci))
@@ -387,6 +465,10 @@ def backprop_rows(
                     g = torch.zeros((k,) + tuple(out.shape), device=out.device, dtype=out.dtype)
                 per_call.append(_fold(layer, layer_output_rows(layer, g), batch, 1))
             result.append(per_call)
+        if extra is not None:
+            g = grads[-1] if targets else None
+            result.append(torch.zeros((k,) + tuple(extra.shape), device=extra.device,
+                                      dtype=extra.dtype) if g is None else g)
         yield result
 
 

@@ -40,9 +40,9 @@ class KronFactors:
                 self.rows[li] += a.shape[0] * a.shape[1]
 
     def update_grads(self, grads: list[list[torch.Tensor]]) -> None:
-        """Add backpropagated rows: per layer, per call, g: (k, B, R, G, D_out)."""
+        """Add backpropagated rows: per layer, per call, g: (k, B, R, G, D_out) (None: skip)."""
         for li, calls in enumerate(grads):
-            for g in calls:
+            for g in calls or ():
                 g2 = g.reshape(-1, g.shape[-2], g.shape[-1]).transpose(0, 1)  # (G, rows, D)
                 B = g2.transpose(1, 2) @ g2
                 self.B[li] = B if self.B[li] is None else self.B[li] + B

@@ -50,7 +50,13 @@ class BaseLaplace:
     logdet_dtype: dtype of the eigen/Cholesky decompositions and of the evidence (float64).
     generator: random numbers of the MC Fisher. vectorize: push all output-Hessian columns back
     in one batched backward (``is_grads_batched``) instead of one backward per column.
+    bottleneck: ``'auto'`` finds the submodule that produces the output from the narrowest input
+    (e.g. an MLP head after global pooling); when that input has D < K values per example, only
+    min(D, K) columns travel further back (exact for every block of Kron and Diag; see
+    ``curvature.backprop_rows``). None switches it off; a submodule name forces it.
     """
+
+    _blockwise = True  # only blocks of the GGN are needed (False for the dense FullLaplace)
 
     def __init__(
         self,
@@ -63,6 +69,7 @@ class BaseLaplace:
         logdet_dtype: torch.dtype = torch.float64,
         generator: torch.Generator | None = None,
         vectorize: bool = False,
+        bottleneck: str | None = "auto",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -79,6 +86,11 @@ class BaseLaplace:
         self.logdet_dtype = logdet_dtype
         self.generator = generator
         self.vectorize = bool(vectorize)
+        if bottleneck not in (None, "auto") and bottleneck not in dict(model.named_modules()):
+            raise ValueError(f"bottleneck must be None, 'auto' or a submodule name of the model, "
+                             f"got {bottleneck!r}")
+        self.bottleneck = bottleneck
+        self._cut = None if bottleneck in (None, "auto") else bottleneck
         self.params, self.layers = inspect_model(model)
         self.param_names = [p.name for p in self.params]
         first = next(p for p in model.parameters() if p.requires_grad)
@@ -177,7 +189,11 @@ class BaseLaplace:
                 X, y = batch[0], batch[1]
                 X = X.to(self.device, dtype=self.dtype if torch.is_floating_point(X) else None)
                 y = y.to(self.device)
-                with torch.enable_grad(), Recorder(self.layers):
+                find = self.bottleneck == "auto" and self._blockwise and self._cut is None
+                cut_name = self._cut if self._blockwise else None
+                with torch.enable_grad(), Recorder(
+                    self.layers, self.model, cut=cut_name, find_cut=find
+                ) as rec:
                     f = self.model(X)
                     f2, y = check_targets(f, y, self.likelihood)
                     if n_outputs is not None and f2.shape[1] != n_outputs:
@@ -188,9 +204,17 @@ class BaseLaplace:
                     bad_output |= ~torch.isfinite(f2.detach()).all()
                     loss = loss + nll_sum(f2.detach(), y, self.likelihood).to(self.logdet_dtype)
                     Lsq = output_hessian_sqrt(f2, y, self.likelihood, self.hessian, self.generator)
+                    if find:
+                        self._cut = rec.choose_cut(f, Lsq.shape[-1]) or ""
+                        rec.cut = self._cut or None
+                    cut = None
+                    x_cut = rec.cut_input(f) if f2 is f else None
+                    if x_cut is not None:
+                        cut = (x_cut, {i for i, layer in enumerate(self.layers)
+                                       if (layer.name + ".").startswith(rec.cut + ".")})
                     inputs = layer_inputs(self.layers, X.shape[0])
                     for first, grads in enumerate(
-                        backprop_rows(self.layers, f2, Lsq, self.vectorize)
+                        backprop_rows(self.layers, f2, Lsq, self.vectorize, cut)
                     ):
                         self._accumulate(inputs, grads, first == 0)
                 for layer in self.layers:
@@ -413,7 +437,7 @@ class DiagLaplace(_EigenLaplace):
 
     def _accumulate(self, inputs, grads, first: bool) -> None:
         for li, layer in enumerate(self.layers):
-            if not inputs[li]:
+            if not inputs[li] or grads[li] is None:
                 continue
             if len(inputs[li]) == 1 and inputs[li][0].shape[1] == 1 and layer.weight is not None:
                 a, g = inputs[li][0][:, 0], grads[li][0][:, :, 0]  # one row per example:
@@ -440,6 +464,8 @@ class DiagLaplace(_EigenLaplace):
 
 class FullLaplace(BaseLaplace):
     """Laplace with the dense GGN ``H = sum_n J_n^T Lambda_n J_n``: (P, P). For small models."""
+
+    _blockwise = False
 
     def _init_curvature(self) -> None:
         self.H = torch.zeros(self.n_params, self.n_params, device=self.device, dtype=self.dtype)
