@@ -153,3 +153,23 @@ def test_bottleneck_is_not_used_when_the_input_is_wide():
     assert la._cut == ""
     with pytest.raises(ValueError, match="bottleneck"):
         KronLaplace(model, bottleneck="nonexistent")
+
+
+def test_interpolated_rotation_convs_match_dense_ggn():
+    """LiftingConvCN / GroupConvCN (weights shared over N interpolated rotations)."""
+    from equilib.nn import GroupConvCN, GroupPool, LiftingConvCN
+
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        LiftingConvCN(1, 2, 3, N=3), nn.Tanh(), GroupConvCN(2, 2, 3, N=3, padding_mode="zeros"),
+        GroupPool("mean"), nn.Flatten(), nn.Linear(2 * 5 * 5, 3),
+    ).to(DT)
+    X, y = torch.randn(4, 1, 5, 5, dtype=DT), torch.randint(0, 3, (4,))
+    H = dense_ggn(model, X, y, "classification")
+    full = FullLaplace(model).fit([(X[:2], y[:2]), (X[2:], y[2:])])
+    torch.testing.assert_close(full.H, H, atol=1e-10, rtol=1e-8)
+    kron = KronLaplace(model).fit([(X, y)])
+    blocks = exact_blocks(model, H)
+    for name in ("0.weight", "2.weight"):
+        ratio = kron.ggn_block(name).trace() / blocks[name].trace()
+        assert 0.5 < ratio < 2.0

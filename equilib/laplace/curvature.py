@@ -39,7 +39,7 @@ def _equilib_primitives() -> dict[str, type]:
     except ImportError:  # pragma: no cover - only while the package is being written
         return {}
     found = {}
-    for name in ("GroupedLinear", "BasisConv2d"):
+    for name in ("GroupedLinear", "BasisConv2d", "LiftingConvCN"):
         cls = getattr(enn, name, None)
         if isinstance(cls, type):
             found[name] = cls
@@ -47,12 +47,15 @@ def _equilib_primitives() -> dict[str, type]:
 
 
 def primitive_kind(module: nn.Module) -> str | None:
-    """``'linear' | 'conv2d' | 'grouped' | 'basisconv'`` for a supported primitive, else None."""
+    """``'linear' | 'conv2d' | 'grouped' | 'basisconv' | 'rotconv'`` for a supported primitive,
+    else None (``'rotconv'``: ``equilib.nn.LiftingConvCN`` / ``GroupConvCN``)."""
     prims = _equilib_primitives()
     if "GroupedLinear" in prims and isinstance(module, prims["GroupedLinear"]):
         return "grouped"
     if "BasisConv2d" in prims and isinstance(module, prims["BasisConv2d"]):
         return "basisconv"
+    if "LiftingConvCN" in prims and isinstance(module, prims["LiftingConvCN"]):
+        return "rotconv"
     if isinstance(module, nn.Linear):
         return "linear"
     if isinstance(module, nn.Conv2d):
@@ -61,7 +64,8 @@ def primitive_kind(module: nn.Module) -> str | None:
 
 
 SUPPORTED = (
-    "torch.nn.Linear, torch.nn.Conv2d (groups=1), equilib.nn.GroupedLinear, equilib.nn.BasisConv2d"
+    "torch.nn.Linear, torch.nn.Conv2d (groups=1), equilib.nn.GroupedLinear, equilib.nn.BasisConv2d,"
+    " equilib.nn.LiftingConvCN / GroupConvCN"
 )
 
 
@@ -208,7 +212,31 @@ def layer_input_rows(layer: LayerInfo, x: torch.Tensor) -> torch.Tensor:
         p = p.view(B, C, -1, L)  # (B, C, k*k, L)
         a = torch.einsum("bckl,mk->blcm", p, m.basis)
         return a.reshape(B, L, 1, -1)
+    if layer.kind == "rotconv":
+        return _rotconv_rows(m, x)
     raise AssertionError(layer.kind)  # pragma: no cover
+
+
+def _rotconv_rows(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Rows of a C_N lifting / group conv with interpolated filter rotation.
+
+    Output group g uses the filter F_g[d, c, n, p] = sum_q R_g[p, q] w[d, c, n - g, q], so
+    y[b, d, g, l] = sum_{c, n, q} w[d, c, n, q] a[b, g, l, (c, n, q)] with
+    a[b, g, l, (c, n, q)] = sum_p R_g[p, q] patch[b, c, n + g, p, l]: one row per (g, l).
+    x: (B, C, H, W) or (B, C, N, H, W) -> (B, N*L, 1, C*N_in*k*k).
+    """
+    B = x.shape[0]
+    k = m.k
+    xf = x.reshape(B, -1, x.shape[-2], x.shape[-1])
+    P = conv_patches(xf, (k, k), (1, 1), (k // 2, k // 2), m.padding_mode)
+    n_in = xf.shape[1] // m.in_channels
+    P = P.view(B, m.in_channels, n_in, k * k, -1)
+    R = m.rotations.to(P.dtype)
+    rows = []
+    for g in range(m.N):
+        Pg = torch.roll(P, -g, dims=2) if n_in > 1 else P
+        rows.append(torch.einsum("pq,bcnpl->blcnq", R[g], Pg).reshape(B, P.shape[-1], -1))
+    return torch.stack(rows, 1).reshape(B, -1, 1, rows[0].shape[-1])
 
 
 def layer_output_rows(layer: LayerInfo, g: torch.Tensor) -> torch.Tensor:
@@ -216,7 +244,7 @@ def layer_output_rows(layer: LayerInfo, g: torch.Tensor) -> torch.Tensor:
     K, B = g.shape[:2]
     if layer.kind == "linear":
         return g.reshape(K, B, -1, 1, g.shape[-1])
-    if layer.kind in ("conv2d", "basisconv"):
+    if layer.kind in ("conv2d", "basisconv", "rotconv"):  # rotconv: (K, B, C', N, H, W)
         return g.reshape(K, B, g.shape[2], -1).transpose(2, 3).unsqueeze(3)
     if layer.kind == "grouped":
         G = layer.module.weight.shape[0]
