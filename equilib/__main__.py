@@ -243,7 +243,7 @@ def cmd_compare(args) -> int:
     import time
 
     from equilib import default_device, fast_mode
-    from equilib.discover import compare, markdown_table
+    from equilib.discover import compare, markdown_table, without_weights
 
     _setup(args)
     out = Path(args.out) if args.out else None
@@ -269,7 +269,7 @@ def cmd_compare(args) -> int:
           f"cached runs are read back)")
     if out is not None:
         _atomic_write_text(out / "table.md", table + "\n")
-        _atomic_write_text(out / "results.json", json.dumps(rows, indent=1))
+        _atomic_write_text(out / "results.json", json.dumps([without_weights(r) for r in rows], indent=1))
     return 0
 
 

@@ -26,6 +26,7 @@ from equilib.train import OBJECTIVES, History, evaluate, fit, trainable_paramete
 __all__ = [
     "MODELS", "TASKS", "OBJECTIVES", "Config", "default_config", "build_model", "make_loaders",
     "layer_structure", "precision_ratios", "run", "run_cached", "compare", "markdown_table",
+    "without_weights", "rescale_paths", "effective_parameters",
 ]
 
 # the models of the paper's table (section 6.1), in the order it lists them
@@ -44,16 +45,18 @@ class Config:
     seed: int = 0
     n_train: int = 1200
     n_test: int = 500
-    width: int = 8
+    width: int = 16
     batch_size: int = 64
-    lr: float = 3e-3
-    lr_min: float = 3e-4
-    burn_in: int = 5
+    lr: float = 1e-2
+    lr_min: float = 1e-3
+    burn_in: int = 2
     marglik_every: int = 2
     hyper_steps: int = 20
     hyper_lr: float = 0.1
     prior_precision: float = 1.0
     init: str = "lsuv"
+    fc_scale: float = 1.0
+    optimizer: str = "adam"
     source: str = "sklearn"
     digit_size: int | None = None
 
@@ -81,7 +84,8 @@ class Config:
         return asdict(self)
 
 
-FAST = dict(epochs=6, n_train=300, n_test=100, width=4, burn_in=1, marglik_every=2, hyper_steps=10)
+FAST = dict(epochs=10, n_train=300, n_test=100, width=8, burn_in=2, marglik_every=2,
+            hyper_steps=10)
 
 
 def default_config(fast: bool = False, **overrides) -> Config:
@@ -108,7 +112,28 @@ def build_model(config: Config, in_shape) -> nn.Module:
 
 
 @torch.no_grad()
-def rescale_paths(model: nn.Module, x: torch.Tensor, target_std: float = 1.0) -> list[list[float]]:
+def balance_factors(path: nn.Module) -> bool:
+    """Give a factored path the smallest-norm weights of the same function.
+
+    ``W[c', y, c, x] = V[c', c, y] U[c', c, x]`` is unchanged by ``U -> U / s``, ``V -> V s`` for
+    every channel pair; ``|U|^2 + |V|^2`` is smallest when ``|U[c', c]| = |V[c', c]|``. Applies to
+    paths with GroupedLinear factors ``u`` (groups C, out C') and ``v`` (groups C', in C), as in
+    ``equilib.nn.FactoredLinear``; returns whether it did.
+    """
+    u, v = getattr(path, "u", None), getattr(path, "v", None)
+    if u is None or v is None or not hasattr(u, "weight") or not hasattr(v, "weight"):
+        return False
+    nu = u.weight.norm(dim=2)  # (C, C'): |U[c', c]| as [c, c']
+    nv = v.weight.norm(dim=1).T  # (C', C) -> (C, C'): |V[c', c]| as [c, c']
+    s = (nu / nv.clamp_min(1e-12)).clamp_min(1e-12).sqrt()  # U / s and V * s have equal norms
+    u.weight.div_(s[:, :, None])
+    v.weight.mul_(s.T[:, None, :])
+    return True
+
+
+@torch.no_grad()
+def rescale_paths(model: nn.Module, x: torch.Tensor, target_std: float = 1.0,
+                  path_std: dict[str, float] | None = None) -> list[list[float]]:
     """Data-dependent initialisation: scale every path so its output has std ``target_std`` on ``x``.
 
     Block by block, with ``s = target_std / std(path(h))`` (``h``: the block's input on the batch
@@ -116,21 +141,24 @@ def rescale_paths(model: nn.Module, x: torch.Tensor, target_std: float = 1.0) ->
     with zero biases a path is linear in each weight tensor, so its output std becomes
     ``target_std``, and the factors of a factored path stay balanced (layer-sequential
     unit-variance init, Mishkin and Matas 2016). The head's linear layers likewise. Without it
-    the zoo's default init shrinks the signal by about 0.4 per block. Returns the factors ``s``.
+    the zoo's default init shrinks the signal by about 0.4 per block. ``path_std`` overrides the
+    target per path name in blocks of several paths (``{"fc": 0.1}`` starts FC paths small).
+    Returns the factors.
     """
+    path_std = path_std or {}
     scales = []
     h = x
     for block in model.blocks:
         row = []
-        for path in block.paths.values():
+        for name, path in block.paths.items():
             weights = [p for n, p in path.named_parameters() if n.endswith("weight")]
             out = path(h)
-            if isinstance(out, tuple):
-                out = out[0]
-            s = float(target_std / out.std().clamp_min(1e-12))
+            want = path_std.get(name, target_std) if len(block.paths) > 1 else target_std
+            s = float(want / out.std().clamp_min(1e-12))
             for w in weights:
                 w.mul_(s ** (1.0 / len(weights)))
             row.append(s)
+            balance_factors(path)
         scales.append(row)
         h = block(h)
     if hasattr(model, "pool") and hasattr(model, "head"):
@@ -194,6 +222,29 @@ def layer_structure(model: nn.Module, prior_precision) -> list[dict]:
     return blocks
 
 
+def effective_parameters(model: nn.Module, loader, prior_precision) -> list[dict]:
+    """Per block, per path: effective number of parameters ``gamma`` and parameter count ``n``.
+
+    Fits ``equilib.laplace.KronLaplace`` at the model's weights on ``loader`` with the given
+    per-tensor precisions; ``gamma_l = sum_i lambda_i / (lambda_i + delta_l)`` over the
+    eigenvalues of tensor ``l``'s curvature, summed over the path's tensors (biases included).
+    Returns ``[{"name": "block0", "paths": {"fc": {"gamma": ..., "n": ...}, ...}}, ...]``.
+    """
+    from equilib.laplace import KronLaplace
+
+    la = KronLaplace(model, "classification", prior_precision=prior_precision).fit(loader)
+    gamma = la.effective_dimensions().detach().cpu().tolist()
+    out = [{"name": f"block{b}", "paths": {}} for b in range(len(model.blocks))]
+    for (name, p), g in zip(trainable_parameters(model), gamma):
+        where = _path_of(name)
+        if where is None:
+            continue
+        entry = out[where[0]]["paths"].setdefault(where[1], {"gamma": 0.0, "n": 0})
+        entry["gamma"] += g
+        entry["n"] += p.numel()
+    return out
+
+
 def precision_ratios(layers: list[dict], a: str = "fc", b: str = "conv") -> list[float | None]:
     """Per block, ``prior_precision[a] / prior_precision[b]`` (None where a block lacks a path)."""
     out = []
@@ -232,7 +283,8 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
     if config.init == "lsuv":
         gen = torch.Generator().manual_seed(config.seed)
         X = train_loader.dataset.tensors[0]
-        rescale_paths(model, X[torch.randperm(len(X), generator=gen)[:256]])
+        rescale_paths(model, X[torch.randperm(len(X), generator=gen)[:256]],
+                      path_std={"fc": config.fc_scale})
     if device is not None:
         model.to(device)
     layers_history: list[list[dict]] = []
@@ -242,7 +294,8 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
 
     history = fit(
         model, train_loader, test_loader, objective=config.objective, epochs=config.epochs,
-        lr=config.lr, lr_min=config.lr_min, prior_precision=config.prior_precision,
+        lr=config.lr, lr_min=config.lr_min, optimizer=config.optimizer,
+        prior_precision=config.prior_precision,
         marglik_every=config.marglik_every, burn_in=config.burn_in,
         hyper_steps=config.hyper_steps, hyper_lr=config.hyper_lr, device=device,
         checkpoint=checkpoint, resume=resume, progress=progress, seed=config.seed, callback=record,
@@ -273,18 +326,26 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
     return result
 
 
-def run_cached(config: Config, *, device=None, progress: bool = True, keep_model: bool = False,
-               cache: bool = True, data_root=None) -> dict:
-    """:func:`run`, computed once per configuration and then read from ``equilib.cache``."""
+def run_cached(config: Config, *, device=None, progress: bool = True, cache: bool = True,
+               data_root=None) -> dict:
+    """:func:`run` with the trained weights kept, computed once per configuration.
+
+    Results are stored by ``equilib.cache.cached`` under a key made from the configuration, so
+    the command line's ``compare`` and the chapter share them. ``cache=False`` recomputes.
+    """
     def compute():
-        return run(config, device=device, progress=progress, keep_model=keep_model,
-                   data_root=data_root)
+        return run(config, device=device, progress=progress, keep_model=True, data_root=data_root)
 
     if not cache:
         return compute()
     from equilib.cache import cached
 
-    return cached("discover", dict(config.to_dict(), keep_model=keep_model, version=1), compute)
+    return cached("discover", dict(config.to_dict(), version=1), compute)
+
+
+def without_weights(result: dict) -> dict:
+    """The result without its ``state_dict`` (what goes into JSON)."""
+    return {k: v for k, v in result.items() if k != "state_dict"}
 
 
 def compare(tasks=("digits",), models=MODELS, objectives=OBJECTIVES, *, fast: bool = False,

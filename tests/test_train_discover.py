@@ -100,3 +100,41 @@ def test_markdown_table_has_one_row_per_result():
     lines = table.splitlines()
     assert len(lines) == 4 and lines[2].count("|") == lines[0].count("|")
     assert "90.0%" in lines[2] and "50, 0.25" in lines[2] and "-2.000" in lines[2]
+
+
+def test_balance_factors_keeps_the_function_and_balances_norms():
+    torch.manual_seed(0)
+    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=10, width=3)
+    path = m.blocks[1].paths["fc"]
+    x = torch.rand(5, 3, 4, 4)
+    before = path(x)
+    n_before = path.u.weight.pow(2).sum() + path.v.weight.pow(2).sum()
+    assert discover.balance_factors(path)
+    torch.testing.assert_close(path(x), before)
+    U, V = path.factors()  # (C', C, X), (C', C, Y)
+    torch.testing.assert_close(U.norm(dim=2), V.norm(dim=2))
+    assert path.u.weight.pow(2).sum() + path.v.weight.pow(2).sum() <= n_before
+    assert not discover.balance_factors(m.blocks[1].paths["conv"])
+
+
+def test_effective_parameters_per_path_sum_the_laplace_per_tensor_values():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from equilib.laplace import KronLaplace
+
+    torch.manual_seed(0)
+    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=3, width=2)
+    loader = DataLoader(TensorDataset(torch.rand(24, 1, 8, 8), torch.randint(0, 3, (24,))),
+                        batch_size=12)
+    names = [n for n, _ in m.named_parameters()]
+    delta = torch.linspace(0.5, 5.0, len(names), dtype=torch.float64)
+    eff = discover.effective_parameters(m, loader, delta)
+    gamma = KronLaplace(m, "classification", prior_precision=delta).fit(loader)
+    gamma = gamma.effective_dimensions().detach()
+    for b, layer in enumerate(eff):
+        for path, v in layer["paths"].items():
+            idx = [i for i, n in enumerate(names) if n.startswith(f"blocks.{b}.paths.{path}.")]
+            assert v["gamma"] == pytest.approx(float(gamma[idx].sum()))
+            assert 0 <= v["gamma"] <= v["n"]
+    huge = discover.effective_parameters(m, loader, 1e12)
+    assert all(v["gamma"] < 1e-3 for layer in huge for v in layer["paths"].values())
