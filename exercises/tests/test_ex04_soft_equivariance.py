@@ -1,0 +1,83 @@
+"""Grading tests of exercises/ex04_soft_equivariance.py: against equilib.nn and dense oracles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from equilib import nn as enn
+from equilib.models import build, path_norms
+
+NAME = "ex04_soft_equivariance"
+
+
+@pytest.fixture
+def mod(exercise):
+    return exercise(NAME)
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_4_1_ffc_forward_matches_factored_linear(mod):
+    layer = enn.FactoredLinear((3, 4, 5), (2, 3, 2))
+    with torch.no_grad():
+        layer.v.bias.normal_()
+        U, V = layer.factors()
+        x = _rand(4, 3, 4, 5)
+        expect = layer(x)
+        got = mod.ffc_forward(x, U, V, layer.v.bias, (3, 2))
+    assert tuple(got.shape) == (4, 2, 3, 2)
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_4_1_ffc_forward_matches_dense_weight(mod):
+    U, V, b = _rand(2, 3, 6, seed=1), _rand(2, 3, 4, seed=2), _rand(2, 4, seed=3)
+    x = _rand(5, 3, 2, 3, seed=4)
+    W = torch.einsum("dcy,dcx->dycx", V, U).reshape(8, 18)  # materialised only in the test
+    expect = (x.reshape(5, 18) @ W.T + b.reshape(-1)).view(5, 2, 2, 2)
+    torch.testing.assert_close(mod.ffc_forward(x, U, V, b, (2, 2)), expect, rtol=1e-5, atol=1e-5)
+
+
+def test_4_2_rbf_interpolation_matches_equilib(mod):
+    for size, anchors in [((5, 5), 3), ((6, 4), (3, 2))]:
+        Z = enn.anchor_grid(size, anchors)
+        h, w = size
+        G = torch.tensor([[i, j] for i in range(h) for j in range(w)], dtype=torch.float64)
+        a = (anchors, anchors) if isinstance(anchors, int) else anchors
+        ls = max((h - 1) / (a[0] - 1), (w - 1) / (a[1] - 1))
+        Psi = mod.rbf_interpolation(Z, G, ls, 1e-6)
+        assert tuple(Psi.shape) == (len(Z), h * w)
+        torch.testing.assert_close(Psi.float(), enn.rbf_basis(size, anchors), rtol=1e-4,
+                                   atol=1e-5)
+
+
+def test_4_2_rbf_interpolates_anchor_values(mod):
+    Z = torch.tensor([[0.0, 0.0], [0.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
+    Psi = mod.rbf_interpolation(Z, Z, 1.0, 1e-10)  # evaluated at the anchors: identity
+    torch.testing.assert_close(Psi, torch.eye(3, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("padding_mode", ["circular", "zeros"])
+def test_4_3_conv_as_fc(mod, padding_mode):
+    conv = enn.conv2d(2, 3, 3, padding_mode=padding_mode)
+    with torch.no_grad():
+        conv.bias.normal_()
+    fc = mod.conv_as_fc(conv, (2, 5, 6))
+    assert isinstance(fc, enn.ImageLinear)
+    x = _rand(4, 2, 5, 6, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(fc(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fc+conv", "f-fc+conv", "gconv-c4", "fc+conv+gconv"])
+def test_4_4_path_weight_norms(mod, name):
+    model = build(name, (1, 8, 8), width=3)
+    got = mod.path_weight_norms(model)
+    expect = path_norms(model)
+    assert len(got) == len(expect)
+    for g, e in zip(got, expect):
+        assert set(g) == set(e)
+        for k in e:
+            assert g[k] == pytest.approx(e[k], rel=1e-5)
