@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from equilib.degree.training import LAMBDA_OBJECTIVES, MODEL_KINDS
 
     parser.add_argument("--data", required=True, choices=DEGREE_TASKS,
-                        help="upright digits, all of C4, a partial range (+-theta), or double "
-                             "digits (left C4-rotated, right upright; 100 classes)")
+                        help="upright digits, all of C4, quarter turns within +-theta (partial), "
+                             "or double digits (left C4-rotated, right upright; 100 classes)")
     parser.add_argument("--seed", type=_nonneg_int, default=0, help="seed (default 0)")
     parser.add_argument("--out", required=True, help="output folder (created if needed)")
     parser.add_argument("--fast", action="store_true",
@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "marginal likelihood")
     parser.add_argument("--epochs", type=_positive_int, help="training epochs")
     parser.add_argument("--n-train", type=_positive_int, help="training images")
-    parser.add_argument("--theta", type=float, help="half-width in degrees of the partial range")
+    parser.add_argument("--theta", type=float, help="half-width in degrees of the partial range (default 90: turns "
+                             "of -90, 0 and 90 degrees)")
     parser.add_argument("--share", action="store_true", help="one lambda shared by all layers")
     parser.add_argument("--threads", type=_positive_int, help="CPU threads torch may use")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
