@@ -110,3 +110,15 @@ def test_models_train_a_step_and_grads_reach_every_path():
             assert p.grad is not None and torch.isfinite(p.grad).all(), (name, n)
             if n.endswith("weight"):
                 assert p.grad.abs().sum() > 0, (name, n)
+
+
+def test_pooling_options():
+    x = torch.randn(2, 1, 8, 8)
+    mx, mean = build("conv", (1, 8, 8), width=3), build("conv", (1, 8, 8), width=3,
+                                                        pooling="mean")
+    mean.load_state_dict(mx.state_dict())
+    h = mx.features(x)
+    torch.testing.assert_close(mx.pool(h), h.amax(dim=(-2, -1)))
+    torch.testing.assert_close(mean.pool(h), h.mean(dim=(-2, -1)))
+    with pytest.raises(ValueError, match="pooling must be 'max' or 'mean'"):
+        build("conv", (1, 8, 8), pooling="sum")
