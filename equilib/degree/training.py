@@ -163,6 +163,8 @@ def run_experiment(data: str, kind: str = "partial", seed: int = 0, fast: bool =
     from equilib.data import make_loader
     from equilib.data.mixed import make_degree_task
 
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; valid kinds are {list(MODEL_KINDS)}")
     cfg = experiment_config(data, fast, **overrides)
     Xtr, ytr, Xte, yte, nc = make_degree_task(
         data, cfg["n_train"], cfg["n_test"], size=cfg["size"], digit=cfg["digit"],
