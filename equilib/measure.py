@@ -442,11 +442,13 @@ def group_errors(
     x: torch.Tensor,
     groups: dict,
     out_action: str = "invariant",
+    elements: dict | None = None,
 ) -> dict[str, float]:
     """Discrete equivariance errors of a trained model: ``{name: error}`` for each group.
 
     ``groups``: ``{name: equilib.groups.Group}``; ``out_action`` as in
-    ``equilib.groups.equivariance_error`` (``"invariant"`` for logits). Each error is
+    ``equilib.groups.equivariance_error`` (``"invariant"`` for logits); ``elements``: optional
+    ``{name: [g, ...]}`` to test only some elements of a large group. Each error is
     ``max_g |f(g.x) - g.f(x)| / |f(x)|``.
     """
     from equilib.groups import Group, equivariance_error
@@ -457,7 +459,8 @@ def group_errors(
     for name, group in groups.items():
         if not isinstance(group, Group):
             raise TypeError(f"groups[{name!r}] must be an equilib.groups.Group, got {group!r}")
-        out[name] = equivariance_error(model, group, x, out_action=out_action)
+        some = None if elements is None else elements.get(name)
+        out[name] = equivariance_error(model, group, x, out_action=out_action, elements=some)
     return out
 
 

@@ -1,0 +1,127 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Exercises 09: measuring equivariance
+#
+# Fill in each function between its `raise NotImplementedError` line (your copy) and the end of
+# the function. Each exercise ends in a cell that tries your function when you run this file as
+# a notebook; grade all of them with `python3 course.py check 09`.
+#
+# Conventions (as in `equilib.measure`): images are `x: (B, C, H, W)`;
+# `equilib.measure.rotate(x, t)` turns them counter-clockwise by `t` radians (smooth cubic
+# resampling, differentiable in `t`); `equilib.measure.translate(x, dy, dx)` shifts them down
+# and right, cyclically, by any real number of pixels.
+
+# %%
+from collections.abc import Callable
+
+import torch
+
+from equilib.measure import rotate, translate
+
+# %% [markdown]
+# ## Exercise 9.1: a Lie derivative by finite differences
+#
+# Write `rotation_lie_derivative_fd(f, x, eps)`: the central difference
+# `(f(rotate(x, eps)) - f(rotate(x, -eps))) / (2 eps)`, the Lie derivative of an invariant
+# output (class scores) along rotations. The grader compares it with forward-mode AD.
+
+
+# %%
+def rotation_lie_derivative_fd(
+    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float = 1e-3
+) -> torch.Tensor:
+    """Central-difference rotation Lie derivative of ``f`` at ``x: (B, C, H, H)`` -> ``f(x).shape``."""
+    # BEGIN SOLUTION Exercise 9.1: (f(rotate(x, eps)) - f(rotate(x, -eps))) / (2 * eps) in no_grad
+    with torch.no_grad():
+        return (f(rotate(x, eps)) - f(rotate(x, -eps))) / (2 * eps)
+    # END SOLUTION
+
+
+# %%
+if __name__ == "__main__":
+    x = torch.rand(2, 1, 12, 12)
+    print(rotation_lie_derivative_fd(lambda z: z.mean(dim=(1, 2, 3))[:, None], x))
+
+# %% [markdown]
+# ## Exercise 9.2: the generator of a sub-pixel shift
+#
+# `translate(x, 0, t)` moves an image right by `t` pixels. Its derivative at `t = 0` is a
+# fixed linear map of `x`, the *generator* of horizontal translations. With the cubic kernel it
+# is the central difference `(x[..., j - 1] - x[..., j + 1]) / 2` (indices modulo `W`). Write
+# `shift_generator(x)` returning it, using `torch.roll`. (Check it against
+# `torch.func.jvp(lambda t: translate(x, 0.0, t), ...)` yourself, then convince yourself that a
+# circular convolution commutes with it: both are circulant.)
+
+
+# %%
+def shift_generator(x: torch.Tensor) -> torch.Tensor:
+    """``d/dt translate(x, 0, t)`` at ``t = 0``: ``(x[..., j-1] - x[..., j+1]) / 2``, cyclic."""
+    # BEGIN SOLUTION Exercise 9.2: (torch.roll(x, 1, -1) - torch.roll(x, -1, -1)) / 2
+    return (torch.roll(x, 1, dims=-1) - torch.roll(x, -1, dims=-1)) / 2
+    # END SOLUTION
+
+
+# %%
+if __name__ == "__main__":
+    x = torch.rand(1, 1, 6, 6, dtype=torch.float64)
+    t0 = torch.zeros((), dtype=torch.float64)
+    _, d = torch.func.jvp(lambda t: translate(x, 0.0, t), (t0,), (torch.ones_like(t0),))
+    print("largest gap to jvp:", float((d - shift_generator(x)).abs().max()))
+
+# %% [markdown]
+# ## Exercise 9.3: Augerino's reparameterised sample
+#
+# Given widths `w` (a scalar tensor, radians) and noise `eps: (B,)` drawn from U(-1/2, 1/2),
+# Augerino turns image `b` by `theta_b = w * eps_b`. Write `augerino_rotate(x, width, eps)`;
+# the gradient with respect to `width` must flow (no `.item()`, no `float()`).
+
+
+# %%
+def augerino_rotate(x: torch.Tensor, width: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Turn image ``b`` of ``x: (B, C, H, H)`` by ``width * eps[b]`` radians; differentiable in width."""
+    # BEGIN SOLUTION Exercise 9.3: rotate(x, width * eps) (a per-image angle of shape (B,))
+    return rotate(x, width * eps)
+    # END SOLUTION
+
+
+# %%
+if __name__ == "__main__":
+    w = torch.tensor(1.0, requires_grad=True)
+    out = augerino_rotate(torch.rand(3, 1, 12, 12), w, torch.rand(3) - 0.5)
+    out.sum().backward()
+    print("d sum / d width =", float(w.grad))
+
+# %% [markdown]
+# ## Exercise 9.4: exact invariance by averaging over C4
+#
+# Any network becomes exactly invariant to quarter turns if we average its logits over the four
+# turned copies of the input: `f_avg(x) = 1/4 sum_k f(rot90(x, k))`. Write `c4_average(f, x)`
+# (use `torch.rot90(x, k, dims=(-2, -1))`). Its discrete C4 error is 0; its rotation Lie
+# derivative in general is not. Why?
+
+
+# %%
+def c4_average(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``f`` over the four quarter turns of ``x: (B, C, H, H)``."""
+    # BEGIN SOLUTION Exercise 9.4: sum(f(torch.rot90(x, k, dims=(-2, -1))) for k in range(4)) / 4
+    return sum(f(torch.rot90(x, k, dims=(-2, -1))) for k in range(4)) / 4
+    # END SOLUTION
+
+
+# %%
+if __name__ == "__main__":
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 3))
+    x = torch.rand(2, 1, 12, 12)
+    y = c4_average(net, x)
+    print("C4 error:", float((c4_average(net, torch.rot90(x, 1, dims=(-2, -1))) - y).abs().max()))
