@@ -4,6 +4,7 @@ from equilib.data.digits import load, load_digits, make_loader, place_on_canvas,
 from equilib.data.files import load_cifar10, load_mnist, read_idx
 from equilib.data.tasks import TASKS, make_task, n_classes, place_in_quadrants  # noqa: F401
 from equilib.data.mixed import DEGREE_TASKS, make_degree_task, make_double_digits, make_rotated_digits  # noqa: F401
+from equilib.data.capstone import SYMMETRIES, CapstoneData, make_capstone  # noqa: F401
 
 __all__ = [
     "load",
