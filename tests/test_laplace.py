@@ -425,3 +425,15 @@ def test_bad_targets_raise():
         KronLaplace(model).fit([(X, torch.zeros(len(X), 3, dtype=torch.long))])
     with pytest.raises(ValueError, match="targets"):
         KronLaplace(model, "regression").fit([(X, torch.zeros(len(X), 5, dtype=DT))])
+
+
+@pytest.mark.parametrize("C", [2, 3, 10])
+def test_output_hessian_root_is_exact(C):
+    from equilib.laplace import output_hessian_sqrt
+
+    f = torch.randn(7, C, dtype=DT) * 3
+    L = output_hessian_sqrt(f, None, "classification")
+    p = torch.softmax(f, -1)
+    H = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+    torch.testing.assert_close(L @ L.transpose(1, 2), H, atol=1e-12, rtol=1e-10)
+    assert L.shape[-1] == (C if C < 3 else C - 1)

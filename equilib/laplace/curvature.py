@@ -276,8 +276,9 @@ def output_hessian_sqrt(
 ) -> torch.Tensor:
     """A square root L of the loss Hessian in the outputs, per example: (B, C, K), L L^T ~ H_f.
 
-    ``hessian='ggn'``: exact, K = C. Classification: H_f = diag(p) - p p^T and
-    L[:, c] = sqrt(p_c) (e_c - p); regression (unit noise): L = I.
+    ``hessian='ggn'``: exact. Classification: H_f = diag(p) - p p^T, from the root with columns
+    L[:, c] = sqrt(p_c) (e_c - p) reduced to K = C - 1 columns (H_f 1 = 0, see
+    ``_drop_null_direction``); regression (unit noise): L = I, K = C.
     ``'mc'``: one sampled label, K = 1, E[L L^T] = H_f (L = p - e_yhat, yhat ~ Cat(p);
     regression: L = eps, eps ~ N(0, I)). ``'ef'``: empirical Fisher, K = 1, L = dloss/df at the
     observed label (p - e_y; regression f - y).
@@ -288,7 +289,8 @@ def output_hessian_sqrt(
         p = torch.softmax(f, dim=-1)
         if hessian == "ggn":
             eye = torch.eye(C, device=f.device, dtype=f.dtype)
-            return (eye.unsqueeze(0) - p.unsqueeze(2)) * p.sqrt().unsqueeze(1)
+            L = (eye.unsqueeze(0) - p.unsqueeze(2)) * p.sqrt().unsqueeze(1)
+            return L if C < 3 else _drop_null_direction(L)
         if hessian == "mc":
             yhat = torch.multinomial(p, 1, generator=generator).squeeze(1)
             return (p - F.one_hot(yhat, C).to(f.dtype)).unsqueeze(-1)
@@ -300,6 +302,20 @@ def output_hessian_sqrt(
         eps = torch.randn(f.shape, device=f.device, dtype=f.dtype, generator=generator)
         return eps.unsqueeze(-1)
     return (f - y).unsqueeze(-1)
+
+
+def _drop_null_direction(L: torch.Tensor) -> torch.Tensor:
+    """An exact (B, C, C-1) root of L L^T = diag(p) - p p^T, whose null vector is 1.
+
+    With Q (C, C-1) an orthonormal basis of the complement of 1, H = Q (Q^T H Q) Q^T; the QR
+    decomposition (Q^T L)^T = Q' R gives Q^T H Q = R^T R, so L' = Q R^T. One backward pass
+    fewer per batch than the C columns of L.
+    """
+    C = L.shape[1]
+    centre = torch.eye(C, device=L.device, dtype=L.dtype) - 1.0 / C
+    Q = torch.linalg.qr(centre[:, : C - 1])[0]  # (C, C-1), orthogonal to 1
+    R = torch.linalg.qr((Q.transpose(0, 1) @ L).transpose(1, 2), mode="r")[1]  # (B, C-1, C-1)
+    return Q @ R.transpose(1, 2)
 
 
 # --------------------------------------------------------------------------------------------

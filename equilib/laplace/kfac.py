@@ -19,13 +19,74 @@ import torch
 from equilib.laplace.curvature import LayerInfo
 
 
+class GramSum:
+    """Running sum S = sum_blocks M^T M of row blocks M: (G, rows, D), for a KFAC factor.
+
+    While fewer than D rows have arrived the rows themselves are kept: then S = X^T X has the
+    nonzero eigenvalues of the small Gram matrix X X^T (n x n), which is cheaper to form and to
+    decompose (e.g. the first Linear after a flatten, with thousands of inputs and a thousand
+    examples). Past D rows the D x D sum is accumulated as usual.
+    """
+
+    def __init__(self):
+        self.blocks: list[torch.Tensor] = []
+        self.n = 0
+        self.S: torch.Tensor | None = None
+
+    def add(self, M: torch.Tensor) -> None:
+        """Add the rows of M: (N, R, G, D), i.e. S_g += sum_{n, r} M[n, r, g] M[n, r, g]^T."""
+        N, R, G, D = M.shape
+        if self.S is None and self.n + N * R < D:
+            self.blocks.append(M.reshape(N * R, G, D).transpose(0, 1))
+            self.n += N * R
+            return
+        if self.S is None:
+            self.S = M.new_zeros(G, D, D)
+            for X in self.blocks:
+                self.S += X.transpose(1, 2) @ X
+            self.blocks = []
+        if R == 1:  # one row per item: a single (D x N)(N x D) product per group
+            X = M[:, 0].transpose(0, 1)  # (G, N, D)
+            self.S += X.transpose(1, 2) @ X
+        elif N * G * D * D <= 1 << 22:  # small D: batched (D x R)(R x D) products, no copy
+            X = M.permute(0, 2, 3, 1)  # (N, G, D, R): a view of a conv's (N, D, L) layout
+            self.S += (X @ X.transpose(-1, -2)).sum(0)
+        else:  # large D: one copy into (G, D, N*R), then one product
+            X = M.permute(2, 3, 0, 1).reshape(G, D, N * R)
+            self.S += X @ X.transpose(1, 2)
+
+    def empty(self) -> bool:
+        return self.S is None and not self.blocks
+
+    def finite(self) -> bool:
+        """Whether every entry seen so far is finite (one host sync)."""
+        parts = [self.S] if self.S is not None else self.blocks
+        return bool(torch.stack([torch.isfinite(t).all() for t in parts]).all())
+
+    def matrix(self) -> torch.Tensor:
+        """S: (G, D, D)."""
+        if self.S is not None:
+            return self.S
+        X = torch.cat(self.blocks, dim=1)
+        return X.transpose(1, 2) @ X
+
+    def eigenvalues(self, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+        """Eigenvalues of scale * S, clamped at 0, in ``dtype``: (G, D)."""
+        if self.S is not None:
+            S = self.S.to(dtype) * scale
+            return torch.linalg.eigvalsh(0.5 * (S + S.transpose(-1, -2))).clamp_min(0)
+        X = torch.cat(self.blocks, dim=1).to(dtype)  # (G, n, D), n < D
+        small = torch.linalg.eigvalsh((X @ X.transpose(1, 2)) * scale).clamp_min(0)
+        return torch.cat([small.new_zeros(X.shape[0], X.shape[2] - X.shape[1]), small], dim=1)
+
+
 class KronFactors:
     """Running sums of the KFAC factors of every primitive layer over a data loader."""
 
     def __init__(self, layers: list[LayerInfo]):
         self.layers = layers
-        self.A: list[torch.Tensor | None] = [None] * len(layers)  # (G, D_in, D_in) sums
-        self.B: list[torch.Tensor | None] = [None] * len(layers)  # (G, D_out, D_out) sums
+        self.A = [GramSum() for _ in layers]  # sums of a a^T: (G, D_in, D_in)
+        self.B = [GramSum() for _ in layers]  # sums of g g^T: (G, D_out, D_out)
         self.rows: list[int] = [0] * len(layers)
 
     def update_inputs(self, inputs: list[list[torch.Tensor]]) -> None:
@@ -34,29 +95,36 @@ class KronFactors:
             if self.layers[li].weight is None:
                 continue
             for a in calls:
-                a2 = a.reshape(-1, a.shape[-2], a.shape[-1]).transpose(0, 1)  # (G, rows, D)
-                A = a2.transpose(1, 2) @ a2
-                self.A[li] = A if self.A[li] is None else self.A[li] + A
+                self.A[li].add(a)
                 self.rows[li] += a.shape[0] * a.shape[1]
 
     def update_grads(self, grads: list[list[torch.Tensor]]) -> None:
         """Add backpropagated rows: per layer, per call, g: (k, B, R, G, D_out) (None: skip)."""
         for li, calls in enumerate(grads):
             for g in calls or ():
-                g2 = g.reshape(-1, g.shape[-2], g.shape[-1]).transpose(0, 1)  # (G, rows, D)
-                B = g2.transpose(1, 2) @ g2
-                self.B[li] = B if self.B[li] is None else self.B[li] + B
+                self.B[li].add(g.flatten(0, 1))
 
-    def factors(self, li: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(A, B) of layer li: A (G, D_in, D_in) averaged over rows (None without weight),
-        B (G, D_out, D_out) summed."""
-        if self.B[li] is None:
+    def _check(self, li: int) -> None:
+        if self.B[li].empty():
             raise ValueError(
                 f"module {self.layers[li].name!r} was never called during fit; every primitive "
                 "with trainable parameters must be used in the forward pass"
             )
-        A = None if self.A[li] is None else self.A[li] / self.rows[li]
-        return A, self.B[li]
+
+    def factors(self, li: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(A, B) of layer li: A (G, D_in, D_in) averaged over rows (None without weight),
+        B (G, D_out, D_out) summed."""
+        self._check(li)
+        A = None if self.A[li].empty() else self.A[li].matrix() / self.rows[li]
+        return A, self.B[li].matrix()
+
+    def eigenvalues(self, li: int, dtype: torch.dtype) -> tuple:
+        """Eigenvalues of the factors of layer li: (lA (G, D_in) or None, lB (G, D_out))."""
+        self._check(li)
+        lB = self.B[li].eigenvalues(dtype)
+        if self.A[li].empty():
+            return None, lB
+        return self.A[li].eigenvalues(dtype, 1.0 / self.rows[li]), lB
 
 
 def kron_eigenvalues(A: torch.Tensor | None, B: torch.Tensor, dtype: torch.dtype) -> tuple:

@@ -33,7 +33,7 @@ from equilib.laplace.curvature import (
     output_hessian_sqrt,
     per_example_grads,
 )
-from equilib.laplace.kfac import KronFactors, kron_eigenvalues
+from equilib.laplace.kfac import KronFactors
 
 __all__ = ["BaseLaplace", "FullLaplace", "DiagLaplace", "KronLaplace", "Laplace"]
 
@@ -397,24 +397,41 @@ class KronLaplace(_EigenLaplace):
 
     def _finalize(self) -> None:
         lams: list[torch.Tensor | None] = [None] * self.n_tensors
-        self.factors = {}
+        self._factors = None
         self.eigenvalues = {}
         for li, layer in enumerate(self.layers):
-            A, B = self._kron.factors(li)
-            if A is not None:
-                self._check_finite(A, layer.weight, "factor A")
-            self._check_finite(B, layer.weight if layer.weight is not None else layer.bias,
-                               "factor B")
-            lA, lB = kron_eigenvalues(A, B, self.logdet_dtype)
+            first = layer.weight if layer.weight is not None else layer.bias
+            self._kron._check(li)
+            for what, acc in (("A", self._kron.A[li]), ("B", self._kron.B[li])):
+                if not acc.empty() and not acc.finite():
+                    raise ValueError(
+                        f"the curvature (KFAC factor {what}) of parameter "
+                        f"{self.param_names[first]!r} (module {layer.name!r}, "
+                        f"{type(layer.module).__name__}) contains NaN or inf"
+                    )
+            lA, lB = self._kron.eigenvalues(li, self.logdet_dtype)
             if layer.weight is not None:
                 lams[layer.weight] = (lB.unsqueeze(-1) * lA.unsqueeze(-2)).reshape(-1)
-                self.factors[self.param_names[layer.weight]] = (A, B)
                 self.eigenvalues[self.param_names[layer.weight]] = (lA, lB)
             if layer.bias is not None:
                 lams[layer.bias] = lB.reshape(-1)
-                self.factors[self.param_names[layer.bias]] = (None, B)
                 self.eigenvalues[self.param_names[layer.bias]] = (None, lB)
         self._set_eigenvalues(lams)  # type: ignore[arg-type]
+
+    @property
+    def factors(self) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
+        """Per parameter name, the KFAC factors (A, B): A (G, D_in, D_in) the mean of a a^T
+        over rows (None for a bias), B (G, D_out, D_out) the sum of g g^T."""
+        self._check_fitted()
+        if self._factors is None:
+            self._factors = {}
+            for li, layer in enumerate(self.layers):
+                A, B = self._kron.factors(li)
+                if layer.weight is not None:
+                    self._factors[self.param_names[layer.weight]] = (A, B)
+                if layer.bias is not None:
+                    self._factors[self.param_names[layer.bias]] = (None, B)
+        return self._factors
 
     def ggn_block(self, name: str) -> torch.Tensor:
         """The dense KFAC approximation of the unit-noise GGN block of one tensor: (n, n).
