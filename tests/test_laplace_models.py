@@ -145,12 +145,15 @@ def test_bottleneck_keeps_curvature_blocks_exact(cls):
 
 
 def test_bottleneck_is_not_used_when_the_input_is_wide():
-    model = tiny("conv")  # head input has width 2 but only 3 classes -> used; 1 class -> not
-    X, y = images(n=4, c=3)
+    torch.manual_seed(0)  # head input of width 2, 5 classes: 4 columns of the output Hessian
+    model = build("conv", in_shape=(1, 8, 8), n_classes=5, width=2, hidden=4).to(DT)
+    X, y = images(n=4, c=5)
     la = KronLaplace(model).fit([(X, y)])
     assert la._cut == "head"
-    la = KronLaplace(model, hessian="mc").fit([(X, y)])
+    la = KronLaplace(model, hessian="mc").fit([(X, y)])  # one column: nothing to gain
     assert la._cut == ""
+    wide = tiny("conv")  # width 2, 3 classes: 2 columns, no narrower than the head input
+    assert KronLaplace(wide).fit([images(n=4)])._cut == ""
     with pytest.raises(ValueError, match="bottleneck"):
         KronLaplace(model, bottleneck="nonexistent")
 
