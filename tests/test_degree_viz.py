@@ -1,0 +1,73 @@
+"""What the degree figures show (pure functions), and that the drawing and widget code runs."""
+
+import math
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+from equilib.viz.degree import (  # noqa: E402
+    draw_lambdas,
+    entropy_table,
+    plot_entropies,
+    plot_lambdas,
+    polar_points,
+)
+
+
+def _result(data="rotated"):
+    lams = [{"lift": [1.0, 1.0, 1.0, 1.0], "gconv1": [1.0, 1.0, 1.0, 1.0]},
+            {"lift": [2.5, 0.5, 0.5, 0.5], "gconv1": [1.0, 1.0, 1.0, 1.0]}]
+    ents = [[1.0, 1.0], [0.8, 1.0]]
+    return {"data": data, "lambdas": lams, "entropies": ents,
+            "layers": [{"name": "lift", "entropy": 0.8}, {"name": "gconv1", "entropy": 1.0}]}
+
+
+def test_polar_points_rotations_and_flips():
+    pts = polar_points([1.0, 2.0, 0.5, 0.5])
+    assert [round(t, 6) for t, _ in pts["rotations"]] == [0, round(math.pi / 2, 6), round(math.pi, 6),
+                                                          round(3 * math.pi / 2, 6)]
+    assert [r for _, r in pts["rotations"]] == [1.0, 2.0, 0.5, 0.5] and "flips" not in pts
+    d4 = polar_points([1, 1, 1, 1, 2, 0, 0, 2], n_rotations=4)
+    assert [r for _, r in d4["flips"]] == [2, 0, 0, 2]
+    with pytest.raises(ValueError, match="non-negative"):
+        polar_points([1.0, -1.0])
+    with pytest.raises(ValueError, match="4 or 8 values"):
+        polar_points([1.0] * 5, n_rotations=4)
+
+
+def test_entropy_table_means():
+    table = entropy_table({"a": _result(), "fc": {"layers": []}})
+    assert table["a"] == {"lift": 0.8, "gconv1": 1.0, "mean": pytest.approx(0.9)}
+    assert table["fc"] == {}
+
+
+def test_drawing_runs():
+    import matplotlib.pyplot as plt
+
+    fig = draw_lambdas({"lift": [1, 2, 0.5, 0.5], "g": [1, 1, 1, 1, 1, 1, 1, 1]}, n_rotations=None)
+    assert len(fig.axes) == 2
+    plt.close(fig)
+    fig = plot_lambdas(_result(), epoch=0)
+    assert len(fig.axes) == 2
+    plt.close(fig)
+    ax = plot_entropies({"rotated": _result(), "upright": _result("upright")})
+    assert len(ax.patches) == 4
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="no lambda"):
+        plot_lambdas({"lambdas": [{}], "entropies": [[]]})
+
+
+def test_widget_builds():
+    pytest.importorskip("ipywidgets")
+    from equilib.widgets.degree import lambda_explorer
+
+    w = lambda_explorer({"rotated": _result(), "upright": _result("upright")})
+    pick, epoch = w.children[0].children
+    assert epoch.max == 1 and epoch.value == 1
+    epoch.value = 0
+    pick.value = "upright"
+    assert epoch.value == 1
+    with pytest.raises(ValueError, match="at least one run"):
+        lambda_explorer({"fc": {"lambdas": [{}]}})
