@@ -4,7 +4,8 @@
 Each ``book/NN-slug.md`` is read with jupytext, executed with nbclient in ``book/`` (FAST mode
 unless ``--full``; the state of every widget is stored in the notebook, so sliders show their
 last drawing), and exported with nbconvert's HTML exporter (lab template) to
-``build/html/NN-slug.html``, with the executed notebook beside it. ``build/html/index.html``
+``build/html/NN-slug.html``, with the executed notebook beside it. After each widget the page
+also shows a static snapshot of the figures the widget last drew, so the page reads offline. ``build/html/index.html``
 lists the chapters with their titles and run times. No network and no node are needed to build;
 a cell that raises fails the build (exit status 1) and names the chapter and the cell.
 
@@ -57,6 +58,58 @@ def title_of(nb) -> str:
     return "untitled"
 
 
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _widget_images(model_id: str, state: dict, seen: set | None = None) -> list[str]:
+    """PNG figures inside the widget ``model_id``: its Output widgets' outputs, recursively."""
+    seen = set() if seen is None else seen
+    if model_id in seen or model_id not in state:
+        return []
+    seen.add(model_id)
+    model = state[model_id]
+    st = model.get("state", {})
+    images = []
+    if model.get("model_name") == "OutputModel":
+        images += [o["data"]["image/png"] for o in st.get("outputs", [])
+                   if "image/png" in o.get("data", {})]
+    for child in st.get("children", []):
+        if isinstance(child, str) and child.startswith("IPY_MODEL_"):
+            images += _widget_images(child[len("IPY_MODEL_"):], state, seen)
+    return images
+
+
+def add_widget_snapshots(nb) -> int:
+    """After each widget, a static copy of the figures it last drew (readable offline).
+
+    The widget itself needs the widget manager's JavaScript to render in a static page; the
+    snapshot does not. Returns the number of snapshots added.
+    """
+    import nbformat
+
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    added = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outputs = []
+        for out in cell.get("outputs", []):
+            outputs.append(out)
+            view = out.get("data", {}).get(WIDGET_VIEW)
+            if not view:
+                continue
+            for png in _widget_images(view.get("model_id", ""), state):
+                outputs.append(nbformat.v4.new_output(
+                    "display_data",
+                    data={"image/png": png, "text/plain": "<widget snapshot>"},
+                    metadata={"equilib": {"widget_snapshot": True}},
+                ))
+                added += 1
+        cell.outputs = outputs
+    return added
+
+
 def build_one(src: str, out: str, fast: bool, timeout: int) -> dict:
     """Execute one chapter and write its HTML; returns ``{name, title, seconds, error}``."""
     import jupytext
@@ -84,16 +137,17 @@ def build_one(src: str, out: str, fast: bool, timeout: int) -> dict:
     seconds = time.time() - t0
     name = src_p.stem
     nbformat.write(nb, out_p / f"{name}.ipynb")
+    snapshots = add_widget_snapshots(nb)
     exporter = HTMLExporter(template_name="lab")
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title_of(nb)}})
     nav = (
         '<div style="padding:8px 16px;font-family:sans-serif">'
         '<a href="index.html">&larr; contents</a></div>'
     )
-    body = body.replace("<body", "<body", 1)
     body = re.sub(r"(<body[^>]*>)", r"\1" + nav, body, count=1)
     (out_p / f"{name}.html").write_text(body, encoding="utf-8")
-    return {"name": name, "title": title_of(nb), "seconds": seconds, "error": error}
+    return {"name": name, "title": title_of(nb), "seconds": seconds, "error": error,
+            "widget_snapshots": snapshots}
 
 
 def write_index(out: Path, results: list[dict], fast: bool) -> None:
