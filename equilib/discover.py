@@ -53,9 +53,9 @@ class Config:
     marglik_every: int = 2
     hyper_steps: int = 20
     hyper_lr: float = 0.1
-    prior_precision: float = 1.0
+    prior_precision: float = 10.0
     init: str = "lsuv"
-    fc_scale: float = 1.0
+    fc_scale: float = 0.1
     optimizer: str = "adam"
     source: str = "sklearn"
     digit_size: int | None = None
@@ -275,7 +275,7 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
     (:class:`equilib.train.History` as lists) and ``config``; plus ``state_dict`` (CPU tensors,
     not JSON) if ``keep_model``.
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     torch.manual_seed(config.seed)
     train_loader, test_loader = make_loaders(config, data_root)
     in_shape = train_loader.dataset.tensors[0].shape[1:]
@@ -299,6 +299,7 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
         marglik_every=config.marglik_every, burn_in=config.burn_in,
         hyper_steps=config.hyper_steps, hyper_lr=config.hyper_lr, device=device,
         checkpoint=checkpoint, resume=resume, progress=progress, seed=config.seed, callback=record,
+        run_info=config.to_dict(),
     )
     if resume and len(layers_history) < len(history):
         # epochs before the resume: only the precisions are known, not the weight norms
@@ -312,6 +313,7 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
         "test_accuracy": test_acc, "train_accuracy": train_acc,
         "log_marglik": final_ml[-1] if final_ml and config.objective == "marglik" else None,
         "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
         "train_seconds": history.seconds[-1],
         "n_params": sum(p.numel() for p in model.parameters()),
         "in_shape": list(in_shape),

@@ -242,6 +242,7 @@ def fit(
     progress: bool = True,
     seed: int = 0,
     callback: Callable[[int, History, nn.Module], None] | None = None,
+    run_info: dict | None = None,
 ) -> History:
     """Train ``model`` on ``train_loader`` by MAP or by online marginal-likelihood learning.
 
@@ -257,7 +258,9 @@ def fit(
     ``checkpoint``: a file written (atomically) after every epoch; with ``resume=True`` the run
     continues from it exactly (same model, optimizers, precisions, history and random state) and
     it must have been written by a run with the same settings and parameter shapes.
-    ``callback(epoch, history, model)`` is called after every epoch. Returns the :class:`History`.
+    ``run_info`` (any picklable dict, e.g. the experiment's configuration) is stored with the
+    checkpoint and must match on resume too. ``callback(epoch, history, model)`` is called after
+    every epoch. Returns the :class:`History`.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVES)}")
@@ -300,6 +303,7 @@ def fit(
         "objective": objective, "epochs": epochs, "lr": lr, "lr_min": lr_min,
         "schedule": schedule, "optimizer": optimizer, "marglik_every": marglik_every,
         "burn_in": burn_in, "hyper_steps": hyper_steps, "hyper_lr": hyper_lr, "n_data": n_data,
+        "run_info": run_info,
     }
     history = History(param_names=names)
     start_epoch = 0
