@@ -1,0 +1,68 @@
+"""Grading tests of exercises/ex06_laplace_kfac.py: dense log-determinants and equilib.laplace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from equilib.laplace import KronLaplace
+
+NAME = "ex06_laplace_kfac"
+DT = torch.float64
+
+
+@pytest.fixture
+def mod(exercise):
+    return exercise(NAME)
+
+
+def _psd(n, rank, seed):
+    a = torch.randn(n, rank, generator=torch.Generator().manual_seed(seed), dtype=DT)
+    return a @ a.T
+
+
+def test_6_1_kron_logdet(mod):
+    for (m, k, rank), delta, scale in (((4, 3, 4), 0.5, 1.0), ((5, 4, 2), 2.0, 0.3)):
+        A, B = _psd(m, rank, 0), _psd(k, rank, 1)
+        dense = torch.linalg.slogdet(scale * torch.kron(B, A) + delta * torch.eye(m * k,
+                                                                                  dtype=DT))[1]
+        assert abs(float(mod.kron_logdet(A, B, delta, scale)) - float(dense)) < 1e-9
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(),
+                         nn.Linear(5, 3)).to(DT)
+
+
+@pytest.mark.parametrize("index", [0, 2, 4])
+def test_6_2_linear_kfac_factors(mod, index):
+    net = _net()
+    X = torch.randn(12, 4, generator=torch.Generator().manual_seed(2), dtype=DT)
+    y = torch.zeros(12, dtype=torch.long)
+    A, B = mod.linear_kfac_factors(net, net[index], X)
+    la = KronLaplace(net, "classification").fit([(X, y)])
+    A_ref, B_ref = la.factors[f"{index}.weight"]
+    torch.testing.assert_close(A, A_ref[0])
+    torch.testing.assert_close(B, B_ref[0])
+    assert not net[index]._forward_hooks, "remove the hook when done"
+
+
+def test_6_3_effective_parameters_and_mackay(mod):
+    net = _net(1)
+    X = torch.randn(30, 4, generator=torch.Generator().manual_seed(3), dtype=DT)
+    y = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(4))
+    delta = torch.tensor([0.5, 1.0, 2.0, 1.5, 0.7, 3.0], dtype=DT)
+    la = KronLaplace(net, "classification", prior_precision=delta, temperature=2.0)
+    la.fit([(X, y)])
+    gamma = la.effective_dimensions()
+    for i, name in enumerate(la.param_names):
+        if not name.endswith("weight"):
+            continue
+        A, B = la.factors[name]
+        g = mod.effective_parameters(A[0], B[0], float(delta[i]), 0.5)
+        assert abs(float(g) - float(gamma[i])) < 1e-8
+        w = dict(net.named_parameters())[name]
+        new = mod.mackay_update(A[0], B[0], w, float(delta[i]), 0.5)
+        assert abs(float(new) - float(gamma[i] / w.detach().pow(2).sum())) < 1e-8
