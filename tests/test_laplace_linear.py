@@ -107,3 +107,40 @@ def test_bad_input():
         log_evidence(torch.zeros(3, 2), torch.zeros(4))
     with pytest.raises(ValueError, match="'fc' or 'conv'"):
         linear_model_evidence(torch.zeros(3, 2), torch.zeros(3, 2), "gconv")
+
+
+def test_figure_data_and_drawing():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from equilib.laplace import KronLaplace
+    from equilib.viz import marglik as vm
+    from equilib.widgets.marglik import evidence_explorer_state
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(20, generator=g, dtype=DT) * 2 - 1
+    y = 1 - x + x**2 + 0.1 * torch.randn(20, generator=g, dtype=DT)
+    scan = vm.degree_scan(x, y, range(5), 1.0, 0.1)
+    assert int(scan["degree"][scan["log_evidence"].argmax()]) == 2
+    assert abs(scan["data_fit"][2] + scan["occam"][2] - scan["log_evidence"][2]) < 1e-9
+    pscan = vm.precision_scan(polynomial_features(x, 2), y, [-1.0, 0.0, 1.0], 0.1)
+    assert abs(pscan["log_evidence"][1] - float(log_evidence(polynomial_features(x, 2), y, 1.0,
+                                                             0.1))) < 1e-9
+    X = torch.randn(16, 4, generator=g, dtype=DT)
+    curves = vm.evidence_vs_n(X, X.roll(1, dims=1), [4, 16], 1.0, 0.3)
+    assert curves["conv"][-1] > curves["fc"][-1]  # a shift is a convolution
+    state = evidence_explorer_state(x, y, 2, 0.0, 0.1)
+    assert abs(state["log_evidence"] - scan["log_evidence"][2]) < 1e-9
+    assert state["mean"].shape == state["std"].shape == (200,)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(DT)
+    la = KronLaplace(net).fit([(torch.randn(8, 3, dtype=DT), torch.randint(0, 2, (8,)))])
+    table = vm.layer_table(la)
+    assert table["name"] == la.param_names and len(table["effective"]) == 4
+    vm.plot_degree_scan(scan)
+    vm.plot_evidence_vs_n(curves, "shift")
+    vm.plot_layer_table(table)
+    vm.plot_kron_vs_dense(la.ggn_block("0.weight"), la.ggn_block("0.weight"))
+    vm.plot_fits(x, y, {"mean": (state["grid"], state["mean"])})
+    plt.close("all")
