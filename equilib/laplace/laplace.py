@@ -181,6 +181,7 @@ class BaseLaplace:
         self._init_curvature()
         loss = torch.zeros((), device=self.device, dtype=self.logdet_dtype)
         bad_output = torch.zeros((), device=self.device, dtype=torch.bool)
+        bad_layer = torch.zeros(len(self.layers), device=self.device, dtype=torch.bool)
         n_data, n_outputs, n_batches = 0, None, 0
         try:
             for batch in loader:
@@ -202,6 +203,9 @@ class BaseLaplace:
                         )
                     n_outputs = f2.shape[1]
                     bad_output |= ~torch.isfinite(f2.detach()).all()
+                    for li, layer in enumerate(self.layers):
+                        for _, out, _ in layer.calls:
+                            bad_layer[li] |= ~torch.isfinite(out.detach()).all()
                     loss = loss + nll_sum(f2.detach(), y, self.likelihood).to(self.logdet_dtype)
                     Lsq = output_hessian_sqrt(f2, y, self.likelihood, self.hessian, self.generator)
                     if find:
@@ -228,7 +232,14 @@ class BaseLaplace:
         if n_batches == 0 or n_data == 0:
             raise ValueError("the loader is empty: fit needs at least one (X, y) batch")
         if bool(bad_output):
-            raise ValueError("the model's outputs contain NaN or inf at the fitted parameters")
+            where = "no primitive layer's output is: the NaN/inf arises after them"
+            if bool(bad_layer.any()):
+                first = self.layers[int(bad_layer.nonzero()[0])]
+                where = (f"the first primitive layer with NaN/inf outputs is {first.name!r} "
+                         f"({type(first.module).__name__})")
+            raise ValueError(
+                f"the model's outputs contain NaN or inf at the fitted parameters; {where}"
+            )
         self.n_data, self.n_outputs = n_data, n_outputs
         self.loss = loss
         with torch.no_grad():
