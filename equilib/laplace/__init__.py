@@ -7,10 +7,29 @@ the API of laplace-torch::
     la.fit(train_loader)
     lml = la.log_marginal_likelihood(log_delta.exp())   # differentiable in delta (and sigma)
 
+``fit`` stores the summed loss at the fitted weights (``la.loss``, ``la.log_likelihood``) and the
+curvature; every later ``log_marginal_likelihood`` call is cheap (a sum of logs for Kron / Diag).
+
+Options shared by the three classes: ``hessian="ggn"`` (exact output Hessian, default) /
+``"mc"`` (one sampled label, one backward pass per batch) / ``"ef"`` (empirical Fisher);
+``logdet_dtype`` (float64); ``temperature``; ``bottleneck="auto"`` (push fewer columns past a
+narrow head input, exact for Kron / Diag). Per-tensor ``effective_dimensions()``,
+``mackay_update()`` and ``optimize_prior_precision()``.
+
+KFAC conventions (``kfac.py``): weight block ``B (x) A`` with ``A`` the mean of ``a a^T`` over all
+rows (examples x locations x stacked copies) and ``B`` the sum of ``g g^T``; a bias is its own
+block with the single factor ``B``. Supported primitives: ``nn.Linear``, ``nn.Conv2d`` (any
+padding mode and stride), ``equilib.nn.GroupedLinear`` (one factor pair per group; F-FC and S-FC
+are two of them), ``equilib.nn.BasisConv2d`` (``a = basis @ patch``), inner convolutions of
+lifting / group convolutions applied to stacked copies, and ``LiftingConvCN`` / ``GroupConvCN``.
+Any other module owning trainable parameters (and any BatchNorm) raises a ValueError naming it.
+
 The curvature backend (hooks, output-Hessian roots, KFAC factors) lives in ``curvature.py`` and
-``kfac.py``; the Laplace logic in ``laplace.py``.
+``kfac.py``; the Laplace logic in ``laplace.py``; exact evidence of linear models in
+``linear.py`` (chapter 05).
 """
 
+from equilib.laplace import linear
 from equilib.laplace.curvature import inspect_model, output_hessian_sqrt
 from equilib.laplace.kfac import kron_logdet
 from equilib.laplace.laplace import BaseLaplace, DiagLaplace, FullLaplace, KronLaplace, Laplace
@@ -23,5 +42,6 @@ __all__ = [
     "Laplace",
     "inspect_model",
     "kron_logdet",
+    "linear",
     "output_hessian_sqrt",
 ]
