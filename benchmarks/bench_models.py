@@ -5,8 +5,9 @@
 
 For each model size the book uses (1x16x16 quadrant canvases at width 8, 1x16x16 upsampled
 digits at width 16, and a 3x32x32 CIFAR-sized input at width 16) it prints, per model, the
-number of parameters, the best time (over --reps) of one forward+backward pass of a batch and its memory,
-each also as a ratio to ``conv`` measured in the same process. Memory is the bytes of the
+number of parameters, the best time (over ``--reps``, models timed round-robin) of one
+forward+backward pass of a batch and its memory, each also as a ratio to ``conv`` measured in
+the same process. Memory is the bytes of the
 parameters, their gradients and the tensors autograd saves for the backward pass (counted with
 ``torch.autograd.graph.saved_tensors_hooks``, identical on every device); on CUDA the peak
 allocated memory is printed too. F-FC+CONV should stay within a small factor of CONV; FC
@@ -42,35 +43,50 @@ def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(v for k, v in seen.items() if k not in param_ptrs)
 
 
-def measure(name: str, in_shape, width: int, batch: int, reps: int, device) -> dict:
-    torch.manual_seed(0)
-    model = build(name, in_shape, n_classes=10, width=width).to(device)
-    x = torch.randn(batch, *in_shape, device=device)
-    y = torch.randint(10, (batch,), device=device)
-    loss_fn = torch.nn.CrossEntropyLoss()
+class Case:
+    """One model with its batch, ready to time a forward+backward step."""
 
-    def step():
-        model.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+    def __init__(self, name: str, in_shape, width: int, batch: int, device):
+        torch.manual_seed(0)
+        self.device = device
+        self.model = build(name, in_shape, n_classes=10, width=width).to(device)
+        self.x = torch.randn(batch, *in_shape, device=device)
+        self.y = torch.randint(10, (batch,), device=device)
+        self.times: list[float] = []
+        self.cuda_peak = 0
 
-    for _ in range(2):  # warm-up
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
+    def step(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(self.model(self.x), self.y).backward()
+
+    def timed_step(self) -> None:
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    n_params = sum(p.numel() for p in model.parameters())
-    mem = 2 * 4 * n_params + saved_bytes(model, x)
-    out = {"params": n_params, "time": min(times), "mem": mem}  # best of reps: robust to load
-    if device.type == "cuda":
-        out["cuda_peak"] = torch.cuda.max_memory_allocated()
-    return out
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        self.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.cuda_peak = max(self.cuda_peak, torch.cuda.max_memory_allocated())
+        self.times.append(time.perf_counter() - t0)
+
+    def result(self) -> dict:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        mem = 2 * 4 * n_params + saved_bytes(self.model, self.x)
+        # best of reps: the least disturbed by other processes
+        return {"params": n_params, "time": min(self.times), "mem": mem, "cuda_peak": self.cuda_peak}
+
+
+def measure_all(names, in_shape, width: int, batch: int, reps: int, device) -> dict:
+    """Time all models round-robin (rep by rep), so that load changes hit every model alike."""
+    cases = {n: Case(n, in_shape, width, batch, device) for n in names}
+    for case in cases.values():  # warm-up
+        case.step()
+        case.step()
+    for _ in range(reps):
+        for case in cases.values():
+            case.timed_step()
+    return {n: c.result() for n, c in cases.items()}
 
 
 def main(argv=None) -> None:
@@ -79,14 +95,18 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--models", default=",".join(MODEL_NAMES))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = equilib.default_device(args.device)
     names = [n.strip() for n in args.models.split(",")]
     if "conv" not in names:
         names = ["conv"] + names
-    print(f"device={device} batch={args.batch} reps={args.reps} torch={torch.__version__}")
+    print(f"device={device} batch={args.batch} reps={args.reps} threads={torch.get_num_threads()} "
+          f"torch={torch.__version__}")
     for in_shape, width in SIZES:
-        rows = {n: measure(n, in_shape, width, args.batch, args.reps, device) for n in names}
+        rows = measure_all(names, in_shape, width, args.batch, args.reps, device)
         base = rows["conv"]
         print(f"\ninput {in_shape}, width {width}")
         head = f"{'model':<18}{'params':>10}{'ms':>9}{'x conv':>8}{'MiB':>9}{'x conv':>8}"
