@@ -75,6 +75,8 @@ def prepare(chapter: str, out: Path) -> tuple[Path, Path]:
     if not src.exists():
         names = sorted(p.stem for p in (ROOT / "book").glob("[0-9][0-9]-*.md"))
         raise FileNotFoundError(f"no chapter book/{chapter}.md; chapters are: {names}")
+    for old in out.glob("*.png"):  # screenshots of an earlier run
+        old.unlink()
     root = out / "root"
     if root.exists():
         shutil.rmtree(root)
