@@ -215,6 +215,13 @@ def move_slider_and_check(page, out: Path, timeout: float) -> str:
     while time.time() < end:
         after = figure_sources(cell)
         if after and after != before:
+            settle = time.time() + 15  # let the redraws of the remaining key presses finish
+            while time.time() < settle:
+                time.sleep(1.5)
+                latest = figure_sources(cell)
+                if latest == after:
+                    break
+                after = latest
             value_after = readout.inner_text().strip()
             say(f"slider {label!r}: {value_before} -> {value_after}; the figure changed")
             if value_after == value_before:
