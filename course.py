@@ -7,7 +7,7 @@
     python3 course.py students       # regenerate the student copies of the exercises
     python3 course.py bench          # run the benchmarks
     python3 course.py html           # build the static HTML edition under build/html
-    python3 course.py browser        # open a chapter in JupyterLab in a headless browser
+    python3 course.py browser        # run a chapter in JupyterLab in headless Chromium
 
 Only the standard library is used here, so this file runs with any Python 3.10+ before the
 virtual environment exists.
@@ -125,6 +125,32 @@ def cmd_lab(args) -> None:
     os.execv(str(py), [str(c) for c in cmd])
 
 
+def ensure_chromium() -> str | None:
+    """Path of a Chromium for the browser test, installing Debian's package when we can."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if is_root and shutil.which("apt-get"):
+        say("installing Debian's chromium for the browser test")
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        run(["apt-get", "update", "-q"], env=env)
+        run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"], env=env)
+        return shutil.which("chromium")
+    return None
+
+
+def browser_test(py: Path, extra: list[str]) -> None:
+    chromium = ensure_chromium()
+    if chromium is None:
+        msg = "no chromium found and none can be installed here (needs root and apt-get)"
+        if os.environ.get("CI"):
+            sys.exit(f"[course] browser test: {msg}")
+        say(f"skipping the browser test: {msg}; install chromium and run `python3 course.py browser`")
+        return
+    run([py, ROOT / "tools" / "browser_test.py", "--chromium", chromium, *extra])
+
+
 def cmd_test(args) -> None:
     py = setup()
     nbs = [] if args.no_book else notebooks(py, sync=False)
@@ -137,6 +163,10 @@ def cmd_test(args) -> None:
         "--nbval-lax", "--durations=15", "tests", "exercises/tests", *nbs, *args.pytest_args,
     ]
     run(cmd, env=env)
+    if not args.no_book and not args.no_browser:
+        browser_test(py, [])
+    if not args.no_book and not args.no_html:
+        run([py, ROOT / "tools" / "build_html.py", "--jobs", workers], env={"OMP_NUM_THREADS": "1"})
 
 
 def cmd_check(args) -> None:
@@ -173,8 +203,7 @@ def cmd_html(args) -> None:
 
 def cmd_browser(args) -> None:
     py = setup()
-    notebooks(py, sync=False)
-    run([py, ROOT / "tools" / "browser_test.py", *args.rest])
+    browser_test(py, args.rest)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,7 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("test", help="set up, then run every test and execute every chapter (FAST)")
-    p.add_argument("--no-book", action="store_true", help="skip executing the chapters")
+    p.add_argument("--no-book", action="store_true", help="skip the chapters (and browser, HTML)")
+    p.add_argument("--no-browser", action="store_true", help="skip the real-browser test")
+    p.add_argument("--no-html", action="store_true", help="skip building the HTML edition")
     p.add_argument("--workers", default=None, help="pytest-xdist workers (default: up to 2)")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra arguments for pytest")
     p.set_defaults(func=cmd_test)
