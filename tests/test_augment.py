@@ -153,3 +153,26 @@ def test_learned_rotation_width_grows_on_rotated_digits_not_on_six_vs_nine():
     # the upright model still tells 6 from 9
     acc = (up(X69).argmax(1) == y69).float().mean()
     assert acc > 0.9
+
+
+@pytest.mark.slow
+def test_marglik_width_grows_on_rotated_digits_and_shrinks_on_six_vs_nine():
+    X, y = digits16()
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    Xr = measure.rotate(X[:n], (torch.rand(n, generator=g) * 2 - 1) * math.pi)
+    widths = {}
+    for name, (XX, yy, k, lr) in {
+        "rotated": (Xr, y[:n], 10, 3e-3),
+        "six-nine": (X[(y == 6) | (y == 9)][:300], (y[(y == 6) | (y == 9)] == 9).long()[:300], 2,
+                     1e-2),
+    }.items():
+        torch.manual_seed(0)
+        aug = augment.Augerino(small_net(k), ("rotation",), init_width=0.5, n_samples=4)
+        hist = augment.train_augmentation(aug, XX, yy, objective="marglik", epochs=9, lr=lr,
+                                          width_lr=0.1, batch_size=32)
+        widths[name] = hist["width"][-1]["rotation"]
+        assert all(p > 0 for p in hist["prior_precision"])
+    assert widths["rotated"] > 0.5  # the evidence widens the invariance the data support
+    assert widths["six-nine"] < 0.5  # ... and narrows it where a turn changes the label
+    assert widths["rotated"] > 3 * widths["six-nine"]
