@@ -67,7 +67,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=["cpu", "cuda"],
                    help="where to compute (default: cuda if available, else cpu)")
     g.add_argument("--threads", type=_positive_int,
-                   help="CPU threads torch may use (default: torch's choice)")
+                   help="CPU threads torch may use (default: torch's choice; 1 is often "
+                        "fastest for these small models on a busy machine)")
     g.add_argument("--n-train", type=_positive_int,
                    help=f"training digits, each in a random quadrant (default {d.n_train})")
     g.add_argument("--n-test", type=_positive_int,

@@ -84,7 +84,7 @@ class Config:
         return asdict(self)
 
 
-FAST = dict(epochs=16, n_train=400, n_test=100, width=8, burn_in=5, marglik_every=3,
+FAST = dict(epochs=12, n_train=300, n_test=100, width=8, burn_in=4, marglik_every=4,
             hyper_steps=10)
 # settings that only the marginal-likelihood objective reads: MAP runs share one cache entry
 _MARGLIK_ONLY = dict(burn_in=2, marglik_every=2, hyper_steps=20, hyper_lr=0.1)
