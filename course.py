@@ -148,7 +148,7 @@ def browser_test(py: Path, extra: list[str]) -> None:
             sys.exit(f"[course] browser test: {msg}")
         say(f"skipping the browser test: {msg}; install chromium and run `python3 course.py browser`")
         return
-    run([py, ROOT / "tools" / "browser_test.py", "--chromium", chromium, *extra])
+    run([py, ROOT / "tools" / "browser_test.py", "--chromium", chromium, *extra], env={"OMP_NUM_THREADS": "1"})
 
 
 def cmd_test(args) -> None:
