@@ -102,6 +102,28 @@ class _PartialBase(nn.Module):
         self.register_buffer("perm", torch.tensor(perms, dtype=torch.long))  # (|H|, |H|)
         self._kernel_override = None  # a kernel to use instead of K_lambda (per-example GGN)
 
+    def _init_kernel(self, in_channels, out_channels, kernel_size, padding_mode, bias, shape, fan_in):
+        """Store the sizes, an unconstrained He-normal kernel of ``shape`` and a zero bias (C',)."""
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd (a centre pixel to rotate about), got {kernel_size}")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.padding_mode = padding_mode
+        std = math.sqrt(2.0 * self.group.order / fan_in)
+        self.weight = nn.Parameter(torch.randn(shape) * std)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def _conv(self, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """Circular-padded conv of ``x: (B, C_in, H, W)`` with ``W: (C'|H|, C_in, k, k)``.
+
+        Returns ``(B, C', |H|, H, W)`` with the bias shared over the group axis.
+        """
+        p = self.kernel_size // 2
+        xp = F.pad(x, (p, p, p, p), mode=self.padding_mode) if p else x
+        y = F.conv2d(xp, W).unflatten(1, (self.out_channels, self.group.order))
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1, 1)
+        return y
+
     def averaging_weights(self, weights: torch.Tensor | None = None) -> torch.Tensor:
         """w(h) = lambda(h) / |H|: (|H|,), from the density or from explicit ``weights``."""
         if weights is None:
@@ -148,15 +170,10 @@ class PartialLiftingConv(_PartialBase):
         padding_mode: str = "circular",
     ):
         super().__init__(group, density, band_limit)
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd (a centre pixel to rotate about), got {kernel_size}")
-        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
-        self.padding_mode = padding_mode
         G = self.group.order
-        fan_in = in_channels * kernel_size**2
-        std = math.sqrt(2.0 * G / fan_in)
-        self.weight = nn.Parameter(torch.randn(out_channels, G, in_channels, kernel_size, kernel_size) * std)
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        shape = (out_channels, G, in_channels, kernel_size, kernel_size)
+        self._init_kernel(in_channels, out_channels, kernel_size, padding_mode, bias, shape,
+                          fan_in=in_channels * kernel_size**2)
 
     def transformed_kernels(self, K: torch.Tensor | None = None) -> torch.Tensor:
         K = self.weight if K is None else K
@@ -169,13 +186,7 @@ class PartialLiftingConv(_PartialBase):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         Cp, G, C, k, _ = self.weight.shape
-        W = self.effective_weight(weights).reshape(Cp * G, C, k, k)
-        p = k // 2
-        xp = F.pad(x, (p, p, p, p), mode=self.padding_mode) if p else x
-        y = F.conv2d(xp, W).unflatten(1, (Cp, G))
-        if self.bias is not None:
-            y = y + self.bias.view(1, Cp, 1, 1, 1)
-        return y
+        return self._conv(x, self.effective_weight(weights).reshape(Cp * G, C, k, k))
 
 
 class PartialGroupConv(_PartialBase):
@@ -197,16 +208,10 @@ class PartialGroupConv(_PartialBase):
         padding_mode: str = "circular",
     ):
         super().__init__(group, density, band_limit)
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd (a centre pixel to rotate about), got {kernel_size}")
-        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
-        self.padding_mode = padding_mode
         G = self.group.order
-        fan_in = in_channels * G * kernel_size**2
-        std = math.sqrt(2.0 * G / fan_in)
         shape = (out_channels, G, in_channels, G, kernel_size, kernel_size)
-        self.weight = nn.Parameter(torch.randn(shape) * std)
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self._init_kernel(in_channels, out_channels, kernel_size, padding_mode, bias, shape,
+                          fan_in=in_channels * G * kernel_size**2)
 
     def transformed_kernels(self, K: torch.Tensor | None = None) -> torch.Tensor:
         K = self.weight if K is None else K
@@ -223,11 +228,4 @@ class PartialGroupConv(_PartialBase):
                 f"expected x of shape (B, {self.in_channels}, {G}, H, W), got {tuple(x.shape)}"
             )
         Cp, _, C, _, k, _ = self.weight.shape
-        W = self.effective_weight(weights).reshape(Cp * G, C * G, k, k)
-        p = k // 2
-        xf = x.flatten(1, 2)
-        xp = F.pad(xf, (p, p, p, p), mode=self.padding_mode) if p else xf
-        y = F.conv2d(xp, W).unflatten(1, (Cp, G))
-        if self.bias is not None:
-            y = y + self.bias.view(1, Cp, 1, 1, 1)
-        return y
+        return self._conv(x.flatten(1, 2), self.effective_weight(weights).reshape(Cp * G, C * G, k, k))
