@@ -17,41 +17,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from equilib._argtypes import nonneg_int as _nonneg_int
+from equilib._argtypes import positive_float as _positive_float
+from equilib._argtypes import positive_int as _positive_int
+
 EPILOG = """examples:
   python -m equilib discover --task digits --model f-fc+conv --objective marglik --out runs/d
   python -m equilib discover --task quadrant --model f-fc+conv --objective marglik --fast --out r
   python -m equilib compare --task digits quadrant --fast
 """
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
-    return v
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
