@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from equilib._argtypes import nonneg_int as _nonneg_int
 from equilib._argtypes import positive_float as _positive_float
 from equilib._argtypes import positive_int as _positive_int
+from equilib.cache import atomic_savefig, atomic_write_text
 
 EPILOG = """examples:
   python -m equilib discover --task digits --model f-fc+conv --objective marglik --out runs/d
@@ -157,18 +157,6 @@ def _check_writable(folder: Path) -> None:
         ) from e
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _save_figure(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-
-
 def _setup(args) -> None:
     import torch
 
@@ -198,9 +186,9 @@ def cmd_discover(args) -> int:
     result = run(config, device=device, progress=not args.quiet, checkpoint=checkpoint,
                  resume=args.resume, data_root=args.data_root)
     result["device"] = str(device)
-    _atomic_write_text(out / "result.json", json.dumps(result, indent=1))
+    atomic_write_text(out / "result.json", json.dumps(result, indent=1))
     fig = plot_structure(result)
-    _save_figure(fig, out / "structure.png")
+    atomic_savefig(fig, out / "structure.png")
     plt.close(fig)
     print(f"test accuracy {100 * result['test_accuracy']:.1f}%  ({result['seconds']:.1f} s)")
     ratios = precision_ratios(result["layers"])
@@ -243,8 +231,8 @@ def cmd_compare(args) -> int:
     print(f"\n{len(rows)} runs in {total:.1f} s (seconds column: time to train each run; "
           f"cached runs are read back)")
     if out is not None:
-        _atomic_write_text(out / "table.md", table + "\n")
-        _atomic_write_text(out / "results.json", json.dumps([without_weights(r) for r in rows], indent=1))
+        atomic_write_text(out / "table.md", table + "\n")
+        atomic_write_text(out / "results.json", json.dumps([without_weights(r) for r in rows], indent=1))
     return 0
 
 

@@ -20,7 +20,15 @@ import torch
 
 T = TypeVar("T")
 
-__all__ = ["cache_dir", "cache_key", "cached", "atomic_save"]
+__all__ = [
+    "cache_dir",
+    "cache_key",
+    "cached",
+    "atomic_write",
+    "atomic_save",
+    "atomic_write_text",
+    "atomic_savefig",
+]
 
 
 def cache_dir() -> Path:
@@ -44,18 +52,38 @@ def cache_key(name: str, config: dict) -> str:
     return f"{safe}-{digest}"
 
 
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    The rename is atomic, so ``path`` holds either its previous content or the complete new
+    one, never a half-written file; on an error the temporary file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_savefig(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as PNG to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 def cached(name: str, config: dict, compute: Callable[[], T], refresh: bool = False) -> T:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from equilib._argtypes import nonneg_int as _nonneg_int
 from equilib._argtypes import positive_int as _positive_int
+from equilib.cache import atomic_savefig, atomic_write_text
 
 __all__ = ["add_arguments", "run"]
 
@@ -84,13 +84,11 @@ def run(args: argparse.Namespace) -> int:
     result = run_experiment(args.data, kind=kind, seed=args.seed, fast=fast, device=device,
                             progress=not getattr(args, "quiet", False), **overrides)
     result["device"] = str(device)
-    tmp = out / f".result.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out / "result.json")
+    atomic_write_text(out / "result.json", json.dumps(result, indent=1))
     wrote = [out / "result.json"]
     if result["layers"]:
         fig = plot_lambdas(result)
-        fig.savefig(out / "lambda.png", dpi=110)
+        atomic_savefig(fig, out / "lambda.png", dpi=110)
         plt.close(fig)
         wrote.append(out / "lambda.png")
     print(f"test accuracy {100 * result['test_accuracy']:.1f}%  ({result['seconds']:.1f} s)")

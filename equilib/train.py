@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from equilib.cache import atomic_save
+
 OBJECTIVES = ("map", "marglik")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -188,14 +190,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
 
     A crash mid-write leaves the previous checkpoint intact (the rename is atomic on POSIX).
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_save(state, path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

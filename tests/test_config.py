@@ -70,3 +70,18 @@ def test_cache_never_replaces_a_good_result_with_a_failed_one(tmp_path, monkeypa
     with pytest.raises(RuntimeError):
         cached("keep", {}, boom, refresh=True)
     assert cached("keep", {}, boom) == 1
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    from equilib.cache import atomic_write, atomic_write_text
+
+    target = atomic_write_text(tmp_path / "result.json", "good")
+
+    def half_write(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half_write)
+    assert target.read_text() == "good"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]

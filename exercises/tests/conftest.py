@@ -39,3 +39,12 @@ def load_exercise(name: str, folder: Path | None = None):
 def exercise():
     """``exercise("ex01_groups")`` returns that exercise module."""
     return load_exercise
+
+
+@pytest.fixture
+def mod(request, exercise):
+    """The exercise module named by the test file's ``NAME`` (e.g. ``"ex01_groups"``)."""
+    name = getattr(request.module, "NAME", None)
+    if name is None:
+        raise LookupError(f"{request.module.__name__} must set NAME to its exercise module's name")
+    return exercise(name)

@@ -13,11 +13,6 @@ from equilib.groups import CyclicShifts, Dihedral, Rotations, equivariance_error
 NAME = "ex01_groups"
 
 
-@pytest.fixture
-def mod(exercise):
-    return exercise(NAME)
-
-
 def _rand(*shape, seed=0):
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 

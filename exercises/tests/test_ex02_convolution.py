@@ -13,11 +13,6 @@ from equilib.viz.connectivity import layer_matrix
 NAME = "ex02_convolution"
 
 
-@pytest.fixture
-def mod(exercise):
-    return exercise(NAME)
-
-
 def _rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 

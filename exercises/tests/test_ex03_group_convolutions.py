@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from equilib import nn as enn
@@ -10,11 +9,6 @@ from equilib.groups import CyclicShifts, Rotations, equivariance_error, invarian
 
 NAME = "ex03_group_convolutions"
 C4 = Rotations(4)
-
-
-@pytest.fixture
-def mod(exercise):
-    return exercise(NAME)
 
 
 def _rand(*shape, seed=0):

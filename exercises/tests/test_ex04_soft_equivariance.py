@@ -11,11 +11,6 @@ from equilib.models import build, path_norms
 NAME = "ex04_soft_equivariance"
 
 
-@pytest.fixture
-def mod(exercise):
-    return exercise(NAME)
-
-
 def _rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 

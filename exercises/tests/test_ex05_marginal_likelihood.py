@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from equilib.laplace.linear import (
@@ -16,11 +15,6 @@ from equilib.laplace.linear import (
 
 NAME = "ex05_marginal_likelihood"
 DT = torch.float64
-
-
-@pytest.fixture
-def mod(exercise):
-    return exercise(NAME)
 
 
 def _data(seed=0, N=25, D=4):

@@ -12,11 +12,6 @@ NAME = "ex06_laplace_kfac"
 DT = torch.float64
 
 
-@pytest.fixture
-def mod(exercise):
-    return exercise(NAME)
-
-
 def _psd(n, rank, seed):
     a = torch.randn(n, rank, generator=torch.Generator().manual_seed(seed), dtype=DT)
     return a @ a.T

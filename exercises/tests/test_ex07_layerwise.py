@@ -15,11 +15,6 @@ from equilib.models import build
 NAME = "ex07_layerwise"
 
 
-@pytest.fixture
-def mod(exercise):
-    return exercise(NAME)
-
-
 def test_7_1_map_objective_value_and_gradient(mod):
     g = torch.Generator().manual_seed(0)
     params = [torch.randn(3, 4, generator=g, requires_grad=True),

@@ -13,11 +13,6 @@ from equilib.degree.marglik import orbit_logdet, orbit_structure
 NAME = "ex08_degree"
 
 
-@pytest.fixture
-def mod(exercise):
-    return exercise(NAME)
-
-
 def _rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 

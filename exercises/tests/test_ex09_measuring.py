@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -10,11 +9,6 @@ from equilib import measure
 from equilib.groups import Rotations, equivariance_error
 
 NAME = "ex09_measuring"
-
-
-@pytest.fixture
-def mod(exercise):
-    return exercise(NAME)
 
 
 def _net(seed=0, H=12):

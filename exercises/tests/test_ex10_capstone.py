@@ -10,11 +10,6 @@ from equilib.data import capstone
 NAME = "ex10_capstone"
 
 
-@pytest.fixture
-def mod(exercise):
-    return exercise(NAME)
-
-
 def test_10_1_nearest_neighbour_accuracy_against_a_loop(mod):
     g = torch.Generator().manual_seed(0)
     Xtr, Xte = torch.rand(30, 1, 4, 4, generator=g), torch.rand(12, 1, 4, 4, generator=g)
