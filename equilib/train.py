@@ -134,7 +134,8 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _n_data(loader) -> int:
+def count_examples(loader) -> int:
+    """How many examples a loader yields: ``len(loader.dataset)``, else counted by iterating."""
     try:
         return len(loader.dataset)
     except (AttributeError, TypeError):
@@ -282,7 +283,7 @@ def fit(
         raise ValueError("the model has no trainable parameters")
     names = [n for n, _ in named]
     params = [p for _, p in named]
-    n_data = _n_data(train_loader)
+    n_data = count_examples(train_loader)
     laplace = _default_laplace if laplace is None else laplace
 
     log_delta = expand_prior_precision(prior_precision, len(params)).log().to(device)

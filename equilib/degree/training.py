@@ -26,13 +26,6 @@ MODEL_KINDS = ("partial", "gcnn", "cnn", "fc+conv")
 LAMBDA_OBJECTIVES = ("kl", "marglik")
 
 
-def _n_data(loader) -> int:
-    try:
-        return len(loader.dataset)
-    except (AttributeError, TypeError):
-        return sum(len(y) for _, y in loader)
-
-
 def train_degree(
     model: torch.nn.Module,
     train_loader,
@@ -55,13 +48,13 @@ def train_degree(
     N. Returns ``{"history": History.to_dict(), "lambdas": [ {layer: [lambda(h)...]} per epoch,
     starting with the initialisation ], "entropies": [[H per layer] per epoch], "layers": names}``.
     """
-    from equilib.train import fit
+    from equilib.train import count_examples, fit
 
     if lambda_objective not in LAMBDA_OBJECTIVES:
         raise ValueError(f"unknown lambda_objective {lambda_objective!r}; expected one of {list(LAMBDA_OBJECTIVES)}")
     if len(reg_weights) != 3:
         raise ValueError(f"reg_weights must be (kl_uniform, kl_prev, align), got {reg_weights!r}")
-    n = _n_data(train_loader)
+    n = count_examples(train_loader)
     has_lambda = any(True for _ in layer_densities(model))
     lambdas = [{k: v.tolist() for k, v in layer_densities(model).items()}]
 
