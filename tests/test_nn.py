@@ -224,3 +224,54 @@ def test_soft_block_and_make_path_errors():
         enn.make_path("mlp", (1, 4, 4), 2)
     with pytest.raises(ValueError, match="not divisible"):
         enn.make_path("fc", (1, 5, 5), 2, stride=2)
+
+
+@pytest.mark.parametrize("ph,pw", [(1, 1), (2, 1), (0, 3), (4, 4)])
+def test_circular_pad_equals_torch_pad_values_and_gradients(ph, pw):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    ours = enn.circular_pad(x, ph, pw)
+    ref = torch.nn.functional.pad(x, (pw, pw, ph, ph), mode="circular")
+    assert torch.equal(ours, ref)
+    w = torch.randn_like(ref)
+    (g_ours,) = torch.autograd.grad((ours * w).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_circular_pad_rejects_padding_larger_than_input():
+    with pytest.raises(ValueError, match="larger than the input"):
+        enn.circular_pad(torch.zeros(1, 1, 2, 2), 3)
+
+
+def test_circular_conv2d_is_an_nn_conv2d_with_torch_outputs():
+    torch.manual_seed(0)
+    conv = enn.conv2d(3, 4, 5)
+    assert isinstance(conv, torch.nn.Conv2d) and isinstance(conv, enn.CircularConv2d)
+    ref = torch.nn.Conv2d(3, 4, 5, padding=2, padding_mode="circular")
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 3, 7, 6)
+    torch.testing.assert_close(conv(x), ref(x))
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 8, 6), (2, 3, 4, 6, 6)])
+@pytest.mark.parametrize("stride", [2, 3])
+def test_polyphase_downsample_picks_the_largest_component(shape, stride):
+    torch.manual_seed(1)
+    x = torch.randn(*shape[:-2], 6, 6, requires_grad=True)
+    down = enn.PolyphaseDownsample(stride)
+    comps = enn.polyphase_components(x, stride)  # (B, s*s, ..., H/s, W/s)
+    best = comps.detach().flatten(2).pow(2).sum(2).argmax(1)
+    assert torch.equal(down.choose_phase(x), best)
+    expected = comps[torch.arange(x.shape[0]), best]
+    out = down(x)
+    assert torch.equal(out, expected)
+    w = torch.randn_like(out)
+    (g_ours,) = torch.autograd.grad((out * w).sum(), x)
+    (g_ref,) = torch.autograd.grad((expected * w).sum(), x)
+    torch.testing.assert_close(g_ours, g_ref)
+    # a given phase is used as is, and a wrongly shaped one is refused
+    fixed = torch.zeros(x.shape[0], dtype=torch.long)
+    assert torch.equal(down(x, phase=fixed), x[..., ::stride, ::stride])
+    with pytest.raises(ValueError, match="phase must have shape"):
+        down(x, phase=fixed[:1])

@@ -23,6 +23,7 @@ from torch import nn
 
 from equilib.degree.density import GroupDensity
 from equilib.groups import Dihedral, Group, Rotations, SO2Grid, Trivial
+from equilib.nn.conv import circular_pad
 
 __all__ = ["PartialLiftingConv", "PartialGroupConv", "group_angles_flips", "make_group"]
 
@@ -118,7 +119,10 @@ class _PartialBase(nn.Module):
         Returns ``(B, C', |H|, H, W)`` with the bias shared over the group axis.
         """
         p = self.kernel_size // 2
-        xp = F.pad(x, (p, p, p, p), mode=self.padding_mode) if p else x
+        if p and self.padding_mode == "circular":
+            xp = circular_pad(x, p)
+        else:
+            xp = F.pad(x, (p, p, p, p), mode=self.padding_mode) if p else x
         y = F.conv2d(xp, W).unflatten(1, (self.out_channels, self.group.order))
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1, 1)

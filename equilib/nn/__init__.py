@@ -4,8 +4,10 @@ on images, and soft blocks that sum named paths."""
 from equilib.nn.blocks import PATH_KINDS, PATH_NAMES, SoftBlock, make_path
 from equilib.nn.conv import (
     BasisConv2d,
+    CircularConv2d,
     PlainDownsample,
     PolyphaseDownsample,
+    circular_pad,
     conv2d,
     downsample,
     polyphase_components,
@@ -24,6 +26,7 @@ from equilib.nn.sparse import SparseConv2d, SparseFactoredLinear, anchor_grid, r
 
 __all__ = [
     "BasisConv2d",
+    "CircularConv2d",
     "FactoredLinear",
     "GroupConv2d",
     "GroupConvCN",
@@ -41,6 +44,7 @@ __all__ = [
     "SparseConv2d",
     "SparseFactoredLinear",
     "anchor_grid",
+    "circular_pad",
     "conv2d",
     "downsample",
     "make_path",

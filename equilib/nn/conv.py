@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 __all__ = [
+    "circular_pad",
+    "CircularConv2d",
     "conv2d",
     "BasisConv2d",
     "polyphase_components",
@@ -32,6 +34,39 @@ def _check_kernel(kernel_size) -> int:
     return kernel_size
 
 
+def circular_pad(x: torch.Tensor, ph: int, pw: int | None = None) -> torch.Tensor:
+    """Pad the last two axes of ``x: (..., H, W)`` periodically: ``(..., H + 2 ph, W + 2 pw)``.
+
+    The same values as ``F.pad(x, (pw, pw, ph, ph), mode="circular")``, built from two
+    concatenations, whose backward pass is about twice as fast as that of ``F.pad`` on CPU
+    (``benchmarks/bench_models.py`` times the layers that use it).
+    """
+    pw = ph if pw is None else pw
+    H, W = x.shape[-2:]
+    if ph > H or pw > W:
+        raise ValueError(f"circular padding ({ph}, {pw}) is larger than the input {H}x{W}")
+    if pw > 0:
+        x = torch.cat([x[..., W - pw:], x, x[..., :pw]], dim=-1)
+    if ph > 0:
+        x = torch.cat([x[..., H - ph:, :], x, x[..., :ph, :]], dim=-2)
+    return x
+
+
+class CircularConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose circular padding goes through ``circular_pad`` (same outputs).
+
+    A subclass, so everything that understands ``nn.Conv2d`` (the Laplace curvature, hooks)
+    keeps working; other padding modes behave exactly as in ``nn.Conv2d``.
+    """
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "circular":
+            return super()._conv_forward(input, weight, bias)
+        ph, pw = self.padding
+        return nn.functional.conv2d(circular_pad(input, ph, pw), weight, bias, self.stride,
+                                    0, self.dilation, self.groups)
+
+
 def conv2d(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
            padding_mode: str = "circular", bias: bool = True) -> nn.Conv2d:
     """A ``k x k`` ``nn.Conv2d`` with 'same' padding ``k // 2``, He-normal weights, zero bias.
@@ -45,7 +80,7 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int = 3, stride: in
                          f"got {padding_mode!r}")
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
-    conv = nn.Conv2d(in_channels, out_channels, k, stride=stride, padding=k // 2,
+    conv = CircularConv2d(in_channels, out_channels, k, stride=stride, padding=k // 2,
                      padding_mode=padding_mode, bias=bias)
     nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")  # std sqrt(2 / (C k^2))
     if bias:
@@ -100,7 +135,7 @@ class BasisConv2d(nn.Module):
                              f"got {tuple(x.shape)}")
         p = self.padding[0]
         if self.padding_mode == "circular" and p > 0:
-            x = nn.functional.pad(x, (p, p, p, p), mode="circular")
+            x = circular_pad(x, p)
             pad = 0
         else:
             pad = p
@@ -149,18 +184,36 @@ class PolyphaseDownsample(nn.Module):
         self.stride = stride
 
     def choose_phase(self, x: torch.Tensor) -> torch.Tensor:
-        """Index ``(B,)`` of the largest-norm polyphase component of each example."""
-        comps = polyphase_components(x, self.stride)
-        return comps.flatten(2).pow(2).sum(2).argmax(dim=1)
+        """Index ``(B,)`` of the largest-norm polyphase component of each example
+        (component ``i*s + j`` is ``x[..., i::s, j::s]``)."""
+        _check_stride_input(x, self.stride)
+        s = self.stride
+        B, (H, W) = x.shape[0], x.shape[-2:]
+        with torch.no_grad():
+            energy = x.detach().pow(2).reshape(B, -1, H // s, s, W // s, s).sum((1, 2, 4))
+        return energy.reshape(B, s * s).argmax(dim=1)
 
     def forward(self, x: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
         if self.stride == 1:
             _check_stride_input(x, 1)
             return x
-        comps = polyphase_components(x, self.stride)
         if phase is None:
-            phase = comps.detach().flatten(2).pow(2).sum(2).argmax(dim=1)
-        return comps[torch.arange(x.shape[0], device=x.device), phase]
+            phase = self.choose_phase(x)
+        _check_stride_input(x, self.stride)
+        s = self.stride
+        B, (H, W) = x.shape[0], x.shape[-2:]
+        if phase.shape != (B,):
+            raise ValueError(f"phase must have shape ({B},), got {tuple(phase.shape)}")
+        # one gather of the chosen sub-grid: its backward is a single scatter, far cheaper than
+        # the backward of s*s stacked slices
+        rows = torch.arange(0, H, s, device=x.device) * W
+        cols = torch.arange(0, W, s, device=x.device)
+        grid = (rows[:, None] + cols[None, :]).reshape(1, -1)  # (1, H/s * W/s)
+        offset = (phase // s) * W + phase % s  # (B,)
+        index = (grid + offset[:, None]).unsqueeze(1)  # (B, 1, H/s * W/s)
+        flat = x.reshape(B, -1, H * W)
+        out = flat.gather(2, index.expand(B, flat.shape[1], index.shape[2]))
+        return out.reshape(*x.shape[:-2], H // s, W // s)
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}"

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from equilib.nn.conv import conv2d
+from equilib.nn.conv import circular_pad, conv2d
 
 __all__ = [
     "LiftingConv2d",
@@ -226,7 +226,7 @@ class LiftingConvCN(nn.Module):
         p = self.k // 2
         xf = x.reshape(B, -1, H, W)
         if self.padding_mode == "circular":
-            xf, pad = nn.functional.pad(xf, (p, p, p, p), mode="circular"), 0
+            xf, pad = circular_pad(xf, p), 0
         else:
             pad = p
         y = nn.functional.conv2d(xf, w.flatten(0, 1), padding=pad)  # (B, N*C', H, W)
