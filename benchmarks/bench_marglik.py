@@ -2,6 +2,7 @@
 
     python benchmarks/bench_marglik.py                     # CUDA when available, else CPU
     python benchmarks/bench_marglik.py --device cpu --n 1000 --backends asdl,backpack
+    python benchmarks/bench_marglik.py --device cpu --threads 1 --book --reps 2
 
 Part 1 times ``fit`` + log marginal likelihood + its gradient in the per-tensor log prior
 precisions for equilib's ``KronLaplace`` and, in the same process, for laplace-torch's
@@ -12,8 +13,10 @@ layers follow different KFAC conventions for A and B, so the conv blocks differ 
 laplace-torch is optional (``pip install equilib[bench]``, better in a separate environment);
 without it the comparison is skipped with a message.
 
-Part 2 (``--book``) times, for the book's models on 1x16x16 canvases, one training epoch (Adam)
-against one hyperparameter step (refit KFAC + 20 Adam steps on log delta).
+Part 2 (``--book``) trains the book's models on the digits task by marginal likelihood with the
+chapter's settings and reports, from the training loop's own timings, one training epoch against
+one hyperparameter update (KFAC refit + 20 Adam steps on log delta) and the update time per epoch
+of the whole run.
 """
 
 from __future__ import annotations
@@ -139,33 +142,33 @@ def compare(args, device) -> None:
 
 
 def book(args, device) -> None:
-    from equilib.data import make_task
-    from equilib.models import build
+    """Time the hyperparameter step inside the book's own training runs (``equilib.discover``).
 
-    Xtr, ytr, _, _ = make_task("digits", n_train=args.n, n_test=10, seed=0)
-    Xtr, ytr = Xtr.to(device), ytr.to(device)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr),
-                                         batch_size=args.batch, shuffle=False)
-    print(f"\nbook models on {tuple(Xtr.shape[1:])}, {len(Xtr)} examples, device {device}")
-    print(f"{'model':18s}{'params':>9s}{'epoch s':>9s}{'hyper s':>9s}{'ratio':>7s}"
-          f"{'epoch cpu':>11s}{'hyper cpu':>11s}{'ratio':>7s}   (hyper = refit + 20 steps)")
+    For each model: one marginal-likelihood run at the chapter's default settings (or
+    ``--book-epochs``); from its history, the mean time of a training epoch (the pass of gradient
+    steps), the mean time of one hyperparameter update (KFAC refit + ``hyper_steps`` Adam steps
+    on log delta), their ratio, and the hyperparameter time per epoch of the whole run
+    (sum over refits / sum over epochs), which is what the schedule costs on average.
+    """
+    from equilib.discover import default_config, run
+
+    print(f"\nbook models: marginal-likelihood training runs on device {device}")
+    print(f"{'model':14s}{'hessian':>8s}{'params':>8s}{'epoch s':>9s}{'update s':>10s}"
+          f"{'update/epoch':>14s}{'per epoch of run':>18s}")
     for name in args.models.split(","):
-        torch.manual_seed(0)
-        model = build(name, in_shape=tuple(Xtr.shape[1:]), n_classes=10, width=8).to(device)
-        with Clock(device) as epoch:
-            train(model, loader, 1, device)
-        log_delta = torch.zeros(len(list(model.parameters())), device=device, requires_grad=True)
-        opt = torch.optim.Adam([log_delta], lr=0.1)
-        with Clock(device) as hyper:
-            la = KronLaplace(model, "classification", hessian=args.hessian).fit(loader)
-            for _ in range(20):
-                opt.zero_grad()
-                (-la.log_marginal_likelihood(log_delta.exp()) / len(Xtr)).backward()
-                opt.step()
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"{name:18s}{n_params:9d}{epoch.wall:9.2f}{hyper.wall:9.2f}"
-              f"{hyper.wall / epoch.wall:7.2f}{epoch.cpu:11.2f}{hyper.cpu:11.2f}"
-              f"{hyper.cpu / epoch.cpu:7.2f}")
+        for hessian in args.hessian.split(","):
+            config = default_config(task="digits", model=name, objective="marglik",
+                                    hessian=hessian, epochs=args.book_epochs)
+            result = run(config, device=device, progress=False)
+            h = result["history"]
+            train, hyper = h["train_seconds"], h["hyper_seconds"]
+            n_up = sum(t > 0 for t in hyper)
+            epoch_s, update_s = sum(train) / len(train), sum(hyper) / max(n_up, 1)
+            print(f"{name:14s}{hessian:>8s}{result['n_params']:8d}{epoch_s:9.3f}{update_s:10.3f}"
+                  f"{update_s / epoch_s:14.2f}{sum(hyper) / sum(train):18.2f}")
+    print(f"(update = refit + {config.hyper_steps} steps, every {config.marglik_every} epochs "
+          f"after {config.burn_in}; {config.epochs} epochs of {config.n_train} examples, "
+          f"batch {config.batch_size})")
 
 
 def main() -> None:
@@ -177,8 +180,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--book", action="store_true", help="also time the book's models")
-    parser.add_argument("--models", default="conv,fc+conv,f-fc+conv,s-fc+s-conv,gconv-c4")
-    parser.add_argument("--hessian", default="ggn", choices=("ggn", "mc", "ef"))
+    parser.add_argument("--models", default="conv,fc,fc+conv,f-fc+conv,s-fc+s-conv")
+    parser.add_argument("--hessian", default="ggn,mc",
+                        help="curvatures to time in --book (comma-separated: ggn, mc, ef)")
+    parser.add_argument("--book-epochs", type=int, default=None,
+                        help="epochs of the --book runs (default: the chapter's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:

@@ -65,6 +65,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                         f"(default {d.hyper_steps})")
     g.add_argument("--hyper-lr", type=_positive_float,
                    help=f"marglik: learning rate of those steps (default {d.hyper_lr})")
+    g.add_argument("--hessian", choices=["ggn", "mc", "ef"],
+                   help=f"marglik: curvature of the refits: exact GGN, Monte-Carlo Fisher (one "
+                        f"sampled label, cheaper) or empirical Fisher (default {d.hessian})")
     g.add_argument("--source", choices=["sklearn", "mnist"],
                    help="source digits: scikit-learn's 8x8 digits (default, bundled) or MNIST "
                         "from local IDX files (see --data-root)")
@@ -140,7 +143,8 @@ def _config(args):
         epochs=args.epochs, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
         width=args.width, batch_size=args.batch_size, lr=args.lr, lr_min=args.lr_min,
         burn_in=args.burn_in, marglik_every=args.marglik_every, hyper_steps=args.hyper_steps,
-        hyper_lr=args.hyper_lr, prior_precision=args.prior_precision, source=args.source,
+        hyper_lr=args.hyper_lr, hessian=args.hessian, prior_precision=args.prior_precision,
+        source=args.source,
         digit_size=args.digit_size,
     )
 
@@ -218,7 +222,8 @@ def cmd_compare(args) -> int:
         epochs=args.epochs, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
         width=args.width, batch_size=args.batch_size, lr=args.lr, lr_min=args.lr_min,
         burn_in=args.burn_in, marglik_every=args.marglik_every, hyper_steps=args.hyper_steps,
-        hyper_lr=args.hyper_lr, prior_precision=args.prior_precision, source=args.source,
+        hyper_lr=args.hyper_lr, hessian=args.hessian, prior_precision=args.prior_precision,
+        source=args.source,
         digit_size=args.digit_size,
     )
     t0 = time.perf_counter()

@@ -16,11 +16,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
 from equilib.data.tasks import TASKS, make_task, n_classes
+from equilib.laplace import KronLaplace
+from equilib.laplace.curvature import HESSIANS
 from equilib.train import OBJECTIVES, History, evaluate, fit, trainable_parameters
 
 __all__ = [
@@ -53,6 +56,7 @@ class Config:
     marglik_every: int = 5
     hyper_steps: int = 20
     hyper_lr: float = 0.1
+    hessian: str = "ggn"
     prior_precision: float = 10.0
     init: str = "lsuv"
     fc_scale: float = 0.1
@@ -75,6 +79,9 @@ class Config:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.hessian not in HESSIANS:
+            raise ValueError(f"unknown hessian {self.hessian!r}; valid: {list(HESSIANS)} (exact "
+                             "GGN, Monte-Carlo Fisher, empirical Fisher)")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; valid: {list(INITS)}")
         if not (self.lr > 0 and self.hyper_lr > 0 and self.prior_precision > 0):
@@ -256,6 +263,14 @@ def precision_ratios(layers: list[dict], a: str = "fc", b: str = "conv") -> list
     return out
 
 
+def _kron_laplace(model: nn.Module, prior_precision, hessian: str) -> KronLaplace:
+    return KronLaplace(model, "classification", prior_precision=prior_precision, hessian=hessian)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def _clean(x):
     """NaN/inf to None, recursively, so the result is strict JSON."""
     if isinstance(x, float):
@@ -300,6 +315,7 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
         prior_precision=config.prior_precision,
         marglik_every=config.marglik_every, burn_in=config.burn_in,
         hyper_steps=config.hyper_steps, hyper_lr=config.hyper_lr, device=device,
+        laplace=partial(_kron_laplace, hessian=config.hessian),
         checkpoint=checkpoint, resume=resume, progress=progress, seed=config.seed, callback=record,
         run_info=config.to_dict(),
     )
@@ -317,6 +333,8 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
         "seconds": time.perf_counter() - t0,
         "cpu_seconds": time.process_time() - c0,
         "train_seconds": history.seconds[-1],
+        "epoch_seconds": _mean(history.train_seconds),
+        "hyper_seconds": _mean([t for t in history.hyper_seconds if t > 0]),
         "n_params": sum(p.numel() for p in model.parameters()),
         "in_shape": list(in_shape),
         "layers": layer_structure(model, history.prior_precision[-1]),
@@ -345,6 +363,8 @@ def run_cached(config: Config, *, device=None, progress: bool = True, cache: boo
     from equilib.cache import cached
 
     key = config.to_dict()
+    if config.hessian == "ggn" or config.objective == "map":
+        del key["hessian"]  # MAP ignores it; with the default, older keys stay valid
     if config.objective == "map":  # MAP ignores the schedule of the evidence steps
         key.update(_MARGLIK_ONLY)
     return cached("discover", dict(key, version=1), compute)

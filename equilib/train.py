@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -42,7 +42,9 @@ class History:
     ``prior_precision[e][l]`` is the precision of tensor ``param_names[l]`` at the end of epoch
     ``epoch[e]``; ``log_marglik[e]`` is the log marginal likelihood after that epoch's
     hyperparameter steps (NaN on epochs without a curvature refit); ``seconds[e]`` is the wall
-    time spent training up to the end of that epoch (summed over resumed runs).
+    time spent training up to the end of that epoch (summed over resumed runs), of which
+    ``train_seconds[e]`` went into that epoch's pass of gradient steps and ``hyper_seconds[e]``
+    into its hyperparameter update (curvature refit and steps on the precisions; 0 without one).
     """
 
     param_names: list[str]
@@ -54,6 +56,8 @@ class History:
     prior_precision: list[list[float]] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    train_seconds: list[float] = field(default_factory=list)
+    hyper_seconds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """A plain dict of lists (what the checkpoint stores)."""
@@ -61,7 +65,11 @@ class History:
 
     @classmethod
     def from_dict(cls, d: dict) -> History:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (timings that older records lack stay empty)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"not a training history: unknown fields {unknown}")
         return cls(**{k: list(v) for k, v in d.items()})
 
     def precision_of(self, name: str) -> list[float]:
@@ -363,11 +371,14 @@ def fit(
             if seen == 0:
                 raise ValueError("the training loader yielded no batches")
 
-            log_ml = float("nan")
+            t_train = time.perf_counter() - t0
+            log_ml, t_hyper = float("nan"), 0.0
             refit = epoch > burn_in and ((epoch - burn_in) % marglik_every == 0 or epoch == epochs)
             if objective == "marglik" and refit:
+                t1 = time.perf_counter()
                 log_ml = _marglik_update(model, train_loader, log_delta, hyper_opt, hyper_steps,
                                          n_data, laplace)
+                t_hyper = time.perf_counter() - t1
             test_acc = evaluate(model, test_loader, device)[1] if test_loader is not None else float("nan")
             elapsed += time.perf_counter() - t0
 
@@ -379,6 +390,8 @@ def fit(
             history.prior_precision.append(log_delta.detach().exp().cpu().tolist())
             history.lr.append(cur_lr)
             history.seconds.append(elapsed)
+            history.train_seconds.append(t_train)
+            history.hyper_seconds.append(t_hyper)
 
             if checkpoint is not None:
                 save_checkpoint(checkpoint, {

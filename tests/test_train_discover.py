@@ -67,6 +67,8 @@ def test_config_validation_lists_valid_names():
         discover.default_config(objective="elbo")
     with pytest.raises(ValueError, match="epochs"):
         discover.default_config(epochs=0)
+    with pytest.raises(ValueError, match="'ggn', 'mc', 'ef'"):
+        discover.default_config(hessian="kfac")
     assert discover.default_config(True).epochs < discover.default_config().epochs
 
 
@@ -138,3 +140,31 @@ def test_effective_parameters_per_path_sum_the_laplace_per_tensor_values():
             assert 0 <= v["gamma"] <= v["n"]
     huge = discover.effective_parameters(m, loader, 1e12)
     assert all(v["gamma"] < 1e-3 for layer in huge for v in layer["paths"].values())
+
+
+def test_hessian_setting_reaches_the_laplace_of_the_refits(monkeypatch):
+    seen = []
+
+    class Recording(discover.KronLaplace):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs.get("hessian"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(discover, "KronLaplace", Recording)
+    config = discover.default_config(True, hessian="mc", epochs=2, burn_in=0, marglik_every=1,
+                                     n_train=40, n_test=20)
+    result = discover.run(config, progress=False)
+    assert seen == ["mc", "mc"]  # one refit after each epoch
+    assert result["hyper_seconds"] > 0 and result["epoch_seconds"] > 0
+
+
+def test_history_from_older_records_and_bad_fields():
+    from equilib.train import History
+
+    old = {"param_names": ["w"], "epoch": [1], "train_loss": [0.5], "train_acc": [0.9],
+           "test_acc": [0.8], "log_marglik": [-3.0], "prior_precision": [[1.0]], "lr": [0.1],
+           "seconds": [2.0]}
+    h = History.from_dict(old)
+    assert h.seconds == [2.0] and h.hyper_seconds == [] and h.train_seconds == []
+    with pytest.raises(ValueError, match="unknown fields"):
+        History.from_dict(dict(old, bogus=[1]))

@@ -45,15 +45,10 @@ class GramSum:
             for X in self.blocks:
                 self.S += X.transpose(1, 2) @ X
             self.blocks = []
-        if R == 1:  # one row per item: a single (D x N)(N x D) product per group
-            X = M[:, 0].transpose(0, 1)  # (G, N, D)
-            self.S += X.transpose(1, 2) @ X
-        elif N * G * D * D <= 1 << 22:  # small D: batched (D x R)(R x D) products, no copy
-            X = M.permute(0, 2, 3, 1)  # (N, G, D, R): a view of a conv's (N, D, L) layout
-            self.S += (X @ X.transpose(-1, -2)).sum(0)
-        else:  # large D: one copy into (G, D, N*R), then one product
-            X = M.permute(2, 3, 0, 1).reshape(G, D, N * R)
-            self.S += X @ X.transpose(1, 2)
+        # (G, N*R, D) rows, then one (D x N*R)(N*R x D) product per group: for R > 1 the copy
+        # costs far less than N small per-example products would
+        X = M[:, 0].transpose(0, 1) if R == 1 else M.permute(2, 0, 1, 3).reshape(G, N * R, D)
+        self.S += X.transpose(1, 2) @ X
 
     def empty(self) -> bool:
         return self.S is None and not self.blocks
