@@ -49,6 +49,7 @@ class Config:
     n_train: int = 1200
     n_test: int = 500
     width: int = 16
+    strides: tuple[int, ...] | None = None
     batch_size: int = 64
     lr: float = 1e-2
     lr_min: float = 1e-3
@@ -79,6 +80,13 @@ class Config:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.strides is not None:
+            strides = tuple(self.strides)
+            if not strides or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                  for v in strides):
+                raise ValueError(f"strides must be positive ints, one per block, got "
+                                 f"{self.strides!r}")
+            object.__setattr__(self, "strides", strides)
         if self.hessian not in HESSIANS:
             raise ValueError(f"unknown hessian {self.hessian!r}; valid: {list(HESSIANS)} (exact "
                              "GGN, Monte-Carlo Fisher, empirical Fisher)")
@@ -113,11 +121,14 @@ def model_names() -> list[str]:
 
 
 def build_model(config: Config, in_shape) -> nn.Module:
-    """``equilib.models.build`` for the config's model, task and width."""
+    """``equilib.models.build`` for the config's model, task, width and strides (one block per
+    stride; default: the zoo's three blocks)."""
     from equilib.models import build
 
     return build(config.model, in_shape=tuple(in_shape), n_classes=n_classes(config.task),
-                 width=config.width)
+                 width=config.width,
+                 **({} if config.strides is None else
+                    {"depth": len(config.strides), "strides": config.strides}))
 
 
 @torch.no_grad()
@@ -333,8 +344,8 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
         "seconds": time.perf_counter() - t0,
         "cpu_seconds": time.process_time() - c0,
         "train_seconds": history.seconds[-1],
-        "epoch_seconds": _mean(history.train_seconds),
-        "hyper_seconds": _mean([t for t in history.hyper_seconds if t > 0]),
+        "epoch_seconds": _mean(history.step_seconds),
+        "update_seconds": _mean([t for t in history.update_seconds if t > 0]),
         "n_params": sum(p.numel() for p in model.parameters()),
         "in_shape": list(in_shape),
         "layers": layer_structure(model, history.prior_precision[-1]),
@@ -364,10 +375,14 @@ def run_cached(config: Config, *, device=None, progress: bool = True, cache: boo
 
     key = config.to_dict()
     if config.hessian == "ggn" or config.objective == "map":
-        del key["hessian"]  # MAP ignores it; with the default, older keys stay valid
+        del key["hessian"]  # MAP ignores it
+    if config.strides is None:
+        del key["strides"]
+    else:
+        key["strides"] = list(config.strides)
     if config.objective == "map":  # MAP ignores the schedule of the evidence steps
         key.update(_MARGLIK_ONLY)
-    return cached("discover", dict(key, version=1), compute)
+    return cached("discover", dict(key, version=2), compute)
 
 
 def without_weights(result: dict) -> dict:

@@ -155,7 +155,7 @@ def test_hessian_setting_reaches_the_laplace_of_the_refits(monkeypatch):
                                      n_train=40, n_test=20)
     result = discover.run(config, progress=False)
     assert seen == ["mc", "mc"]  # one refit after each epoch
-    assert result["hyper_seconds"] > 0 and result["epoch_seconds"] > 0
+    assert result["update_seconds"] > 0 and result["epoch_seconds"] > 0
 
 
 def test_history_from_older_records_and_bad_fields():
@@ -165,6 +165,19 @@ def test_history_from_older_records_and_bad_fields():
            "test_acc": [0.8], "log_marglik": [-3.0], "prior_precision": [[1.0]], "lr": [0.1],
            "seconds": [2.0]}
     h = History.from_dict(old)
-    assert h.seconds == [2.0] and h.hyper_seconds == [] and h.train_seconds == []
+    assert h.seconds == [2.0] and h.update_seconds == [] and h.step_seconds == []
     with pytest.raises(ValueError, match="unknown fields"):
         History.from_dict(dict(old, bogus=[1]))
+
+
+def test_strides_setting_builds_that_many_blocks_and_keys_the_cache():
+    config = discover.default_config(True, strides=[1, 2, 2])
+    assert config.strides == (1, 2, 2)
+    model = discover.build_model(config, (1, 16, 16))
+    assert [b.stride for b in model.blocks] == [1, 2, 2]
+    assert len(discover.build_model(discover.default_config(True, strides=[2, 2]),
+                                    (1, 16, 16)).blocks) == 2
+    with pytest.raises(ValueError, match="strides must be positive ints"):
+        discover.default_config(strides=[2, 0])
+    with pytest.raises(ValueError, match="divisible"):
+        discover.build_model(discover.default_config(strides=[4, 4, 4]), (1, 16, 16))
