@@ -45,10 +45,19 @@ class GramSum:
             for X in self.blocks:
                 self.S += X.transpose(1, 2) @ X
             self.blocks = []
-        # (G, N*R, D) rows, then one (D x N*R)(N*R x D) product per group: for R > 1 the copy
-        # costs far less than N small per-example products would
-        X = M[:, 0].transpose(0, 1) if R == 1 else M.permute(2, 0, 1, 3).reshape(G, N * R, D)
-        self.S += X.transpose(1, 2) @ X
+        if R == 1:  # one row per item: a single (D x N)(N x D) product per group
+            X = M[:, 0].transpose(0, 1)  # (G, N, D)
+            self.S += X.transpose(1, 2) @ X
+            return
+        Y = M.permute(0, 2, 3, 1)  # (N, G, D, R)
+        if Y.is_contiguous() and R >= D:
+            # a conv's (N, D, L) layout: N products (D x R)(R x D) straight from memory
+            self.S += (Y @ Y.transpose(-1, -2)).sum(0)
+        else:
+            # otherwise one copy into (G, N*R, D) rows and one product per group, far cheaper
+            # than many small per-item products
+            X = M.permute(2, 0, 1, 3).reshape(G, N * R, D)
+            self.S += X.transpose(1, 2) @ X
 
     def empty(self) -> bool:
         return self.S is None and not self.blocks
