@@ -76,7 +76,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                         "from local IDX files (see --data-root)")
     g.add_argument("--data-root", help="folder with the MNIST IDX files (default $EQUILIB_DATA/mnist)")
     g.add_argument("--digit-size", type=_positive_int,
-                   help="resize the source digits to this size (canvas = twice it)")
+                   help="resize the source digits to this size, canvas = twice it (default 12 "
+                        "for scikit-learn's digits, 28 for MNIST)")
 
 
 def build_parser() -> argparse.ArgumentParser:
