@@ -161,7 +161,7 @@ def book(args, device) -> None:
                                     hessian=hessian, epochs=args.book_epochs)
             result = run(config, device=device, progress=False)
             h = result["history"]
-            train, hyper = h["train_seconds"], h["hyper_seconds"]
+            train, hyper = h["step_seconds"], h["update_seconds"]
             n_up = sum(t > 0 for t in hyper)
             epoch_s, update_s = sum(train) / len(train), sum(hyper) / max(n_up, 1)
             print(f"{name:14s}{hessian:>8s}{result['n_params']:8d}{epoch_s:9.3f}{update_s:10.3f}"

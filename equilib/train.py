@@ -43,7 +43,7 @@ class History:
     ``epoch[e]``; ``log_marglik[e]`` is the log marginal likelihood after that epoch's
     hyperparameter steps (NaN on epochs without a curvature refit); ``seconds[e]`` is the wall
     time spent training up to the end of that epoch (summed over resumed runs), of which
-    ``train_seconds[e]`` went into that epoch's pass of gradient steps and ``hyper_seconds[e]``
+    ``step_seconds[e]`` went into that epoch's pass of gradient steps and ``update_seconds[e]``
     into its hyperparameter update (curvature refit and steps on the precisions; 0 without one).
     """
 
@@ -56,8 +56,8 @@ class History:
     prior_precision: list[list[float]] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
-    train_seconds: list[float] = field(default_factory=list)
-    hyper_seconds: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    update_seconds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """A plain dict of lists (what the checkpoint stores)."""
@@ -390,8 +390,8 @@ def fit(
             history.prior_precision.append(log_delta.detach().exp().cpu().tolist())
             history.lr.append(cur_lr)
             history.seconds.append(elapsed)
-            history.train_seconds.append(t_train)
-            history.hyper_seconds.append(t_hyper)
+            history.step_seconds.append(t_train)
+            history.update_seconds.append(t_hyper)
 
             if checkpoint is not None:
                 save_checkpoint(checkpoint, {

@@ -205,9 +205,9 @@ def test_marglik_steps_raise_the_evidence_and_history_matches_oracle():
     refits = [e for e, v in zip(h.epoch, h.log_marglik) if not math.isnan(v)]
     assert refits == [4, 6]
     # the time of each epoch's update is recorded on exactly the refit epochs
-    assert [e for e, t in zip(h.epoch, h.hyper_seconds) if t > 0] == refits
-    assert len(h.train_seconds) == 6 and all(t > 0 for t in h.train_seconds)
-    assert h.seconds[-1] >= sum(h.train_seconds) + sum(h.hyper_seconds)
+    assert [e for e, t in zip(h.epoch, h.update_seconds) if t > 0] == refits
+    assert len(h.step_seconds) == 6 and all(t > 0 for t in h.step_seconds)
+    assert h.seconds[-1] >= sum(h.step_seconds) + sum(h.update_seconds)
     assert h.prior_precision[0] == [1.0] * 4
     assert h.prior_precision[-1] != h.prior_precision[2]  # the objective moved the precisions
     # the recorded evidence is the oracle's at the final weights and precisions
