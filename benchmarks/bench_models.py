@@ -3,8 +3,8 @@
     python benchmarks/bench_models.py                 # the book's sizes on the default device
     python benchmarks/bench_models.py --device cpu --batch 128 --reps 20
 
-For each model size the book uses (1x16x16 quadrant canvases at width 8, 1x16x16 upsampled
-digits at width 16, and a 3x32x32 CIFAR-sized input at width 16) it prints, per model, the
+For each model size the book uses (1x16x16 canvases at width 8 and 16, the 1x24x24 canvases of
+chapter 07's discovery runs at width 16, and a 3x32x32 CIFAR-sized input at width 16) it prints, per model, the
 number of parameters, the best time (over ``--reps``, models timed round-robin) of one
 forward+backward pass of a batch and its memory, each also as a ratio to ``conv`` measured in
 the same process. Memory is the bytes of the
@@ -12,6 +12,11 @@ parameters, their gradients and the tensors autograd saves for the backward pass
 ``torch.autograd.graph.saved_tensors_hooks``, identical on every device); on CUDA the peak
 allocated memory is printed too. F-FC+CONV should stay within a small factor of CONV; FC
 (a dense C'Y x CX weight per block) should not.
+
+It then times two building blocks against their textbook forms in the same process: circular
+padding (``equilib.nn.circular_pad`` vs ``F.pad(mode="circular")``) and shift-equivariant
+striding (``PolyphaseDownsample``'s single gather vs stacking the ``s*s`` components and
+indexing the chosen one), forward+backward on a feature map of the book's size.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ import argparse
 import time
 
 import torch
+import torch.nn.functional as F
 
 import equilib
 from equilib.models import MODEL_NAMES, build
+from equilib.nn import PolyphaseDownsample, circular_pad, polyphase_components
 
-SIZES = [((1, 16, 16), 8), ((1, 16, 16), 16), ((3, 32, 32), 16)]
+SIZES = [((1, 16, 16), 8), ((1, 16, 16), 16), ((1, 24, 24), 16), ((3, 32, 32), 16)]
 
 
 def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -89,6 +96,46 @@ def measure_all(names, in_shape, width: int, batch: int, reps: int, device) -> d
     return {n: c.result() for n, c in cases.items()}
 
 
+def _best_time(fn, x: torch.Tensor, reps: int, device) -> float:
+    """Best time of ``fn(x)`` forward plus a backward pass of ones."""
+    times = []
+    for i in range(reps + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        y = fn(x)
+        y.backward(torch.ones_like(y))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:  # two warm-up calls
+            times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def stacked_polyphase(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
+    """The textbook form: stack the s*s components, pick each example's largest."""
+    comps = polyphase_components(x, stride)
+    phase = comps.detach().flatten(2).pow(2).sum(2).argmax(dim=1)
+    return comps[torch.arange(x.shape[0], device=x.device), phase]
+
+
+def layer_ops(batch: int, reps: int, device) -> None:
+    x = torch.randn(batch, 16, 24, 24, device=device, requires_grad=True)
+    down = PolyphaseDownsample(2)
+    pairs = {
+        "circular padding by 1": (lambda t: F.pad(t, (1, 1, 1, 1), mode="circular"),
+                                  lambda t: circular_pad(t, 1)),
+        "polyphase striding by 2": (stacked_polyphase, down),
+    }
+    print(f"\nbuilding blocks on ({batch}, 16, 24, 24), forward+backward")
+    print(f"{'operation':<26}{'textbook ms':>12}{'equilib ms':>12}{'speed-up':>10}")
+    for name, (textbook, ours) in pairs.items():
+        assert torch.equal(textbook(x), ours(x))
+        t_ref = _best_time(textbook, x, reps, device)
+        t_eq = _best_time(ours, x, reps, device)
+        print(f"{name:<26}{1e3 * t_ref:>12.3f}{1e3 * t_eq:>12.3f}{t_ref / t_eq:>10.2f}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default=None)
@@ -120,6 +167,7 @@ def main(argv=None) -> None:
             if device.type == "cuda":
                 line += f"{r['cuda_peak'] / 2**20:>10.1f}"
             print(line)
+    layer_ops(args.batch, 10 * args.reps, device)
 
 
 if __name__ == "__main__":

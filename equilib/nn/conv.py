@@ -38,8 +38,8 @@ def circular_pad(x: torch.Tensor, ph: int, pw: int | None = None) -> torch.Tenso
     """Pad the last two axes of ``x: (..., H, W)`` periodically: ``(..., H + 2 ph, W + 2 pw)``.
 
     The same values as ``F.pad(x, (pw, pw, ph, ph), mode="circular")``, built from two
-    concatenations, whose backward pass is about twice as fast as that of ``F.pad`` on CPU
-    (``benchmarks/bench_models.py`` times the layers that use it).
+    concatenations, whose backward pass is cheaper than that of ``F.pad`` on CPU
+    (``benchmarks/bench_models.py`` times both in the same run).
     """
     pw = ph if pw is None else pw
     H, W = x.shape[-2:]
