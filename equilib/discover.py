@@ -388,8 +388,8 @@ def run_cached(config: Config, *, device=None, progress: bool = True, cache: boo
 
     key = config.to_dict()
     if config.hessian == "ggn" or config.objective == "map":
-        del key["hessian"]  # MAP ignores it
-    if config.strides is None:
+        del key["hessian"]  # MAP ignores it; the default stays out of the key
+    if config.strides is None:  # likewise
         del key["strides"]
     else:
         key["strides"] = list(config.strides)
