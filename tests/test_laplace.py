@@ -442,3 +442,31 @@ def test_output_hessian_root_is_exact(C):
     H = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
     torch.testing.assert_close(L @ L.transpose(1, 2), H, atol=1e-12, rtol=1e-10)
     assert L.shape[-1] == (C if C < 3 else C - 1)
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("G", [1, 2])
+def test_gram_sum_equals_dense_sum_for_every_layout(monkeypatch, wide, G):
+    from equilib.laplace.kfac import GramSum
+
+    if wide:  # force the upper-block accumulation on small matrices, with a ragged last block
+        monkeypatch.setattr(GramSum, "WIDE", 4)
+        monkeypatch.setattr(GramSum, "BLOCK", 3)
+    torch.manual_seed(0)
+    D = 7
+    gram = GramSum()
+    expected = torch.zeros(G, D, D, dtype=torch.float64)
+    pieces = [
+        torch.randn(2, 1, G, D, dtype=torch.float64),  # fewer rows than D: kept as rows
+        torch.randn(5, 1, G, D, dtype=torch.float64),  # one row per item
+        torch.randn(3, 4, G, D, dtype=torch.float64),  # several rows per item, copied
+        # a conv's layout: (N, G, D, R) in memory, seen as (N, R, G, D)
+        torch.randn(3, G, D, 9, dtype=torch.float64).permute(0, 3, 1, 2),
+    ]
+    for M in pieces:
+        gram.add(M)
+        X = M.reshape(-1, G, D).transpose(0, 1)
+        expected += X.transpose(1, 2) @ X
+    torch.testing.assert_close(gram.matrix(), expected)
+    lam = gram.eigenvalues(torch.float64)
+    torch.testing.assert_close(lam, torch.linalg.eigvalsh(expected).clamp_min(0))

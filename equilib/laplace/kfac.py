@@ -25,13 +25,29 @@ class GramSum:
     While fewer than D rows have arrived the rows themselves are kept: then S = X^T X has the
     nonzero eigenvalues of the small Gram matrix X X^T (n x n), which is cheaper to form and to
     decompose (e.g. the first Linear after a flatten, with thousands of inputs and a thousand
-    examples). Past D rows the D x D sum is accumulated as usual.
+    examples). Past D rows the D x D sum is accumulated as usual. Products are accumulated in
+    place (``baddbmm_``: no D x D temporary); for wide factors (``D >= WIDE``) only the blocks on
+    and above the diagonal are formed, about half the flops, and the lower blocks are filled in
+    by symmetry when the matrix is read.
     """
+
+    WIDE = 1024  # D from which only the upper blocks of S are accumulated
+    BLOCK = 256  # their size
 
     def __init__(self):
         self.blocks: list[torch.Tensor] = []
         self.n = 0
         self.S: torch.Tensor | None = None
+
+    def _accumulate(self, X: torch.Tensor) -> None:
+        """S += X^T X for rows X: (G, n, D) (upper blocks only when D is wide)."""
+        D = X.shape[2]
+        if D < self.WIDE:
+            self.S.baddbmm_(X.transpose(1, 2), X)
+            return
+        for i in range(0, D, self.BLOCK):
+            j = min(i + self.BLOCK, D)
+            self.S[:, i:j, i:].baddbmm_(X[:, :, i:j].transpose(1, 2), X[:, :, i:])
 
     def add(self, M: torch.Tensor) -> None:
         """Add the rows of M: (N, R, G, D), i.e. S_g += sum_{n, r} M[n, r, g] M[n, r, g]^T."""
@@ -43,21 +59,19 @@ class GramSum:
         if self.S is None:
             self.S = M.new_zeros(G, D, D)
             for X in self.blocks:
-                self.S += X.transpose(1, 2) @ X
+                self._accumulate(X)
             self.blocks = []
         if R == 1:  # one row per item: a single (D x N)(N x D) product per group
-            X = M[:, 0].transpose(0, 1)  # (G, N, D)
-            self.S += X.transpose(1, 2) @ X
+            self._accumulate(M[:, 0].transpose(0, 1))  # (G, N, D)
             return
         Y = M.permute(0, 2, 3, 1)  # (N, G, D, R)
-        if Y.is_contiguous() and R >= D:
+        if Y.is_contiguous() and R >= D and D < self.WIDE:
             # a conv's (N, D, L) layout: N products (D x R)(R x D) straight from memory
             self.S += (Y @ Y.transpose(-1, -2)).sum(0)
         else:
             # otherwise one copy into (G, N*R, D) rows and one product per group, far cheaper
             # than many small per-item products
-            X = M.permute(2, 0, 1, 3).reshape(G, N * R, D)
-            self.S += X.transpose(1, 2) @ X
+            self._accumulate(M.permute(2, 0, 1, 3).reshape(G, N * R, D))
 
     def empty(self) -> bool:
         return self.S is None and not self.blocks
@@ -68,16 +82,23 @@ class GramSum:
         return bool(torch.stack([torch.isfinite(t).all() for t in parts]).all())
 
     def matrix(self) -> torch.Tensor:
-        """S: (G, D, D)."""
+        """S: (G, D, D), symmetric."""
         if self.S is not None:
-            return self.S
+            D = self.S.shape[-1]
+            if D < self.WIDE:
+                return self.S
+            S = self.S.clone()
+            for i in range(0, D, self.BLOCK):  # the lower blocks from the upper ones
+                j = min(i + self.BLOCK, D)
+                S[:, j:, i:j] = S[:, i:j, j:].transpose(1, 2)
+            return S
         X = torch.cat(self.blocks, dim=1)
         return X.transpose(1, 2) @ X
 
     def eigenvalues(self, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
         """Eigenvalues of scale * S, clamped at 0, in ``dtype``: (G, D)."""
         if self.S is not None:
-            S = self.S.to(dtype) * scale
+            S = self.matrix().to(dtype) * scale
             return torch.linalg.eigvalsh(0.5 * (S + S.transpose(-1, -2))).clamp_min(0)
         X = torch.cat(self.blocks, dim=1).to(dtype)  # (G, n, D), n < D
         small = torch.linalg.eigvalsh((X @ X.transpose(1, 2)) * scale).clamp_min(0)
