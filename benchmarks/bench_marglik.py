@@ -13,8 +13,8 @@ layers follow different KFAC conventions for A and B, so the conv blocks differ 
 laplace-torch is optional (``pip install equilib[bench]``, better in a separate environment);
 without it the comparison is skipped with a message.
 
-Part 2 (``--book``) trains the book's models on the digits task by marginal likelihood with the
-chapter's settings and reports, from the training loop's own timings, one training epoch against
+Part 2 (``--book``) trains the book's models on a task (``--book-task``) by marginal likelihood
+with the chapter's settings and reports, from the training loop's own timings, one training epoch against
 one hyperparameter update (KFAC refit + 20 Adam steps on log delta) and the update time per epoch
 of the whole run.
 """
@@ -152,12 +152,12 @@ def book(args, device) -> None:
     """
     from equilib.discover import default_config, run
 
-    print(f"\nbook models: marginal-likelihood training runs on device {device}")
+    print(f"\nbook models: marginal-likelihood training runs on {args.book_task!r}, device {device}")
     print(f"{'model':14s}{'hessian':>8s}{'params':>8s}{'epoch s':>9s}{'update s':>10s}"
           f"{'update/epoch':>14s}{'per epoch of run':>18s}")
     for name in args.models.split(","):
         for hessian in args.hessian.split(","):
-            config = default_config(task="digits", model=name, objective="marglik",
+            config = default_config(task=args.book_task, model=name, objective="marglik",
                                     hessian=hessian, epochs=args.book_epochs)
             result = run(config, device=device, progress=False)
             h = result["history"]
@@ -183,6 +183,8 @@ def main() -> None:
     parser.add_argument("--models", default="conv,fc,fc+conv,f-fc+conv,s-fc+s-conv")
     parser.add_argument("--hessian", default="ggn,mc",
                         help="curvatures to time in --book (comma-separated: ggn, mc, ef)")
+    parser.add_argument("--book-task", default="digits", choices=("digits", "quadrant"),
+                        help="task of the --book runs")
     parser.add_argument("--book-epochs", type=int, default=None,
                         help="epochs of the --book runs (default: the chapter's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
