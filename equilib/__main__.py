@@ -68,6 +68,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                         f"(default {d.hyper_steps})")
     g.add_argument("--hyper-lr", type=_positive_float,
                    help=f"marglik: learning rate of those steps (default {d.hyper_lr})")
+    g.add_argument("--factor-scale", choices=["v", "both"],
+                   help=f"where a factored FC path keeps its scale: in V, with every row of U at "
+                        f"unit norm, or spread over both factors (default {d.factor_scale})")
     g.add_argument("--hessian", choices=["ggn", "mc", "ef"],
                    help=f"marglik: curvature of the refits: exact GGN, Monte-Carlo Fisher (one "
                         f"sampled label, cheaper) or empirical Fisher (default {d.hessian})")
@@ -148,7 +151,8 @@ def _config(args):
         width=args.width, strides=args.strides, batch_size=args.batch_size, lr=args.lr,
         lr_min=args.lr_min,
         burn_in=args.burn_in, marglik_every=args.marglik_every, hyper_steps=args.hyper_steps,
-        hyper_lr=args.hyper_lr, hessian=args.hessian, prior_precision=args.prior_precision,
+        hyper_lr=args.hyper_lr, hessian=args.hessian, factor_scale=args.factor_scale,
+        prior_precision=args.prior_precision,
         source=args.source,
         digit_size=args.digit_size,
     )
@@ -228,7 +232,8 @@ def cmd_compare(args) -> int:
         width=args.width, strides=args.strides, batch_size=args.batch_size, lr=args.lr,
         lr_min=args.lr_min,
         burn_in=args.burn_in, marglik_every=args.marglik_every, hyper_steps=args.hyper_steps,
-        hyper_lr=args.hyper_lr, hessian=args.hessian, prior_precision=args.prior_precision,
+        hyper_lr=args.hyper_lr, hessian=args.hessian, factor_scale=args.factor_scale,
+        prior_precision=args.prior_precision,
         source=args.source,
         digit_size=args.digit_size,
     )

@@ -29,12 +29,15 @@ from equilib.train import OBJECTIVES, History, evaluate, fit, trainable_paramete
 __all__ = [
     "MODELS", "TASKS", "OBJECTIVES", "Config", "default_config", "build_model", "make_loaders",
     "layer_structure", "precision_ratios", "run", "run_cached", "compare", "markdown_table",
-    "without_weights", "rescale_paths", "effective_parameters",
+    "without_weights", "rescale_paths", "effective_parameters", "scale_in_v",
 ]
 
 # the models of the paper's table (section 6.1), in the order it lists them
 MODELS = ("conv", "fc", "fc+conv", "f-fc+conv", "s-fc+s-conv")
 INITS = ("lsuv", "default")
+# where the scale of a factored path W = V * U lives: in V alone (every row of U kept at unit
+# norm), or spread over both factors as training leaves it
+FACTOR_SCALES = ("v", "both")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Config:
     prior_precision: float = 10.0
     init: str = "lsuv"
     fc_scale: float = 0.1
+    factor_scale: str = "v"
     optimizer: str = "adam"
     source: str = "sklearn"
     digit_size: int | None = None
@@ -92,6 +96,9 @@ class Config:
         if self.hessian not in HESSIANS:
             raise ValueError(f"unknown hessian {self.hessian!r}; valid: {list(HESSIANS)} (exact "
                              "GGN, Monte-Carlo Fisher, empirical Fisher)")
+        if self.factor_scale not in FACTOR_SCALES:
+            raise ValueError(f"unknown factor_scale {self.factor_scale!r}; valid: "
+                             f"{list(FACTOR_SCALES)}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; valid: {list(INITS)}")
         if not (self.lr > 0 and self.hyper_lr > 0 and self.prior_precision > 0):
@@ -160,6 +167,27 @@ def balance_factors(path: nn.Module) -> bool:
 
 
 @torch.no_grad()
+def scale_in_v(model: nn.Module) -> None:
+    """Move the scale of every factored path into V: each row ``U[c', c, :]`` gets unit norm.
+
+    ``W[c', y, c, x] = V[c', c, y] U[c', c, x]`` is unchanged by ``U -> U / s``, ``V -> V s``.
+    The product has this scale symmetry, and the curvature of each factor scales with the
+    squared norm of the other, so when both factors shrink the evidence stops depending on
+    their precisions. With U's rows fixed at unit norm only V can switch the path off, its
+    curvature stays put, and its precision grows as the path is pruned (chapter 07). Used as
+    ``equilib.train.fit(..., reparametrize=scale_in_v)``: after every optimizer step.
+    """
+    for block in getattr(model, "blocks", ()):
+        for path in block.paths.values():
+            u, v = getattr(path, "u", None), getattr(path, "v", None)
+            if u is None or v is None or not hasattr(u, "weight") or not hasattr(v, "weight"):
+                continue
+            norm = u.weight.norm(dim=2).clamp_min(1e-12)  # (C, C'): |U[c', c]| as [c, c']
+            u.weight.div_(norm[:, :, None])
+            v.weight.mul_(norm.T[:, None, :])
+
+
+@torch.no_grad()
 def rescale_paths(model: nn.Module, x: torch.Tensor, target_std: float = 1.0,
                   path_std: dict[str, float] | None = None) -> list[list[float]]:
     """Data-dependent initialisation: scale every path so its output has std ``target_std`` on ``x``.
@@ -224,13 +252,18 @@ def _path_of(name: str):
     return path_of(name)
 
 
-def layer_structure(model: nn.Module, prior_precision) -> list[dict]:
+def layer_structure(model: nn.Module, prior_precision, factor_scale: str = "both") -> list[dict]:
     """Per block, per path: prior precision (harmonic mean over weight tensors) and weight norm.
 
     ``prior_precision``: one value per trainable tensor (``model.named_parameters()`` order).
+    ``factor_scale="v"``: a factored path's scale lives in its V factor (see :func:`scale_in_v`),
+    so its precision and norm are those of ``v.weight`` alone (its unit-norm U is left out).
     Returns ``[{"name": "block0", "paths": {"fc": {"prior_precision", "weight_norm",
-    "n_params"}, ...}}, ...]``, one entry per block of ``model.blocks``.
+    "n_params"}, ...}}, ...]``, one entry per block of ``model.blocks`` (``n_params``: the
+    weights summarised).
     """
+    if factor_scale not in FACTOR_SCALES:
+        raise ValueError(f"factor_scale must be one of {list(FACTOR_SCALES)}, got {factor_scale!r}")
     named = trainable_parameters(model)
     delta = torch.as_tensor(prior_precision, dtype=torch.float64).flatten().tolist()
     if len(delta) == 1:
@@ -241,6 +274,8 @@ def layer_structure(model: nn.Module, prior_precision) -> list[dict]:
     for (name, p), d in zip(named, delta):
         where = _path_of(name)
         if where is None or not name.endswith("weight"):
+            continue
+        if factor_scale == "v" and name.endswith(".u.weight"):
             continue
         n, inv, sq = acc.setdefault(where, [0, 0.0, 0.0])
         acc[where] = [n + p.numel(), inv + p.numel() / d, sq + float(p.detach().pow(2).sum())]
@@ -331,7 +366,8 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
     layers_history: list[list[dict]] = []
 
     def record(epoch, history: History, m):
-        layers_history.append(layer_structure(m, history.prior_precision[-1]))
+        layers_history.append(layer_structure(m, history.prior_precision[-1],
+                                              config.factor_scale))
 
     history = fit(
         model, train_loader, test_loader, objective=config.objective, epochs=config.epochs,
@@ -340,6 +376,7 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
         marglik_every=config.marglik_every, burn_in=config.burn_in,
         hyper_steps=config.hyper_steps, hyper_lr=config.hyper_lr, device=device,
         laplace=partial(_kron_laplace, hessian=config.hessian),
+        reparametrize=scale_in_v if config.factor_scale == "v" else None,
         checkpoint=checkpoint, resume=resume, progress=progress, seed=config.seed, callback=record,
         run_info=config.to_dict(),
     )
@@ -361,7 +398,7 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
         "update_seconds": _mean([t for t in history.update_seconds if t > 0]),
         "n_params": sum(p.numel() for p in model.parameters()),
         "in_shape": list(in_shape),
-        "layers": layer_structure(model, history.prior_precision[-1]),
+        "layers": layer_structure(model, history.prior_precision[-1], config.factor_scale),
         "layers_history": layers_history,
         "history": history.to_dict(),
         "config": config.to_dict(),
@@ -389,6 +426,8 @@ def run_cached(config: Config, *, device=None, progress: bool = True, cache: boo
     key = config.to_dict()
     if config.hessian == "ggn" or config.objective == "map":
         del key["hessian"]  # MAP ignores it; the default stays out of the key
+    if config.factor_scale == "both":  # the parameterisation of version-3 entries
+        del key["factor_scale"]
     if config.strides is None:  # likewise
         del key["strides"]
     else:

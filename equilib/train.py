@@ -247,6 +247,7 @@ def fit(
     seed: int = 0,
     callback: Callable[[int, History, nn.Module], None] | None = None,
     run_info: dict | None = None,
+    reparametrize: Callable[[nn.Module], None] | None = None,
 ) -> History:
     """Train ``model`` on ``train_loader`` by MAP or by online marginal-likelihood learning.
 
@@ -264,7 +265,9 @@ def fit(
     it must have been written by a run with the same settings and parameter shapes.
     ``run_info`` (any picklable dict, e.g. the experiment's configuration) is stored with the
     checkpoint and must match on resume too. ``callback(epoch, history, model)`` is called after
-    every epoch. Returns the :class:`History`.
+    every epoch. ``reparametrize(model)``, if given, is called before training and after every
+    optimizer step; it must change the parameters without changing the function (e.g. move the
+    scale of a factored layer from one factor to the other). Returns the :class:`History`.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVES)}")
@@ -330,6 +333,8 @@ def fit(
         _set_rng_state(state["rng"], train_loader)
     else:
         torch.manual_seed(seed)
+        if reparametrize is not None:
+            reparametrize(model)
 
     steps_per_epoch = max(len(train_loader), 1) if hasattr(train_loader, "__len__") else None
     total_steps = epochs * steps_per_epoch if steps_per_epoch else None
@@ -364,6 +369,8 @@ def fit(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if reparametrize is not None:
+                    reparametrize(model)
                 step += 1
                 loss_sum += loss.detach().double() * y.shape[0]
                 correct += (out.detach().argmax(-1) == y).sum()

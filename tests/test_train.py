@@ -217,3 +217,18 @@ def test_marglik_steps_raise_the_evidence_and_history_matches_oracle():
     assert h.log_marglik[-1] == pytest.approx(la.log_marginal_likelihood(final).item(), rel=1e-6)
     # and the hyper steps improved it over the initial precisions at the same curvature
     assert la.log_marginal_likelihood(final) > la.log_marginal_likelihood(torch.ones(4))
+
+
+def test_reparametrize_runs_before_training_and_after_every_step():
+    X, y = make_data()
+    tr, te = loaders(X, y)
+    m = small_model()
+    seen = []
+
+    def reparametrize(model):
+        assert model is m
+        seen.append(float(model[1].weight.detach().norm()))
+
+    h = train.fit(m, tr, te, epochs=2, lr=0.02, progress=False, reparametrize=reparametrize)
+    assert len(seen) == 1 + 2 * len(tr)  # once at the start, then after each of the steps
+    assert len(h) == 2

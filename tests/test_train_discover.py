@@ -181,3 +181,37 @@ def test_strides_setting_builds_that_many_blocks_and_keys_the_cache():
         discover.default_config(strides=[2, 0])
     with pytest.raises(ValueError, match="divisible"):
         discover.build_model(discover.default_config(strides=[4, 4, 4]), (1, 16, 16))
+
+
+def test_scale_in_v_keeps_the_function_and_puts_the_scale_in_v():
+    torch.manual_seed(0)
+    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=10, width=3)
+    for block in m.blocks:  # give the factors some imbalance first
+        with torch.no_grad():
+            block.paths["fc"].u.weight.mul_(3.0)
+            block.paths["fc"].v.weight.div_(3.0)
+    x = torch.rand(5, 1, 8, 8)
+    before = m(x)
+    discover.scale_in_v(m)
+    torch.testing.assert_close(m(x), before)
+    for block in m.blocks:
+        U, V = block.paths["fc"].factors()  # (C', C, X), (C', C, Y)
+        torch.testing.assert_close(U.norm(dim=2), torch.ones(U.shape[:2]))
+
+
+def test_layer_structure_with_the_scale_in_v_summarises_v_alone():
+    torch.manual_seed(0)
+    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=10, width=2)
+    names = [n for n, p in m.named_parameters()]
+    delta = torch.arange(1, len(names) + 1, dtype=torch.float64)
+    layers = discover.layer_structure(m, delta, factor_scale="v")
+    v = "blocks.1.paths.fc.v.weight"
+    got = layers[1]["paths"]["fc"]
+    assert got["prior_precision"] == pytest.approx(float(delta[names.index(v)]))
+    assert got["weight_norm"] == pytest.approx(float(dict(m.named_parameters())[v].norm()))
+    both = discover.layer_structure(m, delta)  # the conv paths are summarised alike
+    assert layers[1]["paths"]["conv"] == both[1]["paths"]["conv"]
+    with pytest.raises(ValueError, match="factor_scale"):
+        discover.layer_structure(m, delta, factor_scale="u")
+    with pytest.raises(ValueError, match="factor_scale"):
+        discover.default_config(factor_scale="u")
