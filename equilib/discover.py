@@ -426,8 +426,9 @@ def run_cached(config: Config, *, device=None, progress: bool = True, cache: boo
     key = config.to_dict()
     if config.hessian == "ggn" or config.objective == "map":
         del key["hessian"]  # MAP ignores it; the default stays out of the key
-    if config.factor_scale == "both":  # the parameterisation of version-3 entries
-        del key["factor_scale"]
+    factored = any(kind in config.model for kind in ("f-fc", "s-fc"))
+    if config.factor_scale == "both" or not factored:  # no factored path: nothing to split;
+        del key["factor_scale"]  # "both" is the parameterisation of the older entries
     if config.strides is None:  # likewise
         del key["strides"]
     else:
