@@ -183,9 +183,10 @@ def test_strides_setting_builds_that_many_blocks_and_keys_the_cache():
         discover.build_model(discover.default_config(strides=[4, 4, 4]), (1, 16, 16))
 
 
-def test_scale_in_v_keeps_the_function_and_puts_the_scale_in_v():
+@pytest.mark.parametrize("name", ["f-fc+conv", "s-fc+s-conv"])
+def test_scale_in_v_keeps_the_function_and_puts_the_scale_in_v(name):
     torch.manual_seed(0)
-    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=10, width=3)
+    m = build(name, in_shape=(1, 8, 8), n_classes=10, width=3)
     for block in m.blocks:  # give the factors some imbalance first
         with torch.no_grad():
             block.paths["fc"].u.weight.mul_(3.0)
@@ -194,9 +195,9 @@ def test_scale_in_v_keeps_the_function_and_puts_the_scale_in_v():
     before = m(x)
     discover.scale_in_v(m)
     torch.testing.assert_close(m(x), before)
-    for block in m.blocks:
-        U, V = block.paths["fc"].factors()  # (C', C, X), (C', C, Y)
-        torch.testing.assert_close(U.norm(dim=2), torch.ones(U.shape[:2]))
+    for block in m.blocks:  # the rows of U's weight (coefficients, for S-FC) have unit norm
+        u = block.paths["fc"].u.weight
+        torch.testing.assert_close(u.norm(dim=2), torch.ones(u.shape[:2]))
 
 
 def test_layer_structure_with_the_scale_in_v_summarises_v_alone():
