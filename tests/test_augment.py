@@ -23,6 +23,13 @@ def digits16():
     return F.pad(X, (2, 2, 2, 2)), y
 
 
+def rotated_digits16(n: int):
+    """All upright digits, and the first ``n`` turned by seeded angles in [-pi, pi)."""
+    X, y = digits16()
+    g = torch.Generator().manual_seed(0)
+    return X, y, measure.rotate(X[:n], (torch.rand(n, generator=g) * 2 - 1) * math.pi)
+
+
 def test_zero_noise_is_identity_and_widths_are_reported():
     torch.manual_seed(0)
     aug = augment.Augerino(small_net(3), ("rotation", "translation_x"), init_width=[0.3, 2.0])
@@ -132,10 +139,8 @@ def test_bad_inputs_raise_clear_errors():
 
 @pytest.mark.slow
 def test_learned_rotation_width_grows_on_rotated_digits_not_on_six_vs_nine():
-    X, y = digits16()
-    g = torch.Generator().manual_seed(0)
     n = 300
-    Xr = measure.rotate(X[:n], (torch.rand(n, generator=g) * 2 - 1) * math.pi)
+    X, y, Xr = rotated_digits16(n)
     torch.manual_seed(0)
     rot = augment.Augerino(small_net(10), ("rotation",), init_width=0.5)
     h_rot = augment.train_augmentation(rot, Xr, y[:n], epochs=10, lr=3e-3, width_lr=0.05,
@@ -157,10 +162,8 @@ def test_learned_rotation_width_grows_on_rotated_digits_not_on_six_vs_nine():
 
 @pytest.mark.slow
 def test_marglik_width_grows_on_rotated_digits_and_shrinks_on_six_vs_nine():
-    X, y = digits16()
-    g = torch.Generator().manual_seed(0)
     n = 400
-    Xr = measure.rotate(X[:n], (torch.rand(n, generator=g) * 2 - 1) * math.pi)
+    X, y, Xr = rotated_digits16(n)
     widths = {}
     for name, (XX, yy, k, lr) in {
         "rotated": (Xr, y[:n], 10, 3e-3),
