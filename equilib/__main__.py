@@ -29,7 +29,8 @@ EPILOG = """examples:
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    from equilib.discover import Config
+    from equilib.discover import FACTOR_SCALES, Config
+    from equilib.laplace.curvature import HESSIANS
 
     d = Config()
     g = p.add_argument_group("training (defaults: the chapter's settings; --fast shrinks them)")
@@ -68,10 +69,10 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                         f"(default {d.hyper_steps})")
     g.add_argument("--hyper-lr", type=_positive_float,
                    help=f"marglik: learning rate of those steps (default {d.hyper_lr})")
-    g.add_argument("--factor-scale", choices=["v", "both"],
+    g.add_argument("--factor-scale", choices=FACTOR_SCALES,
                    help=f"where a factored FC path keeps its scale: in V, with every row of U at "
                         f"unit norm, or spread over both factors (default {d.factor_scale})")
-    g.add_argument("--hessian", choices=["ggn", "mc", "ef"],
+    g.add_argument("--hessian", choices=HESSIANS,
                    help=f"marglik: curvature of the refits: exact GGN, Monte-Carlo Fisher (one "
                         f"sampled label, cheaper) or empirical Fisher (default {d.hessian})")
     g.add_argument("--source", choices=["sklearn", "mnist"],

@@ -194,12 +194,11 @@ class PolyphaseDownsample(nn.Module):
         return energy.reshape(B, s * s).argmax(dim=1)
 
     def forward(self, x: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
+        _check_stride_input(x, self.stride)
         if self.stride == 1:
-            _check_stride_input(x, 1)
             return x
         if phase is None:
             phase = self.choose_phase(x)
-        _check_stride_input(x, self.stride)
         s = self.stride
         B, (H, W) = x.shape[0], x.shape[-2:]
         if phase.shape != (B,):
