@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 from equilib.cache import atomic_save
 
@@ -153,6 +154,22 @@ def count_examples(loader) -> int:
         return n
 
 
+def curvature_loader_for(loader, batch_size: int | None):
+    """The loader a curvature refit reads: ``loader``'s examples in order, ``batch_size`` at a
+    time, when ``loader`` is a ``DataLoader`` that yields its whole dataset once per epoch
+    (sequential or random sampling without replacement, no dropped batch); else ``loader``."""
+    if batch_size is None or not isinstance(loader, DataLoader):
+        return loader
+    sampler = loader.sampler
+    whole = isinstance(sampler, SequentialSampler) or (
+        isinstance(sampler, RandomSampler) and not sampler.replacement
+        and sampler.num_samples == len(loader.dataset))
+    if not whole or loader.drop_last or type(loader.batch_sampler) is not BatchSampler:
+        return loader
+    return DataLoader(loader.dataset, batch_size=batch_size, shuffle=False,
+                      collate_fn=loader.collate_fn)
+
+
 def _default_laplace(model: nn.Module, prior_precision: torch.Tensor):
     from equilib.laplace import KronLaplace
 
@@ -248,6 +265,7 @@ def fit(
     callback: Callable[[int, History, nn.Module], None] | None = None,
     run_info: dict | None = None,
     reparametrize: Callable[[nn.Module], None] | None = None,
+    curvature_batch_size: int | None = 256,
 ) -> History:
     """Train ``model`` on ``train_loader`` by MAP or by online marginal-likelihood learning.
 
@@ -267,7 +285,11 @@ def fit(
     checkpoint and must match on resume too. ``callback(epoch, history, model)`` is called after
     every epoch. ``reparametrize(model)``, if given, is called before training and after every
     optimizer step; it must change the parameters without changing the function (e.g. move the
-    scale of a factored layer from one factor to the other). Returns the :class:`History`.
+    scale of a factored layer from one factor to the other). ``curvature_batch_size``: the
+    refits read the training set in batches of this size, in order (a ``DataLoader`` over the
+    same dataset; other loaders are used as they are; None: ``train_loader`` itself). The
+    curvature is a sum over examples, so this changes only its rounding, not its value; larger
+    batches mean fewer, larger backward passes. Returns the :class:`History`.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVES)}")
@@ -286,6 +308,11 @@ def fit(
         raise ValueError(f"need lr > 0, hyper_lr > 0 and 0 <= lr_min <= lr; got {lr}, {hyper_lr}, {lr_min}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
+    if curvature_batch_size is not None and (isinstance(curvature_batch_size, bool) or not
+                                             isinstance(curvature_batch_size, int)
+                                             or curvature_batch_size <= 0):
+        raise ValueError(f"curvature_batch_size must be a positive int or None, got "
+                         f"{curvature_batch_size!r}")
 
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
@@ -296,6 +323,7 @@ def fit(
     params = [p for _, p in named]
     n_data = count_examples(train_loader)
     laplace = _default_laplace if laplace is None else laplace
+    curvature_loader = curvature_loader_for(train_loader, curvature_batch_size)
 
     log_delta = expand_prior_precision(prior_precision, len(params)).log().to(device)
     log_delta.requires_grad_(objective == "marglik")
@@ -383,7 +411,7 @@ def fit(
             refit = epoch > burn_in and ((epoch - burn_in) % marglik_every == 0 or epoch == epochs)
             if objective == "marglik" and refit:
                 t1 = time.perf_counter()
-                log_ml = _marglik_update(model, train_loader, log_delta, hyper_opt, hyper_steps,
+                log_ml = _marglik_update(model, curvature_loader, log_delta, hyper_opt, hyper_steps,
                                          n_data, laplace)
                 t_hyper = time.perf_counter() - t1
             test_acc = evaluate(model, test_loader, device)[1] if test_loader is not None else float("nan")

@@ -413,6 +413,9 @@ def test_nan_outputs_and_curvature_raise():
         model[4].weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"NaN.*'4' \(Linear\)"):
         KronLaplace(model).fit(batches(data("mlp")[0], y))
+    # a loader that runs once cannot be searched for the layer: the error says so
+    with pytest.raises(ValueError, match=r"NaN.*re-iterable loader"):
+        KronLaplace(model).fit(iter(batches(data("mlp")[0], y)))
     # finite outputs but an overflowing input factor: the error names the layer
     model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2))
     with torch.no_grad():

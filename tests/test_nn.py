@@ -239,9 +239,32 @@ def test_circular_pad_equals_torch_pad_values_and_gradients(ph, pw):
     torch.testing.assert_close(g_ours, g_ref)
 
 
+@pytest.mark.parametrize("ph,pw", [(1, 1), (2, 0), (3, 4)])
+def test_circular_pad_second_derivatives_and_torch_func(ph, pw):
+    # the folding backward is a custom autograd function: check it under gradgradcheck and
+    # under torch.func transforms (vmap of its backward, jacrev) against F.pad
+    torch.manual_seed(1)
+    x = torch.randn(2, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: enn.circular_pad(t, ph, pw), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: enn.circular_pad(t, ph, pw).pow(2), (x,))
+
+    def ref(t):
+        return torch.nn.functional.pad(t, (pw, pw, ph, ph), mode="circular").sin().sum()
+
+    def ours(t):
+        return enn.circular_pad(t, ph, pw).sin().sum()
+
+    torch.testing.assert_close(torch.func.jacrev(ours)(x), torch.func.jacrev(ref)(x))
+    torch.testing.assert_close(torch.func.hessian(ours)(x[0]), torch.func.hessian(ref)(x[0]))
+    batched = torch.func.vmap(torch.func.grad(ours))(x)
+    torch.testing.assert_close(batched, torch.func.vmap(torch.func.grad(ref))(x))
+
+
 def test_circular_pad_rejects_padding_larger_than_input():
     with pytest.raises(ValueError, match="larger than the input"):
         enn.circular_pad(torch.zeros(1, 1, 2, 2), 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        enn.circular_pad(torch.zeros(1, 1, 2, 2), -1)
 
 
 def test_circular_conv2d_is_an_nn_conv2d_with_torch_outputs():
