@@ -161,12 +161,8 @@ def _pad_mode(mode: str) -> str:
     )
 
 
-def conv_patches(x: torch.Tensor, kernel_size, stride, padding, padding_mode: str) -> torch.Tensor:
-    """Unfolded input patches of a 2-D convolution.
-
-    x: (B, C, H, W) -> (B, C*kh*kw, L) with L = H' * W' output locations, ordered like
-    ``weight.view(C', C*kh*kw)``. ``padding`` is (ph, pw) or the string 'valid' / 'same'.
-    """
+def _pad_for_conv(x: torch.Tensor, kernel_size, padding, padding_mode: str) -> torch.Tensor:
+    """x padded as a conv with ``padding`` ((ph, pw) or 'valid' / 'same') pads it."""
     kh, kw = kernel_size
     if isinstance(padding, str):
         if padding == "valid":
@@ -179,6 +175,17 @@ def conv_patches(x: torch.Tensor, kernel_size, stride, padding, padding_mode: st
         pw = (padding[1], padding[1])
     if any(ph) or any(pw):
         x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]), mode=_pad_mode(padding_mode))
+    return x
+
+
+def conv_patches(x: torch.Tensor, kernel_size, stride, padding, padding_mode: str) -> torch.Tensor:
+    """Unfolded input patches of a 2-D convolution.
+
+    x: (B, C, H, W) -> (B, C*kh*kw, L) with L = H' * W' output locations, ordered like
+    ``weight.view(C', C*kh*kw)``. ``padding`` is (ph, pw) or the string 'valid' / 'same'.
+    """
+    kh, kw = kernel_size
+    x = _pad_for_conv(x, kernel_size, padding, padding_mode)
     sh, sw = stride
     B, C, H, W = x.shape
     Ho, Wo = (H - kh) // sh + 1, (W - kw) // sw + 1
@@ -186,6 +193,23 @@ def conv_patches(x: torch.Tensor, kernel_size, stride, padding, padding_mode: st
     cols = [x[:, :, i : i + sh * (Ho - 1) + 1 : sh, j : j + sw * (Wo - 1) + 1 : sw]
             for i in range(kh) for j in range(kw)]
     return torch.stack(cols, dim=2).reshape(B, C * kh * kw, Ho * Wo)
+
+
+def basis_patches(x: torch.Tensor, basis: torch.Tensor, kernel_size, stride, padding,
+                  padding_mode: str) -> torch.Tensor:
+    """Input patches of a conv projected on a filter basis, without forming the patches.
+
+    ``basis: (M, kh*kw)``; returns (B, L, C*M) with entry ``[b, l, c*M + m] =
+    sum_k basis[m, k] patch[b, c, k, l]``: one depthwise convolution of x with the M basis
+    filters (k*k times less memory than unfolding the patches first).
+    """
+    kh, kw = kernel_size
+    C = x.shape[1]
+    M = basis.shape[0]
+    x = _pad_for_conv(x, kernel_size, padding, padding_mode)
+    w = basis.to(x.dtype).reshape(1, M, kh, kw).expand(C, M, kh, kw).reshape(C * M, 1, kh, kw)
+    out = F.conv2d(x, w, stride=stride, groups=C)  # (B, C*M, H', W')
+    return out.flatten(2).transpose(1, 2)
 
 
 def layer_input_rows(layer: LayerInfo, x: torch.Tensor) -> torch.Tensor:
@@ -206,12 +230,8 @@ def layer_input_rows(layer: LayerInfo, x: torch.Tensor) -> torch.Tensor:
         padding = getattr(m, "padding", None)
         if padding is None:
             padding = tuple(k // 2 for k in m.kernel_size)
-        p = conv_patches(x, m.kernel_size, m.stride, padding, m.padding_mode)
-        B, _, L = p.shape
-        C = m.weight.shape[1]
-        p = p.view(B, C, -1, L)  # (B, C, k*k, L)
-        a = torch.einsum("bckl,mk->blcm", p, m.basis)
-        return a.reshape(B, L, 1, -1)
+        a = basis_patches(x, m.basis, m.kernel_size, m.stride, padding, m.padding_mode)
+        return a.unsqueeze(2)
     if layer.kind == "rotconv":
         return _rotconv_rows(m, x)
     raise AssertionError(layer.kind)  # pragma: no cover

@@ -46,23 +46,23 @@ def _wrap(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
 
 def _fold(g: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
     """The adjoint of ``_wrap``: every border row / column of ``g`` is added back onto the
-    row / column of the interior it copies. ``g: (..., H + 2 ph, W + 2 pw) -> (..., H, W)``."""
+    row / column of the interior it copies. ``g: (..., H + 2 ph, W + 2 pw) -> (..., H, W)``.
+
+    Rows first, then columns (the corners travel with the rows): two copies and four strip
+    additions, measured faster than one copy with eight additions for padding wider than one.
+    """
     H, W = g.shape[-2] - 2 * ph, g.shape[-1] - 2 * pw
-    rows = slice(ph, ph + H)
-    cols = slice(pw, pw + W)
-    out = g[..., rows, cols].clone()
     if ph > 0:  # bottom strip -> top rows, top strip -> bottom rows
-        out[..., :ph, :] += g[..., ph + H:, cols]
-        out[..., H - ph:, :] += g[..., :ph, cols]
+        out = g[..., ph:ph + H, :].clone()
+        out[..., :ph, :] += g[..., ph + H:, :]
+        out[..., H - ph:, :] += g[..., :ph, :]
+        g = out
     if pw > 0:  # right strip -> left columns, left strip -> right columns
-        out[..., :, :pw] += g[..., rows, pw + W:]
-        out[..., :, W - pw:] += g[..., rows, :pw]
-    if ph > 0 and pw > 0:  # the four corners land on the opposite corners
-        out[..., :ph, :pw] += g[..., ph + H:, pw + W:]
-        out[..., :ph, W - pw:] += g[..., ph + H:, :pw]
-        out[..., H - ph:, :pw] += g[..., :ph, pw + W:]
-        out[..., H - ph:, W - pw:] += g[..., :ph, :pw]
-    return out
+        out = g[..., pw:pw + W].clone()
+        out[..., :pw] += g[..., pw + W:]
+        out[..., W - pw:] += g[..., :pw]
+        g = out
+    return g
 
 
 class _CircularPad(torch.autograd.Function):
