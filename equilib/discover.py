@@ -435,7 +435,7 @@ def run_cached(config: Config, *, device=None, progress: bool = True, cache: boo
         key["strides"] = list(config.strides)
     if config.objective == "map":  # MAP ignores the schedule of the evidence steps
         key.update(_MARGLIK_ONLY)
-    return cached("discover", dict(key, version=3), compute)
+    return cached("discover", dict(key, version=4), compute)
 
 
 def without_weights(result: dict) -> dict:
