@@ -147,14 +147,15 @@ def book(args, device) -> None:
     For each model: one marginal-likelihood run at the chapter's default settings (or
     ``--book-epochs``); from its history, the mean time of a training epoch (the pass of gradient
     steps), the mean time of one hyperparameter update (KFAC refit + ``hyper_steps`` Adam steps
-    on log delta), their ratio, and the hyperparameter time per epoch of the whole run
-    (sum over refits / sum over epochs), which is what the schedule costs on average.
+    on log delta), their ratio, the hyperparameter time per epoch of the whole run (sum over
+    refits / sum over epochs, what the schedule costs on average) and per epoch after the
+    burn-in (one update every ``marglik_every`` epochs: the ratio / ``marglik_every``).
     """
     from equilib.discover import default_config, run
 
     print(f"\nbook models: marginal-likelihood training runs on {args.book_task!r}, device {device}")
     print(f"{'model':14s}{'hessian':>8s}{'params':>8s}{'epoch s':>9s}{'update s':>10s}"
-          f"{'update/epoch':>14s}{'per epoch of run':>18s}")
+          f"{'update/epoch':>14s}{'per epoch of run':>18s}{'after burn-in':>15s}")
     for name in args.models.split(","):
         for hessian in args.hessian.split(","):
             config = default_config(task=args.book_task, model=name, objective="marglik",
@@ -165,7 +166,8 @@ def book(args, device) -> None:
             n_up = sum(t > 0 for t in hyper)
             epoch_s, update_s = sum(train) / len(train), sum(hyper) / max(n_up, 1)
             print(f"{name:14s}{hessian:>8s}{result['n_params']:8d}{epoch_s:9.3f}{update_s:10.3f}"
-                  f"{update_s / epoch_s:14.2f}{sum(hyper) / sum(train):18.2f}")
+                  f"{update_s / epoch_s:14.2f}{sum(hyper) / sum(train):18.2f}"
+                  f"{update_s / epoch_s / config.marglik_every:15.2f}")
     print(f"(update = refit + {config.hyper_steps} steps, every {config.marglik_every} epochs "
           f"after {config.burn_in}; {config.epochs} epochs of {config.n_train} examples, "
           f"batch {config.batch_size})")
