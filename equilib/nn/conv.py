@@ -65,50 +65,41 @@ def _fold(g: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
     return g
 
 
-class _CircularPad(torch.autograd.Function):
-    """``_wrap`` with ``_fold`` as its backward pass: one copy of the interior and four thin
-    additions, where autograd's own backward of the concatenations allocates, zero-fills and
-    sums a full-size gradient for every slice."""
+def _linear_op(fn, name: str) -> type[torch.autograd.Function]:
+    """An autograd function for the linear map ``fn(x, ph, pw)``: its backward pass applies
+    the function set as its ``adjoint`` (so gradients of gradients stay cheap too) and its
+    forward-mode derivative applies ``fn`` to the tangent."""
 
-    generate_vmap_rule = True
+    class Op(torch.autograd.Function):
+        generate_vmap_rule = True
+        adjoint: type[torch.autograd.Function]
 
-    @staticmethod
-    def forward(x, ph, pw):
-        return _wrap(x, ph, pw)
+        @staticmethod
+        def forward(x, ph, pw):
+            return fn(x, ph, pw)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.ph, ctx.pw = inputs[1], inputs[2]
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.ph, ctx.pw = inputs[1], inputs[2]
 
-    @staticmethod
-    def backward(ctx, g):
-        return _CircularFold.apply(g, ctx.ph, ctx.pw), None, None
+        @staticmethod
+        def backward(ctx, g):
+            return Op.adjoint.apply(g, ctx.ph, ctx.pw), None, None
 
-    @staticmethod
-    def jvp(ctx, t, *_):  # linear: the tangent is padded like the input
-        return _CircularPad.apply(t, ctx.ph, ctx.pw)
+        @staticmethod
+        def jvp(ctx, t, *_):
+            return Op.apply(t, ctx.ph, ctx.pw)
+
+    Op.__name__ = Op.__qualname__ = name
+    return Op
 
 
-class _CircularFold(torch.autograd.Function):
-    """``_fold``, whose own backward is ``_wrap`` (so gradients of gradients stay cheap)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(g, ph, pw):
-        return _fold(g, ph, pw)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.ph, ctx.pw = inputs[1], inputs[2]
-
-    @staticmethod
-    def backward(ctx, x):
-        return _CircularPad.apply(x, ctx.ph, ctx.pw), None, None
-
-    @staticmethod
-    def jvp(ctx, t, *_):
-        return _CircularFold.apply(t, ctx.ph, ctx.pw)
+# ``_wrap`` with ``_fold`` as its backward pass: one copy of the interior and thin strip
+# additions, where autograd's own backward of the concatenations allocates, zero-fills and sums
+# a full-size gradient for every slice
+_CircularPad = _linear_op(_wrap, "_CircularPad")
+_CircularFold = _linear_op(_fold, "_CircularFold")
+_CircularPad.adjoint, _CircularFold.adjoint = _CircularFold, _CircularPad
 
 
 def circular_pad(x: torch.Tensor, ph: int, pw: int | None = None) -> torch.Tensor:
