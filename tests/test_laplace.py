@@ -217,6 +217,27 @@ def test_kron_log_det_equals_dense_log_det_of_kron_blocks(kind, bias, lik):
     assert abs(la.log_marginal_likelihood().item() - expected.item()) < 1e-6
 
 
+def test_kron_zero_eigenvalues_are_counted_exactly():
+    """More inputs than examples: A is singular, its zero eigenvalues are only counted, and the
+    evidence and effective dimensions still equal the dense ones of the Kron precision."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 3)).to(DT)
+    X = torch.zeros(4, 12, dtype=DT)
+    X[:, :6] = torch.randn(4, 6, dtype=DT)  # rank 4 inputs, 6 of them never nonzero
+    y = torch.tensor([0, 1, 2, 1])
+    delta = torch.tensor([0.7, 1.3, 2.0, 0.4], dtype=DT)
+    la = KronLaplace(model, "classification", prior_precision=delta).fit(batches(X, y))
+    assert la._n_zero[0] >= 5 * (12 - 4)  # the first weight's products with A's null space
+    Hk = torch.block_diag(*[la.ggn_block(n) for n in la.param_names])
+    expected = dense_log_marglik(model, X, y, "classification", delta, H=Hk)
+    assert abs(la.log_marginal_likelihood().item() - expected.item()) < 1e-8
+    sizes = [p.numel() for _, p in trainable(model)]
+    d = torch.cat([dl.expand(n) for dl, n in zip(delta, sizes)])
+    sigma_post = torch.linalg.inv(Hk + torch.diag(d))
+    gamma = torch.stack([v.sum() for v in (1 - d * sigma_post.diagonal()).split(sizes)])
+    torch.testing.assert_close(la.effective_dimensions(), gamma)
+
+
 def test_kron_evidence_close_to_full():
     model, X, y = make_case("mlp", True, "classification")
     full = FullLaplace(model, "classification").fit(batches(X, y)).log_marginal_likelihood()

