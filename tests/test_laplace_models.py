@@ -176,3 +176,50 @@ def test_interpolated_rotation_convs_match_dense_ggn():
     for name in ("0.weight", "2.weight"):
         ratio = kron.ggn_block(name).trace() / blocks[name].trace()
         assert 0.5 < ratio < 2.0
+
+
+@pytest.mark.parametrize("B,C,H,W,kh,kw", [(3, 2, 5, 6, 3, 3), (2, 3, 7, 7, 5, 5),
+                                            (2, 3, 4, 6, 3, 5), (2, 2, 2, 3, 5, 5),
+                                            (1, 2, 5, 5, 1, 1)])
+def test_torus_patch_gram_equals_the_gram_of_the_unfolded_patches(B, C, H, W, kh, kw):
+    from equilib.laplace.curvature import conv_patches
+    from equilib.laplace.kfac import torus_patch_gram
+
+    x = torch.randn(B, C, H, W, dtype=DT, generator=torch.Generator().manual_seed(B + H))
+    P = conv_patches(x, (kh, kw), (1, 1), (kh // 2, kw // 2), "circular")  # (B, D, L)
+    torch.testing.assert_close(torus_patch_gram(x, (kh, kw)),
+                               torch.einsum("bdl,bel->de", P, P), atol=1e-11, rtol=1e-12)
+
+
+def test_kron_input_factors_of_torus_and_other_convs_are_patch_grams():
+    """Circular stride-1 convs take the autocorrelation path, the others the rows; both give
+    the mean of p p^T over every location of every example (KFAC-expand)."""
+    from equilib.laplace.curvature import conv_patches
+    from equilib.laplace.kfac import torus_conv
+    from equilib.nn import conv2d
+
+    torch.manual_seed(1)
+    convs = [conv2d(1, 3, 3), nn.Conv2d(3, 2, 5, padding=2, padding_mode="circular"),
+             nn.Conv2d(2, 2, 3, stride=2, padding=1, padding_mode="circular"),
+             nn.Conv2d(2, 2, 3, padding=1)]
+    assert [torus_conv(c) for c in convs] == [True, True, False, False]
+    model = nn.Sequential(convs[0], nn.Tanh(), convs[1], nn.Tanh(), convs[2], nn.Tanh(),
+                          convs[3], nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).to(DT)
+    X, y = images(n=5)
+    seen = {}
+
+    def keep(k):
+        def hook(module, inputs, output):
+            seen[k] = inputs[0].detach()
+        return hook
+
+    hooks = [c.register_forward_hook(keep(k)) for k, c in enumerate(convs)]
+    model(X)
+    for h in hooks:
+        h.remove()
+    la = KronLaplace(model).fit([(X[:3], y[:3]), (X[3:], y[3:])])
+    for k, conv in enumerate(convs):
+        P = conv_patches(seen[k], conv.kernel_size, conv.stride, conv.padding, conv.padding_mode)
+        expected = torch.einsum("bdl,bel->de", P, P) / (P.shape[0] * P.shape[2])
+        A, _ = la.factors[f"{2 * k}.weight"]
+        torch.testing.assert_close(A[0], expected, atol=1e-12, rtol=1e-10)

@@ -16,7 +16,67 @@ from __future__ import annotations
 
 import torch
 
-from equilib.laplace.curvature import LayerInfo
+from equilib.laplace.curvature import LayerInfo, _fold, layer_input_rows
+
+
+def torus_conv(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Conv2d`` whose patches tile the torus: circular padding
+    of ``k // 2`` on each side of an odd ``k x k`` kernel, stride 1, no dilation, one group."""
+    if not isinstance(module, torch.nn.Conv2d) or module.padding_mode != "circular":
+        return False
+    kh, kw = module.kernel_size
+    return (kh % 2 == 1 and kw % 2 == 1 and tuple(module.stride) == (1, 1)
+            and tuple(module.dilation) == (1, 1) and module.groups == 1
+            and tuple(module.padding) == (kh // 2, kw // 2))
+
+
+def torus_patch_gram(x: torch.Tensor, kernel_size) -> torch.Tensor:
+    """sum over examples and locations of p p^T for the patches p of a ``torus_conv``: (D, D).
+
+    With circular padding, stride 1 and an odd kernel, every location's patch reads the torus
+    around it, so the entry for offsets (i, j) and (i', j') of channels c and c' depends only on
+    the difference: ``R_cc'(d) = sum_{n, u} x[n, c, u] x[n, c', u + d]`` with
+    ``d = (i' - i, j' - j)``, u running over the torus. All (2 kh - 1)(2 kw - 1) of them are one
+    convolution (channels as the batch, examples as the channels, the input itself as the
+    filter): about ``4 / (kh kw)`` of the flops of the Gram of the unfolded patches, and no patch
+    is formed. x: (B, C, H, W); D = C*kh*kw is ordered like ``weight.view(C', -1)``.
+    """
+    kh, kw = kernel_size
+    C, H, W = x.shape[1:]
+    xc = x.transpose(0, 1)  # (C, B, H, W)
+    # the torus around xc, kh - 1 rows and kw - 1 columns on each side (any number of turns)
+    rows = torch.arange(-(kh - 1), H + kh - 1, device=x.device) % H
+    cols = torch.arange(-(kw - 1), W + kw - 1, device=x.device) % W
+    wrapped = xc.index_select(2, rows).index_select(3, cols)
+    # R[c', c, a, b] = R_cc'(a - (kh - 1), b - (kw - 1))
+    R = torch.nn.functional.conv2d(wrapped, xc)
+    ih = torch.arange(kh, device=x.device)
+    iw = torch.arange(kw, device=x.device)
+    di = ih[None, :] - ih[:, None] + kh - 1  # [i, i'] -> a
+    dj = iw[None, :] - iw[:, None] + kw - 1  # [j, j'] -> b
+    S = R[:, :, di[:, None, :, None], dj[None, :, None, :]]  # (c', c, i, j, i', j')
+    return S.permute(1, 2, 3, 0, 4, 5).reshape(C * kh * kw, C * kh * kw)
+
+
+class TorusPatches:
+    """The input of one call of a ``torus_conv``, standing in for its unfolded patches."""
+
+    def __init__(self, x: torch.Tensor, kernel_size):
+        self.x = x
+        self.kernel_size = tuple(kernel_size)
+
+
+def kron_layer_inputs(layers: list[LayerInfo], batch: int) -> list[list]:
+    """``layer_inputs`` for KFAC: a ``TorusPatches`` for every call of a ``torus_conv`` (whose
+    input factor needs no rows), the rows (B, R, G, D_in) for the other layers."""
+    out = []
+    for layer in layers:
+        if layer.kind == "conv2d" and torus_conv(layer.module):
+            out.append([TorusPatches(x, layer.module.kernel_size) for x, _, _ in layer.calls])
+        else:
+            out.append([_fold(layer, layer_input_rows(layer, x), batch, 0)
+                        for x, _, _ in layer.calls])
+    return out
 
 
 class GramSum:
@@ -73,6 +133,15 @@ class GramSum:
             # than many small per-item products
             self._accumulate(M.permute(2, 0, 1, 3).reshape(G, N * R, D))
 
+    def add_gram(self, S: torch.Tensor) -> None:
+        """Add a ready sum of products ``S: (G, D, D)`` (symmetric)."""
+        if self.S is None:
+            self.S = S.new_zeros(S.shape)
+            for X in self.blocks:
+                self._accumulate(X)
+            self.blocks = []
+        self.S += S
+
     def empty(self) -> bool:
         return self.S is None and not self.blocks
 
@@ -114,12 +183,17 @@ class KronFactors:
         self.B = [GramSum() for _ in layers]  # sums of g g^T: (G, D_out, D_out)
         self.rows: list[int] = [0] * len(layers)
 
-    def update_inputs(self, inputs: list[list[torch.Tensor]]) -> None:
-        """Add the input rows of one batch: per layer, per call, a: (B, R, G, D_in)."""
+    def update_inputs(self, inputs: list[list]) -> None:
+        """Add the input rows of one batch: per layer, per call, a: (B, R, G, D_in), or a
+        :class:`TorusPatches` for a ``torus_conv`` (its Gram matrix without the rows)."""
         for li, calls in enumerate(inputs):
             if self.layers[li].weight is None:
                 continue
             for a in calls:
+                if isinstance(a, TorusPatches):
+                    self.A[li].add_gram(torus_patch_gram(a.x, a.kernel_size).unsqueeze(0))
+                    self.rows[li] += a.x.shape[0] * a.x.shape[2] * a.x.shape[3]
+                    continue
                 self.A[li].add(a)
                 self.rows[li] += a.shape[0] * a.shape[1]
 

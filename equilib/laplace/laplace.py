@@ -33,7 +33,7 @@ from equilib.laplace.curvature import (
     output_hessian_sqrt,
     per_example_grads,
 )
-from equilib.laplace.kfac import KronFactors
+from equilib.laplace.kfac import KronFactors, kron_layer_inputs
 
 __all__ = ["BaseLaplace", "FullLaplace", "DiagLaplace", "KronLaplace", "Laplace"]
 
@@ -212,7 +212,7 @@ class BaseLaplace:
                     if x_cut is not None:
                         cut = (x_cut, {i for i, layer in enumerate(self.layers)
                                        if (layer.name + ".").startswith(rec.cut + ".")})
-                    inputs = layer_inputs(self.layers, X.shape[0])
+                    inputs = self._layer_inputs(X.shape[0])
                     for first, grads in enumerate(
                         backprop_rows(self.layers, f2, Lsq, self.vectorize, cut)
                     ):
@@ -240,6 +240,10 @@ class BaseLaplace:
         self._finalize()
         self._fitted = True
         return self
+
+    def _layer_inputs(self, batch: int) -> list:
+        """What ``_accumulate`` needs of the recorded layer inputs (the rows, by default)."""
+        return layer_inputs(self.layers, batch)
 
     def _where_nonfinite(self, loader: Iterable) -> str:
         """Which primitive layer first outputs NaN/inf, found by a second pass over ``loader``
@@ -430,6 +434,9 @@ class KronLaplace(_EigenLaplace):
 
     def _init_curvature(self) -> None:
         self._kron = KronFactors(self.layers)
+
+    def _layer_inputs(self, batch: int) -> list:
+        return kron_layer_inputs(self.layers, batch)
 
     def _accumulate(self, inputs, grads, first: bool) -> None:
         if first:
