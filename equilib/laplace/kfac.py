@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from equilib.laplace.curvature import LayerInfo, _fold, layer_input_rows
+from equilib.laplace.curvature import LayerInfo, layer_inputs
 
 
 def torus_conv(module: torch.nn.Module) -> bool:
@@ -69,14 +69,9 @@ class TorusPatches:
 def kron_layer_inputs(layers: list[LayerInfo], batch: int) -> list[list]:
     """``layer_inputs`` for KFAC: a ``TorusPatches`` for every call of a ``torus_conv`` (whose
     input factor needs no rows), the rows (B, R, G, D_in) for the other layers."""
-    out = []
-    for layer in layers:
-        if layer.kind == "conv2d" and torus_conv(layer.module):
-            out.append([TorusPatches(x, layer.module.kernel_size) for x, _, _ in layer.calls])
-        else:
-            out.append([_fold(layer, layer_input_rows(layer, x), batch, 0)
-                        for x, _, _ in layer.calls])
-    return out
+    return [[TorusPatches(x, layer.module.kernel_size) for x, _, _ in layer.calls]
+            if layer.kind == "conv2d" and torus_conv(layer.module)
+            else layer_inputs([layer], batch)[0] for layer in layers]
 
 
 class GramSum:

@@ -186,8 +186,7 @@ class BaseLaplace:
             for batch in loader:
                 if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                     raise TypeError("the loader must yield (X, y) batches")
-                X, y = batch[0], batch[1]
-                X = X.to(self.device, dtype=self.dtype if torch.is_floating_point(X) else None)
+                X, y = self._to_model(batch[0]), batch[1]
                 y = y.to(self.device)
                 find = self.bottleneck == "auto" and self._blockwise and self._cut is None
                 cut_name = self._cut if self._blockwise else None
@@ -241,6 +240,10 @@ class BaseLaplace:
         self._fitted = True
         return self
 
+    def _to_model(self, X: torch.Tensor) -> torch.Tensor:
+        """A batch of inputs on the model's device (floating inputs in its dtype)."""
+        return X.to(self.device, dtype=self.dtype if torch.is_floating_point(X) else None)
+
     def _layer_inputs(self, batch: int) -> list:
         """What ``_accumulate`` needs of the recorded layer inputs (the rows, by default)."""
         return layer_inputs(self.layers, batch)
@@ -255,9 +258,7 @@ class BaseLaplace:
         try:
             with torch.no_grad(), Recorder(self.layers):
                 for batch in loader:
-                    X = batch[0].to(self.device, dtype=self.dtype
-                                    if torch.is_floating_point(batch[0]) else None)
-                    self.model(X)
+                    self.model(self._to_model(batch[0]))
                     seen += 1
                     for li, layer in enumerate(self.layers):
                         bad[li] = bad[li] or any(not bool(torch.isfinite(out).all())
