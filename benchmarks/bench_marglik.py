@@ -118,6 +118,9 @@ def compare(args, device) -> None:
     n_tensors = len(list(model.parameters()))
     print(f"CNN with {n_params} parameters ({n_tensors} tensors), {len(X)} examples, "
           f"batch {args.batch}, device {device}")
+    warmup = args.warmup if args.warmup is not None else int(device.type == "cuda")
+    for _ in range(warmup):  # CUDA's libraries load on first use: keep that out of the timings
+        time_equilib(model, loader, device, n_tensors)
     runs = [time_equilib(model, loader, device, n_tensors) for _ in range(args.reps)]
     c_eq, lml_eq = min(runs, key=lambda r: r[0].wall)
     print(f"equilib KronLaplace      : wall {c_eq.wall:7.2f} s  cpu {c_eq.cpu:7.2f} s   "
@@ -131,7 +134,7 @@ def compare(args, device) -> None:
     for name in args.backends.split(","):
         try:
             runs = [time_laplace_torch(model, loader, device, n_tensors, name)
-                    for _ in range(args.reps)]
+                    for _ in range(warmup + args.reps)][warmup:]
         except Exception as err:  # a backend that cannot handle this model or device
             print(f"laplace-torch {name:10s}: failed ({type(err).__name__}: {err})")
             continue
@@ -179,7 +182,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=1, help="training epochs before timing")
-    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=1, help="timed runs of each (the best counts)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed runs of each first (default: 1 on CUDA, 0 on the CPU)")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--book", action="store_true", help="also time the book's models")
     parser.add_argument("--models", default="conv,fc,fc+conv,f-fc+conv,s-fc+s-conv")

@@ -137,6 +137,12 @@ def evaluate(model: nn.Module, loader, device=None) -> tuple[float, float]:
     return loss.item() / n, correct.item() / n
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that wall-clock timings on CUDA are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -406,6 +412,7 @@ def fit(
             if seen == 0:
                 raise ValueError("the training loader yielded no batches")
 
+            _synchronize(device)  # queued GPU work belongs to this epoch's steps
             t_train = time.perf_counter() - t0
             log_ml, t_hyper = float("nan"), 0.0
             refit = epoch > burn_in and ((epoch - burn_in) % marglik_every == 0 or epoch == epochs)
@@ -413,6 +420,7 @@ def fit(
                 t1 = time.perf_counter()
                 log_ml = _marglik_update(model, curvature_loader, log_delta, hyper_opt, hyper_steps,
                                          n_data, laplace)
+                _synchronize(device)
                 t_hyper = time.perf_counter() - t1
             test_acc = evaluate(model, test_loader, device)[1] if test_loader is not None else float("nan")
             elapsed += time.perf_counter() - t0
