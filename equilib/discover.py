@@ -435,7 +435,9 @@ def run_cached(config: Config, *, device=None, progress: bool = True, cache: boo
         key["strides"] = list(config.strides)
     if config.objective == "map":  # MAP ignores the schedule of the evidence steps
         key.update(_MARGLIK_ONLY)
-    return cached("discover", dict(key, version=4), compute)
+    # version 5: KFAC output factors of strided convs from the strided gradient (marglik only)
+    version = 5 if config.objective == "marglik" else 4
+    return cached("discover", dict(key, version=version), compute)
 
 
 def without_weights(result: dict) -> dict:

@@ -6,6 +6,7 @@ from test_laplace import DT, dense_ggn, dense_log_marglik, exact_blocks, trainab
 from torch import nn
 
 from equilib.laplace import DiagLaplace, FullLaplace, KronLaplace
+from equilib.laplace.curvature import Recorder
 from equilib.models import MODEL_NAMES, build
 from equilib.nn import BasisConv2d, FactoredLinear, GroupedLinear, SparseFactoredLinear
 
@@ -223,3 +224,66 @@ def test_kron_input_factors_of_torus_and_other_convs_are_patch_grams():
         expected = torch.einsum("bdl,bel->de", P, P) / (P.shape[0] * P.shape[2])
         A, _ = la.factors[f"{2 * k}.weight"]
         torch.testing.assert_close(A[0], expected, atol=1e-12, rtol=1e-10)
+
+
+_STRIDED_OUTPUTS = Recorder.strided_outputs
+
+
+def _kron_with_and_without_strided(model, batches, monkeypatch):
+    """KronLaplace with and without the strided stand-ins agree; returns how many stand-ins
+    each batch used."""
+    found = []
+
+    def strided_outputs(self, f):
+        proxies = _STRIDED_OUTPUTS(self, f)
+        found.append(len(proxies))
+        return proxies
+
+    monkeypatch.setattr(Recorder, "strided_outputs", strided_outputs)
+    monkeypatch.setattr(KronLaplace, "_strided", True)
+    fast = KronLaplace(model).fit(batches)
+    monkeypatch.setattr(KronLaplace, "_strided", False)
+    plain = KronLaplace(model).fit(batches)
+    for name in plain.param_names:
+        for a, b in zip(fast.factors[name], plain.factors[name]):
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    diff = fast.log_marginal_likelihood() - plain.log_marginal_likelihood()
+    assert abs(diff.item()) < 1e-9
+    return found
+
+
+@pytest.mark.parametrize("name", ["conv", "f-fc+conv", "s-fc+s-conv"])
+def test_kron_output_factor_from_the_downsampled_gradient(name, monkeypatch):
+    """A conv output that reaches the loss only through polyphase striding: its output factor
+    comes from the gradient of the strided tensor, and equals the full-size computation."""
+    torch.manual_seed(0)
+    model = build(name, in_shape=(1, 8, 8), n_classes=7, width=3, hidden=5).to(DT)
+    X, y = images(n=5, c=7)
+    found = _kron_with_and_without_strided(model, [(X[:3], y[:3]), (X[3:], y[3:])], monkeypatch)
+    assert found == [2, 2]  # the stride-2 blocks 0 and 1, in both batches
+
+
+def test_kron_strided_output_used_twice_keeps_the_full_gradient(monkeypatch):
+    """The conv output also feeds a second branch: its gradient is not a scattered copy of the
+    strided one, and the full-size gradient is used."""
+    from equilib.nn import PolyphaseDownsample
+
+    class TwoBranches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular")
+            self.down = PolyphaseDownsample(2)
+            self.head = nn.Linear(3 * 4 * 4 + 3, 4)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.head(torch.cat([torch.tanh(self.down(h)).flatten(1), h.mean((2, 3))], 1))
+
+    torch.manual_seed(2)
+    model = TwoBranches().to(DT)
+    X, y = images(n=4, c=4)
+    assert _kron_with_and_without_strided(model, [(X, y)], monkeypatch) == [0]
+    model.forward = lambda x: model.head(torch.cat(
+        [torch.tanh(model.down(model.conv(x))).flatten(1), x.new_zeros(x.shape[0], 3)], 1))
+    assert _kron_with_and_without_strided(model, [(X, y)], monkeypatch) == [1]

@@ -343,6 +343,11 @@ def _drop_null_direction(L: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+# autograd nodes that only select or rearrange entries (a polyphase downsampling's gather)
+_SELECTIONS = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0",
+                         "GatherBackward0"})
+
+
 class Recorder:
     """Forward hooks that keep the input and output of every call of every primitive layer.
 
@@ -352,13 +357,15 @@ class Recorder:
     """
 
     def __init__(self, layers: list[LayerInfo], model: nn.Module | None = None,
-                 cut: str | None = None, find_cut: bool = False):
+                 cut: str | None = None, find_cut: bool = False, strided: bool = False):
         self.layers = layers
         self.model = model
         self.cut = cut
         self.find_cut = find_cut
+        self.strided = strided
         self.handles = []
         self.seen: dict[str, list] = {}
+        self.downsampled: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __enter__(self) -> Recorder:
         for layer in self.layers:
@@ -368,7 +375,62 @@ class Recorder:
             for name, module in self.model.named_modules():
                 if name and (self.find_cut or name == self.cut):
                     self.handles.append(module.register_forward_hook(self._watch(name)))
+        if self.model is not None and self.strided:
+            from equilib.nn.conv import PolyphaseDownsample
+
+            for module in self.model.modules():
+                if isinstance(module, PolyphaseDownsample):
+                    self.handles.append(module.register_forward_hook(self._downsampled))
         return self
+
+    def _downsampled(self, module, inputs, output) -> None:
+        if module.stride > 1 and isinstance(inputs[0], torch.Tensor):
+            self.downsampled.append((inputs[0], output))
+
+    def strided_outputs(self, f: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Recorded layer outputs that reach ``f`` only through a polyphase downsampling,
+        mapped (by ``id``) to the downsampled tensor.
+
+        The gradient at such an output is the downsampled tensor's gradient scattered into one
+        polyphase component and zero elsewhere, so its Gram matrix over locations (all that a
+        KFAC output factor needs) is that of the downsampled gradient: ``s * s`` times fewer
+        rows, and the full-size gradient is never formed where nothing further back needs it.
+        Checked on the autograd graph of ``f``: the output's only consumer is the view and gather
+        of the downsampling.
+        """
+        if not self.downsampled or f.grad_fn is None:
+            return {}
+        outs = {id(out): out for layer in self.layers for _, out, _ in layer.calls}
+        candidates = [(x, y) for x, y in self.downsampled
+                      if id(x) in outs and x.grad_fn is not None and y.grad_fn is not None]
+        if not candidates:
+            return {}
+        consumers: dict[tuple, list] = {}
+        seen, stack = {f.grad_fn}, [f.grad_fn]
+        while stack:
+            node = stack.pop()
+            for nxt, nr in node.next_functions:
+                if nxt is None:
+                    continue
+                consumers.setdefault((nxt, nr), []).append(node)
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        proxies = {}
+        for x, y in candidates:
+            # from y back to x: only views and the gather, each the single consumer of the next
+            node, target = y.grad_fn, (x.grad_fn, x.output_nr)
+            for _ in range(8):
+                edges = [e for e in node.next_functions if e[0] is not None]
+                if node.name() not in _SELECTIONS or len(edges) != 1:
+                    break
+                if consumers.get(edges[0]) != [node]:
+                    break
+                if edges[0] == target:
+                    proxies[id(x)] = y
+                    break
+                node = edges[0][0]
+        return proxies
 
     def __exit__(self, *exc) -> None:
         for h in self.handles:
@@ -453,6 +515,7 @@ def backprop_rows(
     L: torch.Tensor,
     vectorize: bool = False,
     cut: tuple[torch.Tensor, set[int]] | None = None,
+    proxies: dict[int, torch.Tensor] | None = None,
 ):
     """Push the K columns of L back from the outputs to every recorded primitive call.
 
@@ -467,6 +530,10 @@ def backprop_rows(
     V_n = (v_n1 ... v_nK) (D x K), they are replaced by the r = min(D, K) rows of R in the QR
     decomposition V_n^T = Q R (R^T R = V_n V_n^T), which then travel on to the outer layers.
     This keeps every block of the GGN exact (not the blocks coupling inner and outer layers).
+
+    ``proxies`` (from ``Recorder.strided_outputs``): for a layer output listed there, the
+    gradient of its downsampled stand-in is returned instead (rows of only the kept locations;
+    for the KFAC output factor alone, which sums g g^T over rows).
     """
     for layer in layers:
         for _, out, version in layer.calls:
@@ -479,28 +546,32 @@ def backprop_rows(
     batch = f.shape[0]
     cols = L.permute(2, 0, 1)  # (K, B, C)
     if cut is None:
-        yield from _push(layers, set(range(len(layers))), f, cols, vectorize, batch)
+        yield from _push(layers, set(range(len(layers))), f, cols, vectorize, batch,
+                         proxies=proxies)
         return
     x, inner = cut
     V = []
-    for chunk in _push(layers, inner, f, cols, vectorize, batch, extra=x):
+    for chunk in _push(layers, inner, f, cols, vectorize, batch, extra=x, proxies=proxies):
         V.append(chunk.pop())
         yield chunk
     V = torch.cat(V).reshape(len(cols), batch, -1).transpose(0, 1)  # (B, K, D)
     R = torch.linalg.qr(V, mode="r")[1]  # (B, r, D)
     W = R.transpose(0, 1).reshape(R.shape[1], *x.shape)  # (r, *x.shape)
     outer = set(range(len(layers))) - inner
-    yield from _push(layers, outer, x, W, vectorize, batch)
+    yield from _push(layers, outer, x, W, vectorize, batch, proxies=proxies)
 
 
-def _push(layers, which: set[int], f, cols, vectorize: bool, batch: int, extra=None):
+def _push(layers, which: set[int], f, cols, vectorize: bool, batch: int, extra=None,
+          proxies=None):
     """Backward passes from f with grad_outputs ``cols`` (k, *f.shape) to the outputs of the
-    layers in ``which`` (and to the tensor ``extra``, appended to each chunk)."""
+    layers in ``which`` (or their ``proxies``) and to the tensor ``extra``, appended to each
+    chunk."""
+    proxies = proxies or {}
     outs, where = [], []
     for li in sorted(which):
         for ci, (_, out, _) in enumerate(layers[li].calls):
             if out.requires_grad:
-                outs.append(out)
+                outs.append(proxies.get(id(out), out))
                 where.append((li, ci))
     targets = outs + ([extra] if extra is not None else [])
     K = cols.shape[0]
@@ -526,6 +597,7 @@ def _push(layers, which: set[int], f, cols, vectorize: bool, batch: int, extra=N
             for ci, (_, out, _) in enumerate(layer.calls):
                 g = lookup.get((li, ci))
                 if g is None:
+                    out = proxies.get(id(out), out)
                     g = torch.zeros((k,) + tuple(out.shape), device=out.device, dtype=out.dtype)
                 per_call.append(_fold(layer, layer_output_rows(layer, g), batch, 1))
             result.append(per_call)

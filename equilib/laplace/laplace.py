@@ -57,6 +57,7 @@ class BaseLaplace:
     """
 
     _blockwise = True  # only blocks of the GGN are needed (False for the dense FullLaplace)
+    _strided = False  # only g g^T summed over rows is needed (KFAC): see Recorder.strided_outputs
 
     def __init__(
         self,
@@ -191,7 +192,7 @@ class BaseLaplace:
                 find = self.bottleneck == "auto" and self._blockwise and self._cut is None
                 cut_name = self._cut if self._blockwise else None
                 with torch.enable_grad(), Recorder(
-                    self.layers, self.model, cut=cut_name, find_cut=find
+                    self.layers, self.model, cut=cut_name, find_cut=find, strided=self._strided
                 ) as rec:
                     f = self.model(X)
                     f2, y = check_targets(f, y, self.likelihood)
@@ -212,8 +213,9 @@ class BaseLaplace:
                         cut = (x_cut, {i for i, layer in enumerate(self.layers)
                                        if (layer.name + ".").startswith(rec.cut + ".")})
                     inputs = self._layer_inputs(X.shape[0])
+                    proxies = rec.strided_outputs(f2) if self._strided else None
                     for first, grads in enumerate(
-                        backprop_rows(self.layers, f2, Lsq, self.vectorize, cut)
+                        backprop_rows(self.layers, f2, Lsq, self.vectorize, cut, proxies)
                     ):
                         self._accumulate(inputs, grads, first == 0)
                 for layer in self.layers:
@@ -432,6 +434,8 @@ class KronLaplace(_EigenLaplace):
     log det(B (x) A / (sigma^2 T) + delta I) = sum_ij log(lB_i lA_j / (sigma^2 T) + delta),
     from one eigendecomposition of each factor made in ``fit``.
     """
+
+    _strided = True
 
     def _init_curvature(self) -> None:
         self._kron = KronFactors(self.layers)
