@@ -26,7 +26,14 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+    default_collate,
+)
 
 from equilib.cache import atomic_save
 
@@ -172,8 +179,30 @@ def curvature_loader_for(loader, batch_size: int | None):
         and sampler.num_samples == len(loader.dataset))
     if not whole or loader.drop_last or type(loader.batch_sampler) is not BatchSampler:
         return loader
+    if isinstance(loader.dataset, TensorDataset) and loader.collate_fn is default_collate:
+        return TensorBatches(loader.dataset, batch_size)
     return DataLoader(loader.dataset, batch_size=batch_size, shuffle=False,
                       collate_fn=loader.collate_fn)
+
+
+class TensorBatches:
+    """A ``TensorDataset``'s examples in order, ``batch_size`` at a time, as slices of its
+    tensors: the batches a sequential ``DataLoader`` collates, without stacking them example
+    by example (a sixth of a small model's refit)."""
+
+    def __init__(self, dataset: TensorDataset, batch_size: int):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.dataset)
+        for i in range(0, n, self.batch_size):
+            yield tuple(t[i : i + self.batch_size] for t in self.dataset.tensors)
 
 
 def _default_laplace(model: nn.Module, prior_precision: torch.Tensor):

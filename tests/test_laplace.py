@@ -494,3 +494,5 @@ def test_gram_sum_equals_dense_sum_for_every_layout(monkeypatch, wide, G):
     torch.testing.assert_close(gram.matrix(), expected)
     lam = gram.eigenvalues(torch.float64)
     torch.testing.assert_close(lam, torch.linalg.eigvalsh(expected).clamp_min(0))
+    scaled = gram.eigenvalues(torch.float64, scale=0.25)
+    torch.testing.assert_close(scaled, torch.linalg.eigvalsh(0.25 * expected).clamp_min(0))

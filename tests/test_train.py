@@ -238,10 +238,17 @@ def test_curvature_loader_reads_every_example_once_in_order():
     X, y = make_data(n=50)
     tr, _ = loaders(X, y, batch_size=16)  # shuffled, 16 at a time
     curv = train.curvature_loader_for(tr, 20)
+    assert isinstance(curv, train.TensorBatches) and len(curv) == 3
     batches = list(curv)
     assert [len(b[1]) for b in batches] == [20, 20, 10]
     assert torch.equal(torch.cat([b[0] for b in batches]), X)
     assert torch.equal(torch.cat([b[1] for b in batches]), y)
+    assert len(list(curv)) == 3  # read again at every refit
+    # the batches of a sequential DataLoader, exactly, on any dataset
+    squares = [(x * x, t) for x, t in zip(X, y)]
+    curv = train.curvature_loader_for(DataLoader(squares, batch_size=16), 20)
+    assert isinstance(curv, DataLoader) and curv.batch_size == 20
+    assert torch.equal(torch.cat([b[0] for b in curv]), X * X)
     assert train.curvature_loader_for(tr, None) is tr
     # loaders that do not yield their whole dataset once are used as they are
     ds = TensorDataset(X, y)

@@ -162,7 +162,9 @@ class GramSum:
     def eigenvalues(self, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
         """Eigenvalues of scale * S, clamped at 0, in ``dtype``: (G, D)."""
         if self.S is not None:
-            S = self.matrix().to(dtype) * scale
+            if self.S.shape[-1] >= self.WIDE:  # the upper triangle is complete: read only it
+                return (torch.linalg.eigvalsh(self.S.to(dtype), UPLO="U") * scale).clamp_min(0)
+            S = self.S.to(dtype) * scale
             return torch.linalg.eigvalsh(0.5 * (S + S.transpose(-1, -2))).clamp_min(0)
         X = torch.cat(self.blocks, dim=1).to(dtype)  # (G, n, D), n < D
         small = torch.linalg.eigvalsh((X @ X.transpose(1, 2)) * scale).clamp_min(0)

@@ -79,6 +79,17 @@ def make_path(kind: str, in_shape, out_channels: int, stride: int = 1, kernel_si
     return GroupConv2d(C, out_channels, kernel_size, padding_mode=padding_mode)
 
 
+def _mean(ts: list[torch.Tensor], divide: bool = True) -> torch.Tensor:
+    """The mean (or sum) of the tensors; one tensor is returned as it is (no copy, and no
+    autograd node between it and its consumer)."""
+    if len(ts) == 1:
+        return ts[0]
+    total = ts[0] + ts[1]
+    for t in ts[2:]:
+        total = total + t
+    return total / len(ts) if divide else total
+
+
 class SoftBlock(nn.Module):
     """Sum of named paths with factor ``1/len(paths)``, shared striding, then ReLU.
 
@@ -117,7 +128,7 @@ class SoftBlock(nn.Module):
                                  f"{(H, W)} (strided by the block) or "
                                  f"{(H // self.stride, W // self.stride)}")
         if full:
-            total = sum(raw[n] for n in full)
+            total = _mean([raw[n] for n in full], divide=False)
             phase = None
             if hasattr(self.down, "choose_phase"):
                 phase = self.down.choose_phase(total.detach())
@@ -126,8 +137,7 @@ class SoftBlock(nn.Module):
         return raw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = self.path_outputs(x)
-        y = sum(outs.values()) / len(outs)
+        y = _mean(list(self.path_outputs(x).values()))
         return torch.relu(y) if self.activation else y
 
     def extra_repr(self) -> str:
