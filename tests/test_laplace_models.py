@@ -88,21 +88,29 @@ def test_factored_linear_both_factors_have_kron_blocks():
                 torch.testing.assert_close(approx[sl, sl], exact[sl, sl])
 
 
-def test_basis_conv_kfac_factor_is_projected_patch_factor():
-    """BasisConv2d: A_u = Psi A_W Psi^T per channel pair, with A_W the Conv2d patch factor."""
+@pytest.mark.parametrize("stride", [1, 2])
+def test_basis_conv_kfac_factor_is_projected_patch_factor(stride):
+    """BasisConv2d: A_u = Psi A_W Psi^T per channel pair, with A_W the Conv2d patch factor
+    (stride 1: both from the input's autocorrelation; stride 2: from rows)."""
+    from equilib.laplace.curvature import conv_patches
+    from equilib.laplace.kfac import torus_conv
+
     torch.manual_seed(2)
     basis = torch.randn(4, 9, dtype=DT)
-    bconv = BasisConv2d(2, 3, 3, basis, stride=2).to(DT)
-    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1, padding_mode="circular").to(DT)
+    bconv = BasisConv2d(2, 3, 3, basis, stride=stride).to(DT)
+    conv = nn.Conv2d(2, 3, 3, stride=stride, padding=1, padding_mode="circular").to(DT)
+    assert torus_conv(bconv) == torus_conv(conv) == (stride == 1)
     with torch.no_grad():
         conv.weight.copy_(bconv.filter())
         conv.bias.copy_(bconv.bias)
     X, y = torch.randn(5, 2, 6, 6, dtype=DT), torch.randint(0, 3, (5,))
-    head = nn.Sequential(nn.Flatten(), nn.Linear(27, 3)).to(DT)
-    la_b = KronLaplace(nn.Sequential(bconv, head)).fit([(X, y)])
+    head = nn.Sequential(nn.Flatten(), nn.Linear(3 * (6 // stride) ** 2, 3)).to(DT)
+    la_b = KronLaplace(nn.Sequential(bconv, head)).fit([(X[:2], y[:2]), (X[2:], y[2:])])
     la_c = KronLaplace(nn.Sequential(conv, head)).fit([(X, y)])
     A_b, B_b = la_b.factors["0.weight"]
     A_c, B_c = la_c.factors["0.weight"]
+    P = conv_patches(X, (3, 3), (stride, stride), (1, 1), "circular")  # (B, C*k*k, L)
+    torch.testing.assert_close(A_c[0], torch.einsum("bdl,bel->de", P, P) / (5 * P.shape[2]))
     P = torch.block_diag(bconv.basis, bconv.basis)  # (C*M, C*k*k)
     torch.testing.assert_close(A_b[0], P @ A_c[0] @ P.T)
     torch.testing.assert_close(B_b, B_c)

@@ -17,17 +17,22 @@ from __future__ import annotations
 import torch
 
 from equilib.laplace.curvature import LayerInfo, layer_inputs
+from equilib.nn.conv import BasisConv2d
 
 
 def torus_conv(module: torch.nn.Module) -> bool:
-    """Whether ``module`` is an ``nn.Conv2d`` whose patches tile the torus: circular padding
-    of ``k // 2`` on each side of an odd ``k x k`` kernel, stride 1, no dilation, one group."""
-    if not isinstance(module, torch.nn.Conv2d) or module.padding_mode != "circular":
+    """Whether ``module`` is an ``nn.Conv2d`` or ``equilib.nn.BasisConv2d`` whose patches tile
+    the torus: circular padding of ``k // 2`` on each side of an odd ``k x k`` kernel, stride
+    1 (and for ``nn.Conv2d`` no dilation, one group)."""
+    if isinstance(module, BasisConv2d):
+        plain = True
+    elif isinstance(module, torch.nn.Conv2d):
+        plain = tuple(module.dilation) == (1, 1) and module.groups == 1
+    else:
         return False
     kh, kw = module.kernel_size
-    return (kh % 2 == 1 and kw % 2 == 1 and tuple(module.stride) == (1, 1)
-            and tuple(module.dilation) == (1, 1) and module.groups == 1
-            and tuple(module.padding) == (kh // 2, kw // 2))
+    return (plain and module.padding_mode == "circular" and kh % 2 == 1 and kw % 2 == 1
+            and tuple(module.stride) == (1, 1) and tuple(module.padding) == (kh // 2, kw // 2))
 
 
 def torus_patch_gram(x: torch.Tensor, kernel_size) -> torch.Tensor:
@@ -59,19 +64,39 @@ def torus_patch_gram(x: torch.Tensor, kernel_size) -> torch.Tensor:
 
 
 class TorusPatches:
-    """The input of one call of a ``torus_conv``, standing in for its unfolded patches."""
+    """The input of one call of a ``torus_conv``, standing in for its unfolded patches (with
+    the filter basis ``(M, kh*kw)`` of a ``BasisConv2d``, else None)."""
 
-    def __init__(self, x: torch.Tensor, kernel_size):
+    def __init__(self, x: torch.Tensor, kernel_size, basis: torch.Tensor | None = None):
         self.x = x
         self.kernel_size = tuple(kernel_size)
+        self.basis = basis
+
+    def gram(self) -> torch.Tensor:
+        """sum over examples and locations of a a^T: (1, D, D). For a basis conv the rows are
+        ``a = (I_C (x) Psi) p``, so the sum is the patch Gram projected on both sides (the order
+        of ``weight.view(C', -1)``, channel major): no basis-projected rows are formed."""
+        S = torus_patch_gram(self.x, self.kernel_size)
+        if self.basis is not None:
+            C, K = self.x.shape[1], self.kernel_size[0] * self.kernel_size[1]
+            Psi = self.basis.to(S.dtype)
+            S = torch.einsum("mk,ckdl,nl->cmdn", Psi, S.view(C, K, C, K), Psi)
+            S = S.reshape(C * Psi.shape[0], C * Psi.shape[0])
+        return S.unsqueeze(0)
 
 
 def kron_layer_inputs(layers: list[LayerInfo], batch: int) -> list[list]:
     """``layer_inputs`` for KFAC: a ``TorusPatches`` for every call of a ``torus_conv`` (whose
     input factor needs no rows), the rows (B, R, G, D_in) for the other layers."""
-    return [[TorusPatches(x, layer.module.kernel_size) for x, _, _ in layer.calls]
-            if layer.kind == "conv2d" and torus_conv(layer.module)
-            else layer_inputs([layer], batch)[0] for layer in layers]
+    inputs = []
+    for layer in layers:
+        m = layer.module
+        if layer.kind in ("conv2d", "basisconv") and torus_conv(m):
+            basis = m.basis if layer.kind == "basisconv" else None
+            inputs.append([TorusPatches(x, m.kernel_size, basis) for x, _, _ in layer.calls])
+        else:
+            inputs.append(layer_inputs([layer], batch)[0])
+    return inputs
 
 
 class GramSum:
@@ -188,7 +213,7 @@ class KronFactors:
                 continue
             for a in calls:
                 if isinstance(a, TorusPatches):
-                    self.A[li].add_gram(torus_patch_gram(a.x, a.kernel_size).unsqueeze(0))
+                    self.A[li].add_gram(a.gram())
                     self.rows[li] += a.x.shape[0] * a.x.shape[2] * a.x.shape[3]
                     continue
                 self.A[li].add(a)
