@@ -131,7 +131,7 @@ def compare(args, device) -> None:
         print("laplace-torch is not installed: comparison skipped "
               "(pip install 'equilib[bench]', ideally in a separate environment)")
         return
-    for name in args.backends.split(","):
+    for name in [n for n in args.backends.split(",") if n]:
         try:
             runs = [time_laplace_torch(model, loader, device, n_tensors, name)
                     for _ in range(warmup + args.reps)][warmup:]
@@ -185,7 +185,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=1, help="timed runs of each (the best counts)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed runs of each first (default: 1 on CUDA, 0 on the CPU)")
-    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help="laplace-torch backends to compare with ('' for none)")
     parser.add_argument("--book", action="store_true", help="also time the book's models")
     parser.add_argument("--models", default="conv,fc,fc+conv,f-fc+conv,s-fc+s-conv")
     parser.add_argument("--hessian", default="ggn,mc",
