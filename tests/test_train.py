@@ -244,6 +244,9 @@ def test_curvature_loader_reads_every_example_once_in_order():
     assert torch.equal(torch.cat([b[0] for b in batches]), X)
     assert torch.equal(torch.cat([b[1] for b in batches]), y)
     assert len(list(curv)) == 3  # read again at every refit
+    X0 = X.clone()
+    next(iter(curv))[0].zero_()  # a batch is a copy: the dataset keeps its values
+    assert torch.equal(tr.dataset.tensors[0], X0)
     # the batches of a sequential DataLoader, exactly, on any dataset
     squares = [(x * x, t) for x, t in zip(X, y)]
     curv = train.curvature_loader_for(DataLoader(squares, batch_size=16), 20)

@@ -79,15 +79,15 @@ def make_path(kind: str, in_shape, out_channels: int, stride: int = 1, kernel_si
     return GroupConv2d(C, out_channels, kernel_size, padding_mode=padding_mode)
 
 
-def _mean(ts: list[torch.Tensor], divide: bool = True) -> torch.Tensor:
-    """The mean (or sum) of the tensors; one tensor is returned as it is (no copy, and no
-    autograd node between it and its consumer)."""
+def _combine(ts: list[torch.Tensor], mean: bool = True) -> torch.Tensor:
+    """The mean (``mean=False``: the sum) of the tensors; one tensor is returned as it is (no
+    copy, and no autograd node between it and its consumer)."""
     if len(ts) == 1:
         return ts[0]
     total = ts[0] + ts[1]
     for t in ts[2:]:
         total = total + t
-    return total / len(ts) if divide else total
+    return total / len(ts) if mean else total
 
 
 class SoftBlock(nn.Module):
@@ -128,7 +128,7 @@ class SoftBlock(nn.Module):
                                  f"{(H, W)} (strided by the block) or "
                                  f"{(H // self.stride, W // self.stride)}")
         if full:
-            total = _mean([raw[n] for n in full], divide=False)
+            total = _combine([raw[n] for n in full], mean=False)
             phase = None
             if hasattr(self.down, "choose_phase"):
                 phase = self.down.choose_phase(total.detach())
@@ -137,7 +137,7 @@ class SoftBlock(nn.Module):
         return raw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _mean(list(self.path_outputs(x).values()))
+        y = _combine(list(self.path_outputs(x).values()))
         return torch.relu(y) if self.activation else y
 
     def extra_repr(self) -> str:
