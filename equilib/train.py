@@ -323,8 +323,8 @@ def fit(
     every epoch. ``reparametrize(model)``, if given, is called before training and after every
     optimizer step; it must change the parameters without changing the function (e.g. move the
     scale of a factored layer from one factor to the other). ``curvature_batch_size``: the
-    refits read the training set in batches of this size, in order (a ``DataLoader`` over the
-    same dataset; other loaders are used as they are; None: ``train_loader`` itself). The
+    refits read the training set in batches of this size, in order (see
+    ``curvature_loader_for``; other loaders are used as they are; None: ``train_loader``). The
     curvature is a sum over examples, so this changes only its rounding, not its value; larger
     batches mean fewer, larger backward passes. Returns the :class:`History`.
     """
