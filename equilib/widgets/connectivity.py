@@ -17,6 +17,7 @@ import torch
 
 from equilib.groups import CyclicShifts, Rotations
 from equilib.viz.connectivity import feature_map_response, layer_matrix, unit_weights
+from equilib.widgets._figure import show_in, widget_figure
 
 __all__ = ["draw_unit_weights", "connectivity_explorer", "draw_feature_maps",
            "feature_map_explorer"]
@@ -54,8 +55,6 @@ def connectivity_explorer(layers: Mapping[str, tuple[torch.nn.Module, tuple[int,
     row highlighted. Returns the widget.
     """
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
     if not layers:
         raise ValueError("layers must map at least one name to (layer, in_shape)")
@@ -74,9 +73,7 @@ def connectivity_explorer(layers: Mapping[str, tuple[torch.nn.Module, tuple[int,
     row = widgets.IntSlider(0, 0, 1, description="out row")
     col = widgets.IntSlider(0, 0, 1, description="out col")
     out = widgets.Output()
-    plt.ioff()
-    fig = plt.figure(figsize=(9, 3.4))
-    plt.ion()
+    fig = widget_figure((9, 3.4))
 
     def set_ranges(*_):
         _, _, (Co, Ho, Wo) = info(pick.value)
@@ -100,9 +97,7 @@ def connectivity_explorer(layers: Mapping[str, tuple[torch.nn.Module, tuple[int,
         ax2.set_xlabel("input unit (c, y, x)")
         ax2.set_ylabel("output unit (c', y', x')")
         fig.tight_layout()
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
+        show_in(out, fig)
 
     pick.observe(set_ranges, names="value")
     for w in (pick, ch, row, col):
@@ -148,8 +143,6 @@ def feature_map_explorer(models: Mapping[str, torch.nn.Module], x: torch.Tensor)
     image). Returns the widget.
     """
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
     if x.ndim != 4:
         raise ValueError(f"x must be (N, C, H, W), got {tuple(x.shape)}")
@@ -163,9 +156,7 @@ def feature_map_explorer(models: Mapping[str, torch.nn.Module], x: torch.Tensor)
     channel = widgets.IntSlider(0, 0, 0, description="channel")
     index = widgets.IntSlider(0, 0, len(x) - 1, description="image")
     out = widgets.Output()
-    plt.ioff()
-    fig = plt.figure(figsize=(12, 2.6))
-    plt.ion()
+    fig = widget_figure((12, 2.6))
 
     def update(*_):
         model = models[pick.value]
@@ -178,9 +169,7 @@ def feature_map_explorer(models: Mapping[str, torch.nn.Module], x: torch.Tensor)
         resp = feature_map_response(model, x[index.value:index.value + 1], group, g, fmap=fmap)
         channel.max = resp["sizes"][block.value][0] - 1
         draw_feature_maps(resp, block.value, channel.value, fig, title=pick.value)
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
+        show_in(out, fig)
 
     for w in (pick, kind, dy, dx, k, block, channel, index):
         w.observe(update, names="value")

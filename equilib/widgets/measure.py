@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from equilib.measure import rotate
+from equilib.widgets._figure import show_in, widget_figure
 
 __all__ = ["rotation_responses", "rotation_explorer"]
 
@@ -29,28 +30,29 @@ def rotation_responses(models: Mapping[str, Callable], x: torch.Tensor, degrees:
 def rotation_explorer(models: Mapping[str, Callable], X: torch.Tensor):
     """Sliders for the digit and the angle; panels: the turned digit and each model's output."""
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
     from IPython.display import display
 
     angle = widgets.FloatSlider(value=0.0, min=-180.0, max=180.0, step=5.0, description="angle")
     index = widgets.IntSlider(value=0, min=0, max=len(X) - 1, description="digit")
     out = widgets.Output()
+    fig = widget_figure((3 + 3 * len(models), 2.6))
 
     def update(_=None):
         img, probs = rotation_responses(models, X[index.value : index.value + 1], angle.value)
-        with out:
-            out.clear_output(wait=True)
-            fig, axes = plt.subplots(1, 1 + len(probs), figsize=(3 + 3 * len(probs), 2.6))
-            axes[0].imshow(img.cpu().numpy(), cmap="gray_r")
-            axes[0].set_title(f"turned by {angle.value:.0f} deg")
-            axes[0].axis("off")
-            for ax, (name, p) in zip(axes[1:], probs.items()):
-                ax.bar(range(len(p)), p.cpu().numpy())
-                ax.set_ylim(0, 1)
-                ax.set_xticks(range(len(p)))
-                ax.set_title(f"{name}: class {int(p.argmax())}", fontsize=9)
-            fig.tight_layout()
-            plt.show()
+        fig.clf()
+        axes = fig.subplots(1, 1 + len(probs))
+        axes[0].imshow(img.cpu().numpy(), cmap="gray_r")
+        axes[0].set_title(f"turned by {angle.value:.0f} deg")
+        axes[0].axis("off")
+        for ax, (name, p) in zip(axes[1:], probs.items()):
+            ax.bar(range(len(p)), p.cpu().numpy())
+            ax.set_ylim(0, 1)
+            ax.set_xticks(range(len(p)))
+            ax.set_xlabel("class", fontsize=8)
+            ax.set_title(f"{name}: class {int(p.argmax())}", fontsize=9)
+        axes[1].set_ylabel("probability", fontsize=8)
+        fig.tight_layout()
+        show_in(out, fig)
 
     angle.observe(update, names="value")
     index.observe(update, names="value")

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from equilib.widgets._figure import show_in, widget_figure
+
 __all__ = ["prior_explorer_state", "prior_explorer", "rebuild_model", "block_input_shapes",
            "trained_layer_maps", "trained_connectivity_explorer"]
 
@@ -86,17 +88,13 @@ def prior_explorer(results: Mapping[str, dict]):
     Returns the widget.
     """
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
     if not results:
         raise ValueError("results must map at least one label to a discover result")
     pick = widgets.Dropdown(options=list(results), description="run")
     epoch = widgets.IntSlider(1, 1, 1, description="epoch", continuous_update=False)
     out = widgets.Output()
-    plt.ioff()
-    fig = plt.figure(figsize=(9, 3.2))
-    plt.ion()
+    fig = widget_figure((9, 3.2))
 
     def set_range(*_):
         r = results[pick.value]
@@ -113,9 +111,7 @@ def prior_explorer(results: Mapping[str, dict]):
                  f"test acc. {100 * s['test_acc']:.1f}%{ml}")
         _draw_state(fig, s, title, *_limits(r))
         fig.tight_layout()
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
+        show_in(out, fig)
 
     pick.observe(set_range, names="value")
     for w in (pick, epoch):

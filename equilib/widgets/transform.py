@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from equilib.viz.transform import D4_LABELS, make_transform, response, transform_label
+from equilib.widgets._figure import show_in, widget_figure
 
 __all__ = ["draw_response", "transform_explorer"]
 
@@ -80,8 +81,6 @@ def transform_explorer(
     Returns the widget (display it as a cell's last expression).
     """
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
     if x.ndim != 4:
         raise ValueError(f"x must be a batch of images (N, C, H, W), got {tuple(x.shape)}")
@@ -104,9 +103,7 @@ def transform_explorer(
     dx = widgets.IntSlider(value=2, min=-max_shift, max=max_shift, description="dx")
     index = widgets.IntSlider(value=0, min=0, max=len(x) - 1, description="digit")
     out = widgets.Output()
-    plt.ioff()
-    fig = plt.figure(figsize=(12, 2.8))
-    plt.ion()
+    fig = widget_figure((12, 2.8))
 
     def update(*_):
         kind = kind_box.value
@@ -122,9 +119,7 @@ def transform_explorer(
             out_transforms.get(name, "auto"),
         )
         draw_response(resp, fig=fig, title=f"f = {name},  g = {transform_label(kind, **params)}")
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
+        show_in(out, fig)
 
     for w in (f_box, kind_box, angle, element, dy, dx, index):
         w.observe(update, names="value")

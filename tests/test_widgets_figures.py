@@ -1,0 +1,123 @@
+"""The explorers of equilib.widgets draw into figures that pyplot does not keep.
+
+A figure that pyplot keeps is shown again by the next ``plt.show()`` of any cell, so after an
+explorer is built and its sliders moved, ``plt.get_fignums()`` must be empty, and every redraw
+must still reach the explorer's output (``show_in``) with labelled axes.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+import pytest
+import torch
+
+from equilib import nn as enn
+from equilib.models import build
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+pytest.importorskip("ipywidgets")
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    """Every figure an explorer sends to its Output widget, in order."""
+    from equilib.widgets import _figure
+
+    figures = []
+    real = _figure.show_in
+
+    def record(out, fig):
+        figures.append(fig)
+        real(out, fig)
+
+    monkeypatch.setattr(_figure, "show_in", record)
+    for name in ("connectivity", "marglik", "measure", "priors", "transform"):
+        module = __import__(f"equilib.widgets.{name}", fromlist=["show_in"])
+        monkeypatch.setattr(module, "show_in", record)
+    plt.close("all")
+    yield figures
+    plt.close("all")
+
+
+def _sliders(box):
+    """Every value widget inside a box, depth first."""
+    children = getattr(box, "children", None)
+    if children is None:
+        return [box] if hasattr(box, "value") else []
+    return [w for c in children for w in _sliders(c)]
+
+
+def _move_first_slider(box):
+    slider = next(w for w in _sliders(box) if hasattr(w, "max") and w.max > w.min)
+    slider.value = slider.max
+
+
+def _check(shown, n_before):
+    assert plt.get_fignums() == [], "pyplot keeps an explorer's figure; plt.show() would repeat it"
+    assert len(shown) > n_before, "moving a slider must redraw the explorer"
+    fig = shown[-1]
+    assert fig.axes, "the explorer drew nothing"
+
+
+def test_connectivity_and_feature_map_explorers(shown):
+    from equilib.widgets import connectivity as wc
+
+    box = wc.connectivity_explorer({"conv": (enn.conv2d(1, 2, 3), (1, 6, 6))})
+    n = len(shown)
+    _move_first_slider(box)
+    _check(shown, n)
+    box = wc.feature_map_explorer({"conv": build("conv", (1, 16, 16), width=4)},
+                                  torch.randn(2, 1, 16, 16))
+    n = len(shown)
+    _move_first_slider(box)
+    _check(shown, n)
+
+
+def test_transform_explorer(shown):
+    from equilib.widgets.transform import transform_explorer
+
+    box = transform_explorer(torch.rand(3, 1, 12, 12), {"sigmoid": torch.sigmoid})
+    n = len(shown)
+    _move_first_slider(box)
+    _check(shown, n)
+
+
+def test_evidence_explorer(shown):
+    from equilib.widgets.marglik import evidence_explorer
+
+    x = torch.linspace(-1, 1, 12, dtype=torch.float64)
+    box = evidence_explorer(x, x**3, sigma_noise=0.1, max_degree=4)
+    n = len(shown)
+    _move_first_slider(box)
+    _check(shown, n)
+    assert shown[-1].axes[0].get_xlabel() == "x"
+
+
+def test_prior_explorer(shown):
+    from equilib.widgets import priors as wp
+
+    def layers(v):
+        return [{"name": "block0", "paths": {"fc": {"prior_precision": v, "weight_norm": 1.0},
+                                             "conv": {"prior_precision": 1.0,
+                                                      "weight_norm": 2.0}}}]
+
+    result = {"task": "digits", "model": "f-fc+conv", "objective": "marglik",
+              "config": {"n_train": 10},
+              "history": {"epoch": [1, 2], "test_acc": [0.5, 0.7], "log_marglik": [-9.0, -8.0]},
+              "layers_history": [layers(1.0), layers(10.0)]}
+    box = wp.prior_explorer({"digits": result})
+    n = len(shown)
+    box.children[0].children[1].value = 1
+    _check(shown, n)
+
+
+def test_rotation_explorer(shown, capsys):
+    from equilib.widgets.measure import rotation_explorer
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    assert rotation_explorer({"linear": model}, torch.rand(2, 1, 8, 8)) is None
+    assert len(shown) == 1
+    assert plt.get_fignums() == []
+    assert shown[0].axes[1].get_ylabel() == "probability"
