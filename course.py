@@ -86,7 +86,9 @@ def notebooks(py: Path, sync: bool = True) -> list[Path]:
 
     ``sync=True`` (for reading) lets the newer of the two files win, so edits saved in JupyterLab
     are kept; ``sync=False`` (for testing) regenerates every notebook from its Markdown, which is
-    the version under test.
+    the version under test. Neither rewrites an unedited chapter: ``book/jupytext.toml`` keeps the
+    jupytext version out of the Markdown header, so the round trip is byte for byte and the git
+    tree stays clean (``tests/test_course.py`` checks it).
     """
     mds = chapters()
     if mds:
@@ -100,14 +102,33 @@ def students(py: Path, check: bool = False) -> None:
     run(args)
 
 
-def workspace() -> None:
+READER_HEADER = (
+    "# Edit this file: fill in each function, then run `python3 course.py check {chapter}`.\n"
+    "# Replace each `raise NotImplementedError(...)` line with your code; its message points at\n"
+    "# the part of chapter {chapter} that the exercise needs. `python3 course.py lab` and\n"
+    "# `python3 course.py check` never overwrite this file once it exists.\n"
+)
+
+
+def reader_copy(student: str, chapter: str) -> str:
+    """The reader's copy of a student exercise file: the generated-file notice becomes an
+    invitation to edit (the notice is the comment block before the jupytext header ``# ---``)."""
+    lines = student.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if not line.startswith("# ")
+                  or line.startswith("# ---")), len(lines))
+    return READER_HEADER.format(chapter=chapter) + "".join(lines[start:])
+
+
+def workspace(folder: Path | None = None) -> None:
     """Copy each student exercise into ``book/my-exercises`` unless the reader has one already."""
-    WORKSPACE.mkdir(exist_ok=True)
+    folder = WORKSPACE if folder is None else folder
+    folder.mkdir(parents=True, exist_ok=True)
     for src in sorted((EXERCISES / "student").glob("ex*.py")):
-        dst = WORKSPACE / src.name
+        dst = folder / src.name
         if not dst.exists():
-            shutil.copy(src, dst)
-            say(f"new exercise file for you: {dst.relative_to(ROOT)}")
+            dst.write_text(reader_copy(src.read_text(), src.name[2:4]))
+            shown = dst.relative_to(ROOT) if dst.is_relative_to(ROOT) else dst
+            say(f"new exercise file for you: {shown}")
 
 
 def cmd_lab(args) -> None:
