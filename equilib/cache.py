@@ -3,19 +3,24 @@
 A chapter that trains for minutes calls ``cached("name", config, compute)``; the first call runs
 ``compute()`` and stores its result under a key made from ``name`` and ``config``; later calls
 with the same configuration load it. Files are written to a temporary name and renamed, so an
-interrupted run never leaves a half-written result behind.
+interrupted run never leaves a half-written result behind, and read back without the
+possibility to run code (``torch.load(weights_only=True)``: tensors, containers, numbers,
+strings and numpy arrays only).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
+import secrets
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 T = TypeVar("T")
@@ -28,6 +33,7 @@ __all__ = [
     "atomic_save",
     "atomic_write_text",
     "atomic_savefig",
+    "safe_load",
 ]
 
 
@@ -52,21 +58,39 @@ def cache_key(name: str, config: dict) -> str:
     return f"{safe}-{digest}"
 
 
+def _create_temp(path: Path) -> Path:
+    """Create an empty temporary file beside ``path`` with the mode the umask allows.
+
+    ``tempfile.mkstemp`` creates files readable by their owner only (0600); a result, figure,
+    checkpoint or cache file should be as shareable as any file the user creates (0644 under
+    umask 022), so the file is opened with mode 0666 and the umask applies as usual.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
 
     The rename is atomic, so ``path`` holds either its previous content or the complete new
-    one, never a half-written file; on an error the temporary file is removed.
+    one, never a half-written file; on an error the temporary file is removed. The file gets
+    the mode the umask allows (0644 under umask 022), as a plain ``open`` would give it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temp(path)
     try:
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -86,18 +110,120 @@ def atomic_savefig(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
+# What a cache file may hold besides what ``torch.load(weights_only=True)`` accepts anyway
+# (tensors, dicts, lists, tuples, sets, strings, numbers, None): numpy arrays and scalars.
+_NUMPY_GLOBALS = [np.dtype, np.ndarray, np.zeros(1).__reduce__()[0],
+                  np.float64(0).__reduce__()[0]] + [
+    type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                                "uint32", "uint64", "float16", "float32", "float64",
+                                "complex64", "complex128")]
+
+
+def safe_load(path: str | os.PathLike, what: str = "file"):
+    """``torch.load`` that cannot run code: only tensors, containers, numbers, strings and
+    numpy arrays are rebuilt (``weights_only=True`` with numpy's reconstructors allowed).
+
+    Anything else (a class, a function, a crafted ``__reduce__``) raises a ``ValueError`` that
+    names the file; torch's advice to load it with ``weights_only=False`` is left out, since a
+    file that needs it is not one equilib wrote.
+    """
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as e:  # torch raises many kinds for a damaged or foreign file
+        reason = str(e).split("\n")[0] if "Weights only load failed" not in str(e) else \
+            _unsafe_reason(str(e))
+        raise ValueError(f"{what} {str(path)!r} cannot be read safely: it is damaged or holds "
+                         f"objects other than tensors, containers and numbers "
+                         f"({type(e).__name__}: {reason})") from None
+
+
+def _unsafe_reason(message: str) -> str:
+    """The line of torch's weights-only error that says what was refused, without its advice
+    to turn the check off."""
+    lines = [line.strip() for line in message.splitlines()]
+    for i, line in enumerate(lines):
+        if line.startswith("WeightsUnpickler error:"):
+            rest = [line.removeprefix("WeightsUnpickler error:").strip()] + lines[i + 1:]
+            for text in rest:
+                if text:
+                    return text
+    return "unsupported content"
+
+
+def _writable(folder: Path) -> str | None:
+    """None if a file can be created in ``folder`` (made if missing), else the reason why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = _create_temp(folder / "write-test")
+        tmp.unlink()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+CACHE_FORMAT = "equilib.cache/1"
+
+
+def _config_blob(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
 def cached(name: str, config: dict, compute: Callable[[], T], refresh: bool = False) -> T:
     """Return ``compute()``'s result for ``config``, computing it only if not cached yet.
 
     Set ``refresh=True`` (or ``EQUILIB_REFRESH=1``) to recompute and overwrite.
+
+    A cache file is read with :func:`safe_load` (reading it cannot run code) and must carry
+    this cache's format tag, ``name`` and ``config``; a damaged, foreign or mismatched file is
+    recomputed with a warning that names it. A result that cannot be stored safely (it holds
+    objects other than tensors, containers, numbers, strings and numpy arrays) is returned
+    without being cached, with a warning. An unwritable cache folder is detected before
+    ``compute()`` runs: the result is then computed and returned, with a warning, uncached.
+    A ``compute()`` that raises caches nothing.
     """
-    path = cache_dir() / (cache_key(name, config) + ".pt")
+    folder = cache_dir()
+    path = folder / (cache_key(name, config) + ".pt")
     refresh = refresh or os.environ.get("EQUILIB_REFRESH", "") == "1"
+    blob = _config_blob(config)
     if path.exists() and not refresh:
         try:
-            return torch.load(path, weights_only=False)
-        except Exception:  # a corrupt entry is recomputed, never trusted
-            pass
+            entry = safe_load(path, "cache file")
+        except ValueError as e:
+            warnings.warn(f"{e}; recomputing it", RuntimeWarning, stacklevel=2)
+        else:
+            if (isinstance(entry, dict) and entry.get("format") == CACHE_FORMAT
+                    and entry.get("name") == name and entry.get("config") == blob
+                    and "result" in entry):
+                return entry["result"]
+            warnings.warn(f"cache file {str(path)!r} was not written by equilib.cache for "
+                          f"{name!r} with this configuration; recomputing it",
+                          RuntimeWarning, stacklevel=2)
+    problem = _writable(folder)
+    if problem is not None:
+        warnings.warn(f"the cache folder {str(folder)!r} is not writable ({problem}); computing "
+                      f"{name!r} without caching it (set EQUILIB_CACHE to a writable folder)",
+                      RuntimeWarning, stacklevel=2)
+        return compute()
     result = compute()
-    atomic_save(result, path)
+    entry = {"format": CACHE_FORMAT, "name": name, "config": blob, "result": result}
+    buffer = io.BytesIO()
+    try:
+        torch.save(entry, buffer)
+        buffer.seek(0)
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            torch.load(buffer, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickling errors, or content the safe reader refuses
+        reason = _unsafe_reason(str(e)) if "Weights only" in str(e) else f"{type(e).__name__}: {e}"
+        warnings.warn(f"not caching {name!r}: its result holds objects a cache file cannot hold "
+                      f"safely ({reason})", RuntimeWarning, stacklevel=2)
+        return result
+    try:
+        atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    except OSError as e:
+        warnings.warn(f"could not write the cache file {str(path)!r} ({e.strerror or e}); the "
+                      "result is returned uncached", RuntimeWarning, stacklevel=2)
     return result
