@@ -404,7 +404,8 @@ def equivariance_error(
     ``f`` maps a batch to a batch; ``in_action`` and ``out_action`` default to ``group.act``
     (pass ``"fmap"`` for outputs with a group axis, ``"invariant"`` to test invariance, or any
     callable ``(g, y) -> y'``). ``elements`` restricts the test to some elements (all by default).
-    Norms are taken over the whole batch; 0 means exactly equivariant.
+    Norms are taken over the whole batch; 0 means exactly equivariant. NaN or inf in ``f(x)``
+    or in any ``f(g.x)`` raises a ``ValueError`` (never a misleading 0).
     """
     if not isinstance(group, Group):
         raise TypeError(f"group must be an equilib.groups.Group, got {type(group).__name__}")
@@ -418,8 +419,11 @@ def equivariance_error(
         scale = torch.ones_like(scale)
     worst = 0.0
     for g in group.elements if elements is None else elements:
-        err = (f(act_in(g, x)) - act_out(g, fx)).norm() / scale
-        worst = max(worst, float(err))
+        err = float((f(act_in(g, x)) - act_out(g, fx)).norm() / scale)
+        if not math.isfinite(err):  # max(0.0, nan) would be 0.0: "exactly equivariant"
+            raise ValueError(f"f(g.x) contains NaN or inf for the group element g = {g!r}; "
+                             "cannot measure equivariance")
+        worst = max(worst, err)
     return worst
 
 

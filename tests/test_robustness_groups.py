@@ -1,0 +1,37 @@
+"""Equivariance errors never report NaN outputs as "exactly equivariant"."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from equilib.groups import CyclicShifts, Rotations, equivariance_error, invariance_error
+
+
+def _nan_off_identity(x):
+    """The identity on the input, NaN on anything else (as a diverged model)."""
+    out = x.clone()
+    if not torch.equal(x, _nan_off_identity.x):
+        out = out * float("nan")
+    return out
+
+
+def test_nan_outputs_on_transformed_inputs_raise():
+    x = torch.randn(2, 1, 6, 6)
+    _nan_off_identity.x = x
+    with pytest.raises(ValueError, match="NaN or inf for the group element"):
+        equivariance_error(_nan_off_identity, Rotations(4), x)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        invariance_error(lambda y: _nan_off_identity(y).sum((1, 2, 3)), CyclicShifts(6, 6), x)
+
+
+def test_inf_outputs_raise_too():
+    x = torch.randn(2, 1, 6, 6)
+    _nan_off_identity.x = x
+
+    def f(y):
+        return x.clone() if torch.equal(y, x) else torch.full_like(y, float("inf"))
+
+    with pytest.raises(ValueError, match="NaN or inf"):
+        equivariance_error(f, Rotations(4), x)
+    assert equivariance_error(lambda y: y, Rotations(4), x) == 0.0
