@@ -2,23 +2,13 @@
 
 import pytest
 import torch
-from test_laplace import DT, dense_ggn, dense_log_marglik, exact_blocks, trainable
+from conftest import DT, dense_ggn, dense_log_marglik, exact_blocks, images, tiny, trainable
 from torch import nn
 
 from equilib.laplace import DiagLaplace, FullLaplace, KronLaplace
 from equilib.laplace.curvature import Recorder
 from equilib.models import MODEL_NAMES, build
 from equilib.nn import BasisConv2d, FactoredLinear, GroupedLinear, SparseFactoredLinear
-
-
-def tiny(name):
-    torch.manual_seed(0)
-    return build(name, in_shape=(1, 8, 8), n_classes=3, width=2, hidden=4).to(DT)
-
-
-def images(n=6, seed=0, c=3):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 1, 8, 8, generator=g, dtype=DT), torch.randint(0, c, (n,), generator=g)
 
 
 @pytest.mark.slow

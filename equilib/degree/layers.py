@@ -23,7 +23,7 @@ from torch import nn
 
 from equilib.degree.density import GroupDensity
 from equilib.groups import Dihedral, Group, Rotations, SO2Grid, Trivial
-from equilib.nn.conv import circular_pad
+from equilib.nn.conv import PADDING_MODES, check_padding_mode, circular_pad, torch_pad_mode
 
 __all__ = ["PartialLiftingConv", "PartialGroupConv", "group_angles_flips", "make_group"]
 
@@ -108,7 +108,7 @@ class _PartialBase(nn.Module):
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (a centre pixel to rotate about), got {kernel_size}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
-        self.padding_mode = padding_mode
+        self.padding_mode = check_padding_mode(padding_mode, PADDING_MODES, type(self).__name__)
         std = math.sqrt(2.0 * self.group.order / fan_in)
         self.weight = nn.Parameter(torch.randn(shape) * std)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
@@ -122,7 +122,7 @@ class _PartialBase(nn.Module):
         if p and self.padding_mode == "circular":
             xp = circular_pad(x, p)
         else:
-            xp = F.pad(x, (p, p, p, p), mode=self.padding_mode) if p else x
+            xp = F.pad(x, (p, p, p, p), mode=torch_pad_mode(self.padding_mode)) if p else x
         y = F.conv2d(xp, W).unflatten(1, (self.out_channels, self.group.order))
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1, 1)

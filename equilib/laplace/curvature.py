@@ -156,9 +156,10 @@ def inspect_model(model: nn.Module) -> tuple[list[ParamInfo], list[LayerInfo]]:
 
 
 def _pad_mode(mode: str) -> str:
-    return {"zeros": "constant", "circular": "circular", "reflect": "reflect"}.get(
-        mode, "replicate"
-    )
+    """``F.pad``'s name for a conv's padding mode; an unknown mode raises (no fallback)."""
+    from equilib.nn.conv import torch_pad_mode
+
+    return torch_pad_mode(mode)
 
 
 def _pad_for_conv(x: torch.Tensor, kernel_size, padding, padding_mode: str) -> torch.Tensor:

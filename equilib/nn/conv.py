@@ -15,6 +15,10 @@ import torch
 from torch import nn
 
 __all__ = [
+    "PADDING_MODES",
+    "check_padding_mode",
+    "torch_pad_mode",
+    "pad2d",
     "circular_pad",
     "CircularConv2d",
     "conv2d",
@@ -32,6 +36,37 @@ def _check_kernel(kernel_size) -> int:
             f"kernel_size must be a positive int (a k x k filter with k >= 1), got {kernel_size!r}"
         )
     return kernel_size
+
+
+# padding modes by their ``nn.Conv2d`` names, and the name ``F.pad`` gives each
+PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
+_F_PAD = {"zeros": "constant", "circular": "circular", "reflect": "reflect",
+          "replicate": "replicate"}
+
+
+def check_padding_mode(mode, valid=PADDING_MODES, who: str = "padding_mode") -> str:
+    """``mode`` if it is one of ``valid`` (``nn.Conv2d``'s names), else a ValueError naming
+    ``who`` and listing the valid modes."""
+    if not isinstance(mode, str) or mode not in valid:
+        raise ValueError(f"{who}: padding_mode must be one of {tuple(valid)}, got {mode!r}")
+    return mode
+
+
+def torch_pad_mode(mode: str) -> str:
+    """The ``F.pad`` mode of a padding mode named as in ``nn.Conv2d`` (``"zeros"`` is
+    ``"constant"``); an unknown mode raises instead of falling back to another."""
+    return _F_PAD[check_padding_mode(mode)]
+
+
+def pad2d(x: torch.Tensor, ph: int, pw: int, mode: str) -> torch.Tensor:
+    """``x: (..., H, W)`` padded by ``ph`` rows and ``pw`` columns per side in ``mode``
+    (``nn.Conv2d``'s names; circular through ``circular_pad``)."""
+    if mode == "circular":
+        return circular_pad(x, ph, pw)
+    mode = torch_pad_mode(mode)
+    if ph == 0 and pw == 0:
+        return x
+    return nn.functional.pad(x, (pw, pw, ph, ph), mode=mode)
 
 
 def _wrap(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
@@ -141,12 +176,11 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int = 3, stride: in
     """A ``k x k`` ``nn.Conv2d`` with 'same' padding ``k // 2``, He-normal weights, zero bias.
 
     ``x: (B, C, H, W) -> (B, C', H/stride, W/stride)``. ``padding_mode``: ``"circular"`` (exact
-    shift equivariance for odd ``k``) or ``"zeros"`` (breaks it at the border).
+    shift equivariance for odd ``k``), ``"zeros"`` (breaks it at the border), ``"reflect"`` or
+    ``"replicate"`` (``PADDING_MODES``; anything else raises).
     """
     k = _check_kernel(kernel_size)
-    if padding_mode not in ("circular", "zeros", "reflect", "replicate"):
-        raise ValueError(f"padding_mode must be 'circular' or 'zeros' (or reflect/replicate), "
-                         f"got {padding_mode!r}")
+    check_padding_mode(padding_mode, PADDING_MODES, "conv2d")
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
     conv = CircularConv2d(in_channels, out_channels, k, stride=stride, padding=k // 2,
@@ -161,7 +195,8 @@ class BasisConv2d(nn.Module):
     """A convolution whose ``k x k`` filters are linear in a few coefficients: ``w = weight @ basis``.
 
     ``weight: (C', C, M)``, fixed ``basis: (M, k*k)``; effective filter
-    ``(weight @ basis).view(C', C, k, k)``, 'same' padding ``k // 2`` in ``padding_mode``.
+    ``(weight @ basis).view(C', C, k, k)``, 'same' padding ``k // 2`` in ``padding_mode``
+    (one of ``PADDING_MODES``).
     ``x: (B, C, H, W) -> (B, C', H/stride, W/stride)``. With an RBF basis this is the
     sparsified convolution S-CONV (see ``equilib.nn.sparse``).
     """
@@ -176,8 +211,7 @@ class BasisConv2d(nn.Module):
             raise ValueError(f"basis must be a tensor (M, k*k={k * k}), got {got}")
         if basis.shape[0] < 1:
             raise ValueError("basis must have at least one row (M >= 1): no parameters otherwise")
-        if padding_mode not in ("circular", "zeros"):
-            raise ValueError(f"padding_mode must be 'circular' or 'zeros', got {padding_mode!r}")
+        check_padding_mode(padding_mode, PADDING_MODES, type(self).__name__)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = (k, k)
         self.stride = (stride, stride)
@@ -203,11 +237,10 @@ class BasisConv2d(nn.Module):
             raise ValueError(f"BasisConv2d expects input (B, {self.in_channels}, H, W), "
                              f"got {tuple(x.shape)}")
         p = self.padding[0]
-        if self.padding_mode == "circular" and p > 0:
-            x = circular_pad(x, p)
-            pad = 0
-        else:
+        if self.padding_mode == "zeros":
             pad = p
+        else:
+            x, pad = pad2d(x, p, p, self.padding_mode), 0
         return nn.functional.conv2d(x, self.filter(), self.bias, stride=self.stride, padding=pad)
 
     def extra_repr(self) -> str:

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from equilib.nn.conv import circular_pad, conv2d
+from equilib.nn.conv import PADDING_MODES, check_padding_mode, conv2d, pad2d
 
 __all__ = [
     "LiftingConv2d",
@@ -62,6 +62,7 @@ class LiftingConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, n: int = 4,
                  padding_mode: str = "circular", bias: bool = True):
         super().__init__()
+        check_padding_mode(padding_mode, PADDING_MODES, type(self).__name__)
         self.n = n
         self._q = _quarter_steps(n)
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -185,6 +186,7 @@ class LiftingConvCN(nn.Module):
     ``y[:, :, g] = conv_{rot_g w}(x)`` with ``rot_g`` the bilinear rotation by ``2 pi g / N``
     (``rotation_interpolation_matrix``); ``weight: (C', C, k, k)``. All N rotated filters are
     stacked into one ``conv2d`` call. Exact only when every ``2 pi g / N`` is a quarter turn.
+    'Same' padding ``k // 2`` in ``padding_mode`` (one of ``PADDING_MODES``; others raise).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, N: int = 8,
@@ -194,7 +196,7 @@ class LiftingConvCN(nn.Module):
             raise ValueError(f"N must be a positive int, got {N!r}")
         k = _check_odd(kernel_size)
         self.N, self.k, self.in_channels, self.out_channels = N, k, in_channels, out_channels
-        self.padding_mode = padding_mode
+        self.padding_mode = check_padding_mode(padding_mode, PADDING_MODES, type(self).__name__)
         rots = torch.stack([rotation_interpolation_matrix(k, 2 * math.pi * g / N) for g in range(N)])
         self.register_buffer("rotations", rots.float())  # (N, k*k, k*k)
         fan_in = in_channels * self._group_in() * k * k
@@ -225,10 +227,10 @@ class LiftingConvCN(nn.Module):
         w = self.filters()  # (N, C', Cin, k, k)
         p = self.k // 2
         xf = x.reshape(B, -1, H, W)
-        if self.padding_mode == "circular":
-            xf, pad = circular_pad(xf, p), 0
-        else:
+        if self.padding_mode == "zeros":
             pad = p
+        else:
+            xf, pad = pad2d(xf, p, p, self.padding_mode), 0
         y = nn.functional.conv2d(xf, w.flatten(0, 1), padding=pad)  # (B, N*C', H, W)
         y = y.view(B, self.N, self.out_channels, H, W).transpose(1, 2)
         if self.bias is not None:
@@ -236,7 +238,8 @@ class LiftingConvCN(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.k}, N={self.N}"
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.k}, N={self.N}, "
+                f"padding_mode={self.padding_mode!r}")
 
 
 class GroupConvCN(LiftingConvCN):
