@@ -13,9 +13,10 @@
 # %% [markdown]
 # # Exercises 05: the marginal likelihood
 #
-# Fill in each function between its `raise NotImplementedError` line (your copy) and the end of
-# the function. Each exercise ends in a cell that tries your function when you run this file as
-# a notebook; grade all of them with `python3 course.py check 05`.
+# In your copy, `book/my-exercises/ex05_marginal_likelihood.py`, replace each `raise NotImplementedError(...)`
+# line with your code; its message is a hint that points at the part of chapter 05 you need.
+# Each exercise ends in a cell that tries your function when you run this file as a notebook;
+# grade all of them with `python3 course.py check 05`.
 #
 # Model (as in chapter 05): `y = Phi theta + eps`, `eps ~ N(0, sigma^2 I)`, prior
 # `theta ~ N(0, I / delta)`. Use float64 tensors and only `torch` (no `equilib.laplace`: the

@@ -13,9 +13,10 @@
 # %% [markdown]
 # # Exercises 08: the degree of equivariance
 #
-# Fill in each function between its `raise NotImplementedError` line (your copy) and the end of
-# the function. Each exercise ends in a cell that tries your function when you run this file as
-# a notebook; grade all of them with `python3 course.py check 08`.
+# In your copy, `book/my-exercises/ex08_degree.py`, replace each `raise NotImplementedError(...)`
+# line with your code; its message is a hint that points at the part of chapter 08 you need.
+# Each exercise ends in a cell that tries your function when you run this file as a notebook;
+# grade all of them with `python3 course.py check 08`.
 #
 # Conventions (as in `equilib.degree`): C_N has elements k = 0..N-1 (rotation by 2 pi k / N,
 # counter-clockwise, `torch.rot90(x, k, dims=(-2, -1))` for N = 4); a density lambda on the grid

@@ -16,9 +16,10 @@
 # %% [markdown]
 # # Exercises 02: convolution and translation
 #
-# Fill in each function between its `raise NotImplementedError` line (your copy) and the end of
-# the function. Each exercise ends in a cell that tries your function when you run this file as
-# a notebook; grade all of them with `python3 course.py check 02`.
+# In your copy, `book/my-exercises/ex02_convolution.py`, replace each `raise NotImplementedError(...)`
+# line with your code; its message is a hint that points at the part of chapter 02 you need.
+# Each exercise ends in a cell that tries your function when you run this file as a notebook;
+# grade all of them with `python3 course.py check 02`.
 #
 # Conventions (as in `equilib.nn`): images are `x: (B, C, H, W)`; a convolution is PyTorch's
 # cross-correlation `y[c', p] = sum_{c, d} w[c', c, d] x[c, p + d]` with filter taps
@@ -38,14 +39,14 @@ import torch.nn.functional as F
 # convolution with filter `w: (C', C, k, k)` (odd `k`), so that
 # `(M @ x.flatten()).view(C', H, W)` equals `F.conv2d` of `x` circularly padded. Flat indices
 # are row-major: output unit `(c', y, x)` is row `(c' * H + y) * W + x`, and likewise for
-# columns. Use loops over output positions and filter taps; the point is to see the banded,
-# weight-shared structure appear.
+# columns. Use loops over output positions and filter taps (no `equilib` helpers); the point is
+# to see the banded, weight-shared structure appear.
 
 
 # %%
 def conv_matrix(w: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """The ``(C'HW, CHW)`` matrix of a stride-1 circular convolution with ``w: (C', C, k, k)``."""
-    raise NotImplementedError("Exercise 2.1: M[(c',y,x), (c,(y+i-r)%H,(x+j-r)%W)] += w[c',c,i,j], r = k//2")
+    raise NotImplementedError("Exercise 2.1: see chapter 02, 'A convolution is a weight-shared FC layer': which input pixel does output (y, x) read through each filter tap, once positions wrap around?")
 
 
 # %%
@@ -61,14 +62,14 @@ if __name__ == "__main__":
 # ## Exercise 2.2: circular padding by hand
 #
 # Write `circular_pad(x, p)` that pads `x: (B, C, H, W)` by `p` pixels on every side with the
-# pixels from the opposite side (the image as a torus), using `torch.cat` and slicing only.
-# `F.pad(x, (p, p, p, p), mode="circular")` is the reference. `p = 0` returns `x` unchanged.
+# pixels from the opposite side (the image as a torus), using `torch.cat` and slicing only (no
+# `F.pad`). `p = 0` returns `x` unchanged.
 
 
 # %%
 def circular_pad(x: torch.Tensor, p: int) -> torch.Tensor:
     """Pad ``x: (B, C, H, W)`` circularly by ``p <= min(H, W)`` pixels: ``(B, C, H+2p, W+2p)``."""
-    raise NotImplementedError('Exercise 2.2: concatenate the last p rows before and the first p rows after')
+    raise NotImplementedError("Exercise 2.2: see chapter 02, 'Circular versus zero padding': on a torus, which rows sit just above the first row, and which just below the last? Then the same for columns.")
 
 
 # %%
@@ -89,7 +90,7 @@ if __name__ == "__main__":
 # %%
 def polyphase_downsample(x: torch.Tensor, s: int) -> torch.Tensor:
     """Per example, the polyphase component ``x[..., i::s, j::s]`` of largest norm."""
-    raise NotImplementedError('Exercise 2.3: stack the s*s components on a new axis, argmax their norms')
+    raise NotImplementedError("Exercise 2.3: see chapter 02, 'The fix: shift-equivariant striding': the choice of component must move with the input, so make it by a quantity that a shift only permutes")
 
 
 # %%
@@ -106,15 +107,15 @@ if __name__ == "__main__":
 #
 # Write `shift_equivariance_error(f, x, shifts)`: the largest relative error
 # `|f(shift_t x) - shift_t f(x)| / |f(x)|` over the shifts `t = (dy, dx)` in `shifts` (norms over
-# the whole batch). `f` maps `(B, C, H, W)` to a tensor of the same spatial size.
-# `equilib.groups.equivariance_error` with `CyclicShifts` is the reference.
+# the whole batch). `f` maps `(B, C, H, W)` to a tensor of the same spatial size. Write it with
+# `torch.roll`, not with `equilib.groups`.
 
 
 # %%
 def shift_equivariance_error(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                              shifts: Sequence[tuple[int, int]]) -> float:
     """``max_t |f(shift_t x) - shift_t f(x)| / |f(x)|`` over the given shifts."""
-    raise NotImplementedError('Exercise 2.4: loop over shifts; torch.roll on dims (-2, -1) in and out')
+    raise NotImplementedError("Exercise 2.4: see chapter 02, 'Circular versus zero padding': shift then apply f, apply f then shift, and measure the gap relative to f(x)")
 
 
 # %%
@@ -124,3 +125,25 @@ if __name__ == "__main__":
     x = torch.randn(4, 1, 8, 8)
     print("circular:", shift_equivariance_error(conv, x, [(1, 0), (2, 5)]))
     print("zeros:   ", shift_equivariance_error(zero, x, [(1, 0), (2, 5)]))
+
+# %% [markdown]
+# ## Exercise 2.5: where zero padding breaks equivariance, layer after layer
+#
+# Chapter 02's picture shows the zero-padded convolution going wrong near the border. Make that
+# exact. A network stacks `layers` stride-1 convolutions with `k x k` filters (odd `k`) and a
+# nonlinearity after each; one version pads with zeros, the other circularly, with the same
+# weights. Write `zero_padding_footprint(H, W, k, layers)`: a boolean `(H, W)` mask that is
+# `True` at the output positions where the two versions can give different outputs (for generic
+# weights and images) and `False` where they must agree. Work it out from the receptive field
+# first; the grader runs both networks with random weights and compares.
+
+
+# %%
+def zero_padding_footprint(H: int, W: int, k: int, layers: int = 1) -> torch.Tensor:
+    """``(H, W)`` bool: where a stack of zero-padded ``k x k`` convs can differ from circular."""
+    raise NotImplementedError("Exercise 2.5: see chapter 02, 'Circular versus zero padding': an output differs only if some pixel it depends on was read across the border; how far does an output see after several layers?")
+
+
+# %%
+if __name__ == "__main__":
+    print(zero_padding_footprint(8, 10, 3, layers=2).int())

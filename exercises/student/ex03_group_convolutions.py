@@ -16,9 +16,10 @@
 # %% [markdown]
 # # Exercises 03: group convolutions
 #
-# Fill in each function between its `raise NotImplementedError` line (your copy) and the end of
-# the function. Each exercise ends in a cell that tries your function when you run this file as
-# a notebook; grade all of them with `python3 course.py check 03`.
+# In your copy, `book/my-exercises/ex03_group_convolutions.py`, replace each `raise NotImplementedError(...)`
+# line with your code; its message is a hint that points at the part of chapter 03 you need.
+# Each exercise ends in a cell that tries your function when you run this file as a notebook;
+# grade all of them with `python3 course.py check 03`.
 #
 # Conventions (as in `equilib.nn` and `equilib.groups`): a quarter turn is
 # `torch.rot90(t, 1, dims=(-2, -1))`; C4 feature maps have shape `(B, C, 4, H, W)` with the
@@ -49,7 +50,7 @@ def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 # %%
 def rotated_filters(w: torch.Tensor) -> torch.Tensor:
     """``(4, C', C, k, k)``: ``out[g] = rot90(w, g)`` on the two spatial axes."""
-    raise NotImplementedError('Exercise 3.1: torch.stack of torch.rot90(w, g, dims=(-2, -1)) for g in 0..3')
+    raise NotImplementedError("Exercise 3.1: see chapter 03, 'Rotating the filter is rotating the image': the turn acts on the two spatial axes of every filter at once")
 
 
 # %%
@@ -68,7 +69,7 @@ if __name__ == "__main__":
 # %%
 def lifting_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """C4 lifting convolution ``(B, C, H, W) -> (B, C', 4, H, W)``."""
-    raise NotImplementedError('Exercise 3.2: one conv per rotated filter, stacked on a new axis at dim 2')
+    raise NotImplementedError("Exercise 3.2: see chapter 03, 'The lifting convolution': one answer per rotated copy of the filter, kept on the orientation axis")
 
 
 # %%
@@ -85,14 +86,14 @@ if __name__ == "__main__":
 # `y: (B, C', 4, H, W)` with
 # `y[:, :, g] = sum_{c, h} conv(x[:, c, h], (T_g w)[:, c, h])`, where `T_g w` rotates every
 # spatial slice of `w` by `g` quarter turns *and* rolls its orientation axis (dim 2) by `g`
-# (`torch.roll(..., g, dims=2)`). Hint: flatten `(C, 4)` into one channel axis of size `4C`
-# for both `x` and the transformed filter, then call `conv` once per `g`.
+# (`torch.roll(..., g, dims=2)`). The grader checks the layer's output against chapter 03's and
+# its equivariance under the regular representation.
 
 
 # %%
 def group_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """C4 group convolution ``(B, C, 4, H, W) -> (B, C', 4, H, W)``."""
-    raise NotImplementedError('Exercise 3.3: wg = roll(rot90(w, g), g, dims=2); flatten (C, 4); conv; stack')
+    raise NotImplementedError("Exercise 3.3: see chapter 03, 'The group convolution': the sum over input channels and orientations is one ordinary multi-channel convolution if you arrange the axes right")
 
 
 # %%
@@ -113,7 +114,7 @@ if __name__ == "__main__":
 # %%
 def invariant_features(y: torch.Tensor) -> torch.Tensor:
     """``(B, C, 4, H, W) -> (B, C)``: max over the orientation axis, mean over space."""
-    raise NotImplementedError('Exercise 3.4: y.amax(dim=2) then .mean over the last two axes')
+    raise NotImplementedError("Exercise 3.4: see chapter 03, 'The lifting convolution' and chapter 02, 'Pooling to invariance': which axes does a rotation or a shift only permute?")
 
 
 # %%
@@ -122,3 +123,27 @@ if __name__ == "__main__":
     x, w = torch.randn(2, 1, 8, 8), torch.randn(3, 1, 3, 3)
     f = lambda t: invariant_features(torch.relu(lifting_conv(t, w)))  # noqa: E731
     print("invariance error:", equivariance_error(f, C4, x, out_action="invariant"))
+
+# %% [markdown]
+# ## Exercise 3.5: what a rotation-equivariant plain convolution costs
+#
+# Chapter 03 notes that a plain convolution is rotation equivariant only for filters that a
+# quarter turn leaves unchanged. How many such filters are there? Write
+# `rotation_invariant_basis(k)` returning an orthonormal basis of the `k x k` filters `w` (odd `k`)
+# with `rot90(w) == w`: a tensor `(n, k, k)` whose `n` filters are each unchanged by a quarter
+# turn, orthonormal as vectors of `k*k` numbers, and span all such filters. Find `n` on paper
+# first (for `k = 3` and `k = 5`), then compare it with the `k*k` numbers a lifting convolution
+# learns per filter. The grader counts the dimension by linear algebra of its own.
+
+
+# %%
+def rotation_invariant_basis(k: int) -> torch.Tensor:
+    """``(n, k, k)``: an orthonormal basis of the ``k x k`` filters unchanged by a quarter turn."""
+    raise NotImplementedError("Exercise 3.5: see chapter 03, 'Rotating the filter is rotating the image': follow one filter tap through four quarter turns; which taps must then hold the same value?")
+
+
+# %%
+if __name__ == "__main__":
+    for k in (3, 5, 7):
+        n = len(rotation_invariant_basis(k))
+        print(f"k={k}: {n} free numbers per rotation-invariant filter, {k * k} per lifting filter")

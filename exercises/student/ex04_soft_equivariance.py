@@ -16,9 +16,10 @@
 # %% [markdown]
 # # Exercises 04: soft equivariance
 #
-# Fill in each function between its `raise NotImplementedError` line (your copy) and the end of
-# the function. Each exercise ends in a cell that tries your function when you run this file as
-# a notebook; grade all of them with `python3 course.py check 04`.
+# In your copy, `book/my-exercises/ex04_soft_equivariance.py`, replace each `raise NotImplementedError(...)`
+# line with your code; its message is a hint that points at the part of chapter 04 you need.
+# Each exercise ends in a cell that tries your function when you run this file as a notebook;
+# grade all of them with `python3 course.py check 04`.
 #
 # Conventions (as in `equilib.nn`): images `x: (B, C, H, W)`, `X = H*W` input and `Y = H'*W'`
 # output positions, flattened row-major; F-FC factors `U: (C', C, X)` and `V: (C', C, Y)`.
@@ -32,17 +33,18 @@ from equilib import nn as enn
 # %% [markdown]
 # ## Exercise 4.1: the F-FC forward pass
 #
-# The factored FC layer has weight `W[c', y, c, x] = V[c', c, y] U[c', c, x]`. Write its forward
-# pass without ever building `W`: first `h[b, c', c] = sum_x U[c', c, x] x[b, c, x]`, then
-# `out[b, c', y] = sum_c V[c', c, y] h[b, c', c] + bias[c', y]`, each with one `torch.einsum`.
-# Return `(B, C', H', W')` for the given `out_hw = (H', W')`.
+# The factored FC layer has weight `W[c', y, c, x] = V[c', c, y] U[c', c, x]` and output
+# `out[b, c', y] = sum_{c, x} W[c', y, c, x] x[b, c, x] + bias[c', y]`. Write its forward pass
+# without ever building `W` (nor any other tensor with both an `x` and a `y` axis): that is the
+# point of the factorisation, whose cost grows with `X + Y` rather than `X * Y`. Return
+# `(B, C', H', W')` for the given `out_hw = (H', W')`. The grader compares with the dense layer.
 
 
 # %%
 def ffc_forward(x: torch.Tensor, U: torch.Tensor, V: torch.Tensor, bias: torch.Tensor,
                 out_hw: tuple[int, int]) -> torch.Tensor:
     """F-FC: ``x: (B, C, H, W)``, ``U: (C', C, X)``, ``V: (C', C, Y)``, ``bias: (C', Y)``."""
-    raise NotImplementedError("Exercise 4.1: einsum('dcx,bcx->bdc', U, x) then einsum('dcy,bdc->bdy', V, h)")
+    raise NotImplementedError("Exercise 4.1: see chapter 04, 'Cheaper relaxations: factored and sparsified layers': in the double sum, which factor depends on x and which on y? Do the sum that does not involve y first.")
 
 
 # %%
@@ -58,14 +60,14 @@ if __name__ == "__main__":
 # the `P` grid points `G: (P, 2)` with `weight = u @ Psi`,
 # `Psi = (K_ZZ + noise * I)^-1 K_ZG` and `k(a, b) = exp(-0.5 |a - b|^2 / lengthscale^2)`.
 # Write `rbf_interpolation(Z, G, lengthscale, noise)` returning `Psi: (M, P)`. Compute in
-# float64 and use `torch.linalg.solve`, not an explicit inverse.
+# float64 and solve the linear system rather than forming an inverse.
 
 
 # %%
 def rbf_interpolation(Z: torch.Tensor, G: torch.Tensor, lengthscale: float,
                       noise: float = 1e-6) -> torch.Tensor:
     """``Psi = (K_ZZ + noise I)^-1 K_ZG``: ``(M, P)`` for anchors ``Z: (M, 2)``, grid ``G: (P, 2)``."""
-    raise NotImplementedError('Exercise 4.2: K = exp(-0.5 cdist^2 / l^2); solve(K_ZZ + noise I, K_ZG)')
+    raise NotImplementedError("Exercise 4.2: see chapter 04, 'Cheaper relaxations' (sparsified layers): the kernel is needed between every pair of anchors and between every anchor and grid point")
 
 
 # %%
@@ -79,14 +81,15 @@ if __name__ == "__main__":
 #
 # Write `conv_as_fc(conv, in_shape)` that returns an `equilib.nn.ImageLinear` computing exactly
 # the same function as the given stride-1 `nn.Conv2d` (weights *and* bias) on inputs of shape
-# `in_shape = (C, H, W)`. Hint: the columns of the FC matrix are the conv's responses to basis
-# images, minus its response to zero; the bias is that response to zero.
+# `in_shape = (C, H, W)`, whatever its padding. Do not rebuild the convolution's index
+# arithmetic: find the FC weights from what the layer does. The grader compares the two layers
+# on random images.
 
 
 # %%
 def conv_as_fc(conv: nn.Conv2d, in_shape: tuple[int, int, int]) -> enn.ImageLinear:
     """An ``ImageLinear`` with ``fc(x) == conv(x)`` for ``x: (B, *in_shape)``."""
-    raise NotImplementedError('Exercise 4.3: feed torch.eye(n).view(n, C, H, W); columns = out - conv(0)')
+    raise NotImplementedError("Exercise 4.3: see chapter 04, 'Residual pathway priors': a conv is an affine map of the image; what pins down an affine map completely?")
 
 
 # %%
@@ -108,7 +111,7 @@ if __name__ == "__main__":
 # %%
 def path_weight_norms(model: nn.Module) -> list[dict[str, float]]:
     """Per block, ``{path name: sqrt(sum of squares of all its parameters)}``."""
-    raise NotImplementedError('Exercise 4.4: loop over model.blocks and block.paths.items(); sum p.pow(2)')
+    raise NotImplementedError("Exercise 4.4: see chapter 04, 'The key experiment': a path is a module, and its size counts all its parameters together")
 
 
 # %%

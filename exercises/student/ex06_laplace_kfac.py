@@ -16,9 +16,10 @@
 # %% [markdown]
 # # Exercises 06: Laplace and KFAC
 #
-# Fill in each function between its `raise NotImplementedError` line (your copy) and the end of
-# the function. Each exercise ends in a cell that tries your function when you run this file as
-# a notebook; grade all of them with `python3 course.py check 06`.
+# In your copy, `book/my-exercises/ex06_laplace_kfac.py`, replace each `raise NotImplementedError(...)`
+# line with your code; its message is a hint that points at the part of chapter 06 you need.
+# Each exercise ends in a cell that tries your function when you run this file as a notebook;
+# grade all of them with `python3 course.py check 06`.
 #
 # Conventions (as in `equilib.laplace` and chapter 06): a weight `W: (out, in)` has the KFAC block
 # `B (x) A` in the order of `W.flatten()` (`torch.kron(B, A)`), with `A = mean_n a_n a_n^T` over

@@ -16,9 +16,10 @@
 # %% [markdown]
 # # Exercises 07: learning layer-wise equivariance
 #
-# Fill in each function between its `raise NotImplementedError` line (your copy) and the end of
-# the function. Each exercise ends in a cell that tries your function when you run this file as
-# a notebook; grade all of them with `python3 course.py check 07`.
+# In your copy, `book/my-exercises/ex07_layerwise.py`, replace each `raise NotImplementedError(...)`
+# line with your code; its message is a hint that points at the part of chapter 07 you need.
+# Each exercise ends in a cell that tries your function when you run this file as a notebook;
+# grade all of them with `python3 course.py check 07`.
 #
 # Conventions (as in `equilib.train` and `equilib.discover`): a model's trainable tensors are
 # `theta_1 ... theta_L` in `model.named_parameters()` order, each with its own prior precision

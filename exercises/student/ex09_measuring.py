@@ -16,9 +16,10 @@
 # %% [markdown]
 # # Exercises 09: measuring equivariance
 #
-# Fill in each function between its `raise NotImplementedError` line (your copy) and the end of
-# the function. Each exercise ends in a cell that tries your function when you run this file as
-# a notebook; grade all of them with `python3 course.py check 09`.
+# In your copy, `book/my-exercises/ex09_measuring.py`, replace each `raise NotImplementedError(...)`
+# line with your code; its message is a hint that points at the part of chapter 09 you need.
+# Each exercise ends in a cell that tries your function when you run this file as a notebook;
+# grade all of them with `python3 course.py check 09`.
 #
 # Conventions (as in `equilib.measure`): images are `x: (B, C, H, W)`;
 # `equilib.measure.rotate(x, t)` turns them counter-clockwise by `t` radians (smooth cubic

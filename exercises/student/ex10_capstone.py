@@ -16,8 +16,9 @@
 # %% [markdown]
 # # Exercises 10: the capstone
 #
-# Fill in each function between its `raise NotImplementedError` line (your copy) and the end of
-# the function. Grade all of them with `python3 course.py check 10`. The last exercise is the
+# In your copy, `book/my-exercises/ex10_capstone.py`, replace each `raise NotImplementedError(...)`
+# line with your code; its message is a hint that points at the part of chapter 10 you need.
+# Grade all of them with `python3 course.py check 10`. The last exercise is the
 # graded final one: `find_symmetry` must name the hidden symmetry of capstone data sets it has
 # never seen, one of `equilib.data.capstone.SYMMETRIES`.
 #

@@ -24,7 +24,8 @@ def test_1_1_d4_compose_matches_equilib(mod):
     D4 = Dihedral(4)
     for a, b in itertools.product(D4.elements, D4.elements):
         got = mod.d4_compose(a, b)
-        assert tuple(got) == D4.compose(a, b), f"d4_compose({a}, {b}) = {got}"
+        assert tuple(got) == D4.compose(a, b), (
+            f"d4_compose({a}, {b}) = {got} is not the element 'first {b}, then {a}' of D4")
 
 
 def test_1_1_d4_compose_obeys_the_action_law(mod):
@@ -32,11 +33,14 @@ def test_1_1_d4_compose_obeys_the_action_law(mod):
     D4 = Dihedral(4)
     for a, b in itertools.product(D4.elements, D4.elements):
         lhs = mod.d4_act(a, mod.d4_act(b, x))
-        assert torch.equal(lhs, mod.d4_act(tuple(mod.d4_compose(a, b)), x)), (a, b)
+        assert torch.equal(lhs, mod.d4_act(tuple(mod.d4_compose(a, b)), x)), (
+            f"the action law fails for a={a}, b={b}: acting with b then a differs from acting "
+            f"with d4_compose(a, b)")
 
 
 def test_1_1_d4_is_not_commutative(mod):
-    assert mod.d4_compose((1, 0), (0, 1)) != mod.d4_compose((0, 1), (1, 0))
+    assert mod.d4_compose((1, 0), (0, 1)) != mod.d4_compose((0, 1), (1, 0)), (
+        "turn-after-mirror and mirror-after-turn must differ: D4 is not commutative")
 
 
 # --------------------------------------------------------------------------- Exercise 1.2
@@ -55,14 +59,16 @@ def test_1_2_regular_action_oracle_index_by_index(mod):
         out = mod.c4_regular_action(g, f)
         for h in range(4):
             expected = torch.rot90(f[h], g, dims=(-2, -1))
-            assert torch.allclose(out[(g + h) % 4], expected), (g, h)
+            assert torch.allclose(out[(g + h) % 4], expected), (
+                f"g={g}: the slice that was at h={h} should sit at g+h, turned by g quarter turns")
 
 
 def test_1_2_regular_action_law(mod):
     f = _rand(2, 4, 5, 5, seed=3)
     for g, h in itertools.product(range(4), range(4)):
         lhs = mod.c4_regular_action(g, mod.c4_regular_action(h, f))
-        assert torch.allclose(lhs, mod.c4_regular_action((g + h) % 4, f)), (g, h)
+        assert torch.allclose(lhs, mod.c4_regular_action((g + h) % 4, f)), (
+            f"the action law fails for g={g}, h={h}")
 
 
 def test_1_2_keeps_shapes_and_rejects_wrong_group_axis(mod):
@@ -147,3 +153,48 @@ def test_1_4_box_blur_is_shift_and_d4_equivariant(mod):
     x = _rand(2, 1, 6, 6, seed=11)
     assert equivariance_error(mod.box_blur, CyclicShifts(6, 6), x) < 1e-12
     assert equivariance_error(mod.box_blur, Dihedral(4), x) < 1e-12
+
+
+# --------------------------------------------------------------------------- Exercise 1.5
+
+
+def _d4_invariant_kernel(k, seed):
+    """A random D4-invariant kernel built independently: one value per distance pattern from the
+    centre (the unordered pair of |row offset|, |column offset|)."""
+    g = torch.Generator().manual_seed(seed)
+    c = k // 2
+    values = {}
+    out = torch.empty(k, k, dtype=torch.float64)
+    for i, j in itertools.product(range(k), range(k)):
+        key = tuple(sorted((abs(i - c), abs(j - c))))
+        if key not in values:
+            values[key] = torch.randn((), generator=g, dtype=torch.float64)
+        out[i, j] = values[key]
+    return out
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_1_5_symmetrized_kernel_gives_an_equivariant_convolution(mod, k):
+    w = torch.randn(k, k, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+    s = mod.d4_symmetrize(w)
+    assert tuple(s.shape) == (k, k), f"expected a ({k}, {k}) kernel, got {tuple(s.shape)}"
+    x = _rand(3, 1, 9, 9, seed=20)
+    err = equivariance_error(lambda z: mod.circular_conv(z, s), Dihedral(4), x)
+    assert err < 1e-10, (
+        f"the convolution with your kernel is not D4-equivariant (relative error {err:.2e}): "
+        "which kernels make chapter 01's blur equivariant?")
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_1_5_no_equivariant_kernel_is_closer(mod, k):
+    w = torch.randn(k, k, generator=torch.Generator().manual_seed(10 + k), dtype=torch.float64)
+    s = mod.d4_symmetrize(w)
+    for seed in range(4):
+        v = _d4_invariant_kernel(k, seed)
+        # s is the nearest point of the equivariant kernels iff w - s is orthogonal to all of them
+        inner = float(((w - s) * v).sum())
+        assert abs(inner) < 1e-9 * float(v.norm() * w.norm()), (
+            "another kernel with an equivariant convolution is closer to w than yours: the "
+            "change you make should be as small as possible")
+    assert torch.allclose(mod.d4_symmetrize(s), s, atol=1e-12), (
+        "a kernel that is already symmetric should come back unchanged")

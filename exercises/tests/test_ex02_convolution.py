@@ -26,15 +26,21 @@ def test_2_1_conv_matrix_matches_the_layer(mod, shape):
     conv = enn.conv2d(C, Co, k)
     M = mod.conv_matrix(conv.weight.detach(), H, W)
     assert tuple(M.shape) == (Co * H * W, C * H * W)
-    torch.testing.assert_close(M, layer_matrix(conv, (C, H, W)), rtol=1e-5, atol=1e-6)
+    x = _rand(1, C, H, W, seed=5)
+    y = conv(x).detach()
+    torch.testing.assert_close((M @ x.flatten()).view(1, Co, H, W), y, rtol=1e-4, atol=1e-5,
+                               msg="M @ x.flatten() is not the circular convolution of x")
+    torch.testing.assert_close(M, layer_matrix(conv, (C, H, W)), rtol=1e-5, atol=1e-6,
+                               msg="the matrix does not match the layer's FC matrix in chapter 02")
 
 
 def test_2_1_conv_matrix_is_banded_and_shared(mod):
     M = mod.conv_matrix(_rand(1, 1, 3, 3), 6, 6)
-    assert int((M != 0).sum(dim=1).max()) == 9  # each output reads 9 inputs
+    assert int((M != 0).sum(dim=1).max()) == 9, "each output of a 3x3 conv reads 9 inputs"
     row0 = M[0].view(6, 6)
     row = M[2 * 6 + 3].view(6, 6)
-    torch.testing.assert_close(torch.roll(row0, (2, 3), dims=(0, 1)), row)
+    torch.testing.assert_close(torch.roll(row0, (2, 3), dims=(0, 1)), row,
+                               msg="rows of a convolution's matrix are shifted copies of each other")
 
 
 # --------------------------------------------------------------------------- Exercise 2.2
@@ -44,7 +50,8 @@ def test_2_1_conv_matrix_is_banded_and_shared(mod):
 def test_2_2_circular_pad_matches_F_pad(mod, p):
     x = _rand(2, 3, 4, 5)
     expect = x if p == 0 else F.pad(x, (p, p, p, p), mode="circular")
-    torch.testing.assert_close(mod.circular_pad(x, p), expect)
+    torch.testing.assert_close(mod.circular_pad(x, p), expect,
+                               msg=f"padding by p={p} should wrap the image around as a torus")
 
 
 # --------------------------------------------------------------------------- Exercise 2.3
@@ -88,3 +95,37 @@ def test_2_4_shift_error_matches_equilib(mod):
                                                                               abs=1e-7)
     assert mod.shift_equivariance_error(enn.conv2d(1, 2, 3), x, shifts) < 1e-5
     assert mod.shift_equivariance_error(lambda z: z.flip(-1), x, shifts) > 0.1
+
+
+# --------------------------------------------------------------------------- Exercise 2.5
+
+
+def _stack(k, layers, padding_mode, seed):
+    torch.manual_seed(seed)
+    mods = []
+    for i in range(layers):
+        conv = torch.nn.Conv2d(1 if i == 0 else 2, 2, k, padding=k // 2,
+                               padding_mode=padding_mode).double()
+        with torch.no_grad():
+            conv.bias.normal_()
+        mods += [conv, torch.nn.Tanh()]
+    return torch.nn.Sequential(*mods)
+
+
+@pytest.mark.parametrize("H, W, k, layers", [(9, 11, 3, 1), (9, 11, 3, 2), (12, 10, 5, 2),
+                                             (7, 7, 3, 4), (6, 6, 1, 3)])
+def test_2_5_zero_padding_footprint_matches_an_experiment(mod, H, W, k, layers):
+    zero, circ = _stack(k, layers, "zeros", 7), _stack(k, layers, "circular", 7)
+    x = torch.randn(3, 1, H, W, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    with torch.no_grad():
+        diff = (zero(x) - circ(x)).abs().sum(dim=(0, 1))
+    measured = diff > 1e-12
+    got = mod.zero_padding_footprint(H, W, k, layers)
+    assert got.dtype == torch.bool and tuple(got.shape) == (H, W), (
+        f"expected a bool mask of shape ({H}, {W}), got {got.dtype} {tuple(got.shape)}")
+    missed = int((measured & ~got).sum())
+    extra = int((got & ~measured).sum())
+    assert missed == 0 and extra == 0, (
+        f"{layers} layer(s) of {k}x{k} convs on {H}x{W}: your mask misses {missed} positions where "
+        f"zero and circular padding differ and marks {extra} where they agree; how far does an "
+        "output's receptive field reach after each layer?")
