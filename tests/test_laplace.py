@@ -187,6 +187,47 @@ def test_laplace_factory_and_float32_model():
         Laplace(model, "classification", hessian_structure="lowrank")
 
 
+@pytest.mark.parametrize("cls", [FullLaplace, DiagLaplace, KronLaplace])
+def test_laplace_torch_calls_cannot_set_the_wrong_hyperparameter(cls):
+    """laplace-torch's ``KronLaplace(net, "regression", 0.5)`` sets sigma_noise; here every
+    argument after the likelihood is keyword-only, so the ported call raises."""
+    model = seeded(mlp)
+    with pytest.raises(TypeError):
+        cls(model, "regression", 0.5)
+    with pytest.raises(TypeError):
+        cls(model, "regression", 0.5, 2.0)
+    la = cls(model, "regression", sigma_noise=0.5, prior_precision=2.0)
+    assert float(la.sigma_noise) == 0.5 and float(la.prior_precision[0]) == 2.0
+
+
+def test_laplace_factory_takes_laplace_torch_arguments():
+    model = seeded(mlp)
+    X, y = data("mlp", regression=True)
+    la = Laplace(model, "regression", subset_of_weights="all", hessian_structure="diag",
+                 sigma_noise=0.5)
+    assert isinstance(la, DiagLaplace) and float(la.sigma_noise) == 0.5
+    assert isinstance(Laplace(model, "regression"), KronLaplace)
+    with pytest.raises(ValueError, match="subset_of_weights must be 'all'"):
+        Laplace(model, "regression", subset_of_weights="last_layer")
+    with pytest.raises(TypeError):
+        Laplace(model, "regression", "all", "kron")
+    with pytest.raises(TypeError):
+        Laplace(model, "regression", hessian_structure="kron", prior_precision=1.0, foo=1)
+
+
+def test_optimize_prior_precision_uses_laplace_torch_method_names():
+    model, X, y = make_case("mlp", True, "classification")
+    la = KronLaplace(model, "classification").fit(batches(X, y))
+    before = float(la.log_marginal_likelihood(1.0))
+    delta = la.optimize_prior_precision(method="marglik", n_steps=50)
+    assert delta.shape == (len(la.param_names),)
+    assert float(la.log_marginal_likelihood()) > before
+    with pytest.raises(ValueError, match="'marglik', 'mackay'"):
+        la.optimize_prior_precision(method="gradient")
+    with pytest.raises(TypeError):
+        la.optimize_prior_precision("marglik")
+
+
 # -------------------------------------------------------------- Bayesian linear regression ----
 def blr_evidence(Phi, y, delta, sigma):
     """log N(y; 0, sigma^2 I + Phi Phi^T / delta) (closed form)."""

@@ -44,6 +44,9 @@ class BaseLaplace:
     model: an ``nn.Module`` built from supported primitives (see ``equilib.laplace.curvature``).
     likelihood: ``"classification"`` (softmax cross-entropy, outputs (B, C) logits) or
     ``"regression"`` (Gaussian with ``sigma_noise``, outputs (B, D)).
+    Everything after ``likelihood`` is keyword-only: laplace-torch's positional order is
+    ``sigma_noise`` before ``prior_precision``, so a ported positional call raises a TypeError
+    instead of setting the wrong hyperparameter.
     prior_precision: a positive scalar or a 1-D tensor with one value per trainable tensor.
     hessian: ``"ggn"`` (exact output Hessian), ``"mc"`` (Monte-Carlo Fisher, one sampled label)
     or ``"ef"`` (empirical Fisher).
@@ -63,8 +66,9 @@ class BaseLaplace:
         self,
         model: nn.Module,
         likelihood: str = "classification",
-        prior_precision=1.0,
+        *,
         sigma_noise=1.0,
+        prior_precision=1.0,
         temperature: float = 1.0,
         hessian: str = "ggn",
         logdet_dtype: torch.dtype = torch.float64,
@@ -371,16 +375,20 @@ class BaseLaplace:
         return new
 
     def optimize_prior_precision(
-        self, method: str = "gradient", n_steps: int = 100, lr: float = 0.1
+        self, *, method: str = "marglik", n_steps: int = 100, lr: float = 0.1
     ) -> torch.Tensor:
-        """Maximise the evidence in delta: Adam on log delta (``'gradient'``) or MacKay steps."""
+        """Maximise the evidence in delta: ``method="marglik"`` (laplace-torch's name: Adam on
+        log delta with learning rate ``lr``) or ``"mackay"`` (MacKay's fixed-point steps, an
+        equilib addition). Keyword-only: laplace-torch's first positional argument is
+        ``pred_type``, which has no counterpart here (no predictive is formed). Returns and
+        stores the new per-tensor precisions."""
         self._check_fitted()
         if method == "mackay":
             for _ in range(n_steps):
                 self.mackay_update()
             return self.prior_precision
-        if method != "gradient":
-            raise ValueError(f"method must be 'gradient' or 'mackay', got {method!r}")
+        if method != "marglik":
+            raise ValueError(f"method must be one of ('marglik', 'mackay'), got {method!r}")
         log_delta = self._delta().detach().log().clone().requires_grad_(True)
         opt = torch.optim.Adam([log_delta], lr=lr)
         for _ in range(n_steps):
@@ -584,8 +592,21 @@ class FullLaplace(BaseLaplace):
         return per.index_add(0, idx, Sigma_diag) * self._delta()
 
 
-def Laplace(model: nn.Module, likelihood: str, hessian_structure: str = "kron", **kwargs):
-    """Factory like laplace-torch's: ``hessian_structure`` in {'full', 'diag', 'kron'}."""
+def Laplace(model: nn.Module, likelihood: str, *, subset_of_weights: str = "all",
+            hessian_structure: str = "kron", **kwargs) -> BaseLaplace:
+    """Factory like laplace-torch's: ``Laplace(model, likelihood, subset_of_weights="all",
+    hessian_structure="kron", **kwargs)`` with ``hessian_structure`` in {'full', 'diag',
+    'kron'}; ``kwargs`` go to the class (``sigma_noise``, ``prior_precision``, ...).
+
+    Differs on purpose: only ``subset_of_weights="all"`` exists (model selection needs the
+    evidence of every layer), so it is the default where laplace-torch's is ``"last_layer"``;
+    everything after ``likelihood`` is keyword-only.
+    """
+    if subset_of_weights != "all":
+        raise ValueError(
+            f"subset_of_weights must be 'all' (the only subset equilib supports; laplace-torch "
+            f"also has 'last_layer' and 'subnetwork'), got {subset_of_weights!r}"
+        )
     classes = {"full": FullLaplace, "diag": DiagLaplace, "kron": KronLaplace}
     if hessian_structure not in classes:
         raise ValueError(
