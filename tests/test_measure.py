@@ -288,3 +288,50 @@ def test_attribution_without_layers_is_a_clear_error():
         measure.layer_lie_derivatives(seq, x, "translation_x")
     with pytest.raises(ValueError, match="non-empty dict"):
         measure.group_errors(seq, x, {})
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _fake_attribution(values: dict[str, float], total: float, residual: float):
+    """A LayerAttribution with one-number terms of the given sizes (scale 1)."""
+    terms = {k: torch.tensor([v]) for k, v in values.items()}
+    total_t = torch.tensor([total])
+    att = measure.LayerAttribution("rotation", list(values), terms, total_t, 1.0)
+    assert abs(float(att.residual.norm()) - residual) < 1e-6
+    return att
+
+
+def test_attribution_bars_sit_above_their_own_layer_names():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from equilib.viz.measure import attribution_labels, attribution_table, draw_attribution
+
+    # two models whose layers have different names and numbers (like the CNN and the partial
+    # G-CNN of chapter 09): every bar must stand above the label of its own layer
+    cnn = _fake_attribution({"blocks.0": 1.0, "blocks.1": 2.0, "head": 0.5}, 4.0, 0.5)
+    pg = _fake_attribution({"layers.lift": 3.0, "layers.gconv1": 4.0, "layers.gconv2": 5.0,
+                            "layers.gconv3": 6.0, "head": 7.0}, 26.0, 1.0)
+    results = {"cnn": cnn, "partial": pg}
+    table = attribution_table(results)
+    labels = attribution_labels(table)
+    assert labels[-2:] == ["other", "total"]
+    assert set(labels) == set(table["cnn"]) | set(table["partial"])
+    fig = draw_attribution(results, "test")
+    ax = fig.axes[0]
+    ticks = {round(float(t), 6): lab.get_text() for t, lab in zip(ax.get_xticks(), ax.get_xticklabels())}
+    assert sorted(ticks.values()) == sorted(labels)
+    tick_x = sorted(ticks)
+    for container, (model, row) in zip(ax.containers, table.items()):
+        assert len(container.patches) == len(row)
+        for bar, (layer, value) in zip(container.patches, row.items()):
+            centre = bar.get_x() + bar.get_width() / 2
+            nearest = min(tick_x, key=lambda t: abs(t - centre))
+            assert ticks[nearest] == layer, (model, layer, ticks[nearest])
+            assert abs(bar.get_height() - value) < 1e-6
+    # the partial model's "total" has a bar, above the label "total"
+    assert table["partial"]["total"] == 26.0
+    plt.close(fig)

@@ -10,7 +10,13 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["attribution_table", "draw_attribution", "draw_error_curves", "draw_widths"]
+__all__ = [
+    "attribution_table",
+    "attribution_labels",
+    "draw_attribution",
+    "draw_error_curves",
+    "draw_widths",
+]
 
 
 def attribution_table(results: Mapping[str, object]) -> dict[str, dict[str, float]]:
@@ -29,22 +35,35 @@ def attribution_table(results: Mapping[str, object]) -> dict[str, dict[str, floa
     return table
 
 
+def attribution_labels(table: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """The x-axis labels of ``draw_attribution``: every layer of every model, in order of first
+    appearance, then "other" and "total" (models with different layer names share one axis)."""
+    labels: list[str] = []
+    for row in table.values():
+        labels += [k for k in row if k not in labels and k not in ("other", "total")]
+    return labels + ["other", "total"]
+
+
 def draw_attribution(results: Mapping[str, object], title: str = "", ax=None):
-    """Grouped bars: each model's per-layer Lie derivative terms (relative to |f(x)|)."""
+    """Grouped bars: each model's per-layer Lie derivative terms (relative to |f(x)|).
+
+    Each bar sits above the label of its own layer (``attribution_labels``); a model without a
+    layer of that name has no bar there.
+    """
     import matplotlib.pyplot as plt
 
     table = attribution_table(results)
+    labels = attribution_labels(table)
     if ax is None:
-        _, ax = plt.subplots(figsize=(9, 3.2))
+        _, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 3.4))
     n = len(table)
     width = 0.8 / max(n, 1)
     for k, (model, row) in enumerate(table.items()):
-        labels = list(row)
-        xs = [i + k * width for i in range(len(labels))]
-        ax.bar(xs, [row[lab] for lab in labels], width=width, label=model)
-        if k == 0:
-            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
-            ax.set_xticklabels(labels, rotation=20, fontsize=8)
+        xs = [labels.index(lab) - 0.4 + (k + 0.5) * width for lab in row]
+        ax.bar(xs, list(row.values()), width=width, label=model)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
+    ax.set_xlabel("layer (hooked module); other: between the layers; total: whole network")
     ax.set_ylabel("|layer term| / |f(x)|")
     ax.set_title(title)
     ax.legend(fontsize=8)

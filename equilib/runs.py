@@ -1,0 +1,314 @@
+"""Independent trainings run side by side, each cached on disk by its configuration.
+
+Chapters 09 and 10 measure networks that they first train: several small, independent runs.
+``run_jobs`` loads every run already in the cache (``equilib.cache``) and trains the missing
+ones in ``workers`` processes at once (one PyTorch thread each, so two runs use two cores),
+printing what starts and what finishes. A job is a ``Job(name, config, fn)``: ``fn(config)``
+is a module-level function (so that a fresh process can import it) and ``config`` is both its
+argument and, with ``name``, the cache key.
+
+The training functions of the two chapters live here too, one per kind of run, each taking a
+configuration and returning a picklable dict (a ``state_dict`` and what the run recorded):
+
+* ``train_classifier``: a model of ``equilib.models.build`` by MAP, on C4-rotated digits
+  (chapter 03's data) or on the capstone data of chapter 10;
+* ``train_two_path``: chapter 07's ``fc+conv`` by the marginal likelihood on the ``digits`` or
+  ``quadrant`` task;
+* ``train_partial``: chapter 08's partial G-CNN on C4-rotated digits;
+* ``train_augerino``: a small CNN behind a learned augmentation (``equilib.augment``).
+
+``build_trained(config, result)`` rebuilds the trained model of any of them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from equilib.cache import cache_dir, cache_key, cached
+
+__all__ = [
+    "Job",
+    "run_jobs",
+    "rotated_digits",
+    "six_nine",
+    "capstone_data",
+    "small_cnn",
+    "train_classifier",
+    "train_two_path",
+    "train_partial",
+    "train_augerino",
+    "build_trained",
+]
+
+
+# --------------------------------------------------------------------------- running jobs
+
+
+@dataclass(frozen=True)
+class Job:
+    """One cached run: ``fn(config)`` computes it, ``(name, config)`` is its cache key."""
+
+    name: str
+    config: dict = field(hash=False)
+    fn: Callable[[dict], object] = field(hash=False)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a job needs a non-empty name for its cache entry; got {self.name!r}")
+        if not isinstance(self.config, dict):
+            raise TypeError(f"a job's config must be a dict, got {type(self.config).__name__}")
+        if not callable(self.fn) or "<" in getattr(self.fn, "__qualname__", "<"):
+            raise TypeError(
+                f"a job's fn must be a module-level function (a worker process imports it by "
+                f"name); got {self.fn!r}"
+            )
+
+
+def _is_cached(job: Job) -> bool:
+    return (cache_dir() / (cache_key(job.name, job.config) + ".pt")).exists()
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_one(job: Job):
+    start = time.time()
+    result = cached(job.name, job.config, lambda: job.fn(job.config))
+    return result, time.time() - start
+
+
+def run_jobs(jobs: Mapping[str, Job], workers: int = 2, progress: bool = True) -> dict:
+    """``{key: result}`` for ``{key: Job}``: cached runs are loaded, the others trained.
+
+    Missing runs go to ``workers`` processes (``spawn``ed, one PyTorch thread each) when there
+    are at least two of them and ``workers > 1``; otherwise they run here, one after the other.
+    ``progress`` prints one line per run: loaded from the cache, started, finished (with its
+    time).
+    """
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    for key, job in jobs.items():
+        if not isinstance(job, Job):
+            raise TypeError(f"jobs[{key!r}] must be an equilib.runs.Job, got {type(job).__name__}")
+
+    def say(text: str) -> None:
+        if progress:
+            print(text, flush=True)
+            sys.stdout.flush()
+
+    results: dict = {}
+    todo = []
+    for key, job in jobs.items():
+        if _is_cached(job):
+            results[key] = cached(job.name, job.config, lambda job=job: job.fn(job.config))
+            say(f"  {key}: loaded from the cache")
+        else:
+            todo.append(key)
+    n = len(todo)
+    if n == 0:
+        return {key: results[key] for key in jobs}
+    start = time.time()
+    if workers == 1 or n == 1:
+        for i, key in enumerate(todo, 1):
+            say(f"  {key}: training ({i}/{n}) ...")
+            results[key], seconds = _run_one(jobs[key])
+            say(f"  {key}: done in {seconds:.0f} s")
+    else:
+        import multiprocessing
+
+        k = min(workers, n)
+        say(f"  training {n} runs, {k} at a time: {', '.join(todo)}")
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(k, mp_context=ctx, initializer=_init_worker) as pool:
+            futures = {pool.submit(_run_one, jobs[key]): key for key in todo}
+            for done, fut in enumerate(as_completed(futures), 1):
+                key = futures[fut]
+                results[key], seconds = fut.result()
+                say(f"  {key}: done in {seconds:.0f} s ({done}/{n}, "
+                    f"{time.time() - start:.0f} s since the start)")
+    return {key: results[key] for key in jobs}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def rotated_digits(config: dict):
+    """Chapter 03's C4-rotated digits on a 16x16 canvas: ``(Xtr, ytr, Xte, yte)``."""
+    from equilib.data.mixed import make_rotated_digits
+
+    return make_rotated_digits(config["n_train"], config["n_test"], kind="c4", size=16, digit=12,
+                               seed=config.get("data_seed", 0))
+
+
+def six_nine(n: int = 250):
+    """Upright 6s (label 0) and 9s (label 1) of scikit-learn's digits, 12 px on a 16x16 canvas."""
+    from equilib.data import load_digits
+
+    X, y = load_digits(size=12)
+    X = torch.nn.functional.pad(X, (2, 2, 2, 2))
+    keep = (y == 6) | (y == 9)
+    return X[keep][:n], (y[keep] == 9).long()[:n]
+
+
+def capstone_data(config: dict):
+    """The capstone data set of ``config["capstone_seed"]`` (sizes ``n_train``, ``n_test``)."""
+    from equilib.data.capstone import make_capstone
+
+    return make_capstone(n_train=config["n_train"], n_test=config["n_test"],
+                         seed=config["capstone_seed"], symmetry=config.get("symmetry"))
+
+
+def _classification_data(config: dict):
+    data = config["data"]
+    if data == "rotated":
+        return (*rotated_digits(config), 10)
+    if data == "capstone":
+        d = capstone_data(config)
+        return d.Xtr, d.ytr, d.Xte, d.yte, d.n_classes
+    raise ValueError(f"unknown data {data!r}; expected 'rotated' or 'capstone'")
+
+
+def small_cnn(n_classes: int) -> nn.Sequential:
+    """Two conv-ReLU-maxpool stages and a two-layer head on 16x16 images (Augerino's network)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, n_classes))
+
+
+# --------------------------------------------------------------------------- trainings
+
+
+def train_classifier(config: dict) -> dict:
+    """``build(config["model"])`` trained by MAP on ``config["data"]``.
+
+    Keys: ``model``, ``data`` (``"rotated"`` or ``"capstone"`` with ``capstone_seed``),
+    ``n_train``, ``n_test``, ``width``, ``epochs``, ``lr``, ``seed``; ``n_fit`` (optional) uses
+    only the first ``n_fit`` training images. Returns ``{"state", "test_acc", "n_classes"}``.
+    """
+    import equilib
+    from equilib.data import make_loader
+    from equilib.models import build
+    from equilib.train import fit
+
+    Xtr, ytr, Xte, yte, nc = _classification_data(config)
+    n = config.get("n_fit") or len(Xtr)
+    equilib.seed_everything(config["seed"])
+    model = build(config["model"], in_shape=tuple(Xtr.shape[1:]), n_classes=nc,
+                  width=config["width"])
+    hist = fit(model, make_loader(Xtr[:n], ytr[:n], 32, True, config["seed"]),
+               make_loader(Xte, yte, 256, False), epochs=config["epochs"], lr=config["lr"],
+               progress=False, seed=config["seed"], device="cpu")
+    return {"state": model.cpu().state_dict(), "test_acc": hist.test_acc[-1], "n_classes": nc}
+
+
+def train_two_path(config: dict) -> dict:
+    """Chapter 07's ``fc+conv`` trained by the marginal likelihood on ``config["task"]``.
+
+    Keys: ``task`` (``"digits"`` or ``"quadrant"``), ``n_train``, ``n_test`` (source digits; the
+    test set holds each in all four quadrants), ``width``, ``epochs``, ``lr``, ``seed``.
+    """
+    import equilib
+    from equilib.data import make_loader
+    from equilib.data.tasks import make_task
+    from equilib.models import build
+    from equilib.train import fit
+
+    Xt, yt, Xv, yv = make_task(config["task"], n_train=config["n_train"],
+                               n_test=config["n_test"], seed=0)
+    nc = 10 if config["task"] == "digits" else 40
+    equilib.seed_everything(config["seed"])
+    model = build("fc+conv", in_shape=(1, 16, 16), n_classes=nc, width=config["width"])
+    hist = fit(model, make_loader(Xt, yt, 32, True, config["seed"]), make_loader(Xv, yv, 256, False),
+               objective="marglik", epochs=config["epochs"], burn_in=1, marglik_every=1,
+               lr=config["lr"], progress=False, seed=config["seed"], device="cpu")
+    return {"state": model.cpu().state_dict(), "test_acc": hist.test_acc[-1], "n_classes": nc}
+
+
+def train_partial(config: dict) -> dict:
+    """Chapter 08's partial G-CNN on C4-rotated digits (``equilib.degree``).
+
+    Keys: ``n_train``, ``n_test``, ``epochs``, ``seed`` (the rest from
+    ``experiment_config("rotated")``). Returns ``{"state", "test_acc", "dcfg", "n_classes"}``.
+    """
+    import equilib
+    from equilib.data import make_loader
+    from equilib.data.mixed import make_degree_task
+    from equilib.degree.training import build_model, experiment_config, train_degree
+
+    dcfg = experiment_config("rotated", epochs=config["epochs"], n_train=config["n_train"],
+                             n_test=config["n_test"])
+    Xt, yt, Xv, yv, nc = make_degree_task("rotated", dcfg["n_train"], dcfg["n_test"], seed=0)
+    equilib.seed_everything(config["seed"])
+    model = build_model("partial", tuple(Xt.shape[1:]), nc, dcfg)
+    out = train_degree(model, make_loader(Xt, yt, 32, True, config["seed"]),
+                       make_loader(Xv, yv, 256, False), epochs=dcfg["epochs"], lr=dcfg["lr"],
+                       device="cpu", seed=config["seed"])
+    return {"state": model.cpu().state_dict(), "test_acc": out["history"]["test_acc"][-1],
+            "dcfg": dcfg, "n_classes": nc}
+
+
+def train_augerino(config: dict) -> dict:
+    """A ``small_cnn`` behind ``Augerino`` trained with ``augment.train_augmentation``.
+
+    Keys: ``data`` (``"rotated"``, ``"six-nine"`` or ``"capstone"`` with ``capstone_seed``,
+    ``n_train``, ``n_test``), ``n`` (training images used), ``transforms``, ``init_width``,
+    ``epochs``, ``lr``, ``strength``, ``seed``. Returns ``{"state", "hist", "n_classes"}``.
+    """
+    from equilib import augment
+
+    data = config["data"]
+    if data == "rotated":
+        X, y, _, _ = rotated_digits(config)
+        nc = 10
+    elif data == "six-nine":
+        X, y = six_nine()
+        nc = 2
+    elif data == "capstone":
+        d = capstone_data(config)
+        X, y, nc = d.Xtr, d.ytr, d.n_classes
+    else:
+        raise ValueError(f"unknown data {data!r}; expected 'rotated', 'six-nine' or 'capstone'")
+    n = config["n"]
+    torch.manual_seed(config["seed"])
+    aug = augment.Augerino(small_cnn(nc), tuple(config["transforms"]),
+                           init_width=config["init_width"])
+    hist = augment.train_augmentation(aug, X[:n], y[:n], epochs=config["epochs"],
+                                      lr=config["lr"], width_lr=0.05,
+                                      strength=config["strength"], batch_size=32,
+                                      seed=config["seed"])
+    return {"state": aug.state_dict(), "hist": hist, "n_classes": nc}
+
+
+def build_trained(kind: str, config: dict, result: dict) -> nn.Module:
+    """The trained model of a run, in eval mode: ``kind`` names the training function
+    (``"classifier"``, ``"two-path"``, ``"partial"`` or ``"augerino"``)."""
+    from equilib.models import build
+
+    nc = result["n_classes"]
+    if kind == "classifier":
+        model = build(config["model"], in_shape=(1, 16, 16), n_classes=nc, width=config["width"])
+    elif kind == "two-path":
+        model = build("fc+conv", in_shape=(1, 16, 16), n_classes=nc, width=config["width"])
+    elif kind == "partial":
+        from equilib.degree.training import build_model
+
+        model = build_model("partial", (1, 16, 16), nc, result["dcfg"])
+    elif kind == "augerino":
+        from equilib import augment
+
+        model = augment.Augerino(small_cnn(nc), tuple(config["transforms"]))
+    else:
+        raise ValueError(f"unknown kind {kind!r}; expected 'classifier', 'two-path', 'partial' "
+                         "or 'augerino'")
+    model.load_state_dict(result["state"])
+    return model.eval()
+
