@@ -34,6 +34,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_savefig",
     "safe_load",
+    "load_error_reason",
 ]
 
 
@@ -134,24 +135,29 @@ def safe_load(path: str | os.PathLike, what: str = "file"):
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
     except Exception as e:  # torch raises many kinds for a damaged or foreign file
-        reason = str(e).split("\n")[0] if "Weights only load failed" not in str(e) else \
-            _unsafe_reason(str(e))
         raise ValueError(f"{what} {str(path)!r} cannot be read safely: it is damaged or holds "
                          f"objects other than tensors, containers and numbers "
-                         f"({type(e).__name__}: {reason})") from None
+                         f"({load_error_reason(e)})") from None
 
 
-def _unsafe_reason(message: str) -> str:
-    """The line of torch's weights-only error that says what was refused, without its advice
-    to turn the check off."""
+def load_error_reason(error: BaseException) -> str:
+    """What went wrong in a ``torch.load``, in one line, without torch's advice to load the
+    file with ``weights_only=False`` (a file that needs that must not be trusted)."""
+    message = str(error)
     lines = [line.strip() for line in message.splitlines()]
-    for i, line in enumerate(lines):
-        if line.startswith("WeightsUnpickler error:"):
-            rest = [line.removeprefix("WeightsUnpickler error:").strip()] + lines[i + 1:]
-            for text in rest:
-                if text:
-                    return text
-    return "unsupported content"
+    if "Weights only load failed" in message:
+        for i, line in enumerate(lines):
+            if line.startswith("WeightsUnpickler error:"):
+                rest = [line.removeprefix("WeightsUnpickler error:").strip()] + lines[i + 1:]
+                for text in rest:
+                    if text:
+                        return f"{type(error).__name__}: {text}"
+        for line in lines:
+            if "unsupported" in line.lower() and "weights_only" not in line:
+                return f"{type(error).__name__}: {line}"
+        return f"{type(error).__name__}: it holds objects that cannot be loaded safely"
+    first = next((line for line in lines if line), "")
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def _writable(folder: Path) -> str | None:
@@ -217,9 +223,8 @@ def cached(name: str, config: dict, compute: Callable[[], T], refresh: bool = Fa
         with torch.serialization.safe_globals(_NUMPY_GLOBALS):
             torch.load(buffer, map_location="cpu", weights_only=True)
     except Exception as e:  # pickling errors, or content the safe reader refuses
-        reason = _unsafe_reason(str(e)) if "Weights only" in str(e) else f"{type(e).__name__}: {e}"
         warnings.warn(f"not caching {name!r}: its result holds objects a cache file cannot hold "
-                      f"safely ({reason})", RuntimeWarning, stacklevel=2)
+                      f"safely ({load_error_reason(e)})", RuntimeWarning, stacklevel=2)
         return result
     try:
         atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))

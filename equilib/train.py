@@ -35,12 +35,53 @@ from torch.utils.data import (
     default_collate,
 )
 
-from equilib.cache import atomic_save
+from equilib.cache import atomic_save, load_error_reason
 
 OBJECTIVES = ("map", "marglik")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 CHECKPOINT_FORMAT = "equilib.train/1"
+CHECKPOINT_KEYS = ("settings", "epoch", "model", "optimizer", "log_prior_precision",
+                   "hyper_optimizer", "history", "rng")
+
+
+class TrainingDiverged(RuntimeError):
+    """Training reached NaN or inf (in the loss, a weight tensor or a prior precision).
+
+    Raised at the end of the epoch where it happened, before anything of that epoch is
+    recorded or checkpointed, so a diverged run is never reported or resumed as a result.
+    """
+
+
+def check_labels(y: torch.Tensor, n_classes: int, where: str) -> None:
+    """Refuse class labels that are not integers in ``[0, n_classes)`` (e.g. the ignore index
+    -100, or 18 for 10 classes) with an error that says which were found."""
+    if torch.is_floating_point(y) or torch.is_complex(y) or y.dtype == torch.bool:
+        raise ValueError(f"{where}: class labels must be integers, got dtype {y.dtype}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(f"{where}: class labels must lie in [0, {n_classes - 1}] (the model "
+                         f"has {n_classes} outputs), found values from {int(y.min())} to "
+                         f"{int(y.max())}")
+
+
+def _check_finite_state(epoch: int, loss_sum: torch.Tensor, named, log_delta=None) -> None:
+    """Raise :class:`TrainingDiverged` naming the epoch and the first non-finite tensor."""
+    finite = [torch.isfinite(loss_sum).all()] + [torch.isfinite(p).all() for _, p in named]
+    if log_delta is not None:
+        finite.append(torch.isfinite(log_delta).all())
+    if bool(torch.stack([f.to(finite[0].device) for f in finite]).all()):
+        return
+    bad = [n for (n, p) in named if not bool(torch.isfinite(p).all())]
+    what = [f"the training loss is {float(loss_sum):g}"] if not bool(finite[0]) else []
+    if bad:
+        what.append(f"weight tensor {bad[0]!r}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1
+                                                  else "") + " holds NaN or inf")
+    if log_delta is not None and not bool(torch.isfinite(log_delta).all()):
+        what.append("the learned prior precisions hold NaN or inf")
+    raise TrainingDiverged(
+        f"training diverged in epoch {epoch}: {'; '.join(what)}. Nothing of this epoch was "
+        "recorded or checkpointed; check the inputs for NaN or inf, or lower the learning rate"
+    )
 
 
 @dataclass
@@ -132,9 +173,11 @@ def evaluate(model: nn.Module, loader, device=None) -> tuple[float, float]:
     correct = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
     with torch.no_grad():
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
+        for x, y_in in loader:
+            x, y = x.to(device), y_in.to(device)
             out = model(x)
+            if y_in.device.type == "cpu":
+                check_labels(y_in, out.shape[-1], "evaluation labels")
             loss += F.cross_entropy(out, y, reduction="sum").double()
             correct += (out.argmax(-1) == y).sum()
             n += y.shape[0]
@@ -266,13 +309,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as e:  # torch raises many kinds for a damaged file
         raise ValueError(
             f"checkpoint {str(path)!r} is corrupted or not an equilib checkpoint "
-            f"({type(e).__name__}: {e})"
-        ) from e
+            f"({load_error_reason(e)})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"checkpoint {str(path)!r} is not an equilib training checkpoint "
             f"(expected format {CHECKPOINT_FORMAT!r})"
         )
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint {str(path)!r} is incomplete: it lacks {missing}; it was not "
+                         "written by equilib.train.fit")
     return state
 
 
@@ -310,8 +357,8 @@ def fit(
     MAP step: minimise ``mean_i CE(f(x_i), y_i) + 1/2 sum_l delta_l |theta_l|^2 / N`` (+
     ``extra_loss(model)``) with ``delta`` detached, learning rate cosine-annealed from ``lr`` to
     ``lr_min`` over all steps. With ``objective="marglik"``, after every epoch ``e`` (1-based)
-    with ``e > burn_in`` and ``(e - burn_in) % marglik_every == 0`` (and after the last epoch),
-    ``laplace(model, delta)`` is fit on ``train_loader`` and ``hyper_steps`` Adam steps
+    with ``e > burn_in`` and ``(e - burn_in) % marglik_every == 0``, and after the last epoch
+    (also when it ends before the burn-in does), ``laplace(model, delta)`` is fit on ``train_loader`` and ``hyper_steps`` Adam steps
     (lr ``hyper_lr``, state kept across refits) minimise ``-log p(D | delta) / N`` over
     ``log delta``. ``laplace`` defaults to ``equilib.laplace.KronLaplace`` for classification.
 
@@ -327,6 +374,11 @@ def fit(
     ``curvature_loader_for``; other loaders are used as they are; None: ``train_loader``). The
     curvature is a sum over examples, so this changes only its rounding, not its value; larger
     batches mean fewer, larger backward passes. Returns the :class:`History`.
+
+    Class labels must be integers in ``[0, n_classes)`` (checked on labels the loader yields
+    on the CPU). A loss, weight tensor or prior precision that becomes NaN or inf stops the run
+    with :class:`TrainingDiverged`, naming the epoch and the tensor, before that epoch is
+    recorded, checkpointed or passed to ``callback``.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVES)}")
@@ -420,13 +472,15 @@ def fit(
             seen = 0
             delta = log_delta.detach().exp().to(params[0].dtype)
             cur_lr = lr
-            for x, y in train_loader:
-                x, y = x.to(device), y.to(device)
+            for x, y_in in train_loader:
+                x, y = x.to(device), y_in.to(device)
                 if schedule == "cosine" and total_steps:
                     cur_lr = cosine_lr(step, total_steps, lr, lr_min)
                     for group in opt.param_groups:
                         group["lr"] = cur_lr
                 out = model(x)
+                if y_in.device.type == "cpu":  # checked where it costs no device sync
+                    check_labels(y_in, out.shape[-1], f"training labels (epoch {epoch})")
                 ce = F.cross_entropy(out, y)
                 loss = ce + prior_penalty(params, delta, n_data)
                 if extra_loss is not None:
@@ -446,13 +500,19 @@ def fit(
             _synchronize(device)  # queued GPU work belongs to this epoch's steps
             t_train = time.perf_counter() - t0
             log_ml, t_hyper = float("nan"), 0.0
-            refit = epoch > burn_in and ((epoch - burn_in) % marglik_every == 0 or epoch == epochs)
+            _check_finite_state(epoch, loss_sum, named)
+            # the last epoch always refits, also when the run ends before the burn-in does
+            refit = epoch == epochs or (epoch > burn_in and (epoch - burn_in) % marglik_every == 0)
             if objective == "marglik" and refit:
                 t1 = time.perf_counter()
                 log_ml = _marglik_update(model, curvature_loader, log_delta, hyper_opt, hyper_steps,
                                          n_data, laplace)
                 _synchronize(device)
                 t_hyper = time.perf_counter() - t1
+                _check_finite_state(epoch, loss_sum, named, log_delta.detach())
+                if not math.isfinite(log_ml):
+                    raise TrainingDiverged(f"training diverged in epoch {epoch}: the log marginal "
+                                           f"likelihood is {log_ml}")
             test_acc = evaluate(model, test_loader, device)[1] if test_loader is not None else float("nan")
             elapsed += time.perf_counter() - t0
 
