@@ -40,7 +40,7 @@ import torch
 # %%
 def log_evidence(Phi: torch.Tensor, y: torch.Tensor, delta, sigma) -> torch.Tensor:
     """log N(y; 0, sigma^2 I + Phi Phi^T / delta): a scalar tensor."""
-    # BEGIN SOLUTION Exercise 5.1: Cholesky of C = sigma^2 I + Phi Phi^T / delta; -1/2 (y^T C^-1 y + log det C + N log 2 pi)
+    # BEGIN SOLUTION Exercise 5.1: see chapter 05, 'Bayesian linear regression and its evidence': once the weights are integrated out, y is Gaussian; one factorisation of its covariance gives both the solve and the log-determinant
     N = Phi.shape[0]
     C = sigma**2 * torch.eye(N, dtype=Phi.dtype) + Phi @ Phi.T / delta
     L = torch.linalg.cholesky(C)
@@ -69,7 +69,7 @@ if __name__ == "__main__":
 # %%
 def fit_and_occam(Phi: torch.Tensor, y: torch.Tensor, delta, sigma) -> tuple:
     """(data fit, log Occam factor) of Bayesian linear regression: two scalar tensors."""
-    # BEGIN SOLUTION Exercise 5.2: P = Phi^T Phi / s^2 + d I, m = P^-1 Phi^T y / s^2; Gaussian log-likelihood at m; the rest
+    # BEGIN SOLUTION Exercise 5.2: see chapter 05, 'Data fit minus Occam factor': the data fit is the likelihood at the posterior mean, and the Occam factor is everything else in the evidence
     N, D = Phi.shape
     P = Phi.T @ Phi / sigma**2 + delta * torch.eye(D, dtype=Phi.dtype)
     m = torch.linalg.solve(P, Phi.T @ y / sigma**2)
@@ -84,7 +84,7 @@ def fit_and_occam(Phi: torch.Tensor, y: torch.Tensor, delta, sigma) -> tuple:
 
 def best_degree(x: torch.Tensor, y: torch.Tensor, max_degree: int, delta, sigma) -> int:
     """The polynomial degree in 0..max_degree with the largest evidence."""
-    # BEGIN SOLUTION Exercise 5.2: features x.unsqueeze(1) ** arange(d + 1); argmax of the evidence over d
+    # BEGIN SOLUTION Exercise 5.2: see chapter 05, 'Choosing the polynomial degree': one evidence per candidate set of features, then keep the best
     evidences = []
     for d in range(max_degree + 1):
         Phi = x.unsqueeze(1) ** torch.arange(d + 1, dtype=x.dtype)
@@ -105,8 +105,8 @@ if __name__ == "__main__":
 #
 # For cyclic signals `x` in `R^n`, the circular convolution `y[i] = sum_j w[j] x[(i - j) mod n]`
 # is linear in its `n` weights `w`. Write `circulant_design(X)` for `X: (N, n)` returning the
-# design matrix `(N * n, n)` with rows `Phi[(k, i), j] = X[k, (i - j) mod n]` (row index
-# `k * n + i`), so that `(Phi @ w).reshape(N, n)` convolves every signal. Then write
+# design matrix `(N * n, n)` (row `k * n + i` for output `i` of signal `k`) such that
+# `(Phi @ w).reshape(N, n)` is the circular convolution of every signal with `w`. Then write
 # `conv_minus_fc(X, Y, delta, sigma)`: the log evidence of the CONV model minus that of the FC
 # model `Y = X W^T` (`n^2` weights, the outputs are independent regressions on `X`), using your
 # `log_evidence`.
@@ -115,7 +115,7 @@ if __name__ == "__main__":
 # %%
 def circulant_design(X: torch.Tensor) -> torch.Tensor:
     """(N * n, n) design matrix of the circular convolution."""
-    # BEGIN SOLUTION Exercise 5.3: index X with (i - j) % n for i, j in arange(n), then reshape
+    # BEGIN SOLUTION Exercise 5.3: see chapter 05, 'Symmetry as a prior: CONV vs FC, exactly': in output i of one signal, which input value multiplies the weight w[j]?
     n = X.shape[1]
     i = torch.arange(n)
     return X[:, (i.unsqueeze(1) - i.unsqueeze(0)) % n].reshape(-1, n)
@@ -124,7 +124,7 @@ def circulant_design(X: torch.Tensor) -> torch.Tensor:
 
 def conv_minus_fc(X: torch.Tensor, Y: torch.Tensor, delta, sigma) -> torch.Tensor:
     """log p(Y | CONV) - log p(Y | FC) for signals X, Y: (N, n)."""
-    # BEGIN SOLUTION Exercise 5.3: CONV: one regression on circulant_design(X); FC: sum over output coordinates
+    # BEGIN SOLUTION Exercise 5.3: see chapter 05, 'Symmetry as a prior': CONV shares its weights over all outputs, FC gives each output coordinate its own weights and prior; how do the evidences of independent regressions combine?
     conv = log_evidence(circulant_design(X), Y.reshape(-1), delta, sigma)
     fc = sum(log_evidence(X, Y[:, i], delta, sigma) for i in range(Y.shape[1]))
     return conv - fc
@@ -137,3 +137,44 @@ if __name__ == "__main__":
     w = torch.randn(6, dtype=torch.float64)
     Y = (circulant_design(X) @ w).reshape(30, 6) + 0.3 * torch.randn(30, 6, dtype=torch.float64)
     print("log p(Y | CONV) - log p(Y | FC) on symmetric data:", float(conv_minus_fc(X, Y, 1.0, 0.3)))
+
+# %% [markdown]
+# ## Exercise 5.4: how noisy are the data? The evidence decides
+#
+# Chapter 05 lets the evidence choose the prior precision `delta`, and finds MacKay's fixed point
+# at the optimum. The noise level `sigma` is a hyperparameter too. Write
+# `evidence_optimal_noise(Phi, y, delta)`: the `sigma > 0` that maximises `log p(y | delta, sigma)`
+# for the given `delta`, as a float, accurate enough that the evidence's derivative there is
+# negligible. Derive the condition the optimum satisfies in the same way as the chapter did for
+# `delta` (which terms of the evidence depend on `sigma`?), or find the optimum numerically: the
+# grader checks that no nearby `sigma` has a larger evidence, with an evidence of its own.
+
+
+# %%
+def evidence_optimal_noise(Phi: torch.Tensor, y: torch.Tensor, delta: float) -> float:
+    """The noise level ``sigma`` that maximises the log evidence for the given ``delta``."""
+    # BEGIN SOLUTION Exercise 5.4: see chapter 05, 'Data fit minus Occam factor' and MacKay's fixed point for delta: set the derivative in sigma to zero; the residual at the posterior mean and the effective number of parameters both appear
+    N = Phi.shape[0]
+    sigma = float(y.std())
+    for _ in range(500):
+        P = Phi.T @ Phi / sigma**2 + delta * torch.eye(Phi.shape[1], dtype=Phi.dtype)
+        m = torch.linalg.solve(P, Phi.T @ y / sigma**2)
+        lam = torch.linalg.eigvalsh(Phi.T @ Phi / sigma**2)
+        gamma = float((lam / (lam + delta)).sum())
+        new = (float((y - Phi @ m).pow(2).sum()) / (N - gamma)) ** 0.5
+        if abs(new - sigma) < 1e-13 * sigma:
+            return new
+        sigma = new
+    return sigma
+    # END SOLUTION
+
+
+# %%
+if __name__ == "__main__":
+    x = torch.linspace(-1, 1, 40, dtype=torch.float64)
+    Phi = x.unsqueeze(1) ** torch.arange(4, dtype=torch.float64)
+    y = 1 - x + 2 * x**3 + 0.2 * torch.randn(40, dtype=torch.float64)
+    s = evidence_optimal_noise(Phi, y, 1.0)
+    print(f"evidence-optimal sigma {s:.4f} (the data were made with 0.2)")
+    for f in (0.9, 1.0, 1.1):
+        print(f"  sigma {f * s:.4f}: log evidence {float(log_evidence(Phi, y, 1.0, f * s)):.4f}")

@@ -23,9 +23,9 @@
 #
 # Conventions (as in `equilib.laplace` and chapter 06): a weight `W: (out, in)` has the KFAC block
 # `B (x) A` in the order of `W.flatten()` (`torch.kron(B, A)`), with `A = mean_n a_n a_n^T` over
-# the layer inputs and `B = sum_n sum_c g_nc g_nc^T` over the output gradients obtained by
-# backpropagating the columns `L[:, c] = sqrt(p_c) (e_c - p)` of a square root of the softmax
-# cross-entropy Hessian `diag(p) - p p^T`.
+# the layer inputs and `B = sum_n sum_c g_nc g_nc^T` over the output gradients `g_nc` obtained by
+# backpropagating the columns of a square root `L_n` (`L_n L_n^T = Lambda_n`) of the softmax
+# cross-entropy Hessian `Lambda_n = diag(p_n) - p_n p_n^T` (exercise 6.2 finds one).
 
 # %%
 import torch
@@ -34,15 +34,17 @@ from torch import nn
 # %% [markdown]
 # ## Exercise 6.1: the Kronecker log-determinant identity
 #
-# Write `kron_logdet(A, B, delta, scale)` returning `log det(scale * B (x) A + delta I)` for
+# Write `kron_logdet(A, B, scale, delta)` returning `log det(scale * B (x) A + delta I)` for
 # symmetric positive semi-definite `A: (m, m)`, `B: (k, k)`, *without* forming the `mk x mk`
-# matrix: use one eigendecomposition of each factor.
+# matrix. (`scale` is chapter 06's `1 / T`. The arguments come in the order of
+# `equilib.laplace.kfac.kron_logdet`, which takes the factors' eigenvalues rather than the factors,
+# because the library decomposes each factor once and reuses the eigenvalues for every `delta`.)
 
 
 # %%
-def kron_logdet(A: torch.Tensor, B: torch.Tensor, delta, scale=1.0) -> torch.Tensor:
-    """log det(scale * kron(B, A) + delta I) from the eigenvalues of A and B."""
-    raise NotImplementedError('Exercise 6.1: eigvalsh of A and of B; sum over all pairs of log(scale * lB_i * lA_j + delta)')
+def kron_logdet(A: torch.Tensor, B: torch.Tensor, scale, delta) -> torch.Tensor:
+    """log det(scale * kron(B, A) + delta I) without forming the Kronecker product."""
+    raise NotImplementedError("Exercise 6.1: see chapter 06, 'The Kronecker log-determinant identity': what are the eigenvalues of a Kronecker product, and what does adding delta I do to them?")
 
 
 # %%
@@ -50,27 +52,42 @@ if __name__ == "__main__":
     a, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
     A, B = a @ a.T, b @ b.T
     dense = torch.linalg.slogdet(torch.kron(B, A) + 0.5 * torch.eye(20, dtype=torch.float64))[1]
-    print(float(kron_logdet(A, B, 0.5)), float(dense))
+    print(float(kron_logdet(A, B, 1.0, 0.5)), float(dense))
 
 # %% [markdown]
-# ## Exercise 6.2: KFAC factors of a linear layer from hooks
+# ## Exercise 6.2: a square root of the output Hessian, and KFAC factors from hooks
 #
-# Write `linear_kfac_factors(model, layer, X)` for a classifier `model` (logits `(N, C)`) that
-# contains the `nn.Linear` module `layer` (called once per forward, on inputs `(N, in)`).
-# Register a forward hook on `layer` that keeps its input `a` and its output `s`; run the model
-# once; then for every class `c` backpropagate the columns `L[:, :, c]` from the logits to `s`
-# (`torch.autograd.grad(logits, s, grad_outputs=..., retain_graph=True)`). Return `(A, B)` with
-# `A = a^T a / N` (`(in, in)`) and `B = sum_c g_c^T g_c` (`(out, out)`). Remove the hook.
+# Chapter 06 backpropagates "the columns of a square root of `Lambda_n`" without saying which
+# one. Find one: write `softmax_hessian_root(p)` for class probabilities `p: (N, C)` (rows sum to
+# one) returning `L: (N, C, C)` with `L[n] @ L[n].T == diag(p[n]) - outer(p[n], p[n])`. Derive it
+# on paper; `Lambda_n` is singular, so not every factorisation routine applies. Any root gives the
+# same `B`: why?
+#
+# Then write `linear_kfac_factors(model, layer, X)` for a classifier `model` (logits `(N, C)`)
+# that contains the `nn.Linear` module `layer` (called once per forward, on inputs `(N, in)`):
+# catch the layer's input `a` and output `s` during one forward pass, backpropagate each column
+# of your root from the logits to `s`, and return `(A, B)` with `A = a^T a / N` (`(in, in)`) and
+# `B` the sum over examples and columns of the outer products of those output gradients
+# (`(out, out)`). Leave the model as you found it.
 
 
 # %%
+def softmax_hessian_root(p: torch.Tensor) -> torch.Tensor:
+    """``L: (N, C, C)`` with ``L[n] L[n]^T = diag(p[n]) - p[n] p[n]^T`` for ``p: (N, C)``."""
+    raise NotImplementedError("Exercise 6.2: see chapter 06, 'The Laplace approximation and the GGN': write Lambda as a sum over classes of rank-one terms, using that the probabilities sum to one")
+
+
 def linear_kfac_factors(model: nn.Module, layer: nn.Linear, X: torch.Tensor) -> tuple:
     """(A, B) KFAC factors of ``layer`` under the exact GGN of softmax cross-entropy."""
-    raise NotImplementedError('Exercise 6.2: forward hook storing (inputs[0], output); p = softmax(logits); L = (I - p) * sqrt(p) per column')
+    raise NotImplementedError("Exercise 6.2: see chapter 06, 'KFAC: one Kronecker product per layer': a forward hook sees the layer's input and output; each column of the root is one backward pass from the logits")
 
 
 # %%
 if __name__ == "__main__":
+    p = torch.softmax(torch.randn(2, 3, dtype=torch.float64), dim=-1)
+    L = softmax_hessian_root(p)
+    print("|L L^T - Lambda| =", float((L @ L.transpose(1, 2) - torch.diag_embed(p)
+                                      + p.unsqueeze(2) * p.unsqueeze(1)).abs().max()))
     net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
     A, B = linear_kfac_factors(net, net[0], torch.randn(10, 4, dtype=torch.float64))
     print(A.shape, B.shape)
@@ -79,25 +96,25 @@ if __name__ == "__main__":
 # ## Exercise 6.3: effective parameters and MacKay's update
 #
 # For a weight with KFAC factors `A`, `B` and prior precision `delta`, the posterior precision
-# of the block is `scale * B (x) A + delta I` with eigenvalues `lambda_ij + delta`,
-# `lambda_ij = scale * lB_i * lA_j`. Write `effective_parameters(A, B, delta, scale)` returning
-# `gamma = sum_ij lambda_ij / (lambda_ij + delta)`, and `mackay_update(A, B, weight, delta,
-# scale)` returning MacKay's new precision `gamma / |weight|^2`.
+# of the block is `scale * B (x) A + delta I`. Write `effective_parameters(A, B, scale, delta)`
+# returning the block's effective number of parameters (chapter 05's `gamma`, now for this
+# curvature), again without forming the Kronecker product, and `mackay_update(A, B, weight,
+# scale, delta)` returning MacKay's new precision for the block (chapter 05's fixed point).
 
 
 # %%
-def effective_parameters(A: torch.Tensor, B: torch.Tensor, delta, scale=1.0) -> torch.Tensor:
-    """gamma = sum_ij lambda_ij / (lambda_ij + delta) for lambda = scale * eig(B) x eig(A)."""
-    raise NotImplementedError('Exercise 6.3: the eigenvalue products as in 6.1, then the sum of lambda / (lambda + delta)')
+def effective_parameters(A: torch.Tensor, B: torch.Tensor, scale, delta) -> torch.Tensor:
+    """Effective number of parameters of the block with curvature ``scale * B (x) A``."""
+    raise NotImplementedError("Exercise 6.3: see chapter 05, 'Data fit minus Occam factor' (gamma), and chapter 06, 'The Kronecker log-determinant identity' for the eigenvalues of this curvature")
 
 
-def mackay_update(A: torch.Tensor, B: torch.Tensor, weight: torch.Tensor, delta,
-                  scale=1.0) -> torch.Tensor:
-    """MacKay's fixed-point step delta <- gamma / |weight|^2."""
-    raise NotImplementedError('Exercise 6.3: effective_parameters(...) / weight.pow(2).sum()')
+def mackay_update(A: torch.Tensor, B: torch.Tensor, weight: torch.Tensor, scale,
+                  delta) -> torch.Tensor:
+    """MacKay's fixed-point step for the prior precision of ``weight``."""
+    raise NotImplementedError("Exercise 6.3: see chapter 05, 'Data fit minus Occam factor': MacKay's fixed point, with this block's effective parameters and weights")
 
 
 # %%
 if __name__ == "__main__":
     a, b = torch.randn(50, 3, dtype=torch.float64), torch.randn(50, 2, dtype=torch.float64)
-    print("gamma:", float(effective_parameters(a.T @ a / 50, b.T @ b, 1.0)), "of 6")
+    print("gamma:", float(effective_parameters(a.T @ a / 50, b.T @ b, 1.0, 1.0)), "of 6")
