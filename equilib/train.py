@@ -362,6 +362,16 @@ def fit(
     (lr ``hyper_lr``, state kept across refits) minimise ``-log p(D | delta) / N`` over
     ``log delta``. ``laplace`` defaults to ``equilib.laplace.KronLaplace`` for classification.
 
+    In laplace-torch's ``marglik_training`` the same schedule reads: ``epochs`` is
+    ``n_epochs``, ``marglik_every`` is ``marglik_frequency``, ``hyper_steps`` is
+    ``n_hypersteps``, ``hyper_lr`` is ``lr_hyp``, ``prior_precision`` is ``prior_prec_init``
+    (with ``prior_structure="layerwise"``: one precision per tensor). It steps at the epochs
+    ``e`` with ``e % marglik_frequency == 0`` and ``e >= n_epochs_burnin``, so ``burn_in=b``
+    with ``b`` a multiple of ``marglik_every=k`` matches ``n_epochs_burnin=b + k``. Differs on
+    purpose: the extra step after the last epoch, the objective divided by N (Adam barely
+    notices), and the model of the last epoch is kept (laplace-torch returns the one with the
+    best evidence).
+
     ``checkpoint``: a file written (atomically) after every epoch; with ``resume=True`` the run
     continues from it exactly (same model, optimizers, precisions, history and random state) and
     it must have been written by a run with the same settings and parameter shapes.
