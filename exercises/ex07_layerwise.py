@@ -35,15 +35,15 @@ from torch.nn import functional as F
 # Write `map_objective(logits, y, params, delta, n_data)` returning the scalar
 # `mean_i CE(logits_i, y_i) + 1/2 sum_l delta_l |theta_l|^2 / N`: the negative log joint
 # divided by `N`. Its gradient in `theta_l` is the data gradient plus `delta_l theta_l / N`, so
-# the prior acts as a weight decay of strength `delta_l / N` on that tensor alone.
-# `equilib.train.prior_penalty` is the reference for the prior term.
+# the prior acts as a weight decay of strength `delta_l / N` on that tensor alone (the grader
+# checks that gradient too).
 
 
 # %%
 def map_objective(logits: torch.Tensor, y: torch.Tensor, params: list[torch.Tensor],
                   delta: torch.Tensor, n_data: int) -> torch.Tensor:
     """``mean CE(logits, y) + 1/2 sum_l delta_l |theta_l|^2 / N``; logits (B, K), y (B,)."""
-    # BEGIN SOLUTION Exercise 7.1: F.cross_entropy averages; add the weighted squared norms / (2N)
+    # BEGIN SOLUTION Exercise 7.1: see chapter 07, 'One precision per tensor, learned during training': the negative log joint is a data term and one Gaussian prior term per tensor, all divided by N
     prior = sum(d * p.pow(2).sum() for d, p in zip(delta, params))
     return F.cross_entropy(logits, y) + 0.5 * prior / n_data
     # END SOLUTION
@@ -62,16 +62,18 @@ if __name__ == "__main__":
 # ## Exercise 7.2: one prior precision per path
 #
 # A path (the FC or the conv path of a block) has several weight tensors, each with its own
-# precision. Summarise them the way `equilib.discover.layer_structure` does: the inverse of the
-# mean prior variance per weight, `n / sum_l (n_l / delta_l)` with `n_l` the size of tensor `l`
-# and `n = sum_l n_l` (a size-weighted harmonic mean). A large value means the path's weights
-# are held at zero: the path is pruned.
+# precision `delta_l` and size `n_l`. Summarise them as one number, the precision that chapter
+# 07's tables report for the path: the single precision which, given to every weight of the path,
+# gives the path the same total prior variance (the sum over its weights of their prior
+# variances) as the per-tensor priors. Derive it first. A large value means the path's weights
+# are held at zero: the path is pruned. Which tensor dominates the summary, the loosest or the
+# tightest?
 
 
 # %%
 def path_precision(deltas: list[float], sizes: list[int]) -> float:
-    """Size-weighted harmonic mean ``n / sum_l (n_l / delta_l)`` of per-tensor precisions."""
-    # BEGIN SOLUTION Exercise 7.2: average the prior variances 1/delta_l weighted by n_l, invert
+    """One precision for a path whose tensors have precisions ``deltas`` and sizes ``sizes``."""
+    # BEGIN SOLUTION Exercise 7.2: see chapter 05 for what a precision is (the inverse of a prior variance); add up variances, not precisions
     n = sum(sizes)
     return n / sum(s / d for s, d in zip(sizes, deltas))
     # END SOLUTION
@@ -79,39 +81,49 @@ def path_precision(deltas: list[float], sizes: list[int]) -> float:
 
 # %%
 if __name__ == "__main__":
-    print(path_precision([1.0, 100.0], [10, 10]), "(the small precision dominates: 1.98)")
+    print(path_precision([1.0, 100.0], [10, 10]), "for two equal tensors with precisions 1 and 100")
 
 # %% [markdown]
-# ## Exercise 7.3: effective number of parameters of a Kronecker block
+# ## Exercise 7.3: the precision the evidence picks for one tensor
 #
-# For a tensor whose curvature is `B (x) A` (KFAC) and whose prior precision is `delta`, the
-# eigenvalues of the curvature are all products `lambda_ij = b_i a_j` of the factors'
-# eigenvalues. The effective number of parameters is
-# `gamma = sum_ij lambda_ij / (lambda_ij + delta)`: directions the data determine well (large
-# `lambda`) count 1, directions the prior dominates count 0. MacKay's fixed point for the
-# precision is then `delta = gamma / |theta|^2`. Write both (never build the Kronecker product).
+# Hold a tensor's weights `theta` and its KFAC curvature `B (x) A` fixed, as the training loop
+# does between refits. As a function of that tensor's prior precision `delta` alone, the Laplace
+# log evidence of chapter 06 is, up to terms that do not depend on `delta`,
+# `-delta/2 |theta|^2 + n/2 log delta - 1/2 log det(B (x) A + delta I)` with `n` the number of
+# entries of `theta`. Write `evidence_optimal_precision(A, B, theta)`: the `delta > 0` that
+# maximises it, as a float, without forming the Kronecker product. Set the derivative to zero
+# first and read the condition in chapter 07's words (effective parameters, weight norm); then
+# solve it. The grader checks that no nearby `delta` does better, with a dense computation of its
+# own. (What happens to the optimum as `theta` shrinks towards zero, and what does that mean for
+# a path?)
 
 
 # %%
-def effective_parameters(A: torch.Tensor, B: torch.Tensor, delta: float) -> torch.Tensor:
-    """``sum_ij (b_i a_j) / (b_i a_j + delta)`` for symmetric PSD factors A (m, m), B (k, k)."""
-    # BEGIN SOLUTION Exercise 7.3: eigvalsh of each factor, an outer product, then the sum
-    lam = torch.outer(torch.linalg.eigvalsh(B), torch.linalg.eigvalsh(A)).clamp_min(0)
-    return (lam / (lam + delta)).sum()
-    # END SOLUTION
-
-
-def mackay_precision(gamma: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """MacKay's update ``delta = gamma / |theta|^2``."""
-    # BEGIN SOLUTION Exercise 7.3: divide by the squared norm of the whole tensor
-    return gamma / theta.pow(2).sum()
+def evidence_optimal_precision(A: torch.Tensor, B: torch.Tensor, theta: torch.Tensor) -> float:
+    """The ``delta`` maximising ``-delta/2 |theta|^2 + n/2 log delta - 1/2 log det(B (x) A + delta I)``."""
+    # BEGIN SOLUTION Exercise 7.3: see chapter 07, 'How many parameters does each path really use?': the derivative in delta vanishes where a fixed point you have met before holds; iterate it
+    lam = torch.outer(torch.linalg.eigvalsh(B.double()), torch.linalg.eigvalsh(A.double()))
+    lam = lam.clamp_min(0).flatten()
+    norm2 = float(theta.detach().double().pow(2).sum())
+    delta = lam.numel() / norm2
+    for _ in range(10000):
+        gamma = float((lam / (lam + delta)).sum())
+        new = gamma / norm2
+        if abs(new - delta) <= 1e-13 * delta:
+            return new
+        delta = new
+    return delta
     # END SOLUTION
 
 
 # %%
 if __name__ == "__main__":
-    A, B = torch.diag(torch.tensor([4.0, 1e-4])), torch.eye(3)
-    print("gamma:", float(effective_parameters(A, B, 1.0)), "(three well-determined directions)")
+    a, b = torch.randn(50, 4), torch.randn(50, 3)
+    A, B = a.T @ a / 50, b.T @ b
+    for scale in (1.0, 0.1):
+        theta = scale * torch.randn(3, 4)
+        print(f"|theta|^2 = {float(theta.pow(2).sum()):.3f}: "
+              f"delta = {evidence_optimal_precision(A, B, theta):.3f}")
 
 # %% [markdown]
 # ## Exercise 7.4: hyperparameter steps on the evidence
@@ -127,7 +139,7 @@ if __name__ == "__main__":
 # %%
 def hyper_steps(la, delta: torch.Tensor, steps: int, lr: float, n_data: int) -> torch.Tensor:
     """Adam steps on ``log delta`` of ``-log p(D | delta) / N``; returns the new ``delta``."""
-    # BEGIN SOLUTION Exercise 7.4: a leaf tensor log_delta with requires_grad, Adam, backward
+    # BEGIN SOLUTION Exercise 7.4: see chapter 07, 'One precision per tensor, learned during training': the curvature stays fixed during these steps, and the variable you optimise is the logarithm
     log_delta = delta.detach().log().clone().requires_grad_(True)
     opt = torch.optim.Adam([log_delta], lr=lr)
     for _ in range(steps):

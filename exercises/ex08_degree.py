@@ -40,7 +40,7 @@ import torch
 # %%
 def density(coefficients: torch.Tensor, N: int) -> torch.Tensor:
     """lambda on C_N: (N,), mean 1, from coefficients (2L+1,) = [a_0, a_1..a_L, b_1..b_L]."""
-    # BEGIN SOLUTION Exercise 8.1: z = a_0 + sum a_m cos(m t) + b_m sin(m t); exp(z) / mean(exp(z))
+    # BEGIN SOLUTION Exercise 8.1: see chapter 08, 'A band-limited density over the group': evaluate the truncated Fourier series at the group's angles, then make it positive with mean 1
     L = (coefficients.numel() - 1) // 2
     if coefficients.ndim != 1 or coefficients.numel() != 2 * L + 1:
         raise ValueError(f"coefficients must be (2L+1,), got {tuple(coefficients.shape)}")
@@ -71,7 +71,7 @@ if __name__ == "__main__":
 # %%
 def kl_and_entropy(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(KL(lambda || uniform), normalised entropy) of a grid density lam: (N,) with mean 1."""
-    # BEGIN SOLUTION Exercise 8.2: KL = mean(lam * log lam); w = lam / N; H = -sum w log w / log N
+    # BEGIN SOLUTION Exercise 8.2: see chapter 08, 'Divergences, entropy and alignment': turn the mean-1 density into probabilities first; what entropy does the uniform density have?
     N = lam.numel()
     kl = (lam * torch.log(lam)).mean()
     w = lam / lam.sum()
@@ -97,7 +97,7 @@ if __name__ == "__main__":
 # %%
 def partial_lifting_kernel(K: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """sum_h w[h] (h . K) for a C4 lifting kernel K: (C', 4, C, k, k) and weights w: (4,)."""
-    # BEGIN SOLUTION Exercise 8.3: for each h: torch.rot90(torch.roll(K, h, dims=1), h, dims=(-2, -1))
+    # BEGIN SOLUTION Exercise 8.3: see chapter 08, 'The partial group convolution': how does a group element act on a lifting kernel (its orientation axis and its taps)? Weight each transformed copy
     if K.ndim != 5 or K.shape[1] != 4:
         raise ValueError(f"K must be (C', 4, C, k, k), got {tuple(K.shape)}")
     if w.shape != (4,) or bool((w < 0).any()):
@@ -129,7 +129,7 @@ if __name__ == "__main__":
 # %%
 def orbit_complexity(w: torch.Tensor, d: torch.Tensor, delta: float) -> torch.Tensor:
     """log det(C^T diag(d) C + delta I), C[a, b] = w[(a - b) mod N]; w, d: (N,)."""
-    # BEGIN SOLUTION Exercise 8.4: build C with an index grid (a - b) % N, then torch.logdet
+    # BEGIN SOLUTION Exercise 8.4: see chapter 08, 'Learning lambda by the marginal likelihood': C is circulant, built from w alone; the Occam term is a log-determinant
     N = w.numel()
     idx = (torch.arange(N)[:, None] - torch.arange(N)[None, :]) % N
     C = w[idx]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -23,10 +25,12 @@ def test_7_1_map_objective_value_and_gradient(mod):
     logits, y = torch.randn(6, 4, generator=g), torch.tensor([0, 1, 2, 3, 0, 1])
     got = mod.map_objective(logits, y, params, delta, 7)
     expect = F.cross_entropy(logits, y) + train.prior_penalty(params, delta, 7)
-    assert torch.allclose(got, expect)
+    assert torch.allclose(got, expect), (
+        "expected the mean cross-entropy plus each tensor's Gaussian prior term, divided by N")
     got.backward()
     for d, p in zip(delta, params):  # the prior's gradient is a weight decay delta * theta / N
-        assert torch.allclose(p.grad, d * p.detach() / 7)
+        assert torch.allclose(p.grad, d * p.detach() / 7), (
+            "the gradient in each tensor should be a weight decay delta_l * theta_l / N")
 
 
 def test_7_2_path_precision_matches_layer_structure(mod):
@@ -41,36 +45,53 @@ def test_7_2_path_precision_matches_layer_structure(mod):
                    if n.startswith(f"blocks.{b}.paths.{path}.") and n.endswith("weight")]
             got = mod.path_precision([float(delta[i]) for i in idx],
                                      [named[i][1].numel() for i in idx])
-            assert got == pytest.approx(layers[b]["paths"][path]["prior_precision"])
-    assert mod.path_precision([3.0], [17]) == pytest.approx(3.0)
+            assert got == pytest.approx(layers[b]["paths"][path]["prior_precision"]), (
+                f"block {b}, path {path}: not the precision chapter 07's tables report")
+    assert mod.path_precision([3.0], [17]) == pytest.approx(3.0), "one tensor: its own precision"
+    assert mod.path_precision([2.0, 2.0, 2.0], [4, 9, 1]) == pytest.approx(2.0), (
+        "tensors that share one precision: that precision")
+    # the summary gives the path the same total prior variance as its tensors' priors
+    deltas, sizes = [0.5, 8.0, 40.0], [30, 5, 100]
+    one = mod.path_precision(deltas, sizes)
+    total = sum(n / d for n, d in zip(sizes, deltas))
+    assert sum(sizes) / one == pytest.approx(total), (
+        "with the summary precision on every weight, the path's total prior variance changes")
 
 
-def test_7_3_effective_parameters_against_the_dense_kronecker_product(mod):
-    g = torch.Generator().manual_seed(1)
-    for m, k, delta in ((3, 4, 0.5), (5, 2, 20.0)):
-        a, b = torch.randn(m, m, generator=g, dtype=torch.float64), \
-            torch.randn(k, k, generator=g, dtype=torch.float64)
-        A, B = a @ a.T, b @ b.T
-        lam = torch.linalg.eigvalsh(torch.kron(B, A))
-        expect = (lam / (lam + delta)).sum()
-        assert float(mod.effective_parameters(A, B, delta)) == pytest.approx(float(expect))
-    theta = torch.randn(4, 3, generator=g)
-    assert float(mod.mackay_precision(torch.tensor(6.0), theta)) == pytest.approx(
-        6.0 / float(theta.pow(2).sum()))
+def _dense_objective(A, B, theta, delta):
+    """-delta/2 |theta|^2 + n/2 log delta - 1/2 log det(kron(B, A) + delta I), densely."""
+    K = torch.kron(B, A)
+    n = K.shape[0]
+    logdet = torch.linalg.slogdet(K + delta * torch.eye(n, dtype=K.dtype))[1]
+    return float(-delta / 2 * theta.double().pow(2).sum() + n / 2 * math.log(delta) - logdet / 2)
 
 
-def test_7_3_effective_parameters_match_the_laplace(mod):
-    torch.manual_seed(0)
-    X, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
-    model = nn.Sequential(nn.Linear(4, 3, bias=False))
-    la = KronLaplace(model, "classification", prior_precision=0.7)
-    la.fit(DataLoader(TensorDataset(X, y), batch_size=40))
-    # the Kronecker factors of the single weight: A = sum x x^T / N, B = sum of the output Hessians
-    p = model(X).softmax(-1).double()
-    B = (torch.diag_embed(p) - p[:, :, None] * p[:, None, :]).sum(0)
-    A = (X.double().T @ X.double()) / 40
-    got = mod.effective_parameters(A, B, 0.7)
-    assert float(got) == pytest.approx(float(la.effective_dimensions()[0].detach()), rel=1e-4)
+@pytest.mark.parametrize("m, k, scale, seed", [(3, 4, 1.0, 1), (5, 2, 0.05, 2), (4, 3, 3.0, 3)])
+def test_7_3_evidence_optimal_precision(mod, m, k, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(2 * m, m, generator=g, dtype=torch.float64)
+    b = torch.randn(k, k, generator=g, dtype=torch.float64)
+    A, B = a.T @ a / (2 * m), b @ b.T
+    theta = scale * torch.randn(k, m, generator=g, dtype=torch.float64)
+    delta = mod.evidence_optimal_precision(A, B, theta)
+    assert isinstance(delta, float) and delta > 0, f"expected a positive float, got {delta!r}"
+    best = _dense_objective(A, B, theta, delta)
+    for factor in (0.5, 0.95, 0.999, 1.001, 1.05, 2.0):
+        other = _dense_objective(A, B, theta, delta * factor)
+        assert other <= best + 1e-9, (
+            f"delta = {delta:.5g} is not the optimum: delta = {delta * factor:.5g} gives a larger "
+            f"evidence ({other:.8f} > {best:.8f})")
+
+
+def test_7_3_smaller_weights_get_a_larger_precision(mod):
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(8, 4, generator=g, dtype=torch.float64), torch.randn(3, 3, generator=g,
+                                                                         dtype=torch.float64)
+    A, B = a.T @ a / 8, b @ b.T
+    theta = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    deltas = [mod.evidence_optimal_precision(A, B, s * theta) for s in (1.0, 0.3, 0.1)]
+    assert deltas[0] < deltas[1] < deltas[2], (
+        f"shrinking the weights should raise the precision the evidence picks, got {deltas}")
 
 
 def test_7_4_hyper_steps_match_the_training_loop_and_raise_the_evidence(mod):
