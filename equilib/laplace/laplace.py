@@ -194,13 +194,19 @@ class BaseLaplace:
         """Compute the curvature and the summed loss at the current parameters over ``loader``.
 
         loader: iterable of (X, y) batches, e.g. a DataLoader. Batches are moved to the model's
-        device (floating inputs cast to its dtype). Returns self.
+        device (floating inputs cast to its dtype). Returns self. Classification labels must lie
+        in ``[0, C)``: an ignore index such as -100 would drop an example from the likelihood but
+        not from the curvature, so it is refused (drop such examples from the loader); regression
+        targets must be finite. Both are checked once after the pass over the data (no device
+        synchronisation per batch).
         """
         was_training = self.model.training
         self.model.eval()
         self._init_curvature()
         loss = torch.zeros((), device=self.device, dtype=self.logdet_dtype)
         bad_output = torch.zeros((), device=self.device, dtype=torch.bool)
+        bad_target = torch.zeros((), device=self.device, dtype=torch.bool)
+        y_lo = y_hi = None
         n_data, n_outputs, n_batches = 0, None, 0
         try:
             for batch in loader:
@@ -220,6 +226,12 @@ class BaseLaplace:
                             f"the model returned {f2.shape[1]} outputs, earlier {n_outputs}"
                         )
                     n_outputs = f2.shape[1]
+                    if self.likelihood == "classification" and y.numel():
+                        y_lo = y.min() if y_lo is None else torch.minimum(y_lo, y.min())
+                        y_hi = y.max() if y_hi is None else torch.maximum(y_hi, y.max())
+                        y = y.clamp(0, n_outputs - 1)  # out-of-range labels are refused below
+                    elif self.likelihood == "regression":
+                        bad_target |= ~torch.isfinite(y).all()
                     bad_output |= ~torch.isfinite(f2.detach()).all()
                     loss = loss + nll_sum(f2.detach(), y, self.likelihood).to(self.logdet_dtype)
                     Lsq = output_hessian_sqrt(f2, y, self.likelihood, self.hessian, self.generator)
@@ -247,6 +259,15 @@ class BaseLaplace:
             self.model.train(was_training)
         if n_batches == 0 or n_data == 0:
             raise ValueError("the loader is empty: fit needs at least one (X, y) batch")
+        if y_lo is not None and (int(y_lo) < 0 or int(y_hi) >= n_outputs):
+            raise ValueError(
+                f"classification labels must lie in [0, {n_outputs - 1}] (the model has "
+                f"{n_outputs} outputs), found values from {int(y_lo)} to {int(y_hi)}; an ignore "
+                "index such as -100 is not supported: drop those examples from the loader"
+            )
+        if bool(bad_target):
+            raise ValueError("the regression targets contain NaN or inf; drop or fix those "
+                             "examples (the evidence would be NaN)")
         if bool(bad_output):
             raise ValueError(
                 "the model's outputs contain NaN or inf at the fitted parameters; "
