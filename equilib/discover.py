@@ -30,6 +30,7 @@ __all__ = [
     "MODELS", "TASKS", "OBJECTIVES", "Config", "default_config", "build_model", "make_loaders",
     "layer_structure", "precision_ratios", "run", "run_cached", "compare", "markdown_table",
     "without_weights", "rescale_paths", "effective_parameters", "scale_in_v",
+    "project_factor_grads", "retract_factors",
 ]
 
 # the models of the paper's table (section 6.1), in the order it lists them
@@ -166,7 +167,15 @@ def balance_factors(path: nn.Module) -> bool:
     return True
 
 
-@torch.no_grad()
+def _factored_paths(model: nn.Module):
+    from equilib.nn.linear import FactoredLinear
+
+    for block in getattr(model, "blocks", ()):
+        for path in block.paths.values():
+            if isinstance(path, FactoredLinear):
+                yield path
+
+
 def scale_in_v(model: nn.Module) -> None:
     """Move the scale of every factored path into V: each row ``U[c', c, :]`` gets unit norm.
 
@@ -174,17 +183,29 @@ def scale_in_v(model: nn.Module) -> None:
     The product has this scale symmetry, and the curvature of each factor scales with the
     squared norm of the other, so when both factors shrink the evidence stops depending on
     their precisions. With U's rows fixed at unit norm only V can switch the path off, its
-    curvature stays put, and its precision grows as the path is pruned (chapter 07). Used as
-    ``equilib.train.fit(..., reparametrize=scale_in_v)``: after every optimizer step.
+    curvature stays put, and its precision grows as the path is pruned (chapter 07). Called
+    once before training; :func:`project_factor_grads` and :func:`retract_factors` then keep
+    the rows of U on the unit sphere during training.
     """
-    for block in getattr(model, "blocks", ()):
-        for path in block.paths.values():
-            u, v = getattr(path, "u", None), getattr(path, "v", None)
-            if u is None or v is None or not hasattr(u, "weight") or not hasattr(v, "weight"):
-                continue
-            norm = u.weight.norm(dim=2).clamp_min(1e-12)  # (C, C'): |U[c', c]| as [c, c']
-            u.weight.div_(norm[:, :, None])
-            v.weight.mul_(norm.T[:, None, :])
+    for path in _factored_paths(model):
+        path.scale_into_v_()
+
+
+def project_factor_grads(model: nn.Module) -> None:
+    """Before an optimiser step: drop the radial part of every factored path's U gradient."""
+    for path in _factored_paths(model):
+        path.project_u_grad_()
+
+
+def retract_factors(model: nn.Module) -> None:
+    """After an optimiser step: rows of U back to unit norm (the norm is not passed to V).
+
+    Passing it to V, as :func:`scale_in_v` does, would let V grow by ``sqrt(1 + eps^2)`` at
+    every step of size ``eps`` along the sphere: the runaway that made the training loss of
+    factored paths rise for as long as they trained.
+    """
+    for path in _factored_paths(model):
+        path.retract_u_()
 
 
 @torch.no_grad()
@@ -361,6 +382,9 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
         X = train_loader.dataset.tensors[0]
         rescale_paths(model, X[torch.randperm(len(X), generator=gen)[:256]],
                       path_std={"fc": config.fc_scale})
+    unit_rows = config.factor_scale == "v"
+    if unit_rows:
+        scale_in_v(model)
     if device is not None:
         model.to(device)
     layers_history: list[list[dict]] = []
@@ -376,7 +400,8 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
         marglik_every=config.marglik_every, burn_in=config.burn_in,
         hyper_steps=config.hyper_steps, hyper_lr=config.hyper_lr, device=device,
         laplace=partial(_kron_laplace, hessian=config.hessian),
-        reparametrize=scale_in_v if config.factor_scale == "v" else None,
+        reparametrize=retract_factors if unit_rows else None,
+        project=project_factor_grads if unit_rows else None,
         checkpoint=checkpoint, resume=resume, progress=progress, seed=config.seed, callback=record,
         run_info=config.to_dict(),
     )

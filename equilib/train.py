@@ -349,6 +349,7 @@ def fit(
     callback: Callable[[int, History, nn.Module], None] | None = None,
     run_info: dict | None = None,
     reparametrize: Callable[[nn.Module], None] | None = None,
+    project: Callable[[nn.Module], None] | None = None,
     curvature_batch_size: int | None = 256,
 ) -> History:
     """Train ``model`` on ``train_loader`` by MAP or by online marginal-likelihood learning.
@@ -378,8 +379,11 @@ def fit(
     ``run_info`` (any picklable dict, e.g. the experiment's configuration) is stored with the
     checkpoint and must match on resume too. ``callback(epoch, history, model)`` is called after
     every epoch. ``reparametrize(model)``, if given, is called before training and after every
-    optimizer step; it must change the parameters without changing the function (e.g. move the
-    scale of a factored layer from one factor to the other). ``curvature_batch_size``: the
+    optimizer step; it either changes the parameters without changing the function (e.g. moves
+    the scale of a factored layer from one factor to the other) or puts them back on a
+    constraint set (e.g. rows of unit norm). ``project(model)``, if given, is called after every
+    backward pass and before the optimizer step, to project the gradients onto what such a
+    constraint allows (see ``equilib.discover.UnitRowFactors``). ``curvature_batch_size``: the
     refits read the training set in batches of this size, in order (see
     ``curvature_loader_for``; other loaders are used as they are; None: ``train_loader``). The
     curvature is a sum over examples, so this changes only its rounding, not its value; larger
@@ -497,6 +501,8 @@ def fit(
                     loss = loss + extra_loss(model)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if project is not None:
+                    project(model)
                 opt.step()
                 if reparametrize is not None:
                     reparametrize(model)

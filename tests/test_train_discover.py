@@ -200,6 +200,64 @@ def test_scale_in_v_keeps_the_function_and_puts_the_scale_in_v(name):
         torch.testing.assert_close(u.norm(dim=2), torch.ones(u.shape[:2]))
 
 
+def _tangent_steps(path, steps: int, update) -> None:
+    """Adam steps on ``u`` alone along random directions, each followed by ``update(path)``."""
+    g = torch.Generator().manual_seed(1)
+    opt = torch.optim.Adam([path.u.weight], lr=1e-2)
+    for _ in range(steps):
+        path.u.weight.grad = torch.randn(path.u.weight.shape, generator=g)
+        path.project_u_grad_()
+        opt.step()
+        update(path)
+
+
+def test_unit_row_steps_keep_v_while_moving_the_scale_into_v_inflates_it():
+    torch.manual_seed(0)
+    from equilib.nn import FactoredLinear
+
+    paths = [FactoredLinear((2, 12, 12), (3, 6, 6)) for _ in range(2)]
+    paths[1].load_state_dict(paths[0].state_dict())
+    for path in paths:
+        path.scale_into_v_()
+    v0 = paths[0].v.weight.norm().item()
+    _tangent_steps(paths[0], 50, lambda p: p.retract_u_())
+    _tangent_steps(paths[1], 50, lambda p: p.scale_into_v_())  # the old way: norm handed to V
+    for path in paths:  # both keep unit rows, and the gradient step was tangent
+        torch.testing.assert_close(path.u.weight.norm(dim=2), torch.ones(2, 3))
+    assert paths[0].v.weight.norm().item() == pytest.approx(v0, rel=1e-6)
+    # each step of ~0.01 per coordinate on 144 coordinates lengthens a row by ~sqrt(1 + 0.0144)
+    assert paths[1].v.weight.norm().item() > 1.3 * v0
+
+
+def test_project_u_grad_removes_the_radial_part_only():
+    torch.manual_seed(0)
+    from equilib.nn import FactoredLinear
+
+    path = FactoredLinear((2, 4, 4), (3, 2, 2))
+    path.scale_into_v_()
+    g = torch.randn_like(path.u.weight)
+    path.u.weight.grad = g.clone()
+    path.project_u_grad_()
+    w = path.u.weight.detach()
+    radial = (path.u.weight.grad * w).sum(dim=2)
+    torch.testing.assert_close(radial, torch.zeros_like(radial))
+    # what was removed is along the row: g - projected is parallel to w
+    removed = g - path.u.weight.grad
+    torch.testing.assert_close(removed, w * (g * w).sum(dim=2, keepdim=True))
+
+
+def test_factored_training_loss_falls_and_flattens():
+    """The MAP training loss of F-FC+CONV on the quadrant task no longer rises after a few
+    epochs (the scale of U handed to V after every step made V, and the prior term, grow)."""
+    cfg = discover.default_config(True, task="quadrant", model="f-fc+conv", objective="map",
+                                  epochs=20, n_train=600, n_test=20, width=8, batch_size=32)
+    res = discover.run(cfg, progress=False)
+    loss = res["history"]["train_loss"]
+    # handing the norm to V after every step, this run's loss rose from epoch 3 to 5800
+    assert all(b <= a * 1.02 for a, b in zip(loss, loss[1:])), loss
+    assert loss[-1] < 0.5 * loss[0], loss
+
+
 def test_layer_structure_with_the_scale_in_v_summarises_v_alone():
     torch.manual_seed(0)
     m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=10, width=2)

@@ -180,6 +180,42 @@ class FactoredLinear(nn.Module):
             V = torch.einsum("dmc,my->dyc", V, self.basis_out)
         return U, V.permute(0, 2, 1)
 
+    @torch.no_grad()
+    def scale_into_v_(self) -> None:
+        """Give every row ``u[c, c', :]`` unit norm and multiply ``V[c', c, :]`` by its old norm.
+
+        ``W = V * U`` is unchanged by ``U -> U / s``, ``V -> V s`` per channel pair, so the
+        function stays the same and the whole scale of the path lives in ``V``.
+        """
+        norm = self.u.weight.norm(dim=2).clamp_min(1e-12)  # (C, C'): |u[c, c', :]|
+        self.u.weight.div_(norm[:, :, None])
+        self.v.weight.mul_(norm.T[:, None, :])
+
+    @torch.no_grad()
+    def project_u_grad_(self) -> None:
+        """Remove from ``u``'s gradient its component along each (unit-norm) row.
+
+        With the rows of ``u`` on the unit sphere, a step along the radial direction changes
+        nothing but the scale that :meth:`retract_u_` removes again; left in, it feeds the
+        optimiser's moment estimates with a direction it cannot move in.
+        """
+        g = self.u.weight.grad
+        if g is not None:
+            w = self.u.weight
+            g.sub_(w * (g * w).sum(dim=2, keepdim=True))
+
+    @torch.no_grad()
+    def retract_u_(self) -> None:
+        """Put every row of ``u`` back on the unit sphere after an optimiser step.
+
+        Unlike :meth:`scale_into_v_` this does not hand the norm to ``V``: a step of size
+        ``eps`` tangent to the sphere lengthens a row to ``sqrt(1 + eps^2)``, and passing that
+        factor on to ``V`` after every step would make ``V`` grow geometrically with the number
+        of steps, whatever the data say. Dropping it changes the function only at second order
+        in the step (projected gradient descent on the sphere).
+        """
+        self.u.weight.div_(self.u.weight.norm(dim=2, keepdim=True).clamp_min(1e-12))
+
     def dense_weight(self) -> torch.Tensor:
         """The full weight ``(C', H', W', C, H, W)`` (for small layers and tests only)."""
         U, V = self.factors()
