@@ -36,9 +36,9 @@ from equilib.measure import rotate, translate
 # %% [markdown]
 # ## Exercise 9.1: a Lie derivative by finite differences
 #
-# Write `rotation_lie_derivative_fd(f, x, eps)`: the central difference
-# `(f(rotate(x, eps)) - f(rotate(x, -eps))) / (2 eps)`, the Lie derivative of an invariant
-# output (class scores) along rotations. The grader compares it with forward-mode AD.
+# Write `rotation_lie_derivative_fd(f, x, eps)`: the Lie derivative of an invariant output (class
+# scores) along rotations, `d/dt f(rotate(x, t))` at `t = 0`, by a finite difference with step
+# `eps` whose error shrinks like `eps^2`. The grader compares it with forward-mode AD.
 
 
 # %%
@@ -46,7 +46,7 @@ def rotation_lie_derivative_fd(
     f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float = 1e-3
 ) -> torch.Tensor:
     """Central-difference rotation Lie derivative of ``f`` at ``x: (B, C, H, H)`` -> ``f(x).shape``."""
-    raise NotImplementedError('Exercise 9.1: (f(rotate(x, eps)) - f(rotate(x, -eps))) / (2 * eps) in no_grad')
+    raise NotImplementedError('Exercise 9.1: see chapter 09, section 1 (The Lie derivative): which finite difference cancels the second-order term of the Taylor series in t?')
 
 
 # %%
@@ -58,17 +58,18 @@ if __name__ == "__main__":
 # ## Exercise 9.2: the generator of a sub-pixel shift
 #
 # `translate(x, 0, t)` moves an image right by `t` pixels. Its derivative at `t = 0` is a
-# fixed linear map of `x`, the *generator* of horizontal translations. With the cubic kernel it
-# is the central difference `(x[..., j - 1] - x[..., j + 1]) / 2` (indices modulo `W`). Write
-# `shift_generator(x)` returning it, using `torch.roll`. (Check it against
-# `torch.func.jvp(lambda t: translate(x, 0.0, t), ...)` yourself, then convince yourself that a
-# circular convolution commutes with it: both are circulant.)
+# fixed linear map of `x`, the *generator* of horizontal translations, and for `equilib`'s cubic
+# resampling it is a small stencil along each row. Find that stencil by experiment:
+# differentiate the translation of an image with a single bright pixel with
+# `torch.func.jvp(lambda t: translate(x, 0.0, t), ...)` and read the result. Then write
+# `shift_generator(x)` that applies it with `torch.roll` only (no `translate`, no autograd). Why
+# does every circular convolution commute with it? (The grader checks that too.)
 
 
 # %%
 def shift_generator(x: torch.Tensor) -> torch.Tensor:
-    """``d/dt translate(x, 0, t)`` at ``t = 0``: ``(x[..., j-1] - x[..., j+1]) / 2``, cyclic."""
-    raise NotImplementedError('Exercise 9.2: (torch.roll(x, 1, -1) - torch.roll(x, -1, -1)) / 2')
+    """``d/dt translate(x, 0, t)`` at ``t = 0``, with ``torch.roll`` only."""
+    raise NotImplementedError('Exercise 9.2: see chapter 09, section 1 (The Lie derivative): the jvp of a one-pixel image is the stencil, read it off and shift copies of x accordingly')
 
 
 # %%
@@ -81,15 +82,16 @@ if __name__ == "__main__":
 # %% [markdown]
 # ## Exercise 9.3: Augerino's reparameterised sample
 #
-# Given widths `w` (a scalar tensor, radians) and noise `eps: (B,)` drawn from U(-1/2, 1/2),
-# Augerino turns image `b` by `theta_b = w * eps_b`. Write `augerino_rotate(x, width, eps)`;
-# the gradient with respect to `width` must flow (no `.item()`, no `float()`).
+# Given a width `w` (a scalar tensor, radians) and noise `eps: (B,)` drawn from U(-1/2, 1/2),
+# Augerino turns image `b` by `theta_b = w * eps_b`. Write `augerino_rotate(x, width, eps)` so
+# that the gradient with respect to `width` flows: the grader compares it with a finite
+# difference in the width.
 
 
 # %%
 def augerino_rotate(x: torch.Tensor, width: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Turn image ``b`` of ``x: (B, C, H, H)`` by ``width * eps[b]`` radians; differentiable in width."""
-    raise NotImplementedError('Exercise 9.3: rotate(x, width * eps) (a per-image angle of shape (B,))')
+    raise NotImplementedError('Exercise 9.3: see chapter 09, section 4 (Augerino): the randomness sits in eps, so each angle is a differentiable function of the width; keep everything a tensor')
 
 
 # %%
@@ -102,16 +104,16 @@ if __name__ == "__main__":
 # %% [markdown]
 # ## Exercise 9.4: exact invariance by averaging over C4
 #
-# Any network becomes exactly invariant to quarter turns if we average its logits over the four
-# turned copies of the input: `f_avg(x) = 1/4 sum_k f(rot90(x, k))`. Write `c4_average(f, x)`
-# (use `torch.rot90(x, k, dims=(-2, -1))`). Its discrete C4 error is 0; its rotation Lie
-# derivative in general is not. Why?
+# Any network becomes exactly invariant to quarter turns if we average its logits over the
+# orbit of the input under C4. Write `c4_average(f, x)` and check it: its discrete C4 error is
+# 0 for every network `f`. Its rotation Lie derivative in general is not (the grader checks
+# both). Why?
 
 
 # %%
 def c4_average(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Mean of ``f`` over the four quarter turns of ``x: (B, C, H, H)``."""
-    raise NotImplementedError('Exercise 9.4: sum(f(torch.rot90(x, k, dims=(-2, -1))) for k in range(4)) / 4')
+    raise NotImplementedError('Exercise 9.4: see chapter 01, section 1 (the orbit of a digit under a group) and chapter 09, section 3 (Discrete and continuous): turning the input only reorders the orbit')
 
 
 # %%
