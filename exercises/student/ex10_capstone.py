@@ -47,14 +47,15 @@ CANDIDATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 #
 # Write `nearest_neighbour_accuracy(Xtr, ytr, Xte, yte)`: classify every test image by the label
 # of the closest training image in Euclidean distance over all pixels (`torch.cdist` on
-# flattened images), and return the fraction classified correctly as a float.
+# flattened images), and return the fraction classified correctly as a float. The grader
+# compares with a plain loop over the test images.
 
 
 # %%
 def nearest_neighbour_accuracy(Xtr: torch.Tensor, ytr: torch.Tensor, Xte: torch.Tensor,
                                yte: torch.Tensor) -> float:
     """1-NN accuracy: ``Xtr: (N, C, H, W)``, ``ytr: (N,)``, ``Xte: (M, C, H, W)``, ``yte: (M,)``."""
-    raise NotImplementedError('Exercise 10.1: d = torch.cdist(Xte.flatten(1), Xtr.flatten(1)); ytr[d.argmin(1)]')
+    raise NotImplementedError('Exercise 10.1: see chapter 10, section 2 (The orbit test): a classifier that only memorises gives each test image the label of the training image nearest to it; compute all distances at once')
 
 
 # %%
@@ -75,7 +76,7 @@ if __name__ == "__main__":
 # %%
 def orbit_ratio(data: CapstoneData, transform: Callable[[torch.Tensor], torch.Tensor]) -> float:
     """``acc(transform(Xte)) / acc(Xte)`` of the 1-NN classifier fit on ``data``'s training set."""
-    raise NotImplementedError('Exercise 10.2: two calls of nearest_neighbour_accuracy, then their ratio')
+    raise NotImplementedError('Exercise 10.2: see chapter 10, section 2 (The orbit test): one classifier, fit once on the training set, scored on two versions of the test set')
 
 
 # %%
@@ -87,15 +88,18 @@ if __name__ == "__main__":
 # ## Exercise 10.3 (graded final exercise): find the symmetry
 #
 # Write `find_symmetry(data)` returning one of `SYMMETRIES` (`"rotation"`, `"flip"`,
-# `"translation"` or `"none"`): the candidate with the largest orbit ratio if that ratio is above
-# 1/2, else `"none"`. The grader runs it on fresh data sets, one per symmetry, and also checks
-# that the answer has the right form (a string from `SYMMETRIES`).
+# `"translation"` or `"none"`). The rule that turns evidence into an answer is yours to find:
+# make data sets whose symmetry you choose (`make_capstone(..., symmetry=s)` for each `s` in
+# `SYMMETRIES`, several seeds), look at what your orbit ratios (or any other evidence from the
+# course) do in each case, and decide what separates them, including the case where the data have
+# no symmetry at all. The grader runs your function on fresh data sets, one per symmetry, and
+# also checks that the answer has the right form (a string from `SYMMETRIES`).
 
 
 # %%
 def find_symmetry(data: CapstoneData) -> str:
     """The symmetry of ``data``'s distribution: one of ``SYMMETRIES``."""
-    raise NotImplementedError('Exercise 10.3: ratios = {name: orbit_ratio(data, t)}; best if its ratio > 0.5')
+    raise NotImplementedError('Exercise 10.3: see chapter 10, section 2: what orbit ratio do you expect for a candidate the data are symmetric under, and for one they are not? Measure both on data sets you make yourself before you fix a rule')
 
 
 # %%
