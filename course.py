@@ -6,8 +6,8 @@
     python3 course.py check 01       # grade your own exercises of chapter 01
     python3 course.py students       # regenerate the student copies of the exercises
     python3 course.py bench          # run the benchmarks
-    python3 course.py html           # build the static HTML edition under build/html
-    python3 course.py browser        # run a chapter in JupyterLab in headless Chromium
+    python3 course.py html           # build the HTML edition (Jupyter Book) under build/html
+    python3 course.py browser        # a chapter in JupyterLab, a page of build/html, in Chromium
 
 Only the standard library is used here, so this file runs with any Python 3.10+ before the
 virtual environment exists.
@@ -184,10 +184,12 @@ def cmd_test(args) -> None:
         "--nbval-lax", "--durations=15", "tests", "exercises/tests", *nbs, *args.pytest_args,
     ]
     run(cmd, env=env)
-    if not args.no_book and not args.no_browser:
-        browser_test(py, [])
-    if not args.no_book and not args.no_html:
+    # The HTML edition first, so that the browser test also opens one of its pages offline.
+    html = not args.no_book and not args.no_html
+    if html:
         run([py, ROOT / "tools" / "build_html.py", "--jobs", workers], env={"OMP_NUM_THREADS": "1"})
+    if not args.no_book and not args.no_browser:
+        browser_test(py, ["--parts", "lab", "html"] if html else ["--parts", "lab"])
 
 
 def cmd_check(args) -> None:
@@ -218,8 +220,7 @@ def cmd_bench(args) -> None:
 
 def cmd_html(args) -> None:
     py = setup()
-    notebooks(py, sync=False)
-    run([py, ROOT / "tools" / "build_html.py", *args.rest])
+    run([py, ROOT / "tools" / "build_html.py", *args.rest], env={"OMP_NUM_THREADS": "1"})
 
 
 def cmd_browser(args) -> None:
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("bench", help="run the benchmarks")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("html", help="build the static HTML edition under build/html")
+    p = sub.add_parser("html", help="build the HTML edition with Jupyter Book under build/html")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_html)
 

@@ -1,18 +1,29 @@
 #!/usr/bin/env python3
-"""Test the course in a real browser: JupyterLab + headless Chromium driven by Playwright.
+"""Test the course in a real browser: headless Chromium driven by Playwright.
 
-Steps: convert one chapter to a notebook in a scratch folder, start JupyterLab on 127.0.0.1
-with a random token (FAST mode), open the notebook in Chromium, run all cells from the Run
-menu, wait until every cell has run, move the first slider of the chapter's widgets, and check
-that the figure next to it changed and that the page shows no "Error displaying widget" and no
-traceback. Screenshots go to ``build/browser/``.
+Two parts:
+
+* ``lab``: convert one chapter to a notebook in a scratch folder, start JupyterLab on 127.0.0.1
+  with a random token (FAST mode), open the notebook in Chromium, run all cells from the Run
+  menu, wait until every cell has run, move the first slider of the chapter's widgets, and
+  check that the figure next to it changed and that the page shows no "Error displaying widget"
+  and no traceback.
+* ``html``: open a page of the HTML edition (``build/html``, from ``python3 course.py html``)
+  from ``file://`` with every other request refused, and check that nothing was requested from
+  the network, that every formula is typeset by MathJax (no raw ``$$``, no TeX error), that
+  every figure loaded (``naturalWidth > 0``), that the page has a search box, and that the
+  search page finds a word of the chapter.
+
+Screenshots go to ``build/browser/``. By default both parts run, the ``html`` part only when
+the HTML edition has been built; ``--parts`` chooses.
 
 Needs: the Debian package ``chromium`` (``apt-get install -y chromium``) and the pip package
 ``playwright`` in the same Python (``pip install playwright``); Playwright's own browser
 download is never used. Exit status 0 on success, 1 on a failed check, 2 on a missing tool.
 
-    python tools/browser_test.py                 # the default chapter
+    python tools/browser_test.py                 # the default chapter, and the HTML edition
     python tools/browser_test.py --chapter 01-symmetry-and-groups --timeout 600
+    python tools/browser_test.py --parts html --page 05-marginal-likelihood
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -275,24 +287,144 @@ def run_browser(url: str, nb_name: str, chromium: str, out: Path, timeout: float
         finally:
             browser.close()
 
+# --- the HTML edition ------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--chapter", default=DEFAULT_CHAPTER,
-                    help=f"chapter file stem under book/ (default {DEFAULT_CHAPTER})")
-    ap.add_argument("--out", default=str(ROOT / "build" / "browser"),
-                    help="folder for screenshots, logs and the scratch notebook")
-    ap.add_argument("--timeout", type=float, default=600.0,
-                    help="seconds allowed for running all cells (default 600)")
-    ap.add_argument("--chromium", default=None, help="path of the chromium binary")
-    ap.add_argument("--full", action="store_true", help="run the chapter without FAST mode")
-    args = ap.parse_args(argv)
+HTML_DIR = ROOT / "build" / "html"
 
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+
+def default_page(html_dir: Path) -> str:
+    """The built chapter page with the most formulas in its source (``$`` signs)."""
+    built = sorted(p.stem for p in html_dir.glob("[0-9][0-9]-*.html"))
+    if not built:
+        raise FileNotFoundError(
+            f"no chapter pages in {html_dir}: build the HTML edition with `python3 course.py html`"
+        )
+
+    def dollars(name: str) -> int:
+        src = ROOT / "book" / f"{name}.md"
+        return src.read_text().count("$") if src.exists() else 0
+
+    return max(built, key=lambda name: (dollars(name), name))
+
+
+def search_word(html_dir: Path, page: str) -> str:
+    """A long word from the page's title, to look up with the book's search."""
+    text = (html_dir / f"{page}.html").read_text(encoding="utf-8", errors="replace")
+    title = text.split("<title>", 1)[-1].split("</title>", 1)[0]
+    words = sorted((w for w in title.replace("-", " ").split() if w.isalpha()), key=len)
+    if not words:
+        raise CheckFailed(f"the page {page}.html has no title word to search for")
+    return words[-1].lower()
+
+
+PAGE_CHECKS_JS = """() => {
+    const main = document.querySelector('main') || document.body;
+    const prose = main.cloneNode(true);
+    prose.querySelectorAll('pre, code, .cell_input, .cell_output, script, style')
+         .forEach(e => e.remove());
+    const maths = Array.from(main.querySelectorAll('.math'));
+    return {
+        maths: maths.length,
+        typeset: maths.filter(m => m.querySelector('mjx-container')).length,
+        texErrors: main.querySelectorAll('mjx-merror').length,
+        rawDollars: (prose.innerText.match(/\\$\\$/g) || []).length,
+        images: Array.from(main.querySelectorAll('img')).map(
+            i => ({src: i.getAttribute('src'), width: i.naturalWidth, complete: i.complete})),
+        searchBoxes: document.querySelectorAll(
+            'form.bd-search input[name="q"], input[type="search"]').length,
+    };
+}"""
+
+
+def check_html_page(html_dir: Path, page_name: str, chromium: str, out: Path) -> None:
+    """Open one page of the HTML edition with the network off and check what a reader sees."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as err:
+        raise FileNotFoundError(
+            "the pip package 'playwright' is missing: pip install playwright "
+            "(never 'playwright install': the browser is Debian's chromium)"
+        ) from err
+    page_file = html_dir / f"{page_name}.html"
+    if not page_file.exists():
+        names = sorted(p.stem for p in html_dir.glob("[0-9][0-9]-*.html"))
+        raise FileNotFoundError(f"no page {page_file}; built chapter pages: {names}")
+    remote: list[str] = []
+
+    def refuse_remote(route) -> None:
+        url = route.request.url
+        if url.startswith(("file:", "data:", "blob:")):
+            route.continue_()
+        else:
+            remote.append(url)
+            route.abort()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.route("**/*", refuse_remote)
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+            say(f"opening {page_file.relative_to(ROOT) if page_file.is_relative_to(ROOT) else page_file}")
+            page.goto(page_file.as_uri(), wait_until="load")
+            page.wait_for_function(
+                "() => window.MathJax && MathJax.startup && MathJax.startup.promise")
+            page.evaluate("() => MathJax.startup.promise")
+            page.wait_for_function(
+                "() => Array.from(document.querySelectorAll('main img')).every(i => i.complete)")
+            facts = page.evaluate(PAGE_CHECKS_JS)
+            page.screenshot(path=str(out / "html-page.png"))
+            for selector, shot in (("main div.math", "html-math.png"),
+                                   ("main .cell_output img", "html-figure.png")):
+                first = page.locator(selector).first
+                if first.count():
+                    first.evaluate("e => e.scrollIntoView({block: 'center'})")
+                    page.screenshot(path=str(out / shot))
+            broken = [i["src"] for i in facts["images"] if not i["width"]]
+            say(f"{page_name}: {facts['typeset']}/{facts['maths']} formulas typeset, "
+                f"{len(facts['images'])} figures ({len(broken)} broken), "
+                f"{facts['searchBoxes']} search box(es), {len(remote)} network requests")
+            if facts["maths"] == 0:
+                raise CheckFailed(f"{page_name} has no formula to check: pick a page with math")
+            if facts["typeset"] != facts["maths"]:
+                raise CheckFailed(f"only {facts['typeset']} of {facts['maths']} formulas typeset")
+            if facts["texErrors"]:
+                raise CheckFailed(f"MathJax shows {facts['texErrors']} TeX error(s) on {page_name}")
+            if facts["rawDollars"]:
+                raise CheckFailed(f"{facts['rawDollars']} raw '$$' left in the text of {page_name}")
+            if not facts["images"]:
+                raise CheckFailed(f"{page_name} shows no figure")
+            if broken:
+                raise CheckFailed(f"figures that did not load: {broken}")
+            if not facts["searchBoxes"]:
+                raise CheckFailed(f"{page_name} has no search box")
+            word = search_word(html_dir, page_name)
+            query = urllib.parse.urlencode({"q": word})
+            page.goto(f"{(html_dir / 'search.html').as_uri()}?{query}", wait_until="load")
+            hits = page.locator("#search-results li, ul.search li")
+            hits.first.wait_for(timeout=30_000)
+            links = hits.locator("a").evaluate_all("els => els.map(e => e.getAttribute('href'))")
+            page.screenshot(path=str(out / "html-search.png"))
+            say(f"searching {word!r}: {hits.count()} results")
+            if not any(page_name in (h or "") for h in links):
+                raise CheckFailed(f"searching {word!r} does not find {page_name}: {links}")
+            if remote:
+                raise CheckFailed(f"the page requested from the network: {sorted(set(remote))}")
+        except Exception:
+            try:
+                page.screenshot(path=str(out / "html-failure.png"), full_page=True)
+            except Exception:  # noqa: BLE001 - the screenshot is a best effort
+                pass
+            raise
+        finally:
+            browser.close()
+
+
+def lab_part(args, chromium: str, out: Path) -> int:
+    """Run a chapter in JupyterLab and move a slider; the exit status of this part."""
     t0 = time.time()
     try:
-        chromium = find_chromium(args.chromium)
         _, nb = prepare(args.chapter, out)
     except (FileNotFoundError, subprocess.CalledProcessError) as err:
         say(f"ERROR: {err}")
@@ -321,6 +453,68 @@ def main(argv: list[str] | None = None) -> int:
     say(f"OK: {args.chapter} ran in JupyterLab, its widgets redraw, no errors "
         f"({time.time() - t0:.0f} s; screenshots in {out})")
     return 0
+
+
+def html_part(args, chromium: str, out: Path) -> int:
+    """Open a page of the HTML edition offline and check it; the exit status of this part."""
+    t0 = time.time()
+    html_dir = Path(args.html_dir).resolve()
+    try:
+        page = args.page or default_page(html_dir)
+        check_html_page(html_dir, page, chromium, out)
+    except FileNotFoundError as err:
+        say(f"ERROR: {err}")
+        return 2
+    except CheckFailed as err:
+        say(f"FAILED: {err} (screenshots in {out})")
+        return 1
+    except Exception as err:  # noqa: BLE001 - report any browser failure as a failed check
+        say(f"FAILED: {type(err).__name__}: {err} (screenshots in {out})")
+        return 1
+    say(f"OK: {page}.html offline shows typeset formulas, its figures and a working search "
+        f"({time.time() - t0:.0f} s; screenshots in {out})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--parts", nargs="+", choices=["lab", "html"], default=None,
+                    help="what to test (default: lab, and html when build/html exists)")
+    ap.add_argument("--chapter", default=DEFAULT_CHAPTER,
+                    help=f"lab: chapter file stem under book/ (default {DEFAULT_CHAPTER})")
+    ap.add_argument("--html-dir", default=str(HTML_DIR),
+                    help="html: the built HTML edition (default build/html)")
+    ap.add_argument("--page", default=None,
+                    help="html: chapter page to open (default: the one with the most formulas)")
+    ap.add_argument("--out", default=str(ROOT / "build" / "browser"),
+                    help="folder for screenshots, logs and the scratch notebook")
+    ap.add_argument("--timeout", type=float, default=600.0,
+                    help="lab: seconds allowed for running all cells (default 600)")
+    ap.add_argument("--chromium", default=None, help="path of the chromium binary")
+    ap.add_argument("--full", action="store_true", help="lab: run the chapter without FAST mode")
+    args = ap.parse_args(argv)
+
+    parts = args.parts
+    if parts is None:
+        parts = ["lab"]
+        if (Path(args.html_dir) / "index.html").exists():
+            parts.append("html")
+        else:
+            say(f"no HTML edition in {args.html_dir}: its check is skipped "
+                "(build it with `python3 course.py html`)")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        chromium = find_chromium(args.chromium)
+    except FileNotFoundError as err:
+        say(f"ERROR: {err}")
+        return 2
+    codes = []
+    if "lab" in parts:
+        codes.append(lab_part(args, chromium, out))
+    if "html" in parts:
+        codes.append(html_part(args, chromium, out))
+    return max(codes)
 
 
 if __name__ == "__main__":

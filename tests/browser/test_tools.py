@@ -1,6 +1,7 @@
 """Fast checks of the HTML-edition and browser-test tools (no kernel, no browser started)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import nbformat
@@ -16,14 +17,17 @@ def load(name):
     return mod
 
 
-def test_widget_snapshots_follow_children_to_output_widgets():
-    html = load("build_html")
+def _widget_notebook(html):
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("explorer()")
     view = {"model_id": "box", "version_major": 2, "version_minor": 0}
-    cell.outputs = [nbformat.v4.new_output("display_data", data={
-        html.WIDGET_VIEW: view, "text/plain": "VBox()"})]
-    nb.cells = [cell, nbformat.v4.new_markdown_cell("# 99. Title")]
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="before\n"),
+        nbformat.v4.new_output("display_data", data={html.WIDGET_VIEW: view, "text/plain": "VBox()"}),
+    ]
+    nb.cells = [cell, nbformat.v4.new_markdown_cell(
+        "# 99. Title\n\nAs in [chapter 05](05-marginal-likelihood.md#the-evidence), "
+        "[its notes](notes.md) and [a paper](https://example.org/01-a.md).")]
     nb.metadata["widgets"] = {html.WIDGET_STATE: {"state": {
         "box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_s", "IPY_MODEL_o"]}},
         "s": {"model_name": "IntSliderModel", "state": {"value": 3}},
@@ -32,9 +36,31 @@ def test_widget_snapshots_follow_children_to_output_widgets():
                                                      "text/plain": "<Figure>"}},
             {"output_type": "stream", "name": "stdout", "text": "hello"}]}},
     }}}
-    assert html.add_widget_snapshots(nb) == 1
-    assert [o["data"].get("image/png") for o in cell.outputs[1:]] == ["iVBORw0KGgo="]
+    return nb
+
+
+def test_page_notebook_shows_each_widget_as_its_last_figures():
+    html = load("build_html")
+    nb = _widget_notebook(html)
+    page = html.page_notebook(nb)
+    outputs = page.cells[0].outputs
+    assert outputs[0]["text"] == "before\n"  # other outputs stay
+    assert html.WIDGET_NOTE in outputs[1]["data"]["text/markdown"]
+    assert [o["data"].get("image/png") for o in outputs[2:]] == ["iVBORw0KGgo="]
+    assert not any(html.WIDGET_VIEW in o.get("data", {}) for o in outputs)
+    assert "widgets" not in page.metadata  # no widget JavaScript on the page
+    assert "(05-marginal-likelihood.ipynb#the-evidence)" in page.cells[1].source
+    assert "(notes.md)" in page.cells[1].source and "example.org/01-a.md" in page.cells[1].source
+    # the executed notebook itself keeps its widget, its state and its links
+    assert html.WIDGET_VIEW in nb.cells[0].outputs[1]["data"] and "widgets" in nb.metadata
+    assert "(05-marginal-likelihood.md#the-evidence)" in nb.cells[1].source
     assert html.title_of(nb) == "99. Title"
+
+
+def test_chapter_links_point_at_the_rendered_notebooks():
+    html = load("build_html")
+    assert html.link_chapter_notebooks("[a](./01-x-y.md) [b](<02-z.md>) `03-q.md`") == (
+        "[a](./01-x-y.ipynb) [b](<02-z.ipynb>) `03-q.md`")
 
 
 def test_chapter_selection_and_errors():
@@ -47,8 +73,109 @@ def test_chapter_selection_and_errors():
         html.chapters(["77"])
 
 
+def test_table_of_contents_lists_every_chapter_once_in_order():
+    html = load("build_html")
+    listed = html.toc_files(html.TOC.read_text())
+    assert listed == [p.stem for p in html.chapters(None)]
+    assert html.toc_files(html.toc_for(["00-a", "03-b", "07-c"])) == ["00-a", "03-b", "07-c"]
+    with pytest.raises(ValueError, match="root"):
+        html.toc_files("chapters: []\n")
+
+
+def test_stage_writes_pages_and_refuses_a_stale_table_of_contents(tmp_path, monkeypatch):
+    html = load("build_html")
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    names = [p.stem for p in html.chapters(None)][:2]
+    for name in names:
+        nbformat.write(_widget_notebook(html), nb_dir / f"{name}.ipynb")
+    assert html.stage(nb_dir, names, tmp_path / "src") == 2
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == sorted(
+        [f"{n}.ipynb" for n in names] + ["_toc.yml"])
+    assert html.toc_files((tmp_path / "src" / "_toc.yml").read_text()) == names
+    toc = tmp_path / "_toc.yml"
+    toc.write_text(html.toc_for(names))  # a table of contents that forgot chapters
+    monkeypatch.setattr(html, "TOC", toc)
+    with pytest.raises(ValueError, match="must list every chapter"):
+        html.stage(nb_dir, names, tmp_path / "src")
+
+
+def test_remote_resources_finds_what_a_page_would_load_from_another_host():
+    html = load("build_html")
+    page = (
+        '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script>'
+        '<link rel="stylesheet" href="//fonts.googleapis.com/css?family=Lato">'
+        '<img src="http://example.org/a.png"><script src="_static/local.js"></script>'
+        '<a href="https://arxiv.org/abs/2310.13555">a paper</a>'
+        '<script>const THEBE_JS_URL = "https://unpkg.com/thebe@0.8.2/lib/index.js"</script>'
+    )
+    assert html.remote_resources(page) == [
+        "//fonts.googleapis.com/css?family=Lato",
+        "http://example.org/a.png",
+        "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js",
+        "https://unpkg.com/thebe@0.8.2/lib/index.js",
+    ]
+    css = "@import url('https://fonts.googleapis.com/x.css'); a { background: url(img/x.png) }"
+    assert html.remote_resources(css, "css") == ["https://fonts.googleapis.com/x.css"]
+    assert html.remote_resources("see https://arxiv.org/abs/1", "js") == []
+    assert html.remote_resources('<a href="https://arxiv.org/abs/1">x</a>') == []
+    with pytest.raises(ValueError, match="kind must be"):
+        html.remote_resources("", "pdf")
+
+
+def test_offline_problems_reads_the_pages_and_the_files_they_load(tmp_path):
+    html = load("build_html")
+    (tmp_path / "_static").mkdir()
+    (tmp_path / "_static" / "used.js").write_text('load("https://unpkg.com/x@1/x.js")')
+    (tmp_path / "_static" / "unused.js").write_text('load("https://unpkg.com/y@1/y.js")')
+    (tmp_path / "_static" / "math.js").write_text(
+        'r.url="https://cdn.jsdelivr.net/npm/speech-rule-engine@"+r.VERSION')
+    (tmp_path / "01-a.html").write_text(
+        '<script src="_static/used.js?v=1"></script><script src="_static/math.js"></script>')
+    assert html.offline_problems(tmp_path) == ["_static/used.js: https://unpkg.com/x@1/x.js"]
+    (tmp_path / "_static" / "used.js").write_text("// local only")
+    assert html.offline_problems(tmp_path) == []
+
+
+def test_book_offline_drops_remote_scripts_and_thebe_from_pages():
+    from sphinx.builders.html._assets import _CascadingStyleSheet, _JavaScript
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        ext = load("book_offline")
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    kept = [_JavaScript("_static/doctools.js"), _JavaScript("mathjax/tex-chtml.js"),
+            _JavaScript(None, body="let toggleHintShow = 'Click to show';")]
+    scripts = kept + [
+        _JavaScript("https://unpkg.com/thebe@0.8.2/lib/index.js"),
+        _JavaScript(None, body='const THEBE_JS_URL = "https://unpkg.com/thebe@0.8.2/lib/index.js"'),
+        _JavaScript("_static/sphinx-thebe.js"),
+    ]
+    styles = [_CascadingStyleSheet("_static/pygments.css"),
+              _CascadingStyleSheet("//fonts.googleapis.com/css?family=Lato")]
+    context = {"script_files": scripts, "css_files": styles}
+    ext.drop_remote_assets(None, "01-a", "page.html", context, None)
+    assert context["script_files"] is scripts and scripts == kept
+    assert [str(s.filename) for s in styles] == ["_static/pygments.css"]
+
+
 def test_browser_test_knows_its_chapter_and_reports_a_missing_one(tmp_path):
     bt = load("browser_test")
     assert (ROOT / "book" / f"{bt.DEFAULT_CHAPTER}.md").exists()
     with pytest.raises(FileNotFoundError, match="chapters are"):
         bt.prepare("99-nothing", tmp_path)
+
+
+def test_browser_test_opens_the_built_page_with_the_most_formulas(tmp_path):
+    bt = load("browser_test")
+    with pytest.raises(FileNotFoundError, match="course.py html"):
+        bt.default_page(tmp_path)
+    chapters = sorted(p.stem for p in (ROOT / "book").glob("[0-9][0-9]-*.md"))
+    counts = {c: (ROOT / "book" / f"{c}.md").read_text().count("$") for c in chapters}
+    for c in chapters[:3]:
+        (tmp_path / f"{c}.html").write_text(f"<title>{c} Symmetry &#8212; book</title>")
+    expected = max(chapters[:3], key=lambda c: (counts[c], c))
+    assert bt.default_page(tmp_path) == expected
+    (tmp_path / "01-x.html").write_text("<title>01. Convolution and translation</title>")
+    assert bt.search_word(tmp_path, "01-x") == "translation"
