@@ -104,10 +104,13 @@ def plot_evidence_vs_n(curves: dict, title: str = "", ax=None):
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(5, 3.5))[1]
-    ax.plot(curves["n"], curves["fc"], "o-", color="tab:orange", label="FC (n^2 weights)")
-    ax.plot(curves["n"], curves["conv"], "s-", color="tab:blue", label="CONV (n weights)")
+    ax.plot(curves["n"], curves["fc"], "o-", color="tab:orange", label="FC ($n^2$ weights)")
+    ax.plot(curves["n"], curves["conv"], "s-", color="tab:blue", label="CONV ($n$ weights)")
     ax.set_xscale("log")
-    ax.set_xlabel("training examples")
+    ns = [int(n) for n in curves["n"]]
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()
+    ax.set_xlabel("training examples (log scale)")
     ax.set_ylabel("log evidence per datum")
     ax.set_title(title)
     ax.legend(fontsize=8)
@@ -124,10 +127,12 @@ def plot_layer_table(table: dict, axes=None):
     pos = np.arange(len(names))
     axes[0].bar(pos, table["prior_precision"], color="tab:purple")
     axes[0].set_yscale("log")
-    axes[0].set_title("prior precision delta_l")
+    axes[0].set_title(r"prior precision $\delta_l$ (log scale)")
+    axes[0].set_ylabel(r"$\delta_l$")
     axes[1].bar(pos, table["effective"] / table["numel"], color="tab:green")
     axes[1].set_ylim(0, 1)
-    axes[1].set_title("effective parameters gamma_l / n_l")
+    axes[1].set_title(r"fraction of the tensor's weights the data determine, $\gamma_l / n_l$")
+    axes[1].set_ylabel(r"$\gamma_l / n_l$")
     for ax in axes:
         ax.set_xticks(pos)
         ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
@@ -139,13 +144,15 @@ def plot_kron_vs_dense(dense, kron, title: str = "", axes=None):
     import matplotlib.pyplot as plt
 
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(8, 3.8))
+        _, axes = plt.subplots(1, 2, figsize=(9, 3.8), layout="constrained")
     dense = np.asarray(dense.detach().cpu())
     kron = np.asarray(kron.detach().cpu())
-    vmax = float(np.abs(dense).max()) or 1.0
-    for ax, mat, name in ((axes[0], dense, "exact GGN block"), (axes[1], kron, "KFAC  B (x) A")):
-        ax.imshow(mat, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+    vmax = max(float(np.abs(dense).max()), float(np.abs(kron).max())) or 1.0
+    for ax, mat, name in ((axes[0], dense, "exact GGN block"), (axes[1], kron, r"KFAC $B \otimes A$")):
+        im = ax.imshow(mat, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
         ax.set_title(f"{name} {title}", fontsize=9)
+        ax.set_xlabel("weight index")
         ax.set_xticks([])
         ax.set_yticks([])
+    axes[0].figure.colorbar(im, ax=list(axes), label="curvature (one colour scale)", shrink=0.9)
     return axes
