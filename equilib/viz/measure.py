@@ -48,7 +48,7 @@ def draw_attribution(results: Mapping[str, object], title: str = "", ax=None):
     """Grouped bars: each model's per-layer Lie derivative terms (relative to |f(x)|).
 
     Each bar sits above the label of its own layer (``attribution_labels``); a model without a
-    layer of that name has no bar there.
+    layer of that name has no bar there; an exact zero is marked "0".
     """
     import matplotlib.pyplot as plt
 
@@ -61,6 +61,10 @@ def draw_attribution(results: Mapping[str, object], title: str = "", ax=None):
     for k, (model, row) in enumerate(table.items()):
         xs = [labels.index(lab) - 0.4 + (k + 0.5) * width for lab in row]
         ax.bar(xs, list(row.values()), width=width, label=model)
+        for xpos, value in zip(xs, row.values()):
+            if value == 0.0:  # an exact zero has no bar to see: say so
+                ax.annotate("0", (xpos, 0.0), xytext=(0, 2), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
     ax.set_xlabel("layer (hooked module); other: between the layers; total: whole network")
