@@ -154,3 +154,58 @@ def test_bad_input():
         kl_divergence(torch.ones(4), torch.ones(5))
     with pytest.raises(ValueError, match="positive int"):
         GroupDensity.cyclic(0, 0)
+
+
+def test_normalised_entropy_depends_on_the_grid_but_kl_to_uniform_does_not():
+    # one smooth density on SO(2), a von Mises bump, sampled on finer and finer grids
+    ents, kls = [], []
+    for n in (8, 64, 256):
+        c = torch.zeros(1, 3, dtype=torch.float64)
+        c[0, 1] = 1.0
+        d = GroupDensity.so2(n, 1, coefficients=c)
+        ents.append(float(d.entropy().detach()))
+        kls.append(float(d.kl_to_uniform().detach()))
+    assert ents[0] < ents[1] - 0.04 and ents[1] < ents[2] - 0.01  # the entropy rises with log n
+    kl_exact = float(i1(1.0) / i0(1.0) - math.log(i0(1.0)))  # kappa A(kappa) - log I0(kappa)
+    assert all(k == pytest.approx(kl_exact, rel=1e-5) for k in kls)  # KL: the same on every grid
+
+
+@pytest.mark.parametrize("make, n_free", [(lambda: GroupDensity.cyclic(4, 2), 4),
+                                          (lambda: GroupDensity.cyclic(8, 3), 7),
+                                          (lambda: GroupDensity.so2(16, 8), 16),
+                                          (lambda: GroupDensity.dihedral(4, 2), 8),
+                                          (lambda: GroupDensity.cyclic(1, 0), 1)])
+def test_top_sine_at_half_the_grid_has_no_effect_and_is_not_counted(make, n_free):
+    d = _random(make(), seed=5)
+    assert d.n_free == n_free
+    # the rank of the map from coefficients to logits on the grid is the number that act
+    jac = torch.autograd.functional.jacobian(lambda c: d.gain * (c @ d.basis), d.coefficients.detach())
+    assert int(torch.linalg.matrix_rank(jac.reshape(-1, d.coefficients.numel()))) == n_free
+    (d() * torch.arange(d.order)).sum().backward()
+    L = d.band_limit
+    if L and 2 * L == d.n_rotations:
+        assert bool((d.coefficients.grad[:, 2 * L] == 0).all())  # b_L: exactly no gradient
+
+
+def test_kl_is_infinite_where_q_vanishes_and_p_does_not():
+    p = torch.tensor([2.0, 1.0, 1.0, 0.0])
+    q = torch.tensor([2.0, 2.0, 0.0, 0.0])
+    assert float(kl_divergence(p, q)) == math.inf
+    assert math.isfinite(float(kl_divergence(q, p)))  # q's zeros count 0
+    # exact value where finite: mean_h q log(q / p) with q normalised to mean 1
+    assert float(kl_divergence(q, p)) == pytest.approx((2 * math.log(2 / 2) + 2 * math.log(2 / 1)) / 4)
+    d = GroupDensity.cyclic(4, 2)
+    assert float(d.kl(q)) == math.inf
+    assert float(kl_to_uniform(torch.tensor([4.0, 0, 0, 0]))) == pytest.approx(math.log(4))
+    assert float(normalized_entropy(torch.tensor([4.0, 0, 0, 0]))) == 0.0
+
+
+def test_float64_coefficients_stay_float64():
+    c = torch.tensor([[0.1, 1.3, -0.7, 0.2, 1e-9]], dtype=torch.float64)
+    d = GroupDensity.so2(64, 2, coefficients=c)
+    assert d.coefficients.dtype == torch.float64 and d().dtype == torch.float64
+    t = 2 * math.pi * torch.arange(64, dtype=torch.float64) / 64
+    z = 0.1 + 1.3 * torch.cos(t) - 0.7 * torch.cos(2 * t) + 0.2 * torch.sin(t) + 1e-9 * torch.sin(2 * t)
+    assert torch.allclose(d().detach(), torch.exp(z) / torch.exp(z).mean(), rtol=1e-13, atol=0)
+    assert GroupDensity.cyclic(4, 2).coefficients.dtype == torch.get_default_dtype()
+    assert GroupDensity.cyclic(4, 2, coefficients=[0, 1, 0, 0, 0])().dtype == torch.get_default_dtype()

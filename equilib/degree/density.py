@@ -5,9 +5,13 @@ A density lambda over a compact group H is stored by the Fourier coefficients of
 
     logit(theta, f) = a_f0 + sum_{m=1..L} a_fm cos(m theta) + b_fm sin(m theta)
 
-where f in {0, 1} says whether the element contains a reflection (one series per coset; together
-the 2 + 4L real numbers span exactly the functions on O(2) whose irreducible components have
-frequency <= L). The density is evaluated on the group's grid of elements without sampling,
+where f in {0, 1} says whether the element contains a reflection (one series per coset; the
+2 + 4L real numbers span the functions on O(2) whose irreducible components have frequency
+<= L). On a grid of n rotations the top band is special when L = n/2: sin(L theta) vanishes at
+every grid angle theta = 2 pi k / n, so b_L has no effect on lambda and gets no gradient. It is
+kept for a uniform layout; ``GroupDensity.n_free`` counts the coefficients that do act (2L per
+coset then, n in all for C_n). The density is evaluated on the group's grid of elements without
+sampling,
 
     lambda(h) = exp(logit(h)) / mean_h' exp(logit(h')),
 
@@ -40,11 +44,12 @@ def _check_density(lam: torch.Tensor, name: str = "density") -> None:
         raise ValueError(f"{name} has negative values; a density on the grid must be >= 0")
 
 
-def kl_divergence(lam_p: torch.Tensor, lam_q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def kl_divergence(lam_p: torch.Tensor, lam_q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) of two densities given on the same grid (each with mean 1 over the grid).
 
     lam_p, lam_q: (|H|,). KL = mean_h lam_p(h) log(lam_p(h) / lam_q(h)); exact for finite groups,
-    a quadrature (rectangle rule) for SO(2) / O(2).
+    a quadrature (rectangle rule) for SO(2) / O(2). Terms with lam_p(h) = 0 count 0; where
+    lam_q(h) = 0 < lam_p(h) the divergence is infinite and ``inf`` is returned.
     """
     _check_density(lam_p, "lam_p")
     _check_density(lam_q, "lam_q")
@@ -55,27 +60,33 @@ def kl_divergence(lam_p: torch.Tensor, lam_q: torch.Tensor, eps: float = 1e-12) 
         )
     p = lam_p / lam_p.mean()
     q = lam_q / lam_q.mean()
-    return (p * (torch.log(p + eps) - torch.log(q + eps))).mean()
+    return (torch.xlogy(p, p) - torch.xlogy(p, q)).mean()
 
 
-def kl_to_uniform(lam: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """KL(lambda || uniform) = mean_h lambda(h) log lambda(h); lam: (|H|,) with mean 1."""
+def kl_to_uniform(lam: torch.Tensor) -> torch.Tensor:
+    """KL(lambda || uniform) = mean_h lambda(h) log lambda(h); lam: (|H|,) with mean 1.
+
+    Unlike the normalised entropy, this does not depend on the grid size for a fixed density on
+    SO(2) (it converges to the integral), so compare degrees of equivariance across grids by it.
+    """
     _check_density(lam)
     p = lam / lam.mean()
-    return (p * torch.log(p + eps)).mean()
+    return torch.xlogy(p, p).mean()
 
 
-def normalized_entropy(lam: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def normalized_entropy(lam: torch.Tensor) -> torch.Tensor:
     """Entropy of the weights w = lambda / sum(lambda), divided by its maximum log|H| (1 = uniform).
 
     lam: (|H|,). H / log|H| = 1 - KL(lambda || uniform) / log|H|. A one-element grid returns 1.
+    The divisor log|H| grows with the grid, so for the same density on SO(2) this number rises
+    with the number of grid angles; it compares layers on one grid, ``kl_to_uniform`` across grids.
     """
     _check_density(lam)
     n = lam.numel()
     if n == 1:
         return torch.ones((), dtype=lam.dtype, device=lam.device)
     w = lam / lam.sum()
-    return -(w * torch.log(w + eps)).sum() / math.log(n)
+    return -torch.xlogy(w, w).sum() / math.log(n)
 
 
 def project_logits(
@@ -111,7 +122,10 @@ class GroupDensity(nn.Module):
     acts as "reflect if flips[h], then rotate by angles[h]". Index 0 must be the identity.
     Parameter ``coefficients``: (F, 2L+1) with F = 2 when the group has flips, else 1, laid out as
     [a_0, a_1..a_L, b_1..b_L] per coset. Use the constructors ``cyclic``, ``dihedral``, ``so2``,
-    ``o2`` or ``for_group``.
+    ``o2`` or ``for_group``. The density computes in the dtype of ``coefficients`` when they are
+    given as a floating-point tensor (float64 stays float64), else in torch's default dtype.
+    When 2L = n_rotations, b_L multiplies sin(L theta) = 0 at every grid angle: it has no effect
+    and no gradient (see ``n_free``).
     """
 
     def __init__(
@@ -128,7 +142,11 @@ class GroupDensity(nn.Module):
         if not (isinstance(gain, (int, float)) and gain > 0):
             raise ValueError(f"gain must be a positive number, got {gain!r}")
         self.gain = float(gain)
-        angles = torch.as_tensor(angles, dtype=torch.float32)
+        if isinstance(coefficients, torch.Tensor) and coefficients.is_floating_point():
+            dtype = coefficients.dtype
+        else:
+            dtype = torch.get_default_dtype()
+        angles = torch.as_tensor(angles, dtype=torch.float64)
         if angles.ndim != 1 or angles.numel() < 1:
             raise ValueError(f"angles must be a non-empty 1-D tensor, got shape {tuple(angles.shape)}")
         if flips is None:
@@ -152,14 +170,17 @@ class GroupDensity(nn.Module):
         self.continuous = continuous
         self.has_flips = bool((flips != 0).any())
         n_cosets = 2 if self.has_flips else 1
-        self.register_buffer("angles", angles)
+        basis = _fourier_basis(angles, band_limit)  # (2L+1, |H|), in float64
+        if band_limit > 0 and 2 * band_limit == n_rotations:
+            basis[-1] = 0.0  # sin(L theta) on the grid: exactly zero, not float rounding of it
+        self.register_buffer("angles", angles.to(dtype))
         self.register_buffer("flips", flips)
-        self.register_buffer("basis", _fourier_basis(angles, band_limit))  # (2L+1, |H|)
+        self.register_buffer("basis", basis.to(dtype))
         shape = (n_cosets, 2 * band_limit + 1)
         if coefficients is None:
-            coefficients = torch.zeros(shape)
+            coefficients = torch.zeros(shape, dtype=dtype)
         else:
-            coefficients = torch.as_tensor(coefficients, dtype=torch.float32)
+            coefficients = torch.as_tensor(coefficients, dtype=dtype)
             if coefficients.ndim == 1 and n_cosets == 1:
                 coefficients = coefficients.unsqueeze(0)
             if tuple(coefficients.shape) != shape:
@@ -174,21 +195,21 @@ class GroupDensity(nn.Module):
     def cyclic(cls, n: int, band_limit: int, **kw) -> GroupDensity:
         """Density over C_n, element k = rotation by 2 pi k / n; band_limit <= n // 2."""
         _check_order(n)
-        angles = 2 * math.pi * torch.arange(n) / n
+        angles = 2 * math.pi * torch.arange(n, dtype=torch.float64) / n
         return cls(angles, None, band_limit, n_rotations=n, **kw)
 
     @classmethod
     def so2(cls, n: int, band_limit: int, **kw) -> GroupDensity:
         """Density over SO(2) evaluated on a grid of n equally spaced angles; band_limit <= n // 2."""
         _check_order(n)
-        angles = 2 * math.pi * torch.arange(n) / n
+        angles = 2 * math.pi * torch.arange(n, dtype=torch.float64) / n
         return cls(angles, None, band_limit, n_rotations=n, continuous=True, **kw)
 
     @classmethod
     def dihedral(cls, n: int, band_limit: int, **kw) -> GroupDensity:
         """Density over D_n: elements (k, f), index f * n + k; band_limit <= n // 2."""
         _check_order(n)
-        angles = (2 * math.pi * torch.arange(n) / n).repeat(2)
+        angles = (2 * math.pi * torch.arange(n, dtype=torch.float64) / n).repeat(2)
         flips = torch.arange(2).repeat_interleave(n)
         return cls(angles, flips, band_limit, n_rotations=n, **kw)
 
@@ -196,7 +217,7 @@ class GroupDensity(nn.Module):
     def o2(cls, n: int, band_limit: int, **kw) -> GroupDensity:
         """Density over O(2) on a grid of n angles times {no flip, flip}; band_limit <= n // 2."""
         _check_order(n)
-        angles = (2 * math.pi * torch.arange(n) / n).repeat(2)
+        angles = (2 * math.pi * torch.arange(n, dtype=torch.float64) / n).repeat(2)
         flips = torch.arange(2).repeat_interleave(n)
         return cls(angles, flips, band_limit, n_rotations=n, continuous=True, **kw)
 
@@ -213,6 +234,14 @@ class GroupDensity(nn.Module):
     def order(self) -> int:
         """Number of grid elements |H|."""
         return self.angles.numel()
+
+    @property
+    def n_free(self) -> int:
+        """Coefficients that change lambda: (2L+1) per coset, less b_L when 2L = n_rotations."""
+        per_coset = 2 * self.band_limit + 1
+        if self.band_limit > 0 and 2 * self.band_limit == self.n_rotations:
+            per_coset -= 1
+        return per_coset * self.coefficients.shape[0]
 
     def logits(self) -> torch.Tensor:
         """Logit on the grid: (|H|,), logit(h) = gain * coefficients[flip(h)] . basis(angle(h))."""
@@ -250,9 +279,9 @@ class GroupDensity(nn.Module):
             _check_density(other, "other")
             if other.numel() != self.order:
                 raise ValueError(f"other must have {self.order} grid values, got {other.numel()}")
-            logq = torch.log(other / other.sum() + 1e-12)
+            logq = torch.log(other / other.sum())  # -inf where other vanishes: KL = inf
         logp = torch.log_softmax(self.logits(), dim=0)
-        return (logp.exp() * (logp - logq)).sum()
+        return (logp.exp() * (logp - logq.to(logp.dtype))).sum()
 
     def alignment(self) -> torch.Tensor:
         """max_h logit(h) - logit(identity) >= 0: zero iff the density peaks at the identity."""
