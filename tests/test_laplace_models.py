@@ -285,3 +285,47 @@ def test_kron_strided_output_used_twice_keeps_the_full_gradient(monkeypatch):
     model.forward = lambda x: model.head(torch.cat(
         [torch.tanh(model.down(model.conv(x))).flatten(1), x.new_zeros(x.shape[0], 3)], 1))
     assert _kron_with_and_without_strided(model, [(X, y)], monkeypatch) == [1]
+
+
+def test_a_new_layer_type_is_one_registry_entry():
+    """Registering one ``Primitive`` (its input and output rows) is all a new layer type
+    needs: the dense GGN, its diagonal and the KFAC blocks follow."""
+    from equilib.laplace.curvature import PRIMITIVES, Primitive, register_primitive
+
+    class Scaled(nn.Module):
+        """y = x (s W)^T + b: a Linear whose weight is scaled by a fixed s."""
+
+        def __init__(self, d_in, d_out, s):
+            super().__init__()
+            self.s = s
+            self.weight = nn.Parameter(torch.randn(d_out, d_in) / d_in**0.5)
+            self.bias = nn.Parameter(torch.randn(d_out))
+
+        def forward(self, x):
+            return nn.functional.linear(x, self.s * self.weight, self.bias)
+
+    entry = Primitive(
+        "scaled-linear", (Scaled,),
+        input_rows=lambda m, x: m.s * x.reshape(x.shape[0], -1, 1, x.shape[-1]),
+        output_rows=lambda m, g: g.reshape(*g.shape[:2], -1, 1, g.shape[-1]),
+        description="Scaled",
+    )
+    torch.manual_seed(0)
+    model = nn.Sequential(Scaled(6, 5, 3.0), nn.Tanh(), nn.Linear(5, 3)).to(DT)
+    X, y = torch.randn(5, 6, dtype=DT), torch.randint(0, 3, (5,))
+    with pytest.raises(ValueError, match="not supported by the Laplace curvature"):
+        FullLaplace(model)
+    register_primitive(entry)
+    try:
+        H = dense_ggn(model, X, y, "classification")
+        full = FullLaplace(model).fit([(X[:2], y[:2]), (X[2:], y[2:])])
+        torch.testing.assert_close(full.H, H, atol=1e-12, rtol=1e-10)
+        diag = DiagLaplace(model).fit([(X, y)])
+        torch.testing.assert_close(diag.H, torch.diagonal(H), atol=1e-12, rtol=1e-10)
+        one = KronLaplace(model).fit([(X[:1], y[:1])])
+        block = exact_blocks(model, dense_ggn(model, X[:1], y[:1], "classification"))
+        torch.testing.assert_close(one.ggn_block("0.weight"), block["0.weight"])
+        with pytest.raises(ValueError, match="already registered"):
+            register_primitive(entry)
+    finally:
+        PRIMITIVES.remove(entry)

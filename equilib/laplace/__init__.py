@@ -24,15 +24,18 @@ are two of them), ``equilib.nn.BasisConv2d`` (``a = basis @ patch``), inner conv
 lifting / group convolutions applied to stacked copies, and ``LiftingConvCN`` / ``GroupConvCN``.
 Any other module owning trainable parameters (and any BatchNorm) raises a ValueError naming it.
 
-The curvature backend (hooks, output-Hessian roots, KFAC factors) lives in ``curvature.py`` and
-``kfac.py``; the Laplace logic in ``laplace.py``; exact evidence of linear models in
-``linear.py`` (chapter 05).
+The curvature backend is separate from the Laplace logic (``laplace.py``): ``curvature.py``
+(which module owns each parameter; one registry entry per layer type with its input and output
+rows, ``register_primitive``), ``output_hessian.py`` (roots of the loss Hessian in the outputs,
+target checks), ``backprop.py`` (recorder and backward passes) and ``kfac.py`` (Kronecker
+factors). Exact evidence of linear models in ``linear.py`` (chapter 05).
 """
 
 from equilib.laplace import linear
-from equilib.laplace.curvature import inspect_model, output_hessian_sqrt
+from equilib.laplace.curvature import inspect_model, register_primitive
 from equilib.laplace.kfac import kron_logdet
 from equilib.laplace.laplace import BaseLaplace, DiagLaplace, FullLaplace, KronLaplace, Laplace
+from equilib.laplace.output_hessian import output_hessian_sqrt
 
 __all__ = [
     "BaseLaplace",
@@ -44,4 +47,5 @@ __all__ = [
     "kron_logdet",
     "linear",
     "output_hessian_sqrt",
+    "register_primitive",
 ]

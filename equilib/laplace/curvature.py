@@ -1,4 +1,4 @@
-"""Curvature backend: which modules own which parameters, forward hooks, output-Hessian roots.
+"""Curvature backend: which module owns each parameter, and the rows of every primitive layer.
 
 The generalised Gauss-Newton (GGN) of the summed negative log likelihood is
 ``H = sum_n J_n^T Lambda_n J_n`` with ``J_n = d f(x_n) / d theta`` and ``Lambda_n`` the Hessian of
@@ -12,153 +12,34 @@ Every primitive is brought to one generic form: ``a: (B, R, G, D_in)`` and
 ``g: (K, B, R, G, D_out)`` with ``R`` the rows one example contributes (locations of a conv,
 extra leading dims of a Linear, stacked copies...) and ``G`` the groups of an
 ``equilib.nn.GroupedLinear`` (1 for the others).
+
+Every layer type the backend understands has one entry in ``PRIMITIVES`` (``Primitive``): the
+module types it covers, how a call's input ``x`` becomes the rows ``a`` and how the gradient at
+its output becomes the rows ``g``, and what it checks of a module; adding a layer type means
+registering one entry (``register_primitive``). The output Hessian's roots and the loss checks
+live in ``equilib.laplace.output_hessian``; the recorder and the backward passes in
+``equilib.laplace.backprop`` (their names are importable from here too).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-LIKELIHOODS = ("classification", "regression")
-HESSIANS = ("ggn", "mc", "ef")
-
-
-# --------------------------------------------------------------------------------------------
-# Which parameters belong to which primitive
-# --------------------------------------------------------------------------------------------
-
-
-def _equilib_primitives() -> dict[str, type]:
-    """The equilib.nn primitives the backend understands (empty while equilib.nn is absent)."""
-    try:
-        from equilib import nn as enn
-    except ImportError:  # pragma: no cover - only while the package is being written
-        return {}
-    found = {}
-    for name in ("GroupedLinear", "BasisConv2d", "LiftingConvCN"):
-        cls = getattr(enn, name, None)
-        if isinstance(cls, type):
-            found[name] = cls
-    return found
-
-
-def primitive_kind(module: nn.Module) -> str | None:
-    """``'linear' | 'conv2d' | 'grouped' | 'basisconv' | 'rotconv'`` for a supported primitive,
-    else None (``'rotconv'``: ``equilib.nn.LiftingConvCN`` / ``GroupConvCN``)."""
-    prims = _equilib_primitives()
-    if "GroupedLinear" in prims and isinstance(module, prims["GroupedLinear"]):
-        return "grouped"
-    if "BasisConv2d" in prims and isinstance(module, prims["BasisConv2d"]):
-        return "basisconv"
-    if "LiftingConvCN" in prims and isinstance(module, prims["LiftingConvCN"]):
-        return "rotconv"
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if isinstance(module, nn.Conv2d):
-        return "conv2d"
-    return None
-
-
-SUPPORTED = (
-    "torch.nn.Linear, torch.nn.Conv2d (groups=1), equilib.nn.GroupedLinear, equilib.nn.BasisConv2d,"
-    " equilib.nn.LiftingConvCN / GroupConvCN"
-)
-
-
-@dataclass
-class ParamInfo:
-    """One trainable parameter tensor: its name, module, role and position in the prior vector."""
-
-    index: int
-    name: str
-    module_name: str
-    kind: str
-    role: str  # "weight" or "bias"
-    numel: int
-    shape: tuple
-
-
-@dataclass
-class LayerInfo:
-    """One primitive module and the indices of its trainable weight / bias tensors."""
-
-    name: str
-    module: nn.Module
-    kind: str
-    weight: int | None = None
-    bias: int | None = None
-    calls: list = field(default_factory=list)
-
-
-def inspect_model(model: nn.Module) -> tuple[list[ParamInfo], list[LayerInfo]]:
-    """Map every trainable parameter of ``model`` to its primitive layer.
-
-    Raises ValueError naming the module and its type when a module that owns trainable parameters
-    (or any BatchNorm) is not one of the supported primitives, instead of silently skipping it.
-    """
-    order = {}
-    for i, (name, p) in enumerate((n, p) for n, p in model.named_parameters() if p.requires_grad):
-        order[id(p)] = (i, name)
-    if not order:
-        raise ValueError("the model has no trainable parameters (requires_grad=True)")
-    params: list[ParamInfo | None] = [None] * len(order)
-    layers: list[LayerInfo] = []
-    for mname, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            raise ValueError(
-                f"module {mname!r} of type {type(module).__name__} is not supported by the "
-                "Laplace curvature (batch statistics make examples interact); "
-                f"supported primitives: {SUPPORTED}"
-            )
-        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
-        if not own:
-            continue
-        kind = primitive_kind(module)
-        if kind is None:
-            raise ValueError(
-                f"module {mname!r} of type {type(module).__name__} owns trainable parameters "
-                f"{[n for n, _ in own]} but is not supported by the Laplace curvature; "
-                f"supported primitives: {SUPPORTED}"
-            )
-        if kind == "conv2d":
-            if module.groups != 1 or tuple(module.dilation) != (1, 1):
-                raise ValueError(
-                    f"module {mname!r} (Conv2d) has groups={module.groups}, dilation="
-                    f"{tuple(module.dilation)}; only groups=1 and dilation=1 are supported"
-                )
-        layer = LayerInfo(name=mname, module=module, kind=kind)
-        for pname, p in own:
-            if pname not in ("weight", "bias"):
-                raise ValueError(
-                    f"module {mname!r} of type {type(module).__name__} has an unexpected "
-                    f"parameter {pname!r}; expected only 'weight' and 'bias'"
-                )
-            if id(p) not in order:  # shared with an earlier module: counted there
-                continue
-            idx, full = order.pop(id(p))
-            params[idx] = ParamInfo(idx, full, mname, kind, pname, p.numel(), tuple(p.shape))
-            setattr(layer, pname, idx)
-        if layer.weight is not None or layer.bias is not None:
-            layers.append(layer)
-    missing = [name for _, name in order.values()]
-    if missing:  # pragma: no cover - named_modules covers every owner
-        raise ValueError(f"could not find the modules owning parameters {missing}")
-    return params, layers  # type: ignore[return-value]
-
+from equilib import nn as enn
+from equilib.nn.conv import torch_pad_mode
 
 # --------------------------------------------------------------------------------------------
-# Layer inputs in the generic form a: (B, R, G, D_in)
+# Padding and patches of a convolution, exactly as its forward pass pads
 # --------------------------------------------------------------------------------------------
 
 
 def _pad_mode(mode: str) -> str:
     """``F.pad``'s name for a conv's padding mode; an unknown mode raises (no fallback)."""
-    from equilib.nn.conv import torch_pad_mode
-
     return torch_pad_mode(mode)
 
 
@@ -213,29 +94,9 @@ def basis_patches(x: torch.Tensor, basis: torch.Tensor, kernel_size, stride, pad
     return out.flatten(2).transpose(1, 2)
 
 
-def layer_input_rows(layer: LayerInfo, x: torch.Tensor) -> torch.Tensor:
-    """The input rows of one call of a primitive: (B, R, G, D_in) (see module docstring)."""
-    m = layer.module
-    if layer.kind == "linear":
-        return x.reshape(x.shape[0], -1, 1, x.shape[-1])
-    if layer.kind == "conv2d":
-        p = conv_patches(x, m.kernel_size, m.stride, m.padding, m.padding_mode)
-        return p.transpose(1, 2).unsqueeze(2)
-    if layer.kind == "grouped":
-        G = m.weight.shape[0]
-        a = x.reshape(x.shape[0], -1, G, x.shape[-1])
-        if getattr(m, "basis", None) is not None:
-            a = a @ m.basis.transpose(0, 1)
-        return a
-    if layer.kind == "basisconv":
-        padding = getattr(m, "padding", None)
-        if padding is None:
-            padding = tuple(k // 2 for k in m.kernel_size)
-        a = basis_patches(x, m.basis, m.kernel_size, m.stride, padding, m.padding_mode)
-        return a.unsqueeze(2)
-    if layer.kind == "rotconv":
-        return _rotconv_rows(m, x)
-    raise AssertionError(layer.kind)  # pragma: no cover
+# --------------------------------------------------------------------------------------------
+# Rows of each primitive: a: (B, R, G, D_in) from a call's input, g: (K, B, R, G, D_out)
+# --------------------------------------------------------------------------------------------
 
 
 def _rotconv_rows(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -259,357 +120,252 @@ def _rotconv_rows(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         rows.append(torch.einsum("pq,bcnpl->blcnq", R[g], Pg).reshape(B, P.shape[-1], -1))
     return torch.stack(rows, 1).reshape(B, -1, 1, rows[0].shape[-1])
 
+def _linear_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1, 1, x.shape[-1])
+
+
+def _linear_outputs(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    K, B = g.shape[:2]
+    return g.reshape(K, B, -1, 1, g.shape[-1])
+
+
+def _conv2d_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    p = conv_patches(x, m.kernel_size, m.stride, m.padding, m.padding_mode)
+    return p.transpose(1, 2).unsqueeze(2)
+
+
+def _conv_outputs(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    """Locations are the rows: g (K, B, C', *locations) (a group axis counts as one)."""
+    K, B = g.shape[:2]
+    return g.reshape(K, B, g.shape[2], -1).transpose(2, 3).unsqueeze(3)
+
+
+def _check_conv2d(m: nn.Module, name: str) -> None:
+    if m.groups != 1 or tuple(m.dilation) != (1, 1):
+        raise ValueError(
+            f"module {name!r} (Conv2d) has groups={m.groups}, dilation="
+            f"{tuple(m.dilation)}; only groups=1 and dilation=1 are supported"
+        )
+
+
+def _grouped_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    G = m.weight.shape[0]
+    a = x.reshape(x.shape[0], -1, G, x.shape[-1])
+    if getattr(m, "basis", None) is not None:
+        a = a @ m.basis.transpose(0, 1)
+    return a
+
+
+def _grouped_outputs(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    K, B = g.shape[:2]
+    G = m.weight.shape[0]
+    return g.reshape(K, B, -1, G, g.shape[-1])
+
+
+def _basisconv_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    padding = getattr(m, "padding", None)
+    if padding is None:
+        padding = tuple(k // 2 for k in m.kernel_size)
+    a = basis_patches(x, m.basis, m.kernel_size, m.stride, padding, m.padding_mode)
+    return a.unsqueeze(2)
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """One layer type of the curvature backend.
+
+    ``types``: the module classes it covers (subclasses included); ``input_rows(module, x)``:
+    a call's input -> a: (B, R, G, D_in); ``output_rows(module, g)``: the gradient at the
+    call's output (K, B, *out_shape) -> g: (K, B, R, G, D_out); ``check(module, name)``: raises
+    for a configuration the rows do not cover; ``patch_basis(module)``: for a convolution whose
+    rows are the (basis-projected) patches of its input, the basis (None: plain patches); KFAC
+    uses it for the patch Gram of circular convolutions (``equilib.laplace.kfac.torus_conv``).
+    """
+
+    kind: str
+    types: tuple[type, ...]
+    input_rows: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    output_rows: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    description: str
+    check: Callable[[nn.Module, str], None] | None = None
+    patch_basis: Callable[[nn.Module], torch.Tensor | None] | None = None
+
+
+PRIMITIVES: list[Primitive] = []
+
+
+def register_primitive(primitive: Primitive) -> Primitive:
+    """Add a layer type to the backend. Entries are matched in order, the most recently
+    registered first, so a subclass registered later takes precedence over its base class."""
+    if not isinstance(primitive, Primitive):
+        raise TypeError(f"expected a Primitive, got {type(primitive).__name__}")
+    if any(p.kind == primitive.kind for p in PRIMITIVES):
+        raise ValueError(f"a primitive of kind {primitive.kind!r} is already registered")
+    PRIMITIVES.insert(0, primitive)
+    return primitive
+
+
+# torch's layers first: equilib's subclasses of them (CircularConv2d) are plain convolutions
+register_primitive(Primitive("linear", (nn.Linear,), _linear_inputs, _linear_outputs,
+                             "torch.nn.Linear"))
+register_primitive(Primitive("conv2d", (nn.Conv2d,), _conv2d_inputs, _conv_outputs,
+                             "torch.nn.Conv2d (groups=1, dilation=1)", check=_check_conv2d,
+                             patch_basis=lambda m: None))
+register_primitive(Primitive("grouped", (enn.GroupedLinear,), _grouped_inputs, _grouped_outputs,
+                             "equilib.nn.GroupedLinear"))
+register_primitive(Primitive("basisconv", (enn.BasisConv2d,), _basisconv_inputs, _conv_outputs,
+                             "equilib.nn.BasisConv2d", patch_basis=lambda m: m.basis))
+register_primitive(Primitive("rotconv", (enn.LiftingConvCN,), _rotconv_rows, _conv_outputs,
+                             "equilib.nn.LiftingConvCN / GroupConvCN"))
+
+
+def primitive_for(module: nn.Module) -> Primitive | None:
+    """The registered entry covering ``module``, or None."""
+    for primitive in PRIMITIVES:
+        if isinstance(module, primitive.types):
+            return primitive
+    return None
+
+
+def primitive_kind(module: nn.Module) -> str | None:
+    """The kind of the primitive covering ``module`` (``'linear' | 'conv2d' | 'grouped' |
+    'basisconv' | 'rotconv'`` or a registered one), else None."""
+    primitive = primitive_for(module)
+    return None if primitive is None else primitive.kind
+
+
+def supported() -> str:
+    """The layer types the backend understands, for error messages."""
+    return ", ".join(p.description for p in reversed(PRIMITIVES))
+
+
+def __getattr__(name: str):
+    """``SUPPORTED`` follows the registry; the recorder, backward passes and output-Hessian
+    functions that moved to their own modules keep this import path."""
+    if name == "SUPPORTED":
+        return supported()
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_MOVED = {
+    **dict.fromkeys(("LIKELIHOODS", "HESSIANS", "nll_sum", "output_hessian_sqrt",
+                     "check_targets"), "equilib.laplace.output_hessian"),
+    **dict.fromkeys(("Recorder", "backprop_rows", "per_example_grads"),
+                    "equilib.laplace.backprop"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Which parameters belong to which primitive
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ParamInfo:
+    """One trainable parameter tensor: its name, module, role and position in the prior vector."""
+
+    index: int
+    name: str
+    module_name: str
+    kind: str
+    role: str  # "weight" or "bias"
+    numel: int
+    shape: tuple
+
+
+@dataclass
+class LayerInfo:
+    """One primitive module and the indices of its trainable weight / bias tensors."""
+
+    name: str
+    module: nn.Module
+    kind: str
+    weight: int | None = None
+    bias: int | None = None
+    calls: list = field(default_factory=list)
+    primitive: Primitive | None = None
+
+
+def inspect_model(model: nn.Module) -> tuple[list[ParamInfo], list[LayerInfo]]:
+    """Map every trainable parameter of ``model`` to its primitive layer.
+
+    Raises ValueError naming the module and its type when a module that owns trainable parameters
+    (or any BatchNorm) is not one of the supported primitives, instead of silently skipping it.
+    """
+    order = {}
+    for i, (name, p) in enumerate((n, p) for n, p in model.named_parameters() if p.requires_grad):
+        order[id(p)] = (i, name)
+    if not order:
+        raise ValueError("the model has no trainable parameters (requires_grad=True)")
+    params: list[ParamInfo | None] = [None] * len(order)
+    layers: list[LayerInfo] = []
+    for mname, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(
+                f"module {mname!r} of type {type(module).__name__} is not supported by the "
+                "Laplace curvature (batch statistics make examples interact); "
+                f"supported primitives: {supported()}"
+            )
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        primitive = primitive_for(module)
+        if primitive is None:
+            raise ValueError(
+                f"module {mname!r} of type {type(module).__name__} owns trainable parameters "
+                f"{[n for n, _ in own]} but is not supported by the Laplace curvature; "
+                f"supported primitives: {supported()}"
+            )
+        if primitive.check is not None:
+            primitive.check(module, mname)
+        layer = LayerInfo(name=mname, module=module, kind=primitive.kind, primitive=primitive)
+        for pname, p in own:
+            if pname not in ("weight", "bias"):
+                raise ValueError(
+                    f"module {mname!r} of type {type(module).__name__} has an unexpected "
+                    f"parameter {pname!r}; expected only 'weight' and 'bias'"
+                )
+            if id(p) not in order:  # shared with an earlier module: counted there
+                continue
+            idx, full = order.pop(id(p))
+            params[idx] = ParamInfo(idx, full, mname, primitive.kind, pname, p.numel(),
+                                    tuple(p.shape))
+            setattr(layer, pname, idx)
+        if layer.weight is not None or layer.bias is not None:
+            layers.append(layer)
+    missing = [name for _, name in order.values()]
+    if missing:  # pragma: no cover - named_modules covers every owner
+        raise ValueError(f"could not find the modules owning parameters {missing}")
+    return params, layers  # type: ignore[return-value]
+
+
+def layer_input_rows(layer: LayerInfo, x: torch.Tensor) -> torch.Tensor:
+    """The input rows of one call of a primitive: (B, R, G, D_in) (see module docstring)."""
+    return _primitive(layer).input_rows(layer.module, x)
+
 
 def layer_output_rows(layer: LayerInfo, g: torch.Tensor) -> torch.Tensor:
     """Backpropagated output rows of one call: g (K, B, *out_shape) -> (K, B, R, G, D_out)."""
-    K, B = g.shape[:2]
-    if layer.kind == "linear":
-        return g.reshape(K, B, -1, 1, g.shape[-1])
-    if layer.kind in ("conv2d", "basisconv", "rotconv"):  # rotconv: (K, B, C', N, H, W)
-        return g.reshape(K, B, g.shape[2], -1).transpose(2, 3).unsqueeze(3)
-    if layer.kind == "grouped":
-        G = layer.module.weight.shape[0]
-        return g.reshape(K, B, -1, G, g.shape[-1])
-    raise AssertionError(layer.kind)  # pragma: no cover
+    return _primitive(layer).output_rows(layer.module, g)
 
 
-# --------------------------------------------------------------------------------------------
-# Output Hessian and its square roots
-# --------------------------------------------------------------------------------------------
-
-
-def nll_sum(f: torch.Tensor, y: torch.Tensor, likelihood: str) -> torch.Tensor:
-    """Summed negative log likelihood with unit noise (regression: 0.5 * squared error).
-
-    f: (B, C) logits or means; y: (B,) class indices or (B, C) targets.
-    """
-    if likelihood == "classification":
-        return F.cross_entropy(f, y, reduction="sum")
-    return 0.5 * (f - y).pow(2).sum()
-
-
-def output_hessian_sqrt(
-    f: torch.Tensor,
-    y: torch.Tensor,
-    likelihood: str,
-    hessian: str = "ggn",
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """A square root L of the loss Hessian in the outputs, per example: (B, C, K), L L^T ~ H_f.
-
-    ``hessian='ggn'``: exact. Classification: H_f = diag(p) - p p^T, from the root with columns
-    L[:, c] = sqrt(p_c) (e_c - p) reduced to K = C - 1 columns (H_f 1 = 0, see
-    ``_drop_null_direction``); regression (unit noise): L = I, K = C.
-    ``'mc'``: one sampled label, K = 1, E[L L^T] = H_f (L = p - e_yhat, yhat ~ Cat(p);
-    regression: L = eps, eps ~ N(0, I)). ``'ef'``: empirical Fisher, K = 1, L = dloss/df at the
-    observed label (p - e_y; regression f - y).
-    """
-    f = f.detach()
-    B, C = f.shape
-    if likelihood == "classification":
-        p = torch.softmax(f, dim=-1)
-        if hessian == "ggn":
-            eye = torch.eye(C, device=f.device, dtype=f.dtype)
-            L = (eye.unsqueeze(0) - p.unsqueeze(2)) * p.sqrt().unsqueeze(1)
-            return L if C < 3 else _drop_null_direction(L)
-        if hessian == "mc":
-            yhat = torch.multinomial(p, 1, generator=generator).squeeze(1)
-            return (p - F.one_hot(yhat, C).to(f.dtype)).unsqueeze(-1)
-        return (p - F.one_hot(y, C).to(f.dtype)).unsqueeze(-1)
-    if hessian == "ggn":
-        eye = torch.eye(C, device=f.device, dtype=f.dtype)
-        return eye.expand(B, C, C)
-    if hessian == "mc":
-        eps = torch.randn(f.shape, device=f.device, dtype=f.dtype, generator=generator)
-        return eps.unsqueeze(-1)
-    return (f - y).unsqueeze(-1)
-
-
-def _drop_null_direction(L: torch.Tensor) -> torch.Tensor:
-    """An exact (B, C, C-1) root of L L^T = diag(p) - p p^T, whose null vector is 1.
-
-    With Q (C, C-1) an orthonormal basis of the complement of 1, H = Q (Q^T H Q) Q^T; the QR
-    decomposition (Q^T L)^T = Q' R gives Q^T H Q = R^T R, so L' = Q R^T. One backward pass
-    fewer per batch than the C columns of L.
-    """
-    C = L.shape[1]
-    centre = torch.eye(C, device=L.device, dtype=L.dtype) - 1.0 / C
-    Q = torch.linalg.qr(centre[:, : C - 1])[0]  # (C, C-1), orthogonal to 1
-    R = torch.linalg.qr((Q.transpose(0, 1) @ L).transpose(1, 2), mode="r")[1]  # (B, C-1, C-1)
-    return Q @ R.transpose(1, 2)
-
-
-# --------------------------------------------------------------------------------------------
-# One batch through the network: (a, g) pairs for every call of every primitive
-# --------------------------------------------------------------------------------------------
-
-
-# autograd nodes that only select or rearrange entries (a polyphase downsampling's gather)
-_SELECTIONS = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0",
-                         "GatherBackward0"})
-
-
-class Recorder:
-    """Forward hooks that keep the input and output of every call of every primitive layer.
-
-    With ``model`` and ``find_cut=True`` it also records every submodule's call, so that
-    ``choose_cut`` can find a bottleneck; with ``cut`` (a submodule name) it records that
-    module's input.
-    """
-
-    def __init__(self, layers: list[LayerInfo], model: nn.Module | None = None,
-                 cut: str | None = None, find_cut: bool = False, strided: bool = False):
-        self.layers = layers
-        self.model = model
-        self.cut = cut
-        self.find_cut = find_cut
-        self.strided = strided
-        self.handles = []
-        self.seen: dict[str, list] = {}
-        self.downsampled: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def __enter__(self) -> Recorder:
-        for layer in self.layers:
-            layer.calls = []
-            self.handles.append(layer.module.register_forward_hook(self._hook(layer)))
-        if self.model is not None and (self.find_cut or self.cut is not None):
-            for name, module in self.model.named_modules():
-                if name and (self.find_cut or name == self.cut):
-                    self.handles.append(module.register_forward_hook(self._watch(name)))
-        if self.model is not None and self.strided:
-            from equilib.nn.conv import PolyphaseDownsample
-
-            for module in self.model.modules():
-                if isinstance(module, PolyphaseDownsample):
-                    self.handles.append(module.register_forward_hook(self._downsampled))
-        return self
-
-    def _downsampled(self, module, inputs, output) -> None:
-        if module.stride > 1 and isinstance(inputs[0], torch.Tensor):
-            self.downsampled.append((inputs[0], output))
-
-    def strided_outputs(self, f: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Recorded layer outputs that reach ``f`` only through a polyphase downsampling,
-        mapped (by ``id``) to the downsampled tensor.
-
-        The gradient at such an output is the downsampled tensor's gradient scattered into one
-        polyphase component and zero elsewhere, so its Gram matrix over locations (all that a
-        KFAC output factor needs) is that of the downsampled gradient: ``s * s`` times fewer
-        rows, and the full-size gradient is never formed where nothing further back needs it.
-        Checked on the autograd graph of ``f``: the output's only consumer is the view and gather
-        of the downsampling.
-        """
-        if not self.downsampled or f.grad_fn is None:
-            return {}
-        outs = {id(out): out for layer in self.layers for _, out, _ in layer.calls}
-        candidates = [(x, y) for x, y in self.downsampled
-                      if id(x) in outs and x.grad_fn is not None and y.grad_fn is not None]
-        if not candidates:
-            return {}
-        consumers: dict[tuple, list] = {}
-        seen, stack = {f.grad_fn}, [f.grad_fn]
-        while stack:
-            node = stack.pop()
-            for nxt, nr in node.next_functions:
-                if nxt is None:
-                    continue
-                consumers.setdefault((nxt, nr), []).append(node)
-                if nxt not in seen:
-                    seen.add(nxt)
-                    stack.append(nxt)
-        proxies = {}
-        for x, y in candidates:
-            # from y back to x: only views and the gather, each the single consumer of the next
-            node, target = y.grad_fn, (x.grad_fn, x.output_nr)
-            for _ in range(8):
-                edges = [e for e in node.next_functions if e[0] is not None]
-                if node.name() not in _SELECTIONS or len(edges) != 1:
-                    break
-                if consumers.get(edges[0]) != [node]:
-                    break
-                if edges[0] == target:
-                    proxies[id(x)] = y
-                    break
-                node = edges[0][0]
-        return proxies
-
-    def __exit__(self, *exc) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-
-    @staticmethod
-    def _hook(layer: LayerInfo):
-        def hook(module, inputs, output):
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(
-                    f"module {layer.name!r} returned {type(output).__name__}, expected a tensor"
-                )
-            layer.calls.append((inputs[0].detach(), output, output._version))
-
-        return hook
-
-    def _watch(self, name: str):
-        def hook(module, inputs, output):
-            self.seen.setdefault(name, []).append((inputs, output))
-
-        return hook
-
-    def choose_cut(self, f: torch.Tensor, n_columns: int) -> str | None:
-        """The submodule whose output is the model output ``f`` and whose single input is the
-        narrowest (per example), if narrower than ``n_columns``; else None."""
-        best = None
-        for name, calls in self.seen.items():
-            if len(calls) != 1:
-                continue
-            inputs, out = calls[0]
-            if out is not f or len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
-                continue
-            x = inputs[0]
-            if not x.requires_grad or x.dim() == 0 or x.shape[0] != f.shape[0]:
-                continue
-            width = x.numel() // x.shape[0]
-            if best is None or width < best[1]:
-                best = (name, width)
-        return best[0] if best is not None and best[1] < n_columns else None
-
-    def cut_input(self, f: torch.Tensor) -> torch.Tensor | None:
-        """The recorded input of the cut module if its single call produced ``f``."""
-        calls = self.seen.get(self.cut, []) if self.cut is not None else []
-        if len(calls) != 1 or calls[0][1] is not f or len(calls[0][0]) != 1:
-            return None
-        return calls[0][0][0]
-
-
-def check_targets(f: torch.Tensor, y: torch.Tensor, likelihood: str) -> tuple:
-    """Validate model output f and targets y; regression with f: (B,) is seen as (B, 1)."""
-    if likelihood == "regression":
-        if f.dim() == 1:
-            f = f.unsqueeze(-1)
-        if y.dim() == 1 and f.shape[-1] == 1:
-            y = y.unsqueeze(-1)
-        if f.dim() != 2 or y.shape != f.shape:
-            raise ValueError(
-                f"regression expects outputs (B, D) and targets of the same shape, got outputs "
-                f"{tuple(f.shape)} and targets {tuple(y.shape)}"
-            )
-        return f, y.to(f.dtype)
-    if f.dim() != 2 or y.dim() != 1 or y.shape[0] != f.shape[0]:
-        raise ValueError(
-            f"classification expects logits (B, C) and integer labels (B,), got outputs "
-            f"{tuple(f.shape)} and labels {tuple(y.shape)}"
-        )
-    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-        raise TypeError(f"classification labels must be integers, got dtype {y.dtype}")
-    return f, y.long()
+def _primitive(layer: LayerInfo) -> Primitive:
+    if layer.primitive is None:  # a LayerInfo built by hand
+        layer.primitive = next(p for p in PRIMITIVES if p.kind == layer.kind)
+    return layer.primitive
 
 
 def layer_inputs(layers: list[LayerInfo], batch: int) -> list[list[torch.Tensor]]:
     """Input rows of every recorded call: per layer, a list over calls of a: (B, R, G, D_in)."""
-    return [[_fold(layer, layer_input_rows(layer, x), batch, 0) for x, _, _ in layer.calls]
+    return [[fold_copies(layer, layer_input_rows(layer, x), batch, 0) for x, _, _ in layer.calls]
             for layer in layers]
 
 
-def backprop_rows(
-    layers: list[LayerInfo],
-    f: torch.Tensor,
-    L: torch.Tensor,
-    vectorize: bool = False,
-    cut: tuple[torch.Tensor, set[int]] | None = None,
-    proxies: dict[int, torch.Tensor] | None = None,
-):
-    """Push the K columns of L back from the outputs to every recorded primitive call.
-
-    f: (B, C) outputs (with graph), L: (B, C, K). Yields chunks of columns (one column at a
-    time, or all at once with ``vectorize=True``: one batched backward). Each chunk is, per
-    layer, a list over its calls of g: (k, B, R, G, D_out), or None for layers the chunk does
-    not reach.
-
-    ``cut = (x, inner)``: every path from the layers outside ``inner`` to f passes through the
-    tensor x (the input of the module that produced f; ``inner``: indices of the layers inside
-    it). The K columns are first pushed to x and to the inner layers; at x, with
-    V_n = (v_n1 ... v_nK) (D x K), they are replaced by the r = min(D, K) rows of R in the QR
-    decomposition V_n^T = Q R (R^T R = V_n V_n^T), which then travel on to the outer layers.
-    This keeps every block of the GGN exact (not the blocks coupling inner and outer layers).
-
-    ``proxies`` (from ``Recorder.strided_outputs``): for a layer output listed there, the
-    gradient of its downsampled stand-in is returned instead (rows of only the kept locations;
-    for the KFAC output factor alone, which sums g g^T over rows).
-    """
-    for layer in layers:
-        for _, out, version in layer.calls:
-            if out._version != version:
-                raise RuntimeError(
-                    f"the output of module {layer.name!r} ({type(layer.module).__name__}) was "
-                    "modified in place after the layer ran (e.g. ReLU(inplace=True)); use "
-                    "out-of-place operations so that the curvature sees the layer's output"
-                )
-    batch = f.shape[0]
-    cols = L.permute(2, 0, 1)  # (K, B, C)
-    if cut is None:
-        yield from _push(layers, set(range(len(layers))), f, cols, vectorize, batch,
-                         proxies=proxies)
-        return
-    x, inner = cut
-    V = []
-    for chunk in _push(layers, inner, f, cols, vectorize, batch, extra=x, proxies=proxies):
-        V.append(chunk.pop())
-        yield chunk
-    V = torch.cat(V).reshape(len(cols), batch, -1).transpose(0, 1)  # (B, K, D)
-    R = torch.linalg.qr(V, mode="r")[1]  # (B, r, D)
-    W = R.transpose(0, 1).reshape(R.shape[1], *x.shape)  # (r, *x.shape)
-    outer = set(range(len(layers))) - inner
-    yield from _push(layers, outer, x, W, vectorize, batch, proxies=proxies)
-
-
-def _push(layers, which: set[int], f, cols, vectorize: bool, batch: int, extra=None,
-          proxies=None):
-    """Backward passes from f with grad_outputs ``cols`` (k, *f.shape) to the outputs of the
-    layers in ``which`` (or their ``proxies``) and to the tensor ``extra``, appended to each
-    chunk."""
-    proxies = proxies or {}
-    outs, where = [], []
-    for li in sorted(which):
-        for ci, (_, out, _) in enumerate(layers[li].calls):
-            if out.requires_grad:
-                outs.append(proxies.get(id(out), out))
-                where.append((li, ci))
-    targets = outs + ([extra] if extra is not None else [])
-    K = cols.shape[0]
-    chunks = [cols] if vectorize and K > 1 else [cols[k : k + 1] for k in range(K)]
-    for chunk in chunks:
-        k = chunk.shape[0]
-        if not targets:
-            grads: tuple = ()
-        elif k > 1:
-            grads = torch.autograd.grad(f, targets, grad_outputs=chunk, is_grads_batched=True,
-                                        allow_unused=True, retain_graph=True)
-        else:
-            grads = torch.autograd.grad(f, targets, grad_outputs=chunk[0], allow_unused=True,
-                                        retain_graph=True)
-            grads = tuple(None if g is None else g.unsqueeze(0) for g in grads)
-        lookup = dict(zip(where, grads))
-        result: list = []
-        for li, layer in enumerate(layers):
-            if li not in which:
-                result.append(None)
-                continue
-            per_call = []
-            for ci, (_, out, _) in enumerate(layer.calls):
-                g = lookup.get((li, ci))
-                if g is None:
-                    out = proxies.get(id(out), out)
-                    g = torch.zeros((k,) + tuple(out.shape), device=out.device, dtype=out.dtype)
-                per_call.append(_fold(layer, layer_output_rows(layer, g), batch, 1))
-            result.append(per_call)
-        if extra is not None:
-            g = grads[-1] if targets else None
-            result.append(torch.zeros((k,) + tuple(extra.shape), device=extra.device,
-                                      dtype=extra.dtype) if g is None else g)
-        yield result
-
-
-def _fold(layer: LayerInfo, t: torch.Tensor, batch: int, axis: int) -> torch.Tensor:
+def fold_copies(layer: LayerInfo, t: torch.Tensor, batch: int, axis: int) -> torch.Tensor:
     """Move stacked copies of the batch (n*B at ``axis``) into the rows of their example.
 
     Lifting / group convolutions apply their inner conv once to ``torch.cat`` of n transformed
@@ -628,30 +384,3 @@ def _fold(layer: LayerInfo, t: torch.Tensor, batch: int, axis: int) -> torch.Ten
     pre = t.shape[:axis]
     t = t.reshape(*pre, n, batch, *t.shape[axis + 1 :]).transpose(axis, axis + 1)
     return t.reshape(*pre, batch, -1, *t.shape[axis + 3 :])
-
-
-def per_example_grads(
-    layer: LayerInfo, inputs: list[torch.Tensor], grads: list[torch.Tensor],
-    params: list[ParamInfo],
-) -> dict[int, torch.Tensor]:
-    """Per-example, per-column gradients of one layer's tensors: {index: (K, B, numel)}.
-
-    weight: sum over calls and rows of g a^T; bias: sum of g.
-    """
-    out: dict[int, torch.Tensor] = {}
-    for a, g in zip(inputs, grads):
-        K, B = g.shape[:2]
-        if layer.weight is not None:
-            gw = torch.einsum("kbrgo,brgi->kbgoi", g, a).reshape(K, B, -1)
-            out[layer.weight] = out[layer.weight] + gw if layer.weight in out else gw
-        if layer.bias is not None:
-            gb = g.sum(2).reshape(K, B, -1)
-            out[layer.bias] = out[layer.bias] + gb if layer.bias in out else gb
-    for idx, v in out.items():
-        if v.shape[-1] != params[idx].numel:  # pragma: no cover - guards the generic form
-            raise RuntimeError(f"gradient of {params[idx].name} has {v.shape[-1]} entries")
-    return out
-
-
-def sqrt2pi() -> float:
-    return math.sqrt(2 * math.pi)

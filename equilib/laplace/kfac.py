@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from equilib.laplace.curvature import LayerInfo, layer_inputs
+from equilib.laplace.curvature import LayerInfo, layer_inputs, primitive_for
 from equilib.nn.conv import BasisConv2d
 
 
@@ -91,8 +91,9 @@ def kron_layer_inputs(layers: list[LayerInfo], batch: int) -> list[list]:
     inputs = []
     for layer in layers:
         m = layer.module
-        if layer.kind in ("conv2d", "basisconv") and torus_conv(m):
-            basis = m.basis if layer.kind == "basisconv" else None
+        patch_basis = primitive_for(m).patch_basis
+        if patch_basis is not None and torus_conv(m):
+            basis = patch_basis(m)
             inputs.append([TorusPatches(x, m.kernel_size, basis) for x, _, _ in layer.calls])
         else:
             inputs.append(layer_inputs([layer], batch)[0])

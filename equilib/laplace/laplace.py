@@ -36,19 +36,16 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from equilib.laplace.curvature import (
+from equilib.laplace.backprop import Recorder, backprop_rows, per_example_grads
+from equilib.laplace.curvature import inspect_model, layer_inputs
+from equilib.laplace.kfac import KronFactors, kron_layer_inputs
+from equilib.laplace.output_hessian import (
     HESSIANS,
     LIKELIHOODS,
-    Recorder,
-    backprop_rows,
     check_targets,
-    inspect_model,
-    layer_inputs,
     nll_sum,
     output_hessian_sqrt,
-    per_example_grads,
 )
-from equilib.laplace.kfac import KronFactors, kron_layer_inputs
 
 __all__ = ["BaseLaplace", "FullLaplace", "DiagLaplace", "KronLaplace", "Laplace"]
 

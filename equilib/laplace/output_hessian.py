@@ -1,0 +1,98 @@
+"""The loss in the network output: summed negative log likelihoods, square roots of their Hessian
+in the output (exact GGN, Monte-Carlo and empirical Fisher), and checks of outputs and targets.
+
+The GGN's columns are pushed backwards from the outputs (``equilib.laplace.backprop``) as the
+columns of a root ``L`` with ``L L^T = Lambda``, the output Hessian of one example.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LIKELIHOODS = ("classification", "regression")
+HESSIANS = ("ggn", "mc", "ef")
+
+
+def nll_sum(f: torch.Tensor, y: torch.Tensor, likelihood: str) -> torch.Tensor:
+    """Summed negative log likelihood with unit noise (regression: 0.5 * squared error).
+
+    f: (B, C) logits or means; y: (B,) class indices or (B, C) targets.
+    """
+    if likelihood == "classification":
+        return F.cross_entropy(f, y, reduction="sum")
+    return 0.5 * (f - y).pow(2).sum()
+
+
+def output_hessian_sqrt(
+    f: torch.Tensor,
+    y: torch.Tensor,
+    likelihood: str,
+    hessian: str = "ggn",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A square root L of the loss Hessian in the outputs, per example: (B, C, K), L L^T ~ H_f.
+
+    ``hessian='ggn'``: exact. Classification: H_f = diag(p) - p p^T, from the root with columns
+    L[:, c] = sqrt(p_c) (e_c - p) reduced to K = C - 1 columns (H_f 1 = 0, see
+    ``_drop_null_direction``); regression (unit noise): L = I, K = C.
+    ``'mc'``: one sampled label, K = 1, E[L L^T] = H_f (L = p - e_yhat, yhat ~ Cat(p);
+    regression: L = eps, eps ~ N(0, I)). ``'ef'``: empirical Fisher, K = 1, L = dloss/df at the
+    observed label (p - e_y; regression f - y).
+    """
+    f = f.detach()
+    B, C = f.shape
+    if likelihood == "classification":
+        p = torch.softmax(f, dim=-1)
+        if hessian == "ggn":
+            eye = torch.eye(C, device=f.device, dtype=f.dtype)
+            L = (eye.unsqueeze(0) - p.unsqueeze(2)) * p.sqrt().unsqueeze(1)
+            return L if C < 3 else _drop_null_direction(L)
+        if hessian == "mc":
+            yhat = torch.multinomial(p, 1, generator=generator).squeeze(1)
+            return (p - F.one_hot(yhat, C).to(f.dtype)).unsqueeze(-1)
+        return (p - F.one_hot(y, C).to(f.dtype)).unsqueeze(-1)
+    if hessian == "ggn":
+        eye = torch.eye(C, device=f.device, dtype=f.dtype)
+        return eye.expand(B, C, C)
+    if hessian == "mc":
+        eps = torch.randn(f.shape, device=f.device, dtype=f.dtype, generator=generator)
+        return eps.unsqueeze(-1)
+    return (f - y).unsqueeze(-1)
+
+
+def _drop_null_direction(L: torch.Tensor) -> torch.Tensor:
+    """An exact (B, C, C-1) root of L L^T = diag(p) - p p^T, whose null vector is 1.
+
+    With Q (C, C-1) an orthonormal basis of the complement of 1, H = Q (Q^T H Q) Q^T; the QR
+    decomposition (Q^T L)^T = Q' R gives Q^T H Q = R^T R, so L' = Q R^T. One backward pass
+    fewer per batch than the C columns of L.
+    """
+    C = L.shape[1]
+    centre = torch.eye(C, device=L.device, dtype=L.dtype) - 1.0 / C
+    Q = torch.linalg.qr(centre[:, : C - 1])[0]  # (C, C-1), orthogonal to 1
+    R = torch.linalg.qr((Q.transpose(0, 1) @ L).transpose(1, 2), mode="r")[1]  # (B, C-1, C-1)
+    return Q @ R.transpose(1, 2)
+
+
+def check_targets(f: torch.Tensor, y: torch.Tensor, likelihood: str) -> tuple:
+    """Validate model output f and targets y; regression with f: (B,) is seen as (B, 1)."""
+    if likelihood == "regression":
+        if f.dim() == 1:
+            f = f.unsqueeze(-1)
+        if y.dim() == 1 and f.shape[-1] == 1:
+            y = y.unsqueeze(-1)
+        if f.dim() != 2 or y.shape != f.shape:
+            raise ValueError(
+                f"regression expects outputs (B, D) and targets of the same shape, got outputs "
+                f"{tuple(f.shape)} and targets {tuple(y.shape)}"
+            )
+        return f, y.to(f.dtype)
+    if f.dim() != 2 or y.dim() != 1 or y.shape[0] != f.shape[0]:
+        raise ValueError(
+            f"classification expects logits (B, C) and integer labels (B,), got outputs "
+            f"{tuple(f.shape)} and labels {tuple(y.shape)}"
+        )
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"classification labels must be integers, got dtype {y.dtype}")
+    return f, y.long()
