@@ -19,7 +19,7 @@ from pathlib import Path
 from equilib._argtypes import nonneg_int as _nonneg_int
 from equilib._argtypes import positive_float as _positive_float
 from equilib._argtypes import positive_int as _positive_int
-from equilib.cache import atomic_savefig, atomic_write_text
+from equilib.cache import atomic_savefig, atomic_write_text, claim_folder
 
 EPILOG = """examples:
   python -m equilib discover --task digits --model f-fc+conv --objective marglik --out runs/d
@@ -111,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "precisions by the Laplace marginal likelihood (default marglik)")
     d.add_argument("--out", required=True, help="output folder (created if missing)")
     d.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoint.pt (written after every epoch)")
+                   help="continue from OUT/checkpoint.pt (written after every epoch); without "
+                        "it, a folder that already holds a run is refused")
+    d.add_argument("--overwrite", action="store_true",
+                   help="start over in an OUT that holds a run, deleting its checkpoint and "
+                        "result first")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_training_options(d)
 
@@ -171,6 +175,31 @@ def _check_writable(folder: Path) -> None:
         ) from e
 
 
+RUN_FILES = ("result.json", "structure.png", "checkpoint.pt", "checkpoint.layers.json")
+
+
+def _refuse_or_clear_old_run(out: Path, resume: bool, overwrite: bool) -> None:
+    """A folder holding a run (finished or interrupted) is never started over silently."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in OUT and --overwrite deletes it: pass one")
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if not present or resume:
+        return
+    if not overwrite:
+        what = "a finished run" if "result.json" in present else "an interrupted run"
+        raise ValueError(
+            f"{str(out)!r} already holds {what} ({', '.join(present)}); pass --resume to "
+            "continue it, --overwrite to delete it and start over, or another --out"
+        )
+    for name in present:
+        (out / name).unlink()
+
+
+def _fmt(value, spec: str = ".3g") -> str:
+    """A number as text; a value that is missing (None: NaN or inf in the result) as 'n/a'."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def _setup(args) -> None:
     import torch
 
@@ -195,20 +224,23 @@ def cmd_discover(args) -> int:
     _check_writable(out)
     device = default_device(args.device)
     checkpoint = out / "checkpoint.pt"
-    print(f"discover: {config.task} / {config.model} / {config.objective}, {config.epochs} "
-          f"epochs on {device}", file=sys.stderr)
-    result = run(config, device=device, progress=not args.quiet, checkpoint=checkpoint,
-                 resume=args.resume, data_root=args.data_root)
-    result["device"] = str(device)
-    atomic_write_text(out / "result.json", json.dumps(result, indent=1))
-    fig = plot_structure(result)
-    atomic_savefig(fig, out / "structure.png")
-    plt.close(fig)
-    print(f"test accuracy {100 * result['test_accuracy']:.1f}%  ({result['seconds']:.1f} s)")
+    with claim_folder(out):  # one run at a time per folder; released at the end
+        _refuse_or_clear_old_run(out, args.resume, args.overwrite)
+        print(f"discover: {config.task} / {config.model} / {config.objective}, {config.epochs} "
+              f"epochs on {device}", file=sys.stderr)
+        result = run(config, device=device, progress=not args.quiet, checkpoint=checkpoint,
+                     resume=args.resume, data_root=args.data_root)
+        result["device"] = str(device)
+        atomic_write_text(out / "result.json", json.dumps(result, indent=1))
+        fig = plot_structure(result)
+        atomic_savefig(fig, out / "structure.png")
+        plt.close(fig)
+    print(f"test accuracy {_fmt(100 * result['test_accuracy'], '.1f')}%  "
+          f"({result['seconds']:.1f} s)")
     ratios = precision_ratios(result["layers"])
     for layer, r in zip(result["layers"], ratios):
-        parts = ", ".join(f"{p}: precision {v['prior_precision']:.3g}, |w| {v['weight_norm']:.3g}"
-                          for p, v in layer["paths"].items())
+        parts = ", ".join(f"{p}: precision {_fmt(v['prior_precision'])}, "
+                          f"|w| {_fmt(v['weight_norm'])}" for p, v in layer["paths"].items())
         extra = "" if r is None else f"  (fc/conv precision ratio {r:.3g})"
         print(f"{layer['name']}: {parts}{extra}")
     print(f"wrote {out / 'result.json'} and {out / 'structure.png'}")
@@ -248,8 +280,10 @@ def cmd_compare(args) -> int:
     print(f"\n{len(rows)} runs in {total:.1f} s (seconds column: time to train each run; "
           f"cached runs are read back)")
     if out is not None:
-        atomic_write_text(out / "table.md", table + "\n")
-        atomic_write_text(out / "results.json", json.dumps([without_weights(r) for r in rows], indent=1))
+        with claim_folder(out):
+            atomic_write_text(out / "table.md", table + "\n")
+            atomic_write_text(out / "results.json",
+                              json.dumps([without_weights(r) for r in rows], indent=1))
     return 0
 
 

@@ -15,8 +15,10 @@ import io
 import json
 import os
 import secrets
+import socket
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,6 +37,8 @@ __all__ = [
     "atomic_savefig",
     "safe_load",
     "load_error_reason",
+    "claim_folder",
+    "FolderBusy",
 ]
 
 
@@ -232,3 +236,89 @@ def cached(name: str, config: dict, compute: Callable[[], T], refresh: bool = Fa
         warnings.warn(f"could not write the cache file {str(path)!r} ({e.strerror or e}); the "
                       "result is returned uncached", RuntimeWarning, stacklevel=2)
     return result
+
+
+LOCK_NAME = ".equilib.lock"
+
+
+class FolderBusy(RuntimeError):
+    """Another live process holds the output folder's lock."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, it belongs to someone else
+        return True
+    return True
+
+
+def _read_lock(lock: Path) -> tuple[int | None, str]:
+    try:
+        text = lock.read_text()
+    except OSError:
+        return None, ""
+    pid, _, host = text.strip().partition(" ")
+    return (int(pid) if pid.isdigit() else None), host
+
+
+@contextmanager
+def claim_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``folder`` for this process while the block runs: only one run writes into it.
+
+    The claim is the file ``folder/.equilib.lock``, created with ``O_EXCL`` (so of two runs
+    started at once exactly one gets it) and holding this process's pid and host name; it is
+    removed when the block ends, also on an error. A lock left by a process that no longer
+    runs on this host (killed with ``kill -9``) is stale and taken over; a live one raises
+    :class:`FolderBusy` naming its pid. Yields the folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    host = socket.gethostname()
+    mine = f"{os.getpid()} {host}\n"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            pid, owner = _read_lock(lock)
+            if pid is not None and owner == host and not _pid_alive(pid):
+                _break_stale(lock, pid)
+                continue
+            who = f"process {pid} on {owner or 'an unknown host'}" if pid else "another process"
+            raise FolderBusy(
+                f"{str(folder)!r} is in use by {who} (lock file {str(lock)!r}); wait for it to "
+                "finish, or choose another output folder. If no such run is alive, delete the "
+                "lock file."
+            ) from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(mine)
+        break
+    else:
+        raise FolderBusy(f"could not claim {str(folder)!r}: its lock file {str(lock)!r} keeps "
+                         "changing")
+    try:
+        yield folder
+    finally:
+        pid, owner = _read_lock(lock)
+        if pid == os.getpid() and owner == host:
+            lock.unlink(missing_ok=True)
+
+
+def _break_stale(lock: Path, pid: int) -> None:
+    """Move a stale lock aside atomically; if what was moved is not the stale lock (another
+    process replaced it meanwhile), put it back."""
+    aside = lock.with_name(f"{lock.name}.stale-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return  # someone else moved it: try again
+    moved_pid, _ = _read_lock(aside)
+    if moved_pid != pid:  # a fresh lock, not the stale one
+        try:
+            os.link(aside, lock)
+        except FileExistsError:
+            pass
+    aside.unlink(missing_ok=True)

@@ -3,8 +3,9 @@
 ``python -m equilib degree --data {upright,rotated,partial,double} --seed S --out DIR [--fast]
 [--device cpu|cuda]`` writes ``DIR/result.json`` (``test_accuracy``, ``seconds``, ``layers``:
 one ``{"name", "entropy"}`` per layer in depth order, entropy = H(lambda) / log|H| with 1 =
-uniform, plus the run's settings and lambda per epoch) and ``DIR/lambda.png`` (lambda per layer
-on a polar plot).
+uniform, ``data_elements``: the indices into every layer's lambda of the rotations the data
+contain, plus the run's settings and lambda per epoch in ``lambdas``) and ``DIR/lambda.png``
+(lambda per layer on a polar plot).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from equilib._argtypes import nonneg_int as _nonneg_int
 from equilib._argtypes import positive_int as _positive_int
-from equilib.cache import atomic_savefig, atomic_write_text
+from equilib.cache import atomic_savefig, atomic_write_text, claim_folder
 
 __all__ = ["add_arguments", "run"]
 
@@ -27,10 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from equilib.degree.training import LAMBDA_OBJECTIVES, MODEL_KINDS
 
     parser.add_argument("--data", required=True, choices=DEGREE_TASKS,
-                        help="upright digits, all of C4, quarter turns within +-theta (partial), "
-                             "or double digits (left C4-rotated, right upright; 100 classes)")
+                        help="upright digits, all of C4, half turns only (partial: the subgroup "
+                             "{0, 180} of C4, digits other than 6 and 9), or double digits (left "
+                             "C4-rotated, right upright; 100 classes)")
     parser.add_argument("--seed", type=_nonneg_int, default=0, help="seed (default 0)")
-    parser.add_argument("--out", required=True, help="output folder (created if needed)")
+    parser.add_argument("--out", required=True, help="output folder (created if needed); one "
+                        "that already holds a result is refused unless --overwrite is given")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the result.json and lambda.png already in --out")
     parser.add_argument("--fast", action="store_true",
                         help="shrunken data, width and epochs (also EQUILIB_FAST=1)")
     parser.add_argument("--device", choices=["cpu", "cuda"],
@@ -43,15 +48,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "marginal likelihood")
     parser.add_argument("--epochs", type=_positive_int, help="training epochs")
     parser.add_argument("--n-train", type=_positive_int, help="training images")
-    parser.add_argument("--theta", type=float, help="half-width in degrees of the partial range (default 90: turns "
-                             "of -90, 0 and 90 degrees)")
     parser.add_argument("--share", action="store_true", help="one lambda shared by all layers")
     parser.add_argument("--threads", type=_positive_int, help="CPU threads torch may use")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train, then write ``result.json`` and ``lambda.png`` into ``args.out``; returns 0."""
+    """Train, then write ``result.json`` and ``lambda.png`` into ``args.out``; returns 0.
+
+    The folder is claimed for this run while it trains (a second run into it is refused), and
+    a folder that already holds a result is refused unless ``args.overwrite``.
+    """
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the output folder {str(out)!r}: {e.strerror or e}") from e
+    with claim_folder(out):
+        present = [name for name in ("result.json", "lambda.png") if (out / name).exists()]
+        if present and not getattr(args, "overwrite", False):
+            raise ValueError(f"{str(out)!r} already holds a result ({', '.join(present)}); pass "
+                             "--overwrite to replace it, or another --out")
+        return _train_and_write(args)
+
+
+def _train_and_write(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
     overrides = {
         "epochs": getattr(args, "epochs", None),
         "n_train": getattr(args, "n_train", None),
-        "theta_deg": getattr(args, "theta", None),
         "lambda_objective": getattr(args, "lambda_objective", "kl"),
     }
     if getattr(args, "share", False):
@@ -92,7 +112,12 @@ def run(args: argparse.Namespace) -> int:
         plt.close(fig)
         wrote.append(out / "lambda.png")
     print(f"test accuracy {100 * result['test_accuracy']:.1f}%  ({result['seconds']:.1f} s)")
+    present = result.get("data_elements")
+    lambdas = result["lambdas"][-1] if result["lambdas"] else {}
+    if present is not None:
+        print(f"the data contain the group elements {present} (indices into lambda)")
     for layer in result["layers"]:
-        print(f"{layer['name']}: entropy {layer['entropy']:.3f}")
+        lam = [round(v, 3) for v in lambdas.get(layer["name"], [])]
+        print(f"{layer['name']}: entropy {layer['entropy']:.3f}  lambda {lam}")
     print("wrote " + " and ".join(str(p) for p in wrote))
     return 0

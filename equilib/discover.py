@@ -13,14 +13,18 @@ biases excluded), and ``weight_norm`` is ``sqrt(sum_l |theta_l|^2)`` over the sa
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from equilib.cache import atomic_write_text
 from equilib.data.tasks import SOURCES, TASKS, make_task, n_classes
 from equilib.laplace import KronLaplace
 from equilib.laplace.curvature import HESSIANS
@@ -30,7 +34,7 @@ __all__ = [
     "MODELS", "TASKS", "OBJECTIVES", "Config", "default_config", "build_model", "make_loaders",
     "layer_structure", "precision_ratios", "run", "run_cached", "compare", "markdown_table",
     "without_weights", "rescale_paths", "effective_parameters", "scale_in_v",
-    "project_factor_grads", "retract_factors",
+    "project_factor_grads", "retract_factors", "run_many", "cache_entry", "code_fingerprint",
 ]
 
 # the models of the paper's table (section 6.1), in the order it lists them
@@ -362,6 +366,42 @@ def _clean(x):
     return x
 
 
+def layers_history_path(checkpoint) -> Path:
+    """Where :func:`run` keeps the per-epoch layer structure of a checkpointed run:
+    ``checkpoint.pt`` -> ``checkpoint.layers.json`` beside it."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".layers.json")
+
+
+def _resumed_layers_history(layers_file: Path, checkpoint, model: nn.Module,
+                            config: Config) -> list:
+    """The per-epoch layer structure up to the checkpoint's epoch, read back from
+    ``layers_file``; an epoch the file lacks (the run stopped between writing the checkpoint and
+    the file) is recomputed from the checkpoint's weights when it is the last one, else None."""
+    from equilib.train import load_checkpoint
+
+    try:
+        saved = json.loads(layers_file.read_text()) if layers_file.is_file() else []
+    except (OSError, ValueError):
+        saved = []
+    if not isinstance(saved, list):
+        saved = []
+    state = load_checkpoint(checkpoint)
+    done = int(state["epoch"])
+    saved = saved[:done]
+    if len(saved) < done:
+        saved.extend([None] * (done - 1 - len(saved)))
+        try:
+            at_checkpoint = copy.deepcopy(model)
+            at_checkpoint.load_state_dict(state["model"])
+            saved.append(_clean(layer_structure(at_checkpoint,
+                                                state["history"]["prior_precision"][-1],
+                                                config.factor_scale)))
+        except (RuntimeError, KeyError, IndexError, ValueError, TypeError):
+            saved.append(None)  # a checkpoint of another run: fit refuses it with the reason
+    return saved
+
+
 def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
         resume: bool = False, keep_model: bool = False, data_root=None) -> dict:
     """Train one model on one task with one objective and summarise what it learned.
@@ -370,7 +410,9 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
     ``train_accuracy``, ``log_marglik`` (final, None for MAP), ``seconds``, ``layers`` (see
     :func:`layer_structure`), ``layers_history`` (the same per epoch), ``history``
     (:class:`equilib.train.History` as lists) and ``config``; plus ``state_dict`` (CPU tensors,
-    not JSON) if ``keep_model``.
+    not JSON) if ``keep_model``. With a ``checkpoint``, the per-epoch layer structure is also
+    written beside it (:func:`layers_history_path`), so that a resumed run reports every epoch.
+    A run that diverges raises ``equilib.train.TrainingDiverged`` and returns nothing.
     """
     t0, c0 = time.perf_counter(), time.process_time()
     torch.manual_seed(config.seed)
@@ -387,11 +429,18 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
         scale_in_v(model)
     if device is not None:
         model.to(device)
-    layers_history: list[list[dict]] = []
+    # the per-epoch structure is kept beside the checkpoint, so a resumed run's history is whole
+    layers_file = None if checkpoint is None else layers_history_path(checkpoint)
+    layers_history: list = (_resumed_layers_history(layers_file, checkpoint, model, config)
+                            if resume else [])
 
     def record(epoch, history: History, m):
+        del layers_history[epoch - 1:]
+        layers_history.extend([None] * (epoch - 1 - len(layers_history)))
         layers_history.append(layer_structure(m, history.prior_precision[-1],
                                               config.factor_scale))
+        if layers_file is not None:
+            atomic_write_text(layers_file, json.dumps(_clean(layers_history)))
 
     history = fit(
         model, train_loader, test_loader, objective=config.objective, epochs=config.epochs,
@@ -434,35 +483,95 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
     return result
 
 
+# the source files whose code decides a run's result: a change to any of them gives new keys
+_CODE_FILES = ("discover.py", "train.py", "models.py", "nn", "laplace", "data")
+_code_hash: str | None = None
+
+
+def code_fingerprint() -> str:
+    """A hash of the library code a discovery run depends on (part of every cache key)."""
+    global _code_hash
+    if _code_hash is None:
+        import hashlib
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent
+        h = hashlib.sha256()
+        for entry in _CODE_FILES:
+            path = root / entry
+            for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+                h.update(f.relative_to(root).as_posix().encode())
+                h.update(f.read_bytes())
+        _code_hash = h.hexdigest()[:16]
+    return _code_hash
+
+
+def cache_entry(config: Config) -> dict:
+    """The cache key of a run: its configuration and the code that computes it.
+
+    MAP ignores the schedule of the evidence steps and the Hessian, so those take their default
+    values in a MAP run's key (MAP runs of different schedules share one entry). ``Config``
+    rebuilt from the entry (less ``code``) runs the same computation: see :func:`_run_entry`.
+    """
+    key = config.to_dict()
+    if config.objective == "map":
+        key.update(_MARGLIK_ONLY, hessian=Config.hessian)
+    if config.strides is not None:
+        key["strides"] = list(config.strides)
+    key["code"] = code_fingerprint()
+    return key
+
+
+def _run_entry(entry: dict) -> dict:
+    """Run the configuration of a cache entry, keeping the weights (a worker process's job)."""
+    config = Config(**{k: v for k, v in entry.items() if k != "code"})
+    return run(config, progress=False, keep_model=True)
+
+
 def run_cached(config: Config, *, device=None, progress: bool = True, cache: bool = True,
                data_root=None) -> dict:
     """:func:`run` with the trained weights kept, computed once per configuration.
 
-    Results are stored by ``equilib.cache.cached`` under a key made from the configuration, so
-    the command line's ``compare`` and the chapter share them. ``cache=False`` recomputes.
+    Results are stored by ``equilib.cache.cached`` under :func:`cache_entry`, so the command
+    line's ``compare`` and the chapter share them. ``cache=False`` recomputes.
     """
     def compute():
         return run(config, device=device, progress=progress, keep_model=True, data_root=data_root)
 
-    if not cache:
+    if not cache or config.source != "sklearn":  # local data files are not part of the key
         return compute()
     from equilib.cache import cached
 
-    key = config.to_dict()
-    if config.hessian == "ggn" or config.objective == "map":
-        del key["hessian"]  # MAP ignores it; the default stays out of the key
-    factored = any(kind in config.model for kind in ("f-fc", "s-fc"))
-    if config.factor_scale == "both" or not factored:  # no factored path: nothing to split;
-        del key["factor_scale"]  # "both" is the parameterisation of the older entries
-    if config.strides is None:  # likewise
-        del key["strides"]
-    else:
-        key["strides"] = list(config.strides)
-    if config.objective == "map":  # MAP ignores the schedule of the evidence steps
-        key.update(_MARGLIK_ONLY)
-    # version 5: KFAC output factors of strided convs from the strided gradient (marglik only)
-    version = 5 if config.objective == "marglik" else 4
-    return cached("discover", dict(key, version=version), compute)
+    return cached("discover", cache_entry(config), compute)
+
+
+def run_many(configs: dict, *, device=None, workers: int | None = None,
+             progress: bool = True) -> dict:
+    """``{key: result}`` for ``{key: Config}``: cached runs loaded, the others trained.
+
+    On the CPU the missing runs train side by side in ``workers`` processes (default: up to
+    two, one PyTorch thread each; ``EQUILIB_WORKERS`` overrides), printing what starts and
+    finishes; on a GPU they run here, one after the other.
+    """
+    import os
+
+    from equilib.runs import Job, run_jobs
+
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if workers is None:
+        workers = int(os.environ.get("EQUILIB_WORKERS", min(2, os.cpu_count() or 1)))
+    if dev.type != "cpu" or workers == 1:
+        out = {}
+        for key, config in configs.items():
+            if progress:
+                print(f"  {key}: ...", flush=True)
+            out[key] = run_cached(config, device=device, progress=False)
+        return out
+    names = {key: key if isinstance(key, str) else " ".join(map(str, key))
+                  if isinstance(key, tuple) else str(key) for key in configs}
+    jobs = {names[key]: Job("discover", cache_entry(c), _run_entry) for key, c in configs.items()}
+    done = run_jobs(jobs, workers=workers, progress=progress)
+    return {key: done[names[key]] for key in configs}
 
 
 def without_weights(result: dict) -> dict:
@@ -472,21 +581,25 @@ def without_weights(result: dict) -> dict:
 
 def compare(tasks=("digits",), models=MODELS, objectives=OBJECTIVES, *, fast: bool = False,
             device=None, progress: bool = True, cache: bool = True, log=None, data_root=None,
-            **overrides) -> list:
-    """Run every task x model x objective (cached) and return the results as a list of dicts."""
-    rows = []
-    for task in tasks:
-        for model in models:
-            for objective in objectives:
-                config = default_config(fast, task=task, model=model, objective=objective,
-                                        **overrides)
-                t0 = time.perf_counter()
-                res = run_cached(config, device=device, progress=progress, cache=cache,
-                                 data_root=data_root)
-                if log is not None:
-                    log(f"{task} {model} {objective}: test accuracy {res['test_accuracy']:.3f} "
-                        f"({time.perf_counter() - t0:.1f} s now, {res['seconds']:.1f} s to train)")
-                rows.append(res)
+            workers: int | None = None, **overrides) -> list:
+    """Run every task x model x objective (cached) and return the results as a list of dicts.
+
+    With the cache on and scikit-learn's digits, missing runs train in parallel worker
+    processes (:func:`run_many`); otherwise one after the other here.
+    """
+    configs = {f"{task} {model} {objective}": default_config(fast, task=task, model=model,
+                                                             objective=objective, **overrides)
+               for task in tasks for model in models for objective in objectives}
+    if cache and all(c.source == "sklearn" for c in configs.values()):
+        results = run_many(configs, device=device, workers=workers, progress=progress)
+        rows = list(results.values())
+    else:
+        rows = [run_cached(c, device=device, progress=progress, cache=cache, data_root=data_root)
+                for c in configs.values()]
+    if log is not None:
+        for key, res in zip(configs, rows):
+            log(f"{key}: test accuracy {res['test_accuracy']:.3f} "
+                f"({res['seconds']:.1f} s to train)")
     return rows
 
 

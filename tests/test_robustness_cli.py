@@ -1,0 +1,148 @@
+"""The command line never loses a run, never lets two runs share a folder, and never reports a
+diverged run; a resumed run's per-epoch history is whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from equilib import discover
+from equilib.__main__ import main
+from equilib.cache import FolderBusy, claim_folder
+
+TINY = ["--fast", "--epochs", "2", "--n-train", "120", "--n-test", "20", "--width", "2",
+        "--quiet"]
+
+
+def _discover(out, *extra):
+    return main(["discover", "--task", "digits", "--objective", "map", "--out", str(out),
+                 *TINY, *extra])
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_rerun_into_a_finished_run_is_refused_and_says_where(tmp_path, capsys):
+    (tmp_path / "result.json").write_text('{"test_accuracy": 0.9}')
+    (tmp_path / "checkpoint.pt").write_bytes(b"old checkpoint")
+    before = _snapshot(tmp_path)
+    assert _discover(tmp_path) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "finished run" in err and "--resume" in err
+    assert _snapshot(tmp_path) == before  # nothing touched, no lock left behind
+    (tmp_path / "result.json").unlink()
+    assert _discover(tmp_path) == 2
+    assert "interrupted run" in capsys.readouterr().err
+    assert _discover(tmp_path, "--resume", "--overwrite") == 2
+    assert "pass one" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_overwrite_starts_over(tmp_path, capsys):
+    (tmp_path / "result.json").write_text('{"old": true}')
+    (tmp_path / "checkpoint.layers.json").write_text("[]")
+    assert _discover(tmp_path, "--overwrite") == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert "old" not in result and len(result["layers_history"]) == 2
+    assert not (tmp_path / ".equilib.lock").exists()
+
+
+def test_a_live_lock_refuses_a_second_run(tmp_path, capsys):
+    with claim_folder(tmp_path):
+        assert (tmp_path / ".equilib.lock").read_text().split()[0] == str(os.getpid())
+        with pytest.raises(FolderBusy, match=f"process {os.getpid()}"), claim_folder(tmp_path):
+            pass
+        assert _discover(tmp_path) == 2
+        assert "in use by process" in capsys.readouterr().err
+    assert not (tmp_path / ".equilib.lock").exists()
+
+
+def test_two_processes_cannot_both_claim_a_folder(tmp_path):
+    code = ("import sys; from equilib.cache import claim_folder, FolderBusy\n"
+            "try:\n"
+            "    with claim_folder(sys.argv[1]):\n"
+            "        print('claimed', flush=True); sys.stdin.readline()\n"
+            "except FolderBusy:\n"
+            "    print('busy', flush=True)\n")
+    first = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "claimed"
+        second = subprocess.run([sys.executable, "-c", code, str(tmp_path)],
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=120)
+        assert second.stdout.strip() == "busy"
+    finally:
+        first.communicate("\n", timeout=120)  # the first run ends: its lock goes
+    assert not (tmp_path / ".equilib.lock").exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".equilib.lock").write_text(f"{dead.pid} {socket.gethostname()}\n")
+    with claim_folder(tmp_path):
+        assert (tmp_path / ".equilib.lock").read_text().split()[0] == str(os.getpid())
+    assert not (tmp_path / ".equilib.lock").exists()
+    # a lock from another host cannot be checked: refused, with the way out
+    (tmp_path / ".equilib.lock").write_text("12345 some-other-host\n")
+    with pytest.raises(FolderBusy, match="some-other-host.*delete the lock file"):
+        with claim_folder(tmp_path):
+            pass
+
+
+@pytest.mark.slow
+def test_a_diverged_run_writes_no_result(tmp_path, capsys, monkeypatch):
+    assert _discover(tmp_path / "d", "--lr", "1e30") == 2
+    err = capsys.readouterr().err
+    assert "diverged in epoch 1" in err and "Traceback" not in err
+    assert not (tmp_path / "d" / "result.json").exists()
+    assert not (tmp_path / "d" / ".equilib.lock").exists()
+    monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path / "cache"))
+    rc = main(["compare", "--task", "digits", "--models", "conv", "--objectives", "map",
+               "--out", str(tmp_path / "c"), *TINY, "--lr", "1e30"])
+    assert rc == 2 and "diverged" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").glob("*.pt"))  # nothing cached
+    assert not (tmp_path / "c" / "results.json").exists()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_the_whole_layer_history(tmp_path, monkeypatch):
+    config = discover.default_config(True, task="digits", objective="map", epochs=3,
+                                     n_train=120, n_test=20, width=2)
+    whole = discover.run(config, progress=False, checkpoint=tmp_path / "a" / "checkpoint.pt")
+    real_fit = discover.fit
+
+    def interrupted_fit(*args, callback, **kwargs):
+        def stop_after_two(epoch, history, model):
+            callback(epoch, history, model)
+            if epoch == 2:
+                raise _Interrupted
+
+        return real_fit(*args, callback=stop_after_two, **kwargs)
+
+    for lose_last in (False, True):
+        ckpt = tmp_path / f"b{lose_last}" / "checkpoint.pt"
+        monkeypatch.setattr(discover, "fit", interrupted_fit)
+        with pytest.raises(_Interrupted):
+            discover.run(config, progress=False, checkpoint=ckpt)
+        monkeypatch.setattr(discover, "fit", real_fit)
+        layers_file = discover.layers_history_path(ckpt)
+        if lose_last:  # killed between the checkpoint and the history file
+            saved = json.loads(layers_file.read_text())
+            layers_file.write_text(json.dumps(saved[:1]))
+        resumed = discover.run(config, progress=False, checkpoint=ckpt, resume=True)
+        assert len(resumed["layers_history"]) == 3 and None not in resumed["layers_history"]
+        assert resumed["layers_history"] == whole["layers_history"]
+        assert resumed["test_accuracy"] == whole["test_accuracy"]
