@@ -89,9 +89,11 @@ def connectivity_explorer(layers: Mapping[str, tuple[torch.nn.Module, tuple[int,
         ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
         draw_unit_weights(unit_weights(M, (C, H, W), unit), (row.value * s, col.value * s), ax1,
                           f"{pick.value}: weights of unit {(ch.value, row.value, col.value)}")
+        fig.colorbar(ax1.images[0], ax=ax1, shrink=0.8, label="weight (own scale)")
         m = max(float(M.abs().max()), 1e-12)
-        ax2.imshow(M.numpy(), cmap="RdBu_r", vmin=-m, vmax=m, aspect="auto",
-                   interpolation="nearest")
+        im = ax2.imshow(M.numpy(), cmap="RdBu_r", vmin=-m, vmax=m, aspect="auto",
+                        interpolation="nearest")
+        fig.colorbar(im, ax=ax2, label="weight")
         ax2.axhline(unit, color="k", lw=0.8)
         ax2.set_title(f"layer matrix {tuple(M.shape)} (row {unit} marked)", fontsize=9)
         ax2.set_xlabel("input unit (c, y, x)")
@@ -110,7 +112,9 @@ def connectivity_explorer(layers: Mapping[str, tuple[torch.nn.Module, tuple[int,
 def draw_feature_maps(resp: dict, block: int, channel: int = 0, fig=None, title: str = ""):
     """Draw ``feature_map_response`` for one block and channel: x, g.x, f(x), f(g.x), g.f(x).
 
-    Group feature maps ``(C, n, H, W)`` show their first group slice.
+    Group feature maps ``(C, n, H, W)`` show their first group slice. The two inputs share one
+    colour scale, and so do the three feature maps (with a colour bar), so that equal panels
+    look equal.
     """
     import matplotlib.pyplot as plt
 
@@ -126,13 +130,21 @@ def draw_feature_maps(resp: dict, block: int, channel: int = 0, fig=None, title:
     panels = [("x", resp["x"][0].mean(0)), ("g.x", resp["gx"][0].mean(0)),
               ("f(x)", img(resp["f_x"][block])), ("f(g.x)", img(resp["f_gx"][block])),
               ("g.f(x)", img(resp["g_fx"][block]))]
-    for ax, (name, t) in zip(axes, panels):
-        ax.imshow(t.detach().cpu().numpy(), cmap="viridis")
+    inputs = torch.stack([t.detach().float().cpu() for _, t in panels[:2]])
+    features = torch.stack([t.detach().float().cpu() for _, t in panels[2:]])
+    for i, (ax, (name, t)) in enumerate(zip(axes, panels)):
+        scale = inputs if i < 2 else features
+        lo, hi = float(scale.min()), float(scale.max())
+        if hi - lo < 1e-12:  # a constant map (e.g. a dead channel): one flat colour for all
+            lo, hi = lo - 1.0, hi + 1.0
+        im = ax.imshow(t.detach().cpu().numpy(), cmap="viridis", vmin=lo, vmax=hi)
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{title}  block {block}: relative error {resp['errors'][block]:.2e}")
+    fig.suptitle(f"{title}  block {block}, channel {channel}: relative error "
+                 f"{resp['errors'][block]:.2e}")
     fig.tight_layout()
+    fig.colorbar(im, ax=list(axes[2:]), shrink=0.8, label="feature value")
     return fig
 
 
