@@ -274,3 +274,31 @@ def test_layer_structure_with_the_scale_in_v_summarises_v_alone():
         discover.layer_structure(m, delta, factor_scale="u")
     with pytest.raises(ValueError, match="factor_scale"):
         discover.default_config(factor_scale="u")
+
+
+def test_cache_entry_rebuilds_the_run_and_map_ignores_the_evidence_schedule():
+    ml = discover.default_config(True, objective="marglik", strides=(2, 2, 1), hyper_steps=7)
+    entry = discover.cache_entry(ml)
+    assert entry["code"] == discover.code_fingerprint() and entry["strides"] == [2, 2, 1]
+    assert discover.Config(**{k: v for k, v in entry.items() if k != "code"}) == ml
+    a = discover.cache_entry(discover.default_config(True, objective="map", hyper_steps=7))
+    b = discover.cache_entry(discover.default_config(True, objective="map", hyper_steps=3))
+    assert a == b  # MAP never reads the evidence schedule: one entry
+    assert discover.cache_entry(discover.default_config(True, seed=1)) != \
+        discover.cache_entry(discover.default_config(True, seed=2))
+
+
+def test_run_many_in_worker_processes_equals_runs_here(tmp_path, monkeypatch):
+    monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path / "workers"))
+    configs = {s: discover.default_config(True, task="quadrant", model="f-fc+conv",
+                                          objective="marglik", epochs=2, burn_in=1,
+                                          marglik_every=1, hyper_steps=2, n_train=40, n_test=10,
+                                          seed=s) for s in (0, 1)}
+    parallel = discover.run_many(configs, workers=2, progress=False)
+    monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path / "here"))
+    for s, config in configs.items():
+        here = discover.run_cached(config, progress=False)
+        assert here["test_accuracy"] == parallel[s]["test_accuracy"]
+        assert here["history"]["prior_precision"] == parallel[s]["history"]["prior_precision"]
+        for k, v in here["state_dict"].items():
+            torch.testing.assert_close(parallel[s]["state_dict"][k], v, rtol=0, atol=0)
