@@ -192,10 +192,27 @@ def cmd_test(args) -> None:
         browser_test(py, ["--parts", "lab", "html"] if html else ["--parts", "lab"])
 
 
+GRADING_TIMEOUT = 300  # seconds per grading test: a reader's endless loop ends as a failure
+
+
+def chapter_number(text: str) -> str:
+    """The chapter argument of ``check`` as two digits: '1', '01' -> '01'; else a usage error."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a chapter number such as 01 or 7, got {text!r}")
+    return f"{int(text):02d}"
+
+
+def positive_seconds(text: str) -> int:
+    """A positive whole number of seconds, else a usage error."""
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return int(text)
+
+
 def cmd_check(args) -> None:
     py = setup()
     workspace()
-    chapter = f"{int(args.chapter):02d}"
+    chapter = args.chapter
     tests = sorted((EXERCISES / "tests").glob(f"test_ex{chapter}_*.py"))
     if not tests:
         valid = sorted({p.name[7:9] for p in (EXERCISES / "tests").glob("test_ex*_*.py")})
@@ -203,7 +220,10 @@ def cmd_check(args) -> None:
     folder = Path(args.dir).resolve() if args.dir else WORKSPACE
     say(f"grading your work in {folder}")
     env = {"EQUILIB_EXERCISES_DIR": str(folder), "EQUILIB_FAST": "1", "MPLBACKEND": "Agg"}
-    code = run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], env=env, check=False)
+    # each test has a time limit (pytest-timeout, in the dev extra): a loop that never ends
+    # fails that test, and the report names the exercise (exercises/tests/conftest.py)
+    code = run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout",
+                str(args.timeout), *tests], env=env, check=False)
     say("all exercises pass, well done" if code == 0 else "some exercises are not done yet (see above)")
     sys.exit(code)
 
@@ -249,8 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("check", help="grade your exercises of one chapter, e.g. 'check 01'")
-    p.add_argument("chapter", help="chapter number, e.g. 01")
+    p.add_argument("chapter", type=chapter_number, help="chapter number, e.g. 01")
     p.add_argument("--dir", default=None, help="folder with your exercise files (book/my-exercises)")
+    p.add_argument("--timeout", type=positive_seconds, default=GRADING_TIMEOUT,
+                   help=f"seconds each grading test may run (default {GRADING_TIMEOUT})")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("students", help="regenerate the student copies of the exercises")

@@ -35,6 +35,30 @@ def load_exercise(name: str, folder: Path | None = None):
     return module
 
 
+def _timed_out(call) -> bool:
+    """Whether the phase ended in pytest-timeout's failure (its signal method fails the test)."""
+    return (call.excinfo is not None and call.excinfo.errisinstance(pytest.fail.Exception)
+            and "Timeout" in str(call.excinfo.value))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Name the exercise whose test ran out of time (``python3 course.py check`` sets a limit)."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or not _timed_out(call):
+        return
+    name = getattr(item.module, "NAME", None) or item.module.__name__
+    limit = item.config.getoption("timeout", None)
+    within = f" within {float(limit):g} s" if limit else ""
+    report.longrepr = (
+        f"exercise {name} ({exercise_dir() / (name + '.py')}): {item.name} did not finish"
+        f"{within}. A loop in your code may never end (check its stopping condition), or the "
+        f"code is far slower than it needs to be. Where it was when stopped:\n\n"
+        f"{report.longreprtext}"
+    )
+
+
 @pytest.fixture
 def exercise():
     """``exercise("ex01_groups")`` returns that exercise module."""
