@@ -28,7 +28,8 @@ The curvature backend is separate from the Laplace logic (``laplace.py``): ``cur
 (which module owns each parameter; one registry entry per layer type with its input and output
 rows, ``register_primitive``), ``output_hessian.py`` (roots of the loss Hessian in the outputs,
 target checks), ``backprop.py`` (recorder and backward passes) and ``kfac.py`` (Kronecker
-factors). Exact evidence of linear models in ``linear.py`` (chapter 05).
+factors; ``reference_kfac.py`` computes the same factors of Linear and Conv2d layers in one
+screen, as chapter 06 shows). Exact evidence of linear models in ``linear.py`` (chapter 05).
 """
 
 from equilib.laplace import linear
@@ -36,6 +37,7 @@ from equilib.laplace.curvature import inspect_model, register_primitive
 from equilib.laplace.kfac import kron_logdet
 from equilib.laplace.laplace import BaseLaplace, DiagLaplace, FullLaplace, KronLaplace, Laplace
 from equilib.laplace.output_hessian import output_hessian_sqrt
+from equilib.laplace.reference_kfac import reference_kfac
 
 __all__ = [
     "BaseLaplace",
@@ -47,5 +49,6 @@ __all__ = [
     "kron_logdet",
     "linear",
     "output_hessian_sqrt",
+    "reference_kfac",
     "register_primitive",
 ]
