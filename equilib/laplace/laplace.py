@@ -256,13 +256,14 @@ class BaseLaplace:
             self.model.train(was_training)
         if n_batches == 0 or n_data == 0:
             raise ValueError("the loader is empty: fit needs at least one (X, y) batch")
-        if y_lo is not None and (int(y_lo) < 0 or int(y_hi) >= n_outputs):
+        lo, hi = (0, 0) if y_lo is None else torch.stack([y_lo, y_hi]).tolist()  # one sync
+        if lo < 0 or hi >= n_outputs:
             raise ValueError(
                 f"classification labels must lie in [0, {n_outputs - 1}] (the model has "
-                f"{n_outputs} outputs), found values from {int(y_lo)} to {int(y_hi)}; an ignore "
-                "index such as -100 is not supported: drop those examples from the loader"
+                f"{n_outputs} outputs), found values from {lo} to {hi}; an ignore index such "
+                "as -100 is not supported: drop those examples from the loader"
             )
-        if bool(bad_target):
+        if self.likelihood == "regression" and bool(bad_target):
             raise ValueError("the regression targets contain NaN or inf; drop or fix those "
                              "examples (the evidence would be NaN)")
         if bool(bad_output):
