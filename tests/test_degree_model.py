@@ -108,6 +108,8 @@ def test_command_line_writes_result_and_png(tmp_path):
     assert [d["name"] for d in result["layers"]] == ["lift", "gconv1", "gconv2", "gconv3"]
     assert all(0.0 <= d["entropy"] <= 1.0 + 1e-9 for d in result["layers"])
     assert len(result["lambdas"]) == 2  # initialisation and one epoch
+    assert result["data_elements"] == [0, 1, 2, 3]  # all of C4 in the rotated data
+    assert all(len(v) == 4 for v in result["lambdas"][-1].values())
     assert (tmp_path / "lambda.png").stat().st_size > 1000
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "sideways", "--out", str(tmp_path)])

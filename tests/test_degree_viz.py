@@ -71,3 +71,31 @@ def test_widget_builds():
     assert epoch.value == 1
     with pytest.raises(ValueError, match="at least one run"):
         lambda_explorer({"fc": {"lambdas": [{}]}})
+
+
+def test_bars_of_the_elements_in_the_data_are_blue_and_the_others_grey():
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    res = {**_result("partial"), "data_elements": [0, 2]}
+    fig = plot_lambdas(res)
+    bars = [p for p in fig.axes[0].patches]
+    assert len(bars) == 4
+    blue, grey = to_rgba("C0", 0.85), to_rgba("0.6", 0.85)
+    assert [b.get_facecolor() for b in bars] == [blue, grey, blue, grey]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:2] == ["in the data", "not in the data"]
+    assert "partial data" in fig._suptitle.get_text()
+    plt.close(fig)
+
+
+def test_widget_leaves_no_figure_for_the_next_show():
+    pytest.importorskip("ipywidgets")
+    import matplotlib.pyplot as plt
+
+    from equilib.widgets.degree import lambda_explorer
+
+    plt.close("all")
+    w = lambda_explorer({"rotated": _result(), "upright": _result("upright")})
+    w.children[0].children[1].value = 0  # redraw
+    assert plt.get_fignums() == []

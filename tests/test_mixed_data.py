@@ -8,6 +8,8 @@ import torch
 from equilib.data import load_digits, upsample
 from equilib.data.mixed import (
     DEGREE_TASKS,
+    PARTIAL_EXCLUDED,
+    TASK_ANGLES,
     make_degree_task,
     make_double_digits,
     make_rotated_digits,
@@ -44,6 +46,10 @@ def test_transform_kinds():
     part, a = transform_digits(X, "partial", theta=theta, generator=g)
     assert bool((a.abs() <= theta).all()) and float(a.abs().max()) > theta / 2
     assert torch.allclose(part, rotate(X, a).clamp(0, 1), atol=1e-6)
+    c2, a = transform_digits(X, "c2", generator=g)
+    assert {round(abs(v), 5) for v in a.tolist()} == {0.0, round(math.pi, 5)}
+    for i in range(len(X)):
+        assert torch.equal(c2[i], torch.rot90(X[i], 2 if a[i] else 0, dims=(-2, -1)))
     so2, a = transform_digits(X, "so2", generator=g)
     assert bool(((a >= 0) & (a < 2 * math.pi)).all())
 
@@ -84,6 +90,45 @@ def test_degree_tasks():
         assert nc == (100 if name == "double" else 10)
         assert Xtr.shape[-1] == (32 if name == "double" else 16)
         assert len(Xtr) == 40 and len(Xte) == 20 and int(ytr.max()) < nc
+
+
+@pytest.mark.parametrize("name", ["upright", "rotated", "partial"])
+def test_single_digit_tasks_turn_by_exactly_their_listed_angles(name):
+    Xtr, ytr, Xte, yte, _ = make_degree_task(name, 300, 100, seed=3)
+    pool, labels = _sources()
+    seen = set()
+    for X, y in ((Xtr, ytr), (Xte, yte)):
+        found = torch.full((len(X),), -1)
+        turn = torch.full((len(X),), -1)
+        for q in range(4):  # undo a quarter turn q and look the image up among the sources
+            idx = _match(torch.rot90(X, -q, dims=(-2, -1)), pool)
+            new = (found < 0) & (idx >= 0)
+            found, turn = torch.where(new, idx, found), torch.where(new, q, turn)
+        assert bool((found >= 0).all())
+        assert torch.equal(labels[found], y)
+        seen |= {90 * int(q) for q in turn}
+    assert seen == set(TASK_ANGLES[name])
+    if name == "partial":  # no 6 and no 9: a half turn would make one the other
+        assert not set(PARTIAL_EXCLUDED) & set(torch.cat([ytr, yte]).tolist())
+
+
+def test_partial_task_uses_at_most_the_digits_without_6_and_9():
+    make_degree_task("partial", 1000, 436, seed=0)
+    with pytest.raises(ValueError, match="without the digits \\[6, 9\\]"):
+        make_degree_task("partial", 1000, 500, seed=0)
+
+
+def test_data_elements_index_the_rotations_of_the_data():
+    from equilib.degree.training import data_elements
+
+    assert data_elements("upright") == [0]
+    assert data_elements("rotated") == [0, 1, 2, 3]
+    assert data_elements("partial") == [0, 2]
+    assert data_elements("partial", "C8") == [0, 4]
+    assert data_elements("partial", "D4") == [0, 2]  # flips are never in the data
+    assert data_elements("double") is None
+    with pytest.raises(ValueError, match="valid tasks"):
+        data_elements("sideways")
 
 
 def test_bad_input():

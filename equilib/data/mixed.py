@@ -5,15 +5,19 @@ Each source digit (scikit-learn's 8x8, upsampled to ``digit`` pixels and centred
 
 * ``upright``: not at all;
 * ``c4``: a random multiple of 90 degrees (exact, ``rot90``);
+* ``c2``: a random multiple of 180 degrees (exact): the subgroup {0, 180} of C4;
 * ``so2``: a random angle in [0, 2 pi) (bilinear);
 * ``partial``: a random angle in [-theta, theta] (bilinear);
 * ``c4-partial``: a random quarter turn within [-theta, theta] (exact; {-90, 0, 90} degrees
   for theta = 90 degrees): a partial range on the grid of C4.
 
-Tasks (``make_degree_task``): ``upright``, ``rotated`` (all of C4), ``partial`` (the quarter turns
-within +- theta, ``c4-partial``) with 10 classes, and ``double``: two digits side by side on a ``size x 2 size`` canvas, the left one
-rotated (by ``left``, default C4) and the right one upright, label ``10 * left + right`` (100
-classes). Train and test images come from disjoint source digits.
+Tasks (``make_degree_task``), all with 10 classes except ``double``: ``upright``, ``rotated``
+(all of C4) and ``partial``: half turns only (``c2``), on the digits other than 6 and 9 (a 6
+turned by 180 degrees is a 9, so with them the labels would contradict the images); 8 of the 10
+labels occur. ``double``: two digits side by side on a ``size x 2 size`` canvas, the left one
+rotated by C4 and the right one upright, label ``10 * left + right`` (100 classes). Train and
+test images come from disjoint source digits. ``TASK_ANGLES`` lists, per single-digit task, the
+rotations (degrees) its images are turned by.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from equilib.groups import rotate
 
 __all__ = [
     "DEGREE_TASKS",
+    "TASK_ANGLES",
+    "PARTIAL_EXCLUDED",
     "TRANSFORMS",
     "transform_digits",
     "make_rotated_digits",
@@ -35,7 +41,9 @@ __all__ = [
 ]
 
 DEGREE_TASKS = ("upright", "rotated", "partial", "double")
-TRANSFORMS = ("upright", "c4", "so2", "partial", "c4-partial")
+TRANSFORMS = ("upright", "c4", "c2", "so2", "partial", "c4-partial")
+TASK_ANGLES = {"upright": (0,), "rotated": (0, 90, 180, 270), "partial": (0, 180)}
+PARTIAL_EXCLUDED = (6, 9)  # the digits a half turn maps onto each other
 
 
 def _check_transform(kind: str) -> None:
@@ -58,9 +66,11 @@ def transform_digits(
     N = len(X)
     if kind == "upright":
         return X.clone(), torch.zeros(N)
-    if kind in ("c4", "c4-partial"):
+    if kind in ("c4", "c2", "c4-partial"):
         if kind == "c4":
             k = torch.randint(4, (N,), generator=generator)
+        elif kind == "c2":
+            k = 2 * torch.randint(2, (N,), generator=generator)
         else:
             kmax = int(math.floor(theta / (math.pi / 2) + 1e-9))
             k = torch.randint(-kmax, kmax + 1, (N,), generator=generator) % 4
@@ -77,15 +87,22 @@ def transform_digits(
     return rotate(X, angles.to(X.dtype)).clamp(0, 1), angles
 
 
-def _sources(n_train: int, n_test: int, size: int, digit: int, seed: int):
-    """Disjoint train/test pools of source digits centred on ``size`` canvases."""
+def _sources(n_train: int, n_test: int, size: int, digit: int, seed: int, exclude=()):
+    """Disjoint train/test pools of source digits centred on ``size`` canvases.
+
+    ``exclude``: labels left out of both pools.
+    """
     if not (isinstance(size, int) and isinstance(digit, int) and 1 <= digit <= size):
         raise ValueError(f"need integers 1 <= digit <= size, got digit={digit!r}, size={size!r}")
     X, y = load_digits()
+    if exclude:
+        keep = ~torch.isin(y, torch.tensor(list(exclude)))
+        X, y = X[keep], y[keep]
     if n_train < 1 or n_test < 1 or n_train + n_test > len(X):
+        without = f" (without the digits {list(exclude)})" if exclude else ""
         raise ValueError(
-            f"need n_train >= 1, n_test >= 1 and n_train + n_test <= {len(X)} source digits; "
-            f"got n_train={n_train}, n_test={n_test}"
+            f"need n_train >= 1, n_test >= 1 and n_train + n_test <= {len(X)} source "
+            f"digits{without}; got n_train={n_train}, n_test={n_test}"
         )
     X = upsample(X, digit)
     pad_lo = (size - digit) // 2
@@ -104,13 +121,15 @@ def make_rotated_digits(
     digit: int = 12,
     theta: float = math.pi / 4,
     seed: int = 0,
+    exclude: tuple[int, ...] = (),
 ):
     """Single digits transformed per ``kind``: ``(Xtr (n_train, 1, size, size), ytr, Xte, yte)``.
 
-    At most 1797 digits in all (each source digit is used once).
+    At most 1797 digits in all (each source digit is used once), fewer without the labels in
+    ``exclude``.
     """
     _check_transform(kind)
-    Xtr, ytr, Xte, yte = _sources(n_train, n_test, size, digit, seed)
+    Xtr, ytr, Xte, yte = _sources(n_train, n_test, size, digit, seed, exclude)
     g = torch.Generator().manual_seed(seed + 1)
     Xtr, _ = transform_digits(Xtr, kind, theta, g)
     Xte, _ = transform_digits(Xte, kind, theta, g)
@@ -162,17 +181,19 @@ def make_degree_task(
     n_test: int,
     size: int = 16,
     digit: int = 12,
-    theta: float = math.pi / 2,
     seed: int = 0,
 ):
     """One of ``DEGREE_TASKS``: ``(Xtr, ytr, Xte, yte, n_classes)``.
 
-    ``upright``/``rotated``/``partial``: single digits, upright / C4-rotated / turned by a quarter
-    turn within +-theta (10 classes; ``{-90, 0, 90}`` degrees for the default theta = pi/2). ``double``: left digit C4-rotated, right upright (100 classes).
+    ``upright``/``rotated``: single digits, upright / turned by a random element of C4.
+    ``partial``: the digits other than 6 and 9 (at most 1436), each turned by 0 or 180 degrees
+    (the subgroup C2 of C4). These three have 10 classes. ``double``: left digit C4-rotated,
+    right upright (100 classes).
     """
     if name not in DEGREE_TASKS:
         raise ValueError(f"unknown degree task {name!r}; valid tasks are {list(DEGREE_TASKS)}")
     if name == "double":
-        return (*make_double_digits(n_train, n_test, "c4", "upright", size, digit, theta, seed), 100)
-    kind = {"upright": "upright", "rotated": "c4", "partial": "c4-partial"}[name]
-    return (*make_rotated_digits(n_train, n_test, kind, size, digit, theta, seed), 10)
+        return (*make_double_digits(n_train, n_test, "c4", "upright", size, digit, seed=seed), 100)
+    kind = {"upright": "upright", "rotated": "c4", "partial": "c2"}[name]
+    exclude = PARTIAL_EXCLUDED if name == "partial" else ()
+    return (*make_rotated_digits(n_train, n_test, kind, size, digit, seed=seed, exclude=exclude), 10)

@@ -8,7 +8,10 @@ likelihood after every epoch (``equilib.degree.marglik``). The lambda of every l
 at initialisation and after every epoch.
 
 ``run_experiment`` builds one data variant and one model kind and trains it; the command line
-and chapter 08 both call it (the chapter through ``equilib.cache.cached``).
+calls it, and chapter 08 through ``run_config`` (one cached job of ``equilib.runs.run_jobs``
+per configuration, trained side by side in worker processes). Its result records which group
+elements the data contain (``data_elements``: indices into every layer's lambda), so a learned
+lambda can be checked against the symmetry put into the data.
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ import torch
 
 from equilib.degree.model import PartialGCNN, degree_regulariser, layer_densities
 
-__all__ = ["train_degree", "run_experiment", "experiment_config", "MODEL_KINDS", "LAMBDA_OBJECTIVES"]
+__all__ = [
+    "train_degree",
+    "run_experiment",
+    "run_config",
+    "experiment_config",
+    "data_elements",
+    "MODEL_KINDS",
+    "LAMBDA_OBJECTIVES",
+]
 
 MODEL_KINDS = ("partial", "gcnn", "cnn", "fc+conv")
 LAMBDA_OBJECTIVES = ("kl", "marglik")
@@ -105,16 +116,18 @@ def experiment_config(data: str, fast: bool = False, **overrides) -> dict:
     """Settings of one run: data sizes, epochs, width, learning rate (FAST shrinks them)."""
     cfg = {
         "data": data, "n_train": 1000, "n_test": 500, "size": 16, "digit": 12,
-        "theta_deg": 90.0, "epochs": 12, "width": 8, "lr": 2e-3, "batch_size": 32,
+        "epochs": 12, "width": 8, "lr": 2e-3, "batch_size": 32,
         "group": "C4", "band_limit": None, "share": False, "gain": 30.0,
         "reg_weights": (3.0, 3.0, 5.0), "lambda_objective": "kl",
     }
+    if data == "partial":
+        cfg.update(n_test=400)  # 1436 source digits without 6 and 9
     if data == "double":
-        cfg.update(n_train=3000, n_test=1000)
+        cfg.update(n_train=1500, n_test=600, epochs=10)
     if fast:
         cfg.update(n_train=400, n_test=200, epochs=6, width=6)
         if data == "double":
-            cfg.update(n_train=800, n_test=300, epochs=5)
+            cfg.update(n_train=1000, n_test=300, epochs=6)
     unknown = set(overrides) - set(cfg)
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)}; valid settings are {sorted(cfg)}")
@@ -150,7 +163,7 @@ def run_experiment(data: str, kind: str = "partial", seed: int = 0, fast: bool =
 
     Result keys: ``config``, ``kind``, ``test_accuracy``, ``train_accuracy``, ``seconds``,
     ``layers`` ([{"name", "entropy"}] in depth order, empty for ``fc+conv``), ``lambdas`` and
-    ``entropies`` per epoch, ``history``.
+    ``entropies`` per epoch, ``history``, ``data_elements`` (see ``data_elements``).
     """
     import equilib
     from equilib.data import make_loader
@@ -160,8 +173,7 @@ def run_experiment(data: str, kind: str = "partial", seed: int = 0, fast: bool =
         raise ValueError(f"unknown model kind {kind!r}; valid kinds are {list(MODEL_KINDS)}")
     cfg = experiment_config(data, fast, **overrides)
     Xtr, ytr, Xte, yte, nc = make_degree_task(
-        data, cfg["n_train"], cfg["n_test"], size=cfg["size"], digit=cfg["digit"],
-        theta=math.radians(cfg["theta_deg"]), seed=seed)
+        data, cfg["n_train"], cfg["n_test"], size=cfg["size"], digit=cfg["digit"], seed=seed)
     equilib.seed_everything(seed)
     model = build_model(kind, tuple(Xtr.shape[1:]), nc, cfg)
     train = make_loader(Xtr, ytr, cfg["batch_size"], shuffle=True, seed=seed)
@@ -186,4 +198,44 @@ def run_experiment(data: str, kind: str = "partial", seed: int = 0, fast: bool =
         "entropies": out["entropies"],
         "history": hist,
         "marglik": out["marglik"],
+        "data_elements": data_elements(data, cfg["group"]),
     }
+
+
+def data_elements(data: str, group="C4") -> list[int] | None:
+    """Indices (into lambda, in the group's element order) of the rotations the data contain.
+
+    ``upright`` [0], ``rotated`` all of C4, ``partial`` the half turn and the identity ([0, 2]
+    on C4); ``double`` None (its left half is rotated by C4, its right half is not). Only the
+    group elements without a flip whose angle is one of the data's rotations are listed.
+    """
+    from equilib.data.mixed import DEGREE_TASKS, TASK_ANGLES
+    from equilib.degree.layers import group_angles_flips, make_group
+
+    if data not in DEGREE_TASKS:
+        raise ValueError(f"unknown degree task {data!r}; valid tasks are {list(DEGREE_TASKS)}")
+    if data not in TASK_ANGLES:
+        return None
+    angles, flips, _, _ = group_angles_flips(make_group(group) if isinstance(group, str) else group)
+    out = []
+    for i, (a, f) in enumerate(zip(angles.tolist(), flips.tolist())):
+        deg = math.degrees(a) % 360
+        if f == 0 and any(abs(deg - t) < 1e-3 or abs(deg - t - 360) < 1e-3 for t in TASK_ANGLES[data]):
+            out.append(i)
+    return out
+
+
+def run_config(config: dict) -> dict:
+    """``run_experiment`` from one dict: ``data``, ``kind``, ``seed``, ``fast`` and any settings
+    of ``experiment_config`` (a module-level function, so ``equilib.runs.Job`` can run it in a
+    worker process; the dict is also the cache key). Runs on the default device."""
+    import equilib
+
+    cfg = dict(config)
+    for key in ("data", "kind", "seed", "fast"):
+        if key not in cfg:
+            raise ValueError(f"config needs {key!r}; got the keys {sorted(cfg)}")
+    data, kind, seed, fast = cfg.pop("data"), cfg.pop("kind"), cfg.pop("seed"), cfg.pop("fast")
+    cfg.pop("version", None)
+    return run_experiment(data, kind, seed=seed, fast=bool(fast), device=equilib.default_device(),
+                          **cfg)

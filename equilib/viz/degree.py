@@ -46,43 +46,64 @@ def entropy_table(results: Mapping[str, Mapping]) -> dict[str, dict[str, float]]
 
 
 def draw_lambdas(lambdas: Mapping[str, Sequence[float]], fig=None, title: str = "",
-                 n_rotations: int | None = None, rmax: float | None = None):
+                 n_rotations: int | None = None, rmax: float | None = None,
+                 present: Sequence[int] | None = None):
     """Polar plots of lambda(h) per layer: bars at the group's angles, the uniform density dashed.
 
     ``lambdas``: {layer name: (|H|,) values}. Draws into ``fig`` (a new figure if None).
+    ``present``: indices of the group elements the data contain; their bars are drawn in blue,
+    the others in grey, with a legend (None: all blue, no legend). Angles are labelled in
+    degrees.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     names = list(lambdas)
     if not names:
         raise ValueError("lambdas must hold at least one layer")
     if fig is None:
-        fig = plt.figure(figsize=(2.6 * len(names), 2.9))
+        fig = plt.figure(figsize=(2.6 * len(names), 3.2))
     fig.clf()
     top = rmax or max(2.0, max(max(float(x) for x in v) for v in lambdas.values()) * 1.1)
     circle = torch.linspace(0, 2 * math.pi, 100)
     for i, name in enumerate(names):
         ax = fig.add_subplot(1, len(names), i + 1, projection="polar")
-        pts = polar_points(lambdas[name], n_rotations)
+        values = [float(x) for x in lambdas[name]]
+        pts = polar_points(values, n_rotations)
         n = len(pts["rotations"])
         width = 2 * math.pi / n * (0.4 if "flips" in pts else 0.8)
         th, r = zip(*pts["rotations"])
-        ax.bar(th, r, width=width, color="C0", alpha=0.8, label="rotation")
+        colours = ["C0" if present is None or k in present else "0.6" for k in range(n)]
+        ax.bar(th, r, width=width, color=colours, alpha=0.85)
         if "flips" in pts:
             th2, r2 = zip(*pts["flips"])
-            ax.bar([t + width for t in th2], r2, width=width, color="C1", alpha=0.8, label="flip")
+            ax.bar([t + width for t in th2], r2, width=width, color="C1", alpha=0.8)
         ax.plot(circle.numpy(), [1.0] * len(circle), "k--", lw=0.8)
         ax.set_ylim(0, top)
         ax.set_yticklabels([])
+        ax.set_xticks([2 * math.pi * k / n for k in range(n)] if n <= 8 else ax.get_xticks())
+        if n <= 8:
+            ax.set_xticklabels([f"{round(360 * k / n)}\N{DEGREE SIGN}" for k in range(n)], fontsize=7)
+        ax.tick_params(pad=0)
         ax.set_title(name, fontsize=9)
+    handles = []
+    if present is not None:
+        handles += [Patch(color="C0", label="in the data"), Patch(color="0.6", label="not in the data")]
+    if n_rotations is not None and any(len(v) == 2 * n_rotations for v in lambdas.values()):
+        handles.append(Patch(color="C1", label="flip"))
+    handles.append(plt.Line2D([], [], color="k", ls="--", lw=0.8, label="uniform (lambda = 1)"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
 def plot_lambdas(result: Mapping, epoch: int = -1, fig=None):
-    """``draw_lambdas`` for a run result (``run_experiment``) at ``epoch`` (-1 = the last)."""
+    """``draw_lambdas`` for a run result (``run_experiment``) at ``epoch`` (-1 = the last).
+
+    The group elements in the result's ``data_elements`` (when it has them) are drawn in blue.
+    """
     lams = result["lambdas"]
     if not lams or not lams[0]:
         raise ValueError("this result has no lambda (a model without partial layers)")
@@ -90,8 +111,9 @@ def plot_lambdas(result: Mapping, epoch: int = -1, fig=None):
     ents = result["entropies"][ep]
     names = list(lams[ep])
     labelled = {f"{n} (H={h:.2f})": lams[ep][n] for n, h in zip(names, ents)}
-    title = f"{result.get('data', '')}: lambda per layer after epoch {ep}"
-    return draw_lambdas(labelled, fig=fig, title=title)
+    when = "at initialisation" if ep == 0 else f"after epoch {ep}"
+    title = f"{result.get('data', '')} data: lambda per layer {when}"
+    return draw_lambdas(labelled, fig=fig, title=title, present=result.get("data_elements"))
 
 
 def plot_entropies(results: Mapping[str, Mapping], ax=None):
@@ -111,6 +133,7 @@ def plot_entropies(results: Mapping[str, Mapping], ax=None):
         ax.bar(xs, [table[run].get(layer, float("nan")) for layer in layers], width=w, label=run)
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels(layers)
+    ax.set_xlabel("layer (input side first)")
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.set_ylabel("H(lambda) / log|H|")
     ax.set_ylim(0, 1.05)

@@ -30,10 +30,9 @@ def lambda_explorer(results: Mapping[str, Mapping]):
     pick = widgets.Dropdown(options=list(runs), description="data")
     epoch = widgets.IntSlider(0, 0, 1, description="epoch")
     out = widgets.Output()
-    plt.ioff()
     n_layers = len(next(iter(runs.values()))["lambdas"][0])
-    fig = plt.figure(figsize=(2.6 * n_layers, 3.0))
-    plt.ion()
+    fig = plt.figure(figsize=(2.6 * n_layers, 3.2))
+    plt.close(fig)  # drawn into ``out`` only: no later plt.show() shows it again
 
     def set_range(*_):
         n = len(runs[pick.value]["lambdas"]) - 1
