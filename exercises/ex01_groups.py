@@ -81,7 +81,7 @@ def c4_regular_action(g: int, f: torch.Tensor) -> torch.Tensor:
     """Act with ``g`` in C4 on a feature map ``f: (..., 4, H, H)``: ``(g.f)[g+h] = g.(f[h])``."""
     if f.ndim < 3 or f.shape[-3] != 4:
         raise ValueError(f"expected a feature map (..., 4, H, H), got {tuple(f.shape)}")
-    # BEGIN SOLUTION Exercise 1.2: see chapter 01, section 3 (Actions on feature maps): the image at h moves to g h and turns; which tensor operation moves slices along an axis?
+    # BEGIN SOLUTION Exercise 1.2: see chapter 01, section 3 (Actions on feature maps): two things happen to the whole tensor, a move along the group axis and a turn of every image; does their order matter?
     return torch.rot90(torch.roll(f, shifts=g, dims=-3), g, dims=(-2, -1))
     # END SOLUTION
 

@@ -38,7 +38,8 @@ from equilib.measure import rotate, translate
 #
 # Write `rotation_lie_derivative_fd(f, x, eps)`: the Lie derivative of an invariant output (class
 # scores) along rotations, `d/dt f(rotate(x, t))` at `t = 0`, by a finite difference with step
-# `eps` whose error shrinks like `eps^2`. The grader compares it with forward-mode AD.
+# `eps` that treats both sides of `t = 0` alike (at the same step it is far more accurate than a
+# one-sided difference: why?). The grader compares it with forward-mode AD at two steps.
 
 
 # %%
@@ -46,7 +47,7 @@ def rotation_lie_derivative_fd(
     f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float = 1e-3
 ) -> torch.Tensor:
     """Central-difference rotation Lie derivative of ``f`` at ``x: (B, C, H, H)`` -> ``f(x).shape``."""
-    raise NotImplementedError('Exercise 9.1: see chapter 09, section 1 (The Lie derivative): which finite difference cancels the second-order term of the Taylor series in t?')
+    raise NotImplementedError('Exercise 9.1: see chapter 09, section 1 (The Lie derivative): which finite difference cancels the even terms of the Taylor series in t?')
 
 
 # %%

@@ -31,6 +31,11 @@ def test_9_1_finite_differences_match_jvp(mod):
     assert got.shape == ref.shape, f"expected the shape of f(x), {tuple(ref.shape)}, got {tuple(got.shape)}"
     gap = float((got - ref).norm() / ref.norm())
     assert gap < 1e-3, f"the finite difference is {gap:.1e} (relative) away from the derivative by jvp"
+    coarse = mod.rotation_lie_derivative_fd(f, x, eps=1e-2)
+    gap = float((coarse - ref).norm() / ref.norm())
+    assert gap < 0.1, (
+        f"at eps = 1e-2 the finite difference is {gap:.2f} (relative) away from the derivative by "
+        "jvp: a one-sided difference is not accurate enough, use both sides of t = 0")
 
 
 def test_9_1_an_invariant_function_has_zero_derivative(mod):
