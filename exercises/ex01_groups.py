@@ -81,7 +81,7 @@ def c4_regular_action(g: int, f: torch.Tensor) -> torch.Tensor:
     """Act with ``g`` in C4 on a feature map ``f: (..., 4, H, H)``: ``(g.f)[g+h] = g.(f[h])``."""
     if f.ndim < 3 or f.shape[-3] != 4:
         raise ValueError(f"expected a feature map (..., 4, H, H), got {tuple(f.shape)}")
-    # BEGIN SOLUTION Exercise 1.2: see chapter 01, section 3 (Actions on feature maps): two things happen to the whole tensor, a move along the group axis and a turn of every image; does their order matter?
+    # BEGIN SOLUTION Exercise 1.2: see chapter 01, section 3 (Actions on images and on feature maps): two things happen to the whole tensor, a move along the group axis and a turn of every image; does their order matter?
     return torch.rot90(torch.roll(f, shifts=g, dims=-3), g, dims=(-2, -1))
     # END SOLUTION
 
@@ -110,7 +110,7 @@ def max_equivariance_error(
     f: Transform, transforms: Sequence[tuple[Transform, Transform]], x: torch.Tensor
 ) -> float:
     """``max over (t_in, t_out) of |f(t_in(x)) - t_out(f(x))| / |f(x)|``; 0 if no pairs."""
-    # BEGIN SOLUTION Exercise 1.3: see chapter 01, section 4 (Invariance and equivariance): transform before f, transform after f, compare relative to the size of f(x)
+    # BEGIN SOLUTION Exercise 1.3: see chapter 01, section 4 (Invariance and equivariance of real functions): transform before f, transform after f, compare relative to the size of f(x)
     with torch.no_grad():
         fx = f(x)
         scale = fx.norm()

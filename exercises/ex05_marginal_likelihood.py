@@ -153,7 +153,7 @@ if __name__ == "__main__":
 # %%
 def evidence_optimal_noise(Phi: torch.Tensor, y: torch.Tensor, delta: float) -> float:
     """The noise level ``sigma`` that maximises the log evidence for the given ``delta``."""
-    # BEGIN SOLUTION Exercise 5.4: see chapter 05, 'Data fit minus Occam factor' and MacKay's fixed point for delta: set the derivative in sigma to zero; the residual at the posterior mean and the effective number of parameters both appear
+    # BEGIN SOLUTION Exercise 5.4: see chapter 05, 'Data fit minus Occam factor' and MacKay's fixed point for delta: which terms of the evidence depend on sigma? The posterior mean moves with sigma too, yet at the optimum of the joint that movement does not change the derivative: why?
     N = Phi.shape[0]
     sigma = float(y.std())
     for _ in range(500):

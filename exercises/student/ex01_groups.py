@@ -80,7 +80,7 @@ def c4_regular_action(g: int, f: torch.Tensor) -> torch.Tensor:
     """Act with ``g`` in C4 on a feature map ``f: (..., 4, H, H)``: ``(g.f)[g+h] = g.(f[h])``."""
     if f.ndim < 3 or f.shape[-3] != 4:
         raise ValueError(f"expected a feature map (..., 4, H, H), got {tuple(f.shape)}")
-    raise NotImplementedError('Exercise 1.2: see chapter 01, section 3 (Actions on feature maps): two things happen to the whole tensor, a move along the group axis and a turn of every image; does their order matter?')
+    raise NotImplementedError('Exercise 1.2: see chapter 01, section 3 (Actions on images and on feature maps): two things happen to the whole tensor, a move along the group axis and a turn of every image; does their order matter?')
 
 
 # %%
@@ -107,7 +107,7 @@ def max_equivariance_error(
     f: Transform, transforms: Sequence[tuple[Transform, Transform]], x: torch.Tensor
 ) -> float:
     """``max over (t_in, t_out) of |f(t_in(x)) - t_out(f(x))| / |f(x)|``; 0 if no pairs."""
-    raise NotImplementedError('Exercise 1.3: see chapter 01, section 4 (Invariance and equivariance): transform before f, transform after f, compare relative to the size of f(x)')
+    raise NotImplementedError('Exercise 1.3: see chapter 01, section 4 (Invariance and equivariance of real functions): transform before f, transform after f, compare relative to the size of f(x)')
 
 
 # %%
