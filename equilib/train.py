@@ -165,12 +165,16 @@ def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
 
 
 def evaluate(model: nn.Module, loader, device=None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``loader`` (batches of ``(x, y)``)."""
+    """Mean cross-entropy and accuracy of ``model`` on ``loader`` (batches of ``(x, y)``).
+
+    Outputs with NaN or inf raise a ``ValueError``: an accuracy read off them means nothing.
+    """
     device = _model_device(model) if device is None else torch.device(device)
     was_training = model.training
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    bad_output = torch.zeros((), dtype=torch.bool, device=device)
     n = 0
     with torch.no_grad():
         for x, y_in in loader:
@@ -180,10 +184,14 @@ def evaluate(model: nn.Module, loader, device=None) -> tuple[float, float]:
                 check_labels(y_in, out.shape[-1], "evaluation labels")
             loss += F.cross_entropy(out, y, reduction="sum").double()
             correct += (out.argmax(-1) == y).sum()
+            bad_output |= ~torch.isfinite(out).all()
             n += y.shape[0]
     model.train(was_training)
     if n == 0:
         raise ValueError("evaluate() got an empty loader")
+    if bool(bad_output):
+        raise ValueError("the model's outputs on the evaluated data contain NaN or inf; check "
+                         "those inputs (and the weights) for NaN or inf")
     return loss.item() / n, correct.item() / n
 
 

@@ -126,3 +126,14 @@ def test_crafted_checkpoint_is_refused_with_a_short_reason(tmp_path):
     with pytest.raises(ValueError, match="checkpoint.pt.*getcwd") as info:
         train.load_checkpoint(path)
     assert "weights_only=False" not in str(info.value)
+
+
+def test_nan_outputs_on_the_test_data_are_not_an_accuracy():
+    X, y = _data()
+    Xte = X.clone()
+    Xte[2, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="outputs on the evaluated data contain NaN"):
+        train.evaluate(_model(), _loader(Xte, y, shuffle=False))
+    with pytest.raises(ValueError, match="NaN"):
+        train.fit(_model(), _loader(X, y), _loader(Xte, y, shuffle=False), epochs=1,
+                  progress=False)
