@@ -146,3 +146,17 @@ def test_a_resumed_run_keeps_the_whole_layer_history(tmp_path, monkeypatch):
         assert len(resumed["layers_history"]) == 3 and None not in resumed["layers_history"]
         assert resumed["layers_history"] == whole["layers_history"]
         assert resumed["test_accuracy"] == whole["test_accuracy"]
+
+
+def test_degree_refuses_a_folder_holding_a_result_or_in_use(tmp_path, capsys):
+    pytest.importorskip("equilib.degree_cli")
+    (tmp_path / "result.json").write_text("{}")
+    before = _snapshot(tmp_path)
+    assert main(["degree", "--data", "rotated", "--out", str(tmp_path), "--fast"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "--overwrite" in err
+    assert _snapshot(tmp_path) == before
+    (tmp_path / "result.json").unlink()
+    with claim_folder(tmp_path):
+        assert main(["degree", "--data", "rotated", "--out", str(tmp_path), "--fast"]) == 2
+        assert "in use by process" in capsys.readouterr().err
