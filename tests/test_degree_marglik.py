@@ -85,7 +85,10 @@ def test_marglik_update_moves_only_lambda():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     hook.freeze()
     entry = hook.update()
-    assert set(entry) == {"nll", "complexity", "log_marglik"}
+    assert set(entry) == {"nll", "complexity", "log_occam", "log_marglik"}
+    # chapter 05's convention: log evidence = data fit + log Occam factor, the factor <= 0
+    assert entry["log_occam"] == -entry["complexity"] and entry["log_occam"] <= 0
+    assert entry["log_marglik"] == pytest.approx(-entry["nll"] + entry["log_occam"])
     for n, p in model.named_parameters():
         changed = not torch.equal(before[n], p.detach())
         assert changed == n.endswith("coefficients"), n

@@ -99,3 +99,15 @@ def test_widget_leaves_no_figure_for_the_next_show():
     w = lambda_explorer({"rotated": _result(), "upright": _result("upright")})
     w.children[0].children[1].value = 0  # redraw
     assert plt.get_fignums() == []
+
+
+def test_presence_gaps():
+    from equilib.viz.degree import presence_gaps
+
+    res = {**_result("partial"), "data_elements": [0, 2]}
+    res["lambdas"][-1] = {"lift": [1.6, 0.3, 1.5, 0.6], "gconv1": [2.0, 0.5, 0.4, 1.1]}
+    gaps = presence_gaps(res)
+    assert gaps == {"lift": pytest.approx(1.5 - 0.6), "gconv1": pytest.approx(0.4 - 1.1)}
+    assert presence_gaps(res, epoch=0) == {"lift": 0.0, "gconv1": 0.0}
+    assert presence_gaps({**res, "data_elements": [0, 1, 2, 3]}) == {}
+    assert presence_gaps(_result()) == {}

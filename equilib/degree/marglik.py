@@ -130,7 +130,9 @@ class MarglikLambda:
 
     Objective per step (divided by N): N * mean CE on a subset (weights fixed) + 1/2 sum over
     layers of the orbit log-determinants (``orbit_logdet``) + the alignment term (weight 5).
-    ``log`` records the objective's parts after every update.
+    ``log`` records the objective's parts after every update: ``nll`` (N times the mean CE on the
+    subset), ``complexity`` (the penalty above) and, as in chapter 05, ``log_occam`` = -complexity
+    (the log Occam factor, <= 0) and ``log_marglik`` = -nll + log_occam.
     """
 
     def __init__(self, model, train_loader, n_data: int, subset: int = 256, steps: int = 10,
@@ -200,6 +202,7 @@ class MarglikLambda:
             self.freeze()
             model.train(was)
         nll, comp = float(nll.detach()), float(comp.detach())
-        entry = {"nll": nll, "complexity": comp, "log_marglik": -(nll + comp)}
+        # chapter 05's split: log evidence = data fit + log Occam factor, the latter <= 0
+        entry = {"nll": nll, "complexity": comp, "log_occam": -comp, "log_marglik": -(nll + comp)}
         self.log.append(entry)
         return entry

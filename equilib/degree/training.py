@@ -27,6 +27,7 @@ __all__ = [
     "train_degree",
     "run_experiment",
     "run_config",
+    "job_config",
     "experiment_config",
     "data_elements",
     "MODEL_KINDS",
@@ -125,7 +126,7 @@ def experiment_config(data: str, fast: bool = False, **overrides) -> dict:
     if data == "double":
         cfg.update(n_train=1500, n_test=600, epochs=10)
     if fast:
-        cfg.update(n_train=400, n_test=200, epochs=6, width=6)
+        cfg.update(n_train=600, n_test=200, epochs=10, width=6)
         if data == "double":
             cfg.update(n_train=1000, n_test=300, epochs=6)
     unknown = set(overrides) - set(cfg)
@@ -225,6 +226,14 @@ def data_elements(data: str, group="C4") -> list[int] | None:
     return out
 
 
+def job_config(data: str, kind: str = "partial", seed: int = 0, fast: bool = False, **overrides) -> dict:
+    """Every setting of one run in one dict (``run_config``'s argument and a complete cache key):
+    ``experiment_config(data, fast, **overrides)`` plus ``kind``, ``seed`` and ``fast``."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; valid kinds are {list(MODEL_KINDS)}")
+    return {**experiment_config(data, fast, **overrides), "kind": kind, "seed": seed, "fast": bool(fast)}
+
+
 def run_config(config: dict) -> dict:
     """``run_experiment`` from one dict: ``data``, ``kind``, ``seed``, ``fast`` and any settings
     of ``experiment_config`` (a module-level function, so ``equilib.runs.Job`` can run it in a
@@ -236,6 +245,5 @@ def run_config(config: dict) -> dict:
         if key not in cfg:
             raise ValueError(f"config needs {key!r}; got the keys {sorted(cfg)}")
     data, kind, seed, fast = cfg.pop("data"), cfg.pop("kind"), cfg.pop("seed"), cfg.pop("fast")
-    cfg.pop("version", None)
     return run_experiment(data, kind, seed=seed, fast=bool(fast), device=equilib.default_device(),
                           **cfg)

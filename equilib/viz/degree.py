@@ -11,7 +11,14 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["polar_points", "entropy_table", "draw_lambdas", "plot_lambdas", "plot_entropies"]
+__all__ = [
+    "polar_points",
+    "entropy_table",
+    "presence_gaps",
+    "draw_lambdas",
+    "plot_lambdas",
+    "plot_entropies",
+]
 
 
 def polar_points(values: Sequence[float], n_rotations: int | None = None) -> dict[str, list]:
@@ -43,6 +50,24 @@ def entropy_table(results: Mapping[str, Mapping]) -> dict[str, dict[str, float]]
             row["mean"] = sum(row.values()) / len(row)
         table[name] = row
     return table
+
+
+def presence_gaps(result: Mapping, epoch: int = -1) -> dict[str, float]:
+    """Per layer: the smallest lambda on the group elements the data contain minus the largest
+    on those they do not (``result["data_elements"]``), at ``epoch`` (-1 = the last).
+
+    Positive when every element in the data weighs more than every element missing from it;
+    {} when the data contain all elements or the result records none.
+    """
+    present = result.get("data_elements")
+    if present is None:
+        return {}
+    out = {}
+    for name, values in result["lambdas"][epoch].items():
+        absent = [float(v) for k, v in enumerate(values) if k not in present]
+        if absent:
+            out[name] = min(float(values[k]) for k in present) - max(absent)
+    return out
 
 
 def draw_lambdas(lambdas: Mapping[str, Sequence[float]], fig=None, title: str = "",
