@@ -300,9 +300,14 @@ def main(argv=None) -> int:
             from equilib import degree_cli
 
             return int(degree_cli.run(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = (f"; continue with the same command and --resume (the checkpoint in {args.out} "
+                "holds the last finished epoch)" if args.command == "discover" else "")
+        print(f"interrupted{hint}", file=sys.stderr)
+        return 130
     parser.error(f"unknown command {args.command!r}")
     return 2
 

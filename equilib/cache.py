@@ -275,10 +275,14 @@ def claim_folder(folder: str | os.PathLike) -> Iterator[Path]:
     :class:`FolderBusy` naming its pid. Yields the folder.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
     host = socket.gethostname()
     mine = f"{os.getpid()} {host}\n"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the output folder {str(folder)!r}: "
+                         f"{e.strerror or e}") from e
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -293,6 +297,9 @@ def claim_folder(folder: str | os.PathLike) -> Iterator[Path]:
                 "finish, or choose another output folder. If no such run is alive, delete the "
                 "lock file."
             ) from None
+        except OSError as e:
+            raise ValueError(f"cannot write to the output folder {str(folder)!r}: "
+                             f"{e.strerror or e}") from e
         with os.fdopen(fd, "w") as fh:
             fh.write(mine)
         break

@@ -160,3 +160,23 @@ def test_degree_refuses_a_folder_holding_a_result_or_in_use(tmp_path, capsys):
     with claim_folder(tmp_path):
         assert main(["degree", "--data", "rotated", "--out", str(tmp_path), "--fast"]) == 2
         assert "in use by process" in capsys.readouterr().err
+
+
+def test_claiming_a_folder_that_cannot_be_written_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    for target in (blocker, blocker / "sub"):
+        with pytest.raises(ValueError, match="cannot create the output folder"):
+            with claim_folder(target):
+                pass
+
+
+def test_an_interrupted_discover_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(discover, "run", interrupted)
+    assert _discover(tmp_path) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    assert not (tmp_path / ".equilib.lock").exists()
