@@ -1,5 +1,9 @@
 """Oracles shared by the test modules: the dense GGN from ``torch.func`` Jacobians, the Laplace
-evidence written out with dense matrices, and the tiny models and images of the zoo tests."""
+evidence written out with dense matrices, and the tiny models and images of the zoo tests.
+
+Test modules import them (``from oracles import dense_ggn``) instead of importing each other.
+A plain module, not ``conftest.py``: ``exercises/tests/conftest.py`` takes the module name
+``conftest`` when both test folders are collected in one run, as ``course.py test`` does."""
 
 import math
 

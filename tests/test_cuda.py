@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import images, tiny
+from oracles import images, tiny
 from torch.utils.data import DataLoader, TensorDataset
 
 from equilib import train

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import DT, dense_ggn, dense_jacobian, dense_log_marglik, exact_blocks, trainable
+from oracles import DT, dense_ggn, dense_jacobian, dense_log_marglik, exact_blocks, trainable
 from torch import nn
 
 from equilib.laplace import DiagLaplace, FullLaplace, KronLaplace, Laplace

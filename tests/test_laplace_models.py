@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import DT, dense_ggn, dense_log_marglik, exact_blocks, images, tiny, trainable
+from oracles import DT, dense_ggn, dense_log_marglik, exact_blocks, images, tiny, trainable
 from torch import nn
 
 from equilib.laplace import DiagLaplace, FullLaplace, KronLaplace

@@ -4,7 +4,7 @@ it accepts; unknown modes raise when the layer is built."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DT, dense_ggn
+from oracles import DT, dense_ggn
 from torch import nn
 from torch.func import functional_call, jacrev
 

@@ -13,7 +13,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import DT
+from oracles import DT
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 

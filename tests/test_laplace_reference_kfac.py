@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import DT
+from oracles import DT
 from torch import nn
 
 from equilib.laplace import KronLaplace
