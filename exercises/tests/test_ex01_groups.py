@@ -50,7 +50,8 @@ def test_1_2_regular_action_matches_equilib(mod):
     C4 = Rotations(4)
     f = _rand(2, 3, 4, 5, 5, seed=1)
     for g in range(4):
-        assert torch.allclose(mod.c4_regular_action(g, f), C4.act_fmap(g, f), atol=1e-12), g
+        assert torch.allclose(mod.c4_regular_action(g, f), C4.act_fmap(g, f), atol=1e-12), (
+            f"g={g}: not the regular representation of chapter 01, section 3")
 
 
 def test_1_2_regular_action_oracle_index_by_index(mod):
@@ -73,7 +74,7 @@ def test_1_2_regular_action_law(mod):
 
 def test_1_2_keeps_shapes_and_rejects_wrong_group_axis(mod):
     f = _rand(3, 4, 6, 6, seed=12)
-    assert torch.allclose(mod.c4_regular_action(0, f), f)
+    assert torch.allclose(mod.c4_regular_action(0, f), f), "the identity element must change nothing"
     with pytest.raises(ValueError):
         mod.c4_regular_action(1, torch.zeros(2, 3, 5, 5))
 
@@ -105,8 +106,10 @@ def test_1_3_matches_equilib_equivariance_error(mod):
 def test_1_3_distinguishes_equivariant_from_not(mod):
     x = _rand(2, 1, 6, 6, seed=7)
     pairs = _pairs(CyclicShifts(6, 6))
-    assert mod.max_equivariance_error(torch.sigmoid, pairs, x) < 1e-12
-    assert mod.max_equivariance_error(lambda z: z + _rand(6, 6, seed=8), pairs, x) > 0.05
+    assert mod.max_equivariance_error(torch.sigmoid, pairs, x) < 1e-12, (
+        "a pixelwise map is shift-equivariant: its error should be zero")
+    assert mod.max_equivariance_error(lambda z: z + _rand(6, 6, seed=8), pairs, x) > 0.05, (
+        "adding a fixed image is not shift-equivariant: its error should be large")
 
 
 def test_1_3_invariance_and_edge_cases(mod):
@@ -114,17 +117,18 @@ def test_1_3_invariance_and_edge_cases(mod):
     total = lambda z: z.sum(dim=(-2, -1))
     C4 = Rotations(4)
     inv_pairs = [(lambda z, g=g: C4.act(g, z), lambda y: y) for g in C4.elements]
-    assert mod.max_equivariance_error(total, inv_pairs, x) < 1e-12
-    assert mod.max_equivariance_error(total, [], x) == 0.0
+    assert mod.max_equivariance_error(total, inv_pairs, x) < 1e-12, "the total ink is invariant to turns"
+    assert mod.max_equivariance_error(total, [], x) == 0.0, "no pairs: the error is 0"
     # an all-zero output is measured on an absolute scale
     zero = lambda z: torch.zeros_like(z)
-    assert mod.max_equivariance_error(zero, inv_pairs, x) == 0.0
+    assert mod.max_equivariance_error(zero, inv_pairs, x) == 0.0, (
+        "an all-zero output is measured on the scale |f(x)| = 1, and its error is 0")
     # the error is relative: scaling f does not change it
     f1 = lambda z: z[..., 0, :]
     f2 = lambda z: 1000 * z[..., 0, :]
     e1 = mod.max_equivariance_error(f1, inv_pairs, x)
     e2 = mod.max_equivariance_error(f2, inv_pairs, x)
-    assert e1 > 1e-2 and abs(e1 - e2) < 1e-9
+    assert e1 > 1e-2 and abs(e1 - e2) < 1e-9, "the error is relative to |f(x)|: scaling f must not change it"
 
 
 # --------------------------------------------------------------------------- Exercise 1.4
@@ -135,8 +139,9 @@ def test_1_4_box_blur_matches_circular_conv(mod):
     kernel = torch.full((1, 1, 3, 3), 1 / 9, dtype=torch.float64)
     expected = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="circular"), kernel)
     got = mod.box_blur(x)
-    assert got.shape == x.shape
-    assert torch.allclose(got, expected, atol=1e-12)
+    assert got.shape == x.shape, f"expected the shape of x, {tuple(x.shape)}, got {tuple(got.shape)}"
+    assert torch.allclose(got, expected, atol=1e-12), (
+        "each pixel should become the mean of its 3x3 neighbourhood, wrapping around the borders")
 
 
 def test_1_4_box_blur_on_one_pixel(mod):
@@ -146,13 +151,13 @@ def test_1_4_box_blur_on_one_pixel(mod):
     expected = torch.zeros(5, 5, dtype=torch.float64)
     for a, b in itertools.product((-1, 0, 1), repeat=2):
         expected[a % 5, b % 5] = 1.0
-    assert torch.allclose(out, expected)
+    assert torch.allclose(out, expected), "one bright pixel should spread evenly over its 3x3 neighbourhood, wrapping around"
 
 
 def test_1_4_box_blur_is_shift_and_d4_equivariant(mod):
     x = _rand(2, 1, 6, 6, seed=11)
-    assert equivariance_error(mod.box_blur, CyclicShifts(6, 6), x) < 1e-12
-    assert equivariance_error(mod.box_blur, Dihedral(4), x) < 1e-12
+    assert equivariance_error(mod.box_blur, CyclicShifts(6, 6), x) < 1e-12, "the blur should commute with shifts"
+    assert equivariance_error(mod.box_blur, Dihedral(4), x) < 1e-12, "the blur should commute with D4"
 
 
 # --------------------------------------------------------------------------- Exercise 1.5

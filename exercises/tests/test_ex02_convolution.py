@@ -25,7 +25,7 @@ def test_2_1_conv_matrix_matches_the_layer(mod, shape):
     Co, C, k, H, W = shape
     conv = enn.conv2d(C, Co, k)
     M = mod.conv_matrix(conv.weight.detach(), H, W)
-    assert tuple(M.shape) == (Co * H * W, C * H * W)
+    assert tuple(M.shape) == (Co * H * W, C * H * W), f"expected (C'HW, CHW), got {tuple(M.shape)}"
     x = _rand(1, C, H, W, seed=5)
     y = conv(x).detach()
     torch.testing.assert_close((M @ x.flatten()).view(1, Co, H, W), y, rtol=1e-4, atol=1e-5,
@@ -60,7 +60,8 @@ def test_2_2_circular_pad_matches_F_pad(mod, p):
 @pytest.mark.parametrize("s", [2, 3])
 def test_2_3_polyphase_matches_equilib(mod, s):
     x = _rand(5, 3, 4 * s, 4 * s)
-    torch.testing.assert_close(mod.polyphase_downsample(x, s), enn.PolyphaseDownsample(s)(x))
+    torch.testing.assert_close(mod.polyphase_downsample(x, s), enn.PolyphaseDownsample(s)(x),
+                               msg="not the component chapter 02's shift-equivariant striding picks")
 
 
 def test_2_3_polyphase_is_shift_equivariant_up_to_output_shift(mod):
@@ -71,7 +72,8 @@ def test_2_3_polyphase_is_shift_equivariant_up_to_output_shift(mod):
         for b in range(3):
             best = min(float((ys[b] - torch.roll(y[b], (i, j), dims=(-2, -1))).norm())
                        for i in range(4) for j in range(4))
-            assert best < 1e-5 * float(y[b].norm()), (t, b)
+            assert best < 1e-5 * float(y[b].norm()), (
+                f"shift {t}, example {b}: the output of the shifted input is no shift of the output")
 
 
 def test_2_3_polyphase_chooses_per_example_over_all_channels(mod):
@@ -79,7 +81,8 @@ def test_2_3_polyphase_chooses_per_example_over_all_channels(mod):
     x[0, 1, 1, 1] = 5.0  # example 0: component (1, 1), found in channel 1
     x[1, 0, 0, 1] = 3.0  # example 1: component (0, 1)
     y = mod.polyphase_downsample(x, 2)
-    assert y[0, 1, 0, 0] == 5.0 and y[1, 0, 0, 0] == 3.0
+    assert y[0, 1, 0, 0] == 5.0 and y[1, 0, 0, 0] == 3.0, (
+        "each example picks its own component, judged over all of its channels together")
 
 
 # --------------------------------------------------------------------------- Exercise 2.4
@@ -92,9 +95,12 @@ def test_2_4_shift_error_matches_equilib(mod):
         conv = enn.conv2d(1, 2, 3, padding_mode=pm)
         expect = equivariance_error(conv, CyclicShifts(8, 8), x, elements=shifts)
         assert mod.shift_equivariance_error(conv, x, shifts) == pytest.approx(expect, rel=1e-4,
-                                                                              abs=1e-7)
-    assert mod.shift_equivariance_error(enn.conv2d(1, 2, 3), x, shifts) < 1e-5
-    assert mod.shift_equivariance_error(lambda z: z.flip(-1), x, shifts) > 0.1
+                                                                              abs=1e-7), (
+            f"{pm} padding: not the largest relative error |f(shift x) - shift f(x)| / |f(x)|")
+    assert mod.shift_equivariance_error(enn.conv2d(1, 2, 3), x, shifts) < 1e-5, (
+        "a circular convolution is shift-equivariant: its error should be about zero")
+    assert mod.shift_equivariance_error(lambda z: z.flip(-1), x, shifts) > 0.1, (
+        "a mirror does not commute with shifts: its error should be large")
 
 
 # --------------------------------------------------------------------------- Exercise 2.5

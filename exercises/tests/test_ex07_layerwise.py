@@ -102,10 +102,12 @@ def test_7_4_hyper_steps_match_the_training_loop_and_raise_the_evidence(mod):
     la = KronLaplace(model, "classification").fit(loader)
     d0 = torch.ones(4, dtype=torch.float64)
     got = mod.hyper_steps(la, d0, 30, 0.1, 64)
-    assert not got.requires_grad
-    assert float(la.log_marginal_likelihood(got)) > float(la.log_marginal_likelihood(d0))
+    assert not got.requires_grad, "return the new precisions detached from the graph"
+    assert float(la.log_marginal_likelihood(got)) > float(la.log_marginal_likelihood(d0)), (
+        "the steps should raise the evidence")
     # the training loop's update with the same fitted curvature is the reference
     log_delta = d0.log().clone().requires_grad_(True)
     opt = torch.optim.Adam([log_delta], lr=0.1)
     train._marglik_update(model, loader, log_delta, opt, 30, 64, lambda m, d: la)
-    assert torch.allclose(got, log_delta.detach().exp(), rtol=1e-6)
+    assert torch.allclose(got, log_delta.detach().exp(), rtol=1e-6), (
+        "not the steps of chapter 07's training loop (Adam on log delta of -log evidence / N)")
