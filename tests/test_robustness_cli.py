@@ -44,12 +44,20 @@ def test_rerun_into_a_finished_run_is_refused_and_says_where(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_overwrite_starts_over(tmp_path, capsys):
+    import stat
+
     (tmp_path / "result.json").write_text('{"old": true}')
     (tmp_path / "checkpoint.layers.json").write_text("[]")
-    assert _discover(tmp_path, "--overwrite") == 0
+    old_umask = os.umask(0o022)
+    try:
+        assert _discover(tmp_path, "--overwrite") == 0
+    finally:
+        os.umask(old_umask)
     result = json.loads((tmp_path / "result.json").read_text())
     assert "old" not in result and len(result["layers_history"]) == 2
     assert not (tmp_path / ".equilib.lock").exists()
+    for name in ("result.json", "structure.png", "checkpoint.pt", "checkpoint.layers.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name  # shareable
 
 
 def test_a_live_lock_refuses_a_second_run(tmp_path, capsys):
