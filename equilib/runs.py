@@ -80,9 +80,10 @@ def _init_worker() -> None:
 
 
 def _run_one(job: Job):
-    start = time.time()
+    """``(result, wall seconds, CPU seconds of this process)`` of one job."""
+    start, cpu = time.time(), time.process_time()
     result = cached(job.name, job.config, lambda: job.fn(job.config))
-    return result, time.time() - start
+    return result, time.time() - start, time.process_time() - cpu
 
 
 def run_jobs(jobs: Mapping[str, Job], workers: int = 2, progress: bool = True) -> dict:
@@ -91,7 +92,7 @@ def run_jobs(jobs: Mapping[str, Job], workers: int = 2, progress: bool = True) -
     Missing runs go to ``workers`` processes (``spawn``ed, one PyTorch thread each) when there
     are at least two of them and ``workers > 1``; otherwise they run here, one after the other.
     ``progress`` prints one line per run: loaded from the cache, started, finished (with its
-    time).
+    wall time and the CPU time of the process that trained it).
     """
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
@@ -119,8 +120,8 @@ def run_jobs(jobs: Mapping[str, Job], workers: int = 2, progress: bool = True) -
     if workers == 1 or n == 1:
         for i, key in enumerate(todo, 1):
             say(f"  {key}: training ({i}/{n}) ...")
-            results[key], seconds = _run_one(jobs[key])
-            say(f"  {key}: done in {seconds:.0f} s")
+            results[key], seconds, cpu = _run_one(jobs[key])
+            say(f"  {key}: done in {seconds:.0f} s (CPU {cpu:.0f} s)")
     else:
         import multiprocessing
 
@@ -131,8 +132,8 @@ def run_jobs(jobs: Mapping[str, Job], workers: int = 2, progress: bool = True) -
             futures = {pool.submit(_run_one, jobs[key]): key for key in todo}
             for done, fut in enumerate(as_completed(futures), 1):
                 key = futures[fut]
-                results[key], seconds = fut.result()
-                say(f"  {key}: done in {seconds:.0f} s ({done}/{n}, "
+                results[key], seconds, cpu = fut.result()
+                say(f"  {key}: done in {seconds:.0f} s (CPU {cpu:.0f} s; {done}/{n}, "
                     f"{time.time() - start:.0f} s since the start)")
     return {key: results[key] for key in jobs}
 
