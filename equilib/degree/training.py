@@ -120,11 +120,12 @@ def experiment_config(data: str, fast: bool = False, **overrides) -> dict:
         "epochs": 12, "width": 8, "lr": 2e-3, "batch_size": 32,
         "group": "C4", "band_limit": None, "share": False, "gain": 30.0,
         "reg_weights": (3.0, 3.0, 5.0), "lambda_objective": "kl",
+        "marglik_subset": 128, "marglik_steps": 5,
     }
     if data == "partial":
         cfg.update(n_test=400)  # 1436 source digits without 6 and 9
     if data == "double":
-        cfg.update(n_train=1500, n_test=600, epochs=10)
+        cfg.update(n_train=1200, n_test=600, epochs=8)
     if fast:
         cfg.update(n_train=600, n_test=200, epochs=10, width=6)
         if data == "double":
@@ -182,7 +183,8 @@ def run_experiment(data: str, kind: str = "partial", seed: int = 0, fast: bool =
     t0 = time.perf_counter()
     out = train_degree(model, train, test, epochs=cfg["epochs"], lr=cfg["lr"],
                        reg_weights=tuple(cfg["reg_weights"]),
-                       lambda_objective=cfg["lambda_objective"], device=device, seed=seed,
+                       lambda_objective=cfg["lambda_objective"], marglik_subset=cfg["marglik_subset"],
+                       marglik_steps=cfg["marglik_steps"], device=device, seed=seed,
                        progress=progress)
     seconds = time.perf_counter() - t0
     hist = out["history"]
