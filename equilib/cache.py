@@ -5,7 +5,9 @@ A chapter that trains for minutes calls ``cached("name", config, compute)``; the
 with the same configuration load it. Files are written to a temporary name and renamed, so an
 interrupted run never leaves a half-written result behind, and read back without the
 possibility to run code (``torch.load(weights_only=True)``: tensors, containers, numbers,
-strings and numpy arrays only).
+strings and numpy arrays only). Every file written here gets the mode the umask allows (0644
+under umask 022), so results can be shared. ``claim_folder`` gives one run at a time an output
+folder (a lock file created with ``O_EXCL``).
 """
 
 from __future__ import annotations
