@@ -328,6 +328,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if missing:
         raise ValueError(f"checkpoint {str(path)!r} is incomplete: it lacks {missing}; it was not "
                          "written by equilib.train.fit")
+    kinds = {"settings": dict, "history": dict, "model": dict, "optimizer": dict, "rng": dict,
+             "log_prior_precision": torch.Tensor}
+    wrong = [k for k, kind in kinds.items() if not isinstance(state[k], kind)]
+    if isinstance(state["epoch"], bool) or not isinstance(state["epoch"], int):
+        wrong.append("epoch")
+    if wrong:
+        raise ValueError(f"checkpoint {str(path)!r} is damaged: the entries {wrong} are not of "
+                         "the kind equilib.train.fit writes")
     return state
 
 

@@ -137,3 +137,16 @@ def test_nan_outputs_on_the_test_data_are_not_an_accuracy():
     with pytest.raises(ValueError, match="NaN"):
         train.fit(_model(), _loader(X, y), _loader(Xte, y, shuffle=False), epochs=1,
                   progress=False)
+
+
+def test_checkpoint_with_entries_of_the_wrong_kind_is_named(tmp_path):
+    X, y = _data()
+    path = tmp_path / "checkpoint.pt"
+    train.fit(_model(), _loader(X, y), epochs=1, progress=False, checkpoint=path)
+    state = torch.load(path, weights_only=True)
+    state["settings"] = "not a dict"
+    state["epoch"] = 1.5
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"checkpoint.pt.*damaged.*'settings'.*'epoch'"):
+        train.fit(_model(), _loader(X, y), epochs=2, progress=False, checkpoint=path,
+                  resume=True)
