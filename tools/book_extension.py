@@ -9,7 +9,9 @@ off in ``_config.yml``). This extension
   names an address on another host, and sphinx-thebe's own files;
 * after the build, keeps in ``_static/mathjax`` (copied there by sphinx-mathjax-offline) only
   the one MathJax bundle that ``mathjax_path`` names, with the components it loads from its
-  folders, instead of every bundle MathJax ships (some of which name CDN addresses).
+  folders, instead of every bundle MathJax ships (some of which name CDN addresses);
+* keeps the search box where sphinx-book-theme puts it, in the sidebar: pydata-sphinx-theme
+  (which it builds on) otherwise adds a header bar with a second one above every page.
 """
 
 from __future__ import annotations
@@ -48,7 +50,12 @@ def prune_mathjax(app, exc) -> None:
             bundle.unlink()
 
 
+def one_search_box(app, config) -> None:
+    config.html_theme_options.setdefault("navbar_persistent", [])
+
+
 def setup(app):
+    app.connect("config-inited", one_search_box)
     # After sphinx.ext.mathjax and sphinx-thebe have added their files (priority 500).
     app.connect("html-page-context", drop_remote_assets, priority=900)
     # After sphinx-mathjax-offline has copied MathJax (build-finished, priority 500).

@@ -84,22 +84,29 @@ def title_of(nb) -> str:
 # --- widgets -------------------------------------------------------------------------------
 
 
-def _widget_images(model_id: str, state: dict, seen: set | None = None) -> list[str]:
-    """PNG figures inside the widget ``model_id``: its Output widgets' outputs, recursively."""
+def widget_outputs(model_id: str, state: dict, seen: set | None = None) -> list[dict]:
+    """What the widget ``model_id`` shows last: its Output widgets' figures and text, in order.
+
+    Output widgets are searched recursively through ``children``; a widget without one (a
+    progress bar, a lone slider) shows nothing here.
+    """
     seen = set() if seen is None else seen
     if model_id in seen or model_id not in state:
         return []
     seen.add(model_id)
     model = state[model_id]
     st = model.get("state", {})
-    images = []
+    shown = []
     if model.get("model_name") == "OutputModel":
-        images += [o["data"]["image/png"] for o in st.get("outputs", [])
-                   if "image/png" in o.get("data", {})]
+        for out in st.get("outputs", []):
+            if "image/png" in out.get("data", {}):
+                shown.append(_snapshot(out["data"]["image/png"]))
+            elif out.get("output_type") == "stream" and out.get("text", "").strip():
+                shown.append(_stream(out["name"], out["text"]))
     for child in st.get("children", []):
         if isinstance(child, str) and child.startswith("IPY_MODEL_"):
-            images += _widget_images(child[len("IPY_MODEL_"):], state, seen)
-    return images
+            shown += widget_outputs(child[len("IPY_MODEL_"):], state, seen)
+    return shown
 
 
 def _snapshot(png: str):
@@ -110,6 +117,12 @@ def _snapshot(png: str):
         data={"image/png": png, "text/plain": "<widget snapshot>"},
         metadata={"equilib": {"widget_snapshot": True}},
     )
+
+
+def _stream(name: str, text: str):
+    import nbformat
+
+    return nbformat.v4.new_output("stream", name=name, text=text)
 
 
 _CHAPTER_LINK = re.compile(r"(\]\(\s*<?(?:\./)?)(\d\d-[\w-]+)\.md(#[^)\s>]*)?(>?\s*\))")
@@ -127,8 +140,9 @@ def link_chapter_notebooks(markdown: str) -> str:
 def page_notebook(nb):
     """The notebook a page is rendered from: each widget replaced by its last figures.
 
-    A copy: ``nb`` keeps its widget state. In the copy every widget view becomes the snapshots
-    of the figures it last drew plus one line saying where its controls work, the widget state
+    A copy: ``nb`` keeps its widget state. In the copy every widget view becomes what its
+    Output widgets show last (figures, printed text) after one line saying where its controls
+    work, or nothing when they show nothing (a progress bar); the widget state
     is dropped from the metadata (so the page loads no widget JavaScript), and links to other
     chapters point at their notebooks.
     """
@@ -147,9 +161,11 @@ def page_notebook(nb):
             if not view:
                 outputs.append(out)
                 continue
-            outputs.append(nbformat.v4.new_output(
-                "display_data", data={"text/markdown": WIDGET_NOTE, "text/plain": WIDGET_NOTE}))
-            outputs += [_snapshot(png) for png in _widget_images(view.get("model_id", ""), state)]
+            shown = widget_outputs(view.get("model_id", ""), state)
+            if shown:  # a widget that shows nothing (a progress bar) leaves nothing on the page
+                outputs.append(nbformat.v4.new_output(
+                    "display_data", data={"text/markdown": WIDGET_NOTE, "text/plain": WIDGET_NOTE}))
+                outputs += shown
         cell.outputs = outputs
     page.metadata.pop("widgets", None)
     return page
@@ -172,9 +188,11 @@ def execute_one(src: str, out_dir: str, fast: bool, timeout: int) -> dict:
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3"})
     t0 = time.time()
     error = None
+    # The outputs are all in once the last cell has run: the kernel is stopped at once then,
+    # never waited for.
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
-        resources={"metadata": {"path": str(BOOK)}},
+        shutdown_kernel="immediate", resources={"metadata": {"path": str(BOOK)}},
     )
     try:
         client.execute()

@@ -25,12 +25,17 @@ def _widget_notebook(html):
         nbformat.v4.new_output("stream", name="stdout", text="before\n"),
         nbformat.v4.new_output("display_data", data={html.WIDGET_VIEW: view, "text/plain": "VBox()"}),
     ]
-    nb.cells = [cell, nbformat.v4.new_markdown_cell(
+    progress = nbformat.v4.new_code_cell("train()")
+    progress.outputs = [nbformat.v4.new_output("display_data", data={
+        html.WIDGET_VIEW: {"model_id": "bar"}, "text/plain": "  0%|          | 0/40"})]
+    nb.cells = [cell, progress, nbformat.v4.new_markdown_cell(
         "# 99. Title\n\nAs in [chapter 05](05-marginal-likelihood.md#the-evidence), "
         "[its notes](notes.md) and [a paper](https://example.org/01-a.md).")]
     nb.metadata["widgets"] = {html.WIDGET_STATE: {"state": {
         "box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_s", "IPY_MODEL_o"]}},
         "s": {"model_name": "IntSliderModel", "state": {"value": 3}},
+        "bar": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_p"]}},
+        "p": {"model_name": "FloatProgressModel", "state": {"value": 40}},
         "o": {"model_name": "OutputModel", "state": {"outputs": [
             {"output_type": "display_data", "data": {"image/png": "iVBORw0KGgo=",
                                                      "text/plain": "<Figure>"}},
@@ -46,14 +51,17 @@ def test_page_notebook_shows_each_widget_as_its_last_figures():
     outputs = page.cells[0].outputs
     assert outputs[0]["text"] == "before\n"  # other outputs stay
     assert html.WIDGET_NOTE in outputs[1]["data"]["text/markdown"]
-    assert [o["data"].get("image/png") for o in outputs[2:]] == ["iVBORw0KGgo="]
+    assert outputs[2]["data"]["image/png"] == "iVBORw0KGgo="  # the figure, then the text
+    assert outputs[3]["output_type"] == "stream" and outputs[3]["text"] == "hello"
+    assert len(outputs) == 4
     assert not any(html.WIDGET_VIEW in o.get("data", {}) for o in outputs)
+    assert page.cells[1].outputs == []  # a progress bar shows nothing on the page
     assert "widgets" not in page.metadata  # no widget JavaScript on the page
-    assert "(05-marginal-likelihood.ipynb#the-evidence)" in page.cells[1].source
-    assert "(notes.md)" in page.cells[1].source and "example.org/01-a.md" in page.cells[1].source
+    assert "(05-marginal-likelihood.ipynb#the-evidence)" in page.cells[2].source
+    assert "(notes.md)" in page.cells[2].source and "example.org/01-a.md" in page.cells[2].source
     # the executed notebook itself keeps its widget, its state and its links
     assert html.WIDGET_VIEW in nb.cells[0].outputs[1]["data"] and "widgets" in nb.metadata
-    assert "(05-marginal-likelihood.md#the-evidence)" in nb.cells[1].source
+    assert "(05-marginal-likelihood.md#the-evidence)" in nb.cells[2].source
     assert html.title_of(nb) == "99. Title"
 
 
@@ -89,7 +97,7 @@ def test_stage_writes_pages_and_refuses_a_stale_table_of_contents(tmp_path, monk
     names = [p.stem for p in html.chapters(None)][:2]
     for name in names:
         nbformat.write(_widget_notebook(html), nb_dir / f"{name}.ipynb")
-    assert html.stage(nb_dir, names, tmp_path / "src") == 2
+    assert html.stage(nb_dir, names, tmp_path / "src") == 2  # one figure per notebook
     assert sorted(p.name for p in (tmp_path / "src").iterdir()) == sorted(
         [f"{n}.ipynb" for n in names] + ["_toc.yml"])
     assert html.toc_files((tmp_path / "src" / "_toc.yml").read_text()) == names
@@ -137,12 +145,12 @@ def test_offline_problems_reads_the_pages_and_the_files_they_load(tmp_path):
     assert html.offline_problems(tmp_path) == []
 
 
-def test_book_offline_drops_remote_scripts_and_thebe_from_pages():
+def test_book_extension_drops_remote_scripts_and_thebe_from_pages():
     from sphinx.builders.html._assets import _CascadingStyleSheet, _JavaScript
 
     sys.path.insert(0, str(ROOT / "tools"))
     try:
-        ext = load("book_offline")
+        ext = load("book_extension")
     finally:
         sys.path.remove(str(ROOT / "tools"))
     kept = [_JavaScript("_static/doctools.js"), _JavaScript("mathjax/tex-chtml.js"),
@@ -171,11 +179,10 @@ def test_browser_test_opens_the_built_page_with_the_most_formulas(tmp_path):
     bt = load("browser_test")
     with pytest.raises(FileNotFoundError, match="course.py html"):
         bt.default_page(tmp_path)
-    chapters = sorted(p.stem for p in (ROOT / "book").glob("[0-9][0-9]-*.md"))
-    counts = {c: (ROOT / "book" / f"{c}.md").read_text().count("$") for c in chapters}
-    for c in chapters[:3]:
-        (tmp_path / f"{c}.html").write_text(f"<title>{c} Symmetry &#8212; book</title>")
-    expected = max(chapters[:3], key=lambda c: (counts[c], c))
-    assert bt.default_page(tmp_path) == expected
-    (tmp_path / "01-x.html").write_text("<title>01. Convolution and translation</title>")
-    assert bt.search_word(tmp_path, "01-x") == "translation"
+    math = '<span class="math notranslate nohighlight">\\(x\\)</span>'
+    (tmp_path / "01-a.html").write_text("<title>01. Symmetry</title>" + math)
+    (tmp_path / "02-b.html").write_text("<title>02. Convolution and shifts &#8212; Learning symmetry from data</title>" + 3 * math)
+    (tmp_path / "03-c.html").write_text('<div class="mathematics">no formula</div>')
+    (tmp_path / "search.html").write_text(9 * math)
+    assert bt.default_page(tmp_path) == "02-b"
+    assert bt.search_word(tmp_path, "02-b") == "convolution"
