@@ -34,21 +34,29 @@ def _basis(seed=0):
 # name -> (builder of the layer for a padding mode, input shape of one example)
 LAYERS = {
     "nn.Conv2d": (lambda m: nn.Conv2d(1, 2, 3, padding=1, padding_mode=m), (1, 5, 5)),
-    "nn.Conv2d-same-even": (lambda m: nn.Conv2d(1, 2, (2, 3), padding="same", padding_mode=m),
-                            (1, 5, 5)),
-    "nn.Conv2d-stride2": (lambda m: nn.Conv2d(1, 2, 3, stride=2, padding=1, padding_mode=m),
-                          (1, 6, 6)),
+    "nn.Conv2d-same-even": (
+        lambda m: nn.Conv2d(1, 2, (2, 3), padding="same", padding_mode=m),
+        (1, 5, 5),
+    ),
+    "nn.Conv2d-stride2": (
+        lambda m: nn.Conv2d(1, 2, 3, stride=2, padding=1, padding_mode=m),
+        (1, 6, 6),
+    ),
     "CircularConv2d": (lambda m: CircularConv2d(1, 2, 3, padding=1, padding_mode=m), (1, 5, 5)),
     "conv2d": (lambda m: conv2d(1, 2, 3, padding_mode=m), (1, 5, 5)),
     "conv2d-stride2": (lambda m: conv2d(1, 2, 3, stride=2, padding_mode=m), (1, 6, 6)),
     "BasisConv2d": (lambda m: BasisConv2d(1, 2, 3, _basis(), padding_mode=m), (1, 5, 5)),
-    "BasisConv2d-stride2": (lambda m: BasisConv2d(1, 2, 3, _basis(), stride=2, padding_mode=m),
-                            (1, 6, 6)),
+    "BasisConv2d-stride2": (
+        lambda m: BasisConv2d(1, 2, 3, _basis(), stride=2, padding_mode=m),
+        (1, 6, 6),
+    ),
     "SparseConv2d": (lambda m: SparseConv2d(1, 2, 3, anchors=2, padding_mode=m), (1, 5, 5)),
     "LiftingConv2d": (lambda m: LiftingConv2d(1, 2, 3, n=4, padding_mode=m), (1, 5, 5)),
     "GroupConv2d": (lambda m: GroupConv2d(1, 2, 3, n=4, padding_mode=m), (1, 4, 5, 5)),
-    "RotationPooledConv2d": (lambda m: RotationPooledConv2d(1, 2, 3, n=4, padding_mode=m),
-                             (1, 5, 5)),
+    "RotationPooledConv2d": (
+        lambda m: RotationPooledConv2d(1, 2, 3, n=4, padding_mode=m),
+        (1, 5, 5),
+    ),
     "LiftingConvCN": (lambda m: LiftingConvCN(1, 2, 3, N=N, padding_mode=m), (1, 5, 5)),
     "GroupConvCN": (lambda m: GroupConvCN(1, 2, 3, N=N, padding_mode=m), (1, N, 5, 5)),
 }
@@ -109,15 +117,13 @@ def test_curvature_pads_as_the_forward_pass(name, mode):
     weight, module = _primitive_weight(model)
     A = kron.factors[weight][0]
     assert A.shape[0] == 1
-    torch.testing.assert_close(A[0], input_factor_oracle(model, X, module), atol=1e-10,
-                               rtol=1e-10)
+    torch.testing.assert_close(A[0], input_factor_oracle(model, X, module), atol=1e-10, rtol=1e-10)
     # the head's blocks are exact for one example
     one = KronLaplace(model, "classification").fit([(X[:1], y[:1])])
     H1 = dense_ggn(model, X[:1], y[:1], "classification")
     n = model[2].weight.numel() + model[2].bias.numel()
     torch.testing.assert_close(one.ggn_block("2.bias"), H1[-3:, -3:], atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(one.ggn_block("2.weight"), H1[-n:-3, -n:-3], atol=1e-10,
-                               rtol=1e-10)
+    torch.testing.assert_close(one.ggn_block("2.weight"), H1[-n:-3, -n:-3], atol=1e-10, rtol=1e-10)
 
 
 def test_the_oracle_sees_a_wrong_padding():
@@ -186,13 +192,20 @@ def test_partial_convs_pad_as_conv2d(kind, mode):
     y = layer(x)
     W = layer.effective_weight().detach()
     G = layer.group.order
-    ref = nn.Conv2d(W.shape[2] * (G if kind == "group" else 1), 3 * G, 3, padding=1,
-                    padding_mode=mode, bias=False)
+    ref = nn.Conv2d(
+        W.shape[2] * (G if kind == "group" else 1),
+        3 * G,
+        3,
+        padding=1,
+        padding_mode=mode,
+        bias=False,
+    )
     with torch.no_grad():
         ref.weight.copy_(W.reshape(3 * G, -1, 3, 3))
         expected = ref(x.flatten(1, 2) if kind == "group" else x).unflatten(1, (3, G))
         expected = expected + layer.bias.view(1, -1, 1, 1, 1)
     torch.testing.assert_close(y, expected)
     with pytest.raises(ValueError, match="padding_mode must be one of"):
-        (PartialLiftingConv if kind == "lifting" else PartialGroupConv)(2, 3, 3,
-                                                                        padding_mode="bogus")
+        (PartialLiftingConv if kind == "lifting" else PartialGroupConv)(
+            2, 3, 3, padding_mode="bogus"
+        )

@@ -24,14 +24,19 @@ curvature = pytest.importorskip("laplace.curvature")
 
 
 def mlp(c):
-    return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(),
-                         nn.Linear(6, c)).to(DT)
+    return nn.Sequential(
+        nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, c)
+    ).to(DT)
 
 
 def cnn(c):
     return nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 4, 3, stride=2, padding=1),
-        nn.Tanh(), nn.Flatten(), nn.Linear(4 * 4 * 4, c),
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, c),
     ).to(DT)
 
 
@@ -53,19 +58,24 @@ def problem(kind, likelihood, n=16):
 @pytest.mark.parametrize("structure", ["full", "diag", "kron"])
 @pytest.mark.parametrize("likelihood", ["classification", "regression"])
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_log_marginal_likelihood_equals_laplace_torch(kind, likelihood, structure, backend,
-                                                       rtol):
+def test_log_marginal_likelihood_equals_laplace_torch(kind, likelihood, structure, backend, rtol):
     model, loader = problem(kind, likelihood)
     sigma = 0.7 if likelihood == "regression" else 1.0
     n_tensors = len(list(model.parameters()))
     delta = torch.linspace(0.5, 2.0, n_tensors, dtype=DT)  # one precision per tensor
-    ours = Laplace(model, likelihood, subset_of_weights="all", hessian_structure=structure,
-                   sigma_noise=sigma).fit(loader)
+    ours = Laplace(
+        model, likelihood, subset_of_weights="all", hessian_structure=structure, sigma_noise=sigma
+    ).fit(loader)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = laplace.Laplace(copy.deepcopy(model), likelihood, subset_of_weights="all",
-                                 hessian_structure=structure, sigma_noise=sigma,
-                                 backend=getattr(curvature, backend))
+        theirs = laplace.Laplace(
+            copy.deepcopy(model),
+            likelihood,
+            subset_of_weights="all",
+            hessian_structure=structure,
+            sigma_noise=sigma,
+            backend=getattr(curvature, backend),
+        )
         theirs.fit(loader)
         expected = theirs.log_marginal_likelihood(prior_precision=delta)
     got = ours.log_marginal_likelihood(prior_precision=delta)

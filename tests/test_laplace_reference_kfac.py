@@ -11,10 +11,14 @@ from equilib.laplace.reference_kfac import reference_kfac
 
 def cnn(c):
     return nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular"), nn.Tanh(),
-        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Tanh(),
-        nn.Conv2d(4, 2, 3, padding=1, padding_mode="reflect"), nn.Tanh(),
-        nn.Flatten(), nn.Linear(2 * 4 * 4, c),
+        nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular"),
+        nn.Tanh(),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(4, 2, 3, padding=1, padding_mode="reflect"),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(2 * 4 * 4, c),
     ).to(DT)
 
 
@@ -24,8 +28,7 @@ def test_reference_kfac_equals_kron_laplace(likelihood):
     c = 4 if likelihood == "classification" else 2
     model = cnn(c)
     X = torch.randn(5, 1, 8, 8, dtype=DT)
-    y = torch.randint(0, c, (5,)) if likelihood == "classification" else torch.randn(5, c,
-                                                                                        dtype=DT)
+    y = torch.randint(0, c, (5,)) if likelihood == "classification" else torch.randn(5, c, dtype=DT)
     kron = KronLaplace(model, likelihood).fit([(X, y)])
     reference = reference_kfac(model, X, likelihood=likelihood)
     assert set(reference) == {"0.weight", "2.weight", "4.weight", "7.weight"}
@@ -36,7 +39,8 @@ def test_reference_kfac_equals_kron_laplace(likelihood):
 
 
 def test_reference_kfac_refuses_what_it_does_not_cover():
-    model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, groups=2), nn.Flatten(),
-                          nn.Linear(2 * 4 * 4, 3)).to(DT)
+    model = nn.Sequential(
+        nn.Conv2d(2, 2, 3, padding=1, groups=2), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)
+    ).to(DT)
     with pytest.raises(ValueError, match="groups=1"):
         reference_kfac(model, torch.randn(2, 2, 4, 4, dtype=DT))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -20,18 +21,36 @@ def _hooks() -> dict[str, dict]:
 
 def test_hooks_run_ruff_and_the_student_copy_check():
     hooks = _hooks()
-    assert set(hooks) >= {"ruff", "student-copies"}
+    assert set(hooks) >= {"ruff", "ruff-format", "student-copies"}
     assert hooks["ruff"]["entry"].split()[:2] == [".venv/bin/ruff", "check"]
     assert hooks["student-copies"]["entry"] == "python3 course.py students --check"
     assert all(hook["language"] == "system" for hook in hooks.values())
 
 
-@pytest.mark.parametrize("hook_id,files", [("ruff", ["tests/test_precommit.py"]),
-                                           ("student-copies", [])])
+@pytest.mark.parametrize(
+    "hook_id,files", [("ruff", ["tests/test_precommit.py"]), ("student-copies", [])]
+)
 def test_hook_passes_on_the_repository(hook_id, files):
     hook = _hooks()[hook_id]
     cmd = shlex.split(hook["entry"])
     if not (ROOT / cmd[0]).exists() and "/" in cmd[0]:
         pytest.skip(f"{cmd[0]} is not installed")
     run = subprocess.run(cmd + files, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_files_the_format_hook_covers_are_formatted():
+    """``ruff format --check`` on every tracked file the hook's pattern selects."""
+    hook = _hooks()["ruff-format"]
+    ruff = ROOT / ".venv" / "bin" / "ruff"
+    if not ruff.exists():
+        pytest.skip("the course's .venv has no ruff")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    files = [f for f in tracked.stdout.split() if re.search(hook["files"], f)]
+    assert len(files) >= 5, files
+    run = subprocess.run(
+        [str(ruff), "format", "--check", *files], cwd=ROOT, capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stdout + run.stderr

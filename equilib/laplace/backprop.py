@@ -17,8 +17,9 @@ from torch import nn
 from equilib.laplace.curvature import LayerInfo, ParamInfo, fold_copies, layer_output_rows
 
 # autograd nodes that only select or rearrange entries (a polyphase downsampling's gather)
-_SELECTIONS = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0",
-                         "GatherBackward0"})
+_SELECTIONS = frozenset(
+    {"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "GatherBackward0"}
+)
 
 
 class Recorder:
@@ -29,8 +30,14 @@ class Recorder:
     module's input.
     """
 
-    def __init__(self, layers: list[LayerInfo], model: nn.Module | None = None,
-                 cut: str | None = None, find_cut: bool = False, strided: bool = False):
+    def __init__(
+        self,
+        layers: list[LayerInfo],
+        model: nn.Module | None = None,
+        cut: str | None = None,
+        find_cut: bool = False,
+        strided: bool = False,
+    ):
         self.layers = layers
         self.model = model
         self.cut = cut
@@ -74,8 +81,11 @@ class Recorder:
         if not self.downsampled or f.grad_fn is None:
             return {}
         outs = {id(out): out for layer in self.layers for _, out, _ in layer.calls}
-        candidates = [(x, y) for x, y in self.downsampled
-                      if id(x) in outs and x.grad_fn is not None and y.grad_fn is not None]
+        candidates = [
+            (x, y)
+            for x, y in self.downsampled
+            if id(x) in outs and x.grad_fn is not None and y.grad_fn is not None
+        ]
         if not candidates:
             return {}
         consumers: dict[tuple, list] = {}
@@ -190,8 +200,9 @@ def backprop_rows(
     batch = f.shape[0]
     cols = L.permute(2, 0, 1)  # (K, B, C)
     if cut is None:
-        yield from _push(layers, set(range(len(layers))), f, cols, vectorize, batch,
-                         proxies=proxies)
+        yield from _push(
+            layers, set(range(len(layers))), f, cols, vectorize, batch, proxies=proxies
+        )
         return
     x, inner = cut
     V = []
@@ -205,8 +216,7 @@ def backprop_rows(
     yield from _push(layers, outer, x, W, vectorize, batch, proxies=proxies)
 
 
-def _push(layers, which: set[int], f, cols, vectorize: bool, batch: int, extra=None,
-          proxies=None):
+def _push(layers, which: set[int], f, cols, vectorize: bool, batch: int, extra=None, proxies=None):
     """Backward passes from f with grad_outputs ``cols`` (k, *f.shape) to the outputs of the
     layers in ``which`` (or their ``proxies``) and to the tensor ``extra``, appended to each
     chunk."""
@@ -225,11 +235,18 @@ def _push(layers, which: set[int], f, cols, vectorize: bool, batch: int, extra=N
         if not targets:
             grads: tuple = ()
         elif k > 1:
-            grads = torch.autograd.grad(f, targets, grad_outputs=chunk, is_grads_batched=True,
-                                        allow_unused=True, retain_graph=True)
+            grads = torch.autograd.grad(
+                f,
+                targets,
+                grad_outputs=chunk,
+                is_grads_batched=True,
+                allow_unused=True,
+                retain_graph=True,
+            )
         else:
-            grads = torch.autograd.grad(f, targets, grad_outputs=chunk[0], allow_unused=True,
-                                        retain_graph=True)
+            grads = torch.autograd.grad(
+                f, targets, grad_outputs=chunk[0], allow_unused=True, retain_graph=True
+            )
             grads = tuple(None if g is None else g.unsqueeze(0) for g in grads)
         lookup = dict(zip(where, grads))
         result: list = []
@@ -247,13 +264,18 @@ def _push(layers, which: set[int], f, cols, vectorize: bool, batch: int, extra=N
             result.append(per_call)
         if extra is not None:
             g = grads[-1] if targets else None
-            result.append(torch.zeros((k,) + tuple(extra.shape), device=extra.device,
-                                      dtype=extra.dtype) if g is None else g)
+            result.append(
+                torch.zeros((k,) + tuple(extra.shape), device=extra.device, dtype=extra.dtype)
+                if g is None
+                else g
+            )
         yield result
 
 
 def per_example_grads(
-    layer: LayerInfo, inputs: list[torch.Tensor], grads: list[torch.Tensor],
+    layer: LayerInfo,
+    inputs: list[torch.Tensor],
+    grads: list[torch.Tensor],
     params: list[ParamInfo],
 ) -> dict[int, torch.Tensor]:
     """Per-example, per-column gradients of one layer's tensors: {index: (K, B, numel)}.

@@ -26,15 +26,21 @@ def _rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1])
     if module.groups != 1 or tuple(module.dilation) != (1, 1) or isinstance(module.padding, str):
-        raise ValueError("the reference KFAC covers convolutions with groups=1, dilation=1 "
-                         f"and numeric padding, got {module}")
+        raise ValueError(
+            "the reference KFAC covers convolutions with groups=1, dilation=1 "
+            f"and numeric padding, got {module}"
+        )
     x = pad2d(x, *module.padding, module.padding_mode)  # as the forward pass pads
     patches = F.unfold(x, module.kernel_size, stride=module.stride)  # (B, D_in, locations)
     return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
 
-def reference_kfac(model: nn.Module, X: torch.Tensor, y: torch.Tensor | None = None,
-                   likelihood: str = "classification") -> dict[str, tuple]:
+def reference_kfac(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor | None = None,
+    likelihood: str = "classification",
+) -> dict[str, tuple]:
     """``{weight name: (A, B)}`` for every ``nn.Linear`` / ``nn.Conv2d`` of ``model`` on the batch
     ``X`` (each layer called once), with the exact output Hessian of ``likelihood`` (unit noise
     for regression; ``y`` is not needed). ``A``: (D_in, D_in), ``B``: (D_out, D_out)."""
