@@ -7,6 +7,9 @@ the API of laplace-torch::
     la.fit(train_loader)
     lml = la.log_marginal_likelihood(log_delta.exp())   # differentiable in delta (and sigma)
 
+Everything after ``likelihood`` is keyword-only (laplace-torch's positional order differs), and
+``Laplace(model, likelihood, subset_of_weights="all", hessian_structure="kron")`` is the factory.
+
 ``fit`` stores the summed loss at the fitted weights (``la.loss``, ``la.log_likelihood``) and the
 curvature; every later ``log_marginal_likelihood`` call is cheap (a sum of logs for Kron / Diag).
 
@@ -18,10 +21,11 @@ narrow head input, exact for Kron / Diag). Per-tensor ``effective_dimensions()``
 
 KFAC conventions (``kfac.py``): weight block ``B (x) A`` with ``A`` the mean of ``a a^T`` over all
 rows (examples x locations x stacked copies) and ``B`` the sum of ``g g^T``; a bias is its own
-block with the single factor ``B``. Supported primitives: ``nn.Linear``, ``nn.Conv2d`` (any
-padding mode and stride), ``equilib.nn.GroupedLinear`` (one factor pair per group; F-FC and S-FC
-are two of them), ``equilib.nn.BasisConv2d`` (``a = basis @ patch``), inner convolutions of
-lifting / group convolutions applied to stacked copies, and ``LiftingConvCN`` / ``GroupConvCN``.
+block with the single factor ``B``. Supported primitives: ``nn.Linear``, ``nn.Conv2d``
+(groups=1, dilation=1; any padding mode and stride), ``equilib.nn.GroupedLinear`` (one factor
+pair per group; F-FC and S-FC are two of them), ``equilib.nn.BasisConv2d`` (``a = basis @
+patch``), inner convolutions of lifting / group convolutions applied to stacked copies, and
+``LiftingConvCN`` / ``GroupConvCN``.
 Any other module owning trainable parameters (and any BatchNorm) raises a ValueError naming it.
 
 The curvature backend is separate from the Laplace logic (``laplace.py``): ``curvature.py``
