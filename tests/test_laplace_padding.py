@@ -175,6 +175,47 @@ def test_padding_modes_are_those_of_conv2d():
 
 
 # ------------------------------------------------------------ partial group convolutions ----
+def partial_model(kind, mode, group="C4", n=3, seed=0):
+    """partial conv -> flatten -> linear head, float64, a non-uniform frozen density."""
+    from equilib.degree.layers import PartialGroupConv, PartialLiftingConv
+
+    torch.manual_seed(seed)
+    cls = PartialLiftingConv if kind == "lifting" else PartialGroupConv
+    layer = cls(1, 2, 3, group=group, padding_mode=mode)
+    with torch.no_grad():
+        for p in layer.density.parameters():
+            p.normal_()
+    layer.density.requires_grad_(False)
+    G = layer.group.order
+    shape = (1, 5, 5) if kind == "lifting" else (1, G, 5, 5)
+    model = nn.Sequential(layer, nn.Flatten(), nn.Linear(2 * G * 25, 3)).to(DT)
+    g = torch.Generator().manual_seed(seed + 1)
+    X = torch.randn(n, *shape, generator=g, dtype=DT)
+    return model, X, torch.randint(0, 3, (n,), generator=g)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind,group", [("lifting", "C4"), ("group", "C4"), ("lifting", "D4")])
+def test_partial_convs_curvature_pads_as_the_forward_pass(kind, group, mode):
+    """The degree package's layers: the GGN in their free kernel K (the effective kernel is
+    the lambda-average of K's transforms) equals the dense one; no Kronecker factors."""
+    model, X, y = partial_model(kind, mode, group)
+    H = dense_ggn(model, X, y, "classification")
+    full = FullLaplace(model, "classification").fit([(X[:2], y[:2]), (X[2:], y[2:])])
+    torch.testing.assert_close(full.H, H, atol=1e-10, rtol=1e-10)
+    diag = DiagLaplace(model, "classification").fit([(X, y)])
+    torch.testing.assert_close(diag.H, torch.diagonal(H), atol=1e-10, rtol=1e-10)
+    with pytest.raises(ValueError, match="no Kronecker factors"):
+        KronLaplace(model, "classification").fit([(X, y)])
+
+
+def test_partial_convs_need_a_frozen_density():
+    model, X, y = partial_model("lifting", "zeros")
+    model[0].density.requires_grad_(True)
+    with pytest.raises(ValueError, match="GroupDensity"):
+        FullLaplace(model, "classification")
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", ["lifting", "group"])
 def test_partial_convs_pad_as_conv2d(kind, mode):

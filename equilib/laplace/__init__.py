@@ -24,8 +24,9 @@ rows (examples x locations x stacked copies) and ``B`` the sum of ``g g^T``; a b
 block with the single factor ``B``. Supported primitives: ``nn.Linear``, ``nn.Conv2d``
 (groups=1, dilation=1; any padding mode and stride), ``equilib.nn.GroupedLinear`` (one factor
 pair per group; F-FC and S-FC are two of them), ``equilib.nn.BasisConv2d`` (``a = basis @
-patch``), inner convolutions of lifting / group convolutions applied to stacked copies, and
-``LiftingConvCN`` / ``GroupConvCN``.
+patch``), inner convolutions of lifting / group convolutions applied to stacked copies,
+``LiftingConvCN`` / ``GroupConvCN``, and (Full and Diag only, with the density frozen) the
+partial group convolutions of ``equilib.degree``.
 Any other module owning trainable parameters (and any BatchNorm) raises a ValueError naming it.
 
 The curvature backend is separate from the Laplace logic (``laplace.py``): ``curvature.py``

@@ -280,7 +280,8 @@ def per_example_grads(
 ) -> dict[int, torch.Tensor]:
     """Per-example, per-column gradients of one layer's tensors: {index: (K, B, numel)}.
 
-    weight: sum over calls and rows of g a^T; bias: sum of g.
+    weight: sum over calls and rows of g a^T; bias: sum of g; then the primitive's
+    ``param_grad`` where its parameters enter through a map of what the rows see.
     """
     out: dict[int, torch.Tensor] = {}
     for a, g in zip(inputs, grads):
@@ -291,6 +292,10 @@ def per_example_grads(
         if layer.bias is not None:
             gb = g.sum(2).reshape(K, B, -1)
             out[layer.bias] = out[layer.bias] + gb if layer.bias in out else gb
+    param_grad = layer.primitive.param_grad if layer.primitive is not None else None
+    if param_grad is not None:
+        for idx in out:
+            out[idx] = param_grad(layer.module, params[idx].role, out[idx])
     for idx, v in out.items():
         if v.shape[-1] != params[idx].numel:  # pragma: no cover - guards the generic form
             raise RuntimeError(f"gradient of {params[idx].name} has {v.shape[-1]} entries")

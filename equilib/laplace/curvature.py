@@ -170,6 +170,41 @@ def _basisconv_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return a.unsqueeze(2)
 
 
+def _partial_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Patches of a partial group conv's input (its group axis, if any, joins the channels)."""
+    k = m.kernel_size
+    p = conv_patches(x.flatten(1, -3), (k, k), (1, 1), (k // 2, k // 2), m.padding_mode)
+    return p.transpose(1, 2).unsqueeze(2)
+
+
+def _partial_outputs(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    """g (K, B, C', |H|, H, W): the output channel and group element index the effective
+    kernel's rows (``C' |H|``), the locations are the rows."""
+    K, B = g.shape[:2]
+    return g.reshape(K, B, g.shape[2] * g.shape[3], -1).transpose(2, 3).unsqueeze(3)
+
+
+def _partial_param_grad(m: nn.Module, role: str, grad: torch.Tensor) -> torch.Tensor:
+    """Gradients in the effective kernel ``W = sum_h w(h) (h . K)`` (and in the bias of every
+    group element) brought to the parameters: the adjoint of the lambda-average applied to each
+    of the (K, B) gradients, and the bias summed over the group axis."""
+    K, B = grad.shape[:2]
+    if role == "bias":
+        return grad.reshape(K, B, m.out_channels, -1).sum(-1)
+    with torch.enable_grad():
+        w = m.weight.detach().requires_grad_(True)
+        avg = m.averaging_weights().detach().to(w.dtype)
+        W = torch.tensordot(avg, m.transformed_kernels(w), dims=1)
+        (out,) = torch.autograd.grad(W, w, grad.reshape(K * B, *W.shape), is_grads_batched=True)
+    return out.reshape(K, B, -1)
+
+
+def _partial_types() -> tuple[type, ...]:
+    from equilib.degree.layers import PartialGroupConv, PartialLiftingConv
+
+    return (PartialLiftingConv, PartialGroupConv)
+
+
 @dataclass(frozen=True)
 class Primitive:
     """One layer type of the curvature backend.
@@ -179,16 +214,27 @@ class Primitive:
     call's output (K, B, *out_shape) -> g: (K, B, R, G, D_out); ``check(module, name)``: raises
     for a configuration the rows do not cover; ``patch_basis(module)``: for a convolution whose
     rows are the (basis-projected) patches of its input, the basis (None: plain patches); KFAC
-    uses it for the patch Gram of circular convolutions (``equilib.laplace.kfac.torus_conv``).
+    uses it for the patch Gram of circular convolutions (``equilib.laplace.kfac.torus_conv``);
+    ``param_grad(module, role, grad)``: for a layer whose parameters enter through a linear map
+    of the weight the rows see, the adjoint of that map applied to the per-example gradients
+    (K, B, D) of the "weight" or "bias" rows (then the layer has no Kronecker factors:
+    ``kronecker=False``). ``types`` may be a function returning the classes, for layers whose
+    module is imported only when first needed.
     """
 
     kind: str
-    types: tuple[type, ...]
+    types: tuple[type, ...] | Callable[[], tuple[type, ...]]
     input_rows: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     output_rows: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     description: str
     check: Callable[[nn.Module, str], None] | None = None
     patch_basis: Callable[[nn.Module], torch.Tensor | None] | None = None
+    param_grad: Callable[[nn.Module, str, torch.Tensor], torch.Tensor] | None = None
+    kronecker: bool = True
+
+    def covers(self, module: nn.Module) -> bool:
+        types = self.types if isinstance(self.types, tuple) else self.types()
+        return isinstance(module, types)
 
 
 PRIMITIVES: list[Primitive] = []
@@ -217,19 +263,22 @@ register_primitive(Primitive("basisconv", (enn.BasisConv2d,), _basisconv_inputs,
                              "equilib.nn.BasisConv2d", patch_basis=lambda m: m.basis))
 register_primitive(Primitive("rotconv", (enn.LiftingConvCN,), _rotconv_rows, _conv_outputs,
                              "equilib.nn.LiftingConvCN / GroupConvCN"))
+register_primitive(Primitive("partialconv", _partial_types, _partial_inputs, _partial_outputs,
+                             "equilib.degree PartialLiftingConv / PartialGroupConv (Full and "
+                             "Diag only)", param_grad=_partial_param_grad, kronecker=False))
 
 
 def primitive_for(module: nn.Module) -> Primitive | None:
     """The registered entry covering ``module``, or None."""
     for primitive in PRIMITIVES:
-        if isinstance(module, primitive.types):
+        if primitive.covers(module):
             return primitive
     return None
 
 
 def primitive_kind(module: nn.Module) -> str | None:
     """The kind of the primitive covering ``module`` (``'linear' | 'conv2d' | 'grouped' |
-    'basisconv' | 'rotconv'`` or a registered one), else None."""
+    'basisconv' | 'rotconv' | 'partialconv'`` or a registered one), else None."""
     primitive = primitive_for(module)
     return None if primitive is None else primitive.kind
 

@@ -480,6 +480,13 @@ class KronLaplace(_EigenLaplace):
     _strided = True
 
     def _init_curvature(self) -> None:
+        for layer in self.layers:
+            if not layer.primitive.kronecker:
+                raise ValueError(
+                    f"module {layer.name!r} ({type(layer.module).__name__}) has no Kronecker "
+                    "factors: its parameters enter through a map of the weight its rows see; "
+                    "use FullLaplace or DiagLaplace"
+                )
         self._kron = KronFactors(self.layers)
 
     def _layer_inputs(self, batch: int) -> list:
@@ -551,7 +558,8 @@ class DiagLaplace(_EigenLaplace):
         for li, layer in enumerate(self.layers):
             if not inputs[li] or grads[li] is None:
                 continue
-            if len(inputs[li]) == 1 and inputs[li][0].shape[1] == 1 and layer.weight is not None:
+            if (len(inputs[li]) == 1 and inputs[li][0].shape[1] == 1 and layer.weight is not None
+                    and layer.primitive.param_grad is None):
                 a, g = inputs[li][0][:, 0], grads[li][0][:, :, 0]  # one row per example:
                 g2 = g**2  # the diagonal of sum (g a^T)^2 factorises
                 self._add(layer.weight, torch.einsum("kbgo,bgi->goi", g2, a**2).reshape(-1))
