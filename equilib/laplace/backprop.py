@@ -292,7 +292,7 @@ def per_example_grads(
         if layer.bias is not None:
             gb = g.sum(2).reshape(K, B, -1)
             out[layer.bias] = out[layer.bias] + gb if layer.bias in out else gb
-    param_grad = layer.primitive.param_grad if layer.primitive is not None else None
+    param_grad = layer.primitive.param_grad
     if param_grad is not None:
         for idx in out:
             out[idx] = param_grad(layer.module, params[idx].role, out[idx])

@@ -336,7 +336,13 @@ class LayerInfo:
     weight: int | None = None
     bias: int | None = None
     calls: list = field(default_factory=list)
-    primitive: Primitive | None = None
+    primitive: Primitive | None = None  # the registry entry of ``kind`` unless given
+
+    def __post_init__(self) -> None:
+        if self.primitive is None:
+            self.primitive = next((p for p in PRIMITIVES if p.kind == self.kind), None)
+            if self.primitive is None:
+                raise ValueError(f"no primitive of kind {self.kind!r} is registered")
 
 
 def inspect_model(model: nn.Module) -> tuple[list[ParamInfo], list[LayerInfo]]:
@@ -394,18 +400,12 @@ def inspect_model(model: nn.Module) -> tuple[list[ParamInfo], list[LayerInfo]]:
 
 def layer_input_rows(layer: LayerInfo, x: torch.Tensor) -> torch.Tensor:
     """The input rows of one call of a primitive: (B, R, G, D_in) (see module docstring)."""
-    return _primitive(layer).input_rows(layer.module, x)
+    return layer.primitive.input_rows(layer.module, x)
 
 
 def layer_output_rows(layer: LayerInfo, g: torch.Tensor) -> torch.Tensor:
     """Backpropagated output rows of one call: g (K, B, *out_shape) -> (K, B, R, G, D_out)."""
-    return _primitive(layer).output_rows(layer.module, g)
-
-
-def _primitive(layer: LayerInfo) -> Primitive:
-    if layer.primitive is None:  # a LayerInfo built by hand
-        layer.primitive = next(p for p in PRIMITIVES if p.kind == layer.kind)
-    return layer.primitive
+    return layer.primitive.output_rows(layer.module, g)
 
 
 def layer_inputs(layers: list[LayerInfo], batch: int) -> list[list[torch.Tensor]]:
