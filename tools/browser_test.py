@@ -371,8 +371,14 @@ def check_html_page(html_dir: Path, page_name: str, chromium: str, out: Path) ->
             page.goto(page_file.as_uri(), wait_until="load")
             if page.locator("main .math").count() == 0:
                 raise CheckFailed(f"{page_name} has no formula to check: pick a page with math")
-            page.wait_for_function(
-                "() => window.MathJax && MathJax.startup && MathJax.startup.promise")
+            try:
+                page.wait_for_function(
+                    "() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                    timeout=30_000)
+            except Exception as err:  # noqa: BLE001 - Playwright's timeout, reported plainly
+                raise CheckFailed(
+                    f"MathJax did not start on {page_name} within 30 s (requests refused: "
+                    f"{sorted(set(remote))})") from err
             page.evaluate("() => MathJax.startup.promise")
             page.wait_for_function(
                 "() => Array.from(document.querySelectorAll('main img')).every(i => i.complete)")

@@ -5,19 +5,22 @@ Three steps, each chapter executed once:
 
 1. execute: every ``book/NN-slug.md`` is read with jupytext and executed with nbclient in
    ``book/`` (FAST mode unless ``--full``; ``--jobs`` chapters at a time), keeping the state of
-   every widget; the executed notebooks land in ``build/notebooks/``. A cell that raises fails
-   the build (exit status 1) and names the chapter and the cell.
-2. stage: a copy of each executed notebook goes to ``build/book/`` with ``book/_config.yml`` and
-   ``book/_toc.yml``; in that copy each widget is replaced by a snapshot of the figures it last
-   drew and a line saying that it moves in JupyterLab (a static page has no kernel to redraw it).
-3. render: ``jupyter-book build`` turns the staged notebooks into one page per chapter under
-   ``build/html/`` without executing them again: a table of contents, full-text search, MathJax
-   served from ``_static/mathjax`` (the sphinx-mathjax-offline package) and links between
+   every widget; the executed notebooks land in ``build/notebooks/``. A cell that raises or
+   runs past ``--timeout`` fails the build (exit status 1), which names the chapter and the cell.
+2. stage: a copy of each executed notebook goes to ``build/book/`` with the table of contents
+   ``book/_toc.yml`` (a shorter one for ``--chapters``); in that copy each widget shows what its
+   Output widgets drew last (a static page has no kernel to redraw it), with a line saying that
+   its controls work in JupyterLab, and links to other chapters name their notebooks.
+3. render: ``jupyter-book build`` with ``book/_config.yml`` turns the staged notebooks into one
+   page per chapter under ``build/html/`` without executing them again: a table of contents,
+   full-text search, MathJax served from ``_static/mathjax`` (the sphinx-mathjax-offline
+   package; ``tools/book_extension.py`` keeps CDN addresses off the pages) and links between
    chapters (``[chapter 05](05-marginal-likelihood.md)``).
 
-Afterwards every page, script and style sheet of the output is searched for resources loaded
-from another host (a CDN script, font or style sheet); finding one fails the build. Nothing is
-fetched from the network to build, and nothing when a reader opens a page.
+Afterwards every page, and every script and style sheet a page loads, is searched for resources
+on another host (a CDN script, font or style sheet); finding one fails the build, and so does a
+link between chapters that leads nowhere. Nothing is fetched from the network to build, and
+nothing when a reader opens a page.
 
     python tools/build_html.py                    # every chapter, FAST mode
     python tools/build_html.py --chapters 01 05   # some chapters (the table of contents shrinks)
@@ -51,6 +54,9 @@ WIDGET_NOTE = (
     "*A widget: here the figure it drew last; in JupyterLab (`python3 course.py lab`) its "
     "controls redraw it.*"
 )
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colours, taken out of what is reported
 
 
 def say(msg: str) -> None:
@@ -179,7 +185,7 @@ def execute_one(src: str, out_dir: str, fast: bool, timeout: int) -> dict:
     import jupytext
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellControlSignal, DeadKernelError
 
     os.environ["EQUILIB_FAST"] = "1" if fast else "0"
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
@@ -196,9 +202,9 @@ def execute_one(src: str, out_dir: str, fast: bool, timeout: int) -> dict:
     )
     try:
         client.execute()
-    except CellExecutionError as err:
-        first = str(err).strip().splitlines()
-        error = "\n".join(first[-12:])
+    except (CellControlSignal, DeadKernelError) as err:  # a cell raised, timed out, or killed it
+        first = ANSI.sub("", str(err)).strip().splitlines()
+        error = "\n".join(first[-12:]) or type(err).__name__
     seconds = time.time() - t0
     nb.metadata["equilib"] = {"fast": fast, "seconds": round(seconds, 1), "error": error}
     nbformat.write(nb, Path(out_dir) / f"{src_p.stem}.ipynb")
@@ -454,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"FAILED: jupyter-book exited with status {code}; the end of {log}:")
         print("\n".join(log.read_text().splitlines()[-30:]), flush=True)
         return 1
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text())  # without the terminal colours
+    plain = ANSI.sub("", log.read_text())
     warnings = [ln for ln in plain.splitlines() if "WARNING" in ln]
     for ln in warnings:
         say(ln)
