@@ -102,6 +102,9 @@ def draw_widths(histories: Mapping[str, Mapping[str, list]], transform: str = "r
         _, ax = plt.subplots(figsize=(6, 3.2))
     for name, h in histories.items():
         ax.plot(range(1, len(h["width"]) + 1), [w[transform] for w in h["width"]], "o-", label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"learned {transform} width")
     ax.legend(fontsize=8)
