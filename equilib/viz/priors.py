@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 __all__ = ["path_names", "structure_arrays", "structure_over_epochs", "evidence_curve",
-           "plot_structure", "plot_precision_history", "plot_evidence"]
+           "plot_structure", "plot_precision_history", "plot_evidence", "plot_losses"]
 
 PATH_COLOURS = {"fc": "tab:orange", "conv": "tab:blue", "gconv": "tab:green"}
 
@@ -84,12 +84,15 @@ def _title(result: dict) -> str:
 def plot_structure(result: dict, axes=None):
     """Two panels per run: prior variance 1/delta per block and path (log scale), weight norms.
 
-    Returns the matplotlib Figure.
+    Without ``axes`` a new figure is made and titled with the run; with ``axes`` (a row of a
+    larger figure, one row per run) each panel carries the run in its own title, so that every
+    row of the figure says which run it shows. Returns the matplotlib Figure.
     """
     import matplotlib.pyplot as plt
 
     s = structure_arrays(result["layers"])
-    if axes is None:
+    own = axes is None
+    if own:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), constrained_layout=True)
     else:
         fig = axes[0].figure
@@ -107,8 +110,32 @@ def plot_structure(result: dict, axes=None):
     for ax in axes:
         ax.set_xticks(x, s["blocks"])
         ax.legend(frameon=False)
-    fig.suptitle(_title(result), fontsize=10)
+    if own:
+        fig.suptitle(_title(result), fontsize=10)
+    else:
+        axes[0].set_title(f"{_title(result)}\nprior variance per path", fontsize=9)
+        axes[1].set_title("weight norm per path", fontsize=9)
     return fig
+
+
+def plot_losses(results: dict, ax=None):
+    """Training loss per epoch (log scale) of every run in ``{label: result}``.
+
+    The loss is what the optimiser minimised: the mean cross-entropy plus the prior term
+    ``1/2 sum_l delta_l |theta_l|^2 / N``. Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    for label, r in results.items():
+        h = r["history"]
+        ax.plot(h["epoch"], h["train_loss"], label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (cross-entropy + prior term)")
+    ax.legend(frameon=False, fontsize=7)
+    return ax.figure
 
 
 def plot_precision_history(result: dict, ax=None):
