@@ -310,7 +310,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_browser)
 
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["html"], ["browser"]):
+        # Everything after these two goes to their tool as it is (argparse's REMAINDER would
+        # stop at a leading option such as --full).
+        args = parser.parse_args(argv[:1])
+        args.rest = argv[1:]
+    else:
+        args = parser.parse_args(argv)
     args.func(args)
 
 
