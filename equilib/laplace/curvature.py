@@ -95,114 +95,8 @@ def basis_patches(x: torch.Tensor, basis: torch.Tensor, kernel_size, stride, pad
 
 
 # --------------------------------------------------------------------------------------------
-# Rows of each primitive: a: (B, R, G, D_in) from a call's input, g: (K, B, R, G, D_out)
+# The registry: one entry per layer type
 # --------------------------------------------------------------------------------------------
-
-
-def _rotconv_rows(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Rows of a C_N lifting / group conv with interpolated filter rotation.
-
-    Output group g uses the filter F_g[d, c, n, p] = sum_q R_g[p, q] w[d, c, n - g, q], so
-    y[b, d, g, l] = sum_{c, n, q} w[d, c, n, q] a[b, g, l, (c, n, q)] with
-    a[b, g, l, (c, n, q)] = sum_p R_g[p, q] patch[b, c, n + g, p, l]: one row per (g, l).
-    x: (B, C, H, W) or (B, C, N, H, W) -> (B, N*L, 1, C*N_in*k*k).
-    """
-    B = x.shape[0]
-    k = m.k
-    xf = x.reshape(B, -1, x.shape[-2], x.shape[-1])
-    P = conv_patches(xf, (k, k), (1, 1), (k // 2, k // 2), m.padding_mode)
-    n_in = xf.shape[1] // m.in_channels
-    P = P.view(B, m.in_channels, n_in, k * k, -1)
-    R = m.rotations.to(P.dtype)
-    rows = []
-    for g in range(m.N):
-        Pg = torch.roll(P, -g, dims=2) if n_in > 1 else P
-        rows.append(torch.einsum("pq,bcnpl->blcnq", R[g], Pg).reshape(B, P.shape[-1], -1))
-    return torch.stack(rows, 1).reshape(B, -1, 1, rows[0].shape[-1])
-
-def _linear_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1, 1, x.shape[-1])
-
-
-def _linear_outputs(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
-    K, B = g.shape[:2]
-    return g.reshape(K, B, -1, 1, g.shape[-1])
-
-
-def _conv2d_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    p = conv_patches(x, m.kernel_size, m.stride, m.padding, m.padding_mode)
-    return p.transpose(1, 2).unsqueeze(2)
-
-
-def _conv_outputs(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
-    """Locations are the rows: g (K, B, C', *locations) (a group axis counts as one)."""
-    K, B = g.shape[:2]
-    return g.reshape(K, B, g.shape[2], -1).transpose(2, 3).unsqueeze(3)
-
-
-def _check_conv2d(m: nn.Module, name: str) -> None:
-    if m.groups != 1 or tuple(m.dilation) != (1, 1):
-        raise ValueError(
-            f"module {name!r} (Conv2d) has groups={m.groups}, dilation="
-            f"{tuple(m.dilation)}; only groups=1 and dilation=1 are supported"
-        )
-
-
-def _grouped_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    G = m.weight.shape[0]
-    a = x.reshape(x.shape[0], -1, G, x.shape[-1])
-    if getattr(m, "basis", None) is not None:
-        a = a @ m.basis.transpose(0, 1)
-    return a
-
-
-def _grouped_outputs(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
-    K, B = g.shape[:2]
-    G = m.weight.shape[0]
-    return g.reshape(K, B, -1, G, g.shape[-1])
-
-
-def _basisconv_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    padding = getattr(m, "padding", None)
-    if padding is None:
-        padding = tuple(k // 2 for k in m.kernel_size)
-    a = basis_patches(x, m.basis, m.kernel_size, m.stride, padding, m.padding_mode)
-    return a.unsqueeze(2)
-
-
-def _partial_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Patches of a partial group conv's input (its group axis, if any, joins the channels)."""
-    k = m.kernel_size
-    p = conv_patches(x.flatten(1, -3), (k, k), (1, 1), (k // 2, k // 2), m.padding_mode)
-    return p.transpose(1, 2).unsqueeze(2)
-
-
-def _partial_outputs(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
-    """g (K, B, C', |H|, H, W): the output channel and group element index the effective
-    kernel's rows (``C' |H|``), the locations are the rows."""
-    K, B = g.shape[:2]
-    return g.reshape(K, B, g.shape[2] * g.shape[3], -1).transpose(2, 3).unsqueeze(3)
-
-
-def _partial_param_grad(m: nn.Module, role: str, grad: torch.Tensor) -> torch.Tensor:
-    """Gradients in the effective kernel ``W = sum_h w(h) (h . K)`` (and in the bias of every
-    group element) brought to the parameters: the adjoint of the lambda-average applied to each
-    of the (K, B) gradients, and the bias summed over the group axis."""
-    K, B = grad.shape[:2]
-    if role == "bias":
-        return grad.reshape(K, B, m.out_channels, -1).sum(-1)
-    with torch.enable_grad():
-        w = m.weight.detach().requires_grad_(True)
-        avg = m.averaging_weights().detach().to(w.dtype)
-        W = torch.tensordot(avg, m.transformed_kernels(w), dims=1)
-        (out,) = torch.autograd.grad(W, w, grad.reshape(K * B, *W.shape), is_grads_batched=True)
-    return out.reshape(K, B, -1)
-
-
-def _partial_types() -> tuple[type, ...]:
-    from equilib.degree.layers import PartialGroupConv, PartialLiftingConv
-
-    return (PartialLiftingConv, PartialGroupConv)
 
 
 @dataclass(frozen=True)
@@ -251,23 +145,6 @@ def register_primitive(primitive: Primitive) -> Primitive:
     return primitive
 
 
-# torch's layers first: equilib's subclasses of them (CircularConv2d) are plain convolutions
-register_primitive(Primitive("linear", (nn.Linear,), _linear_inputs, _linear_outputs,
-                             "torch.nn.Linear"))
-register_primitive(Primitive("conv2d", (nn.Conv2d,), _conv2d_inputs, _conv_outputs,
-                             "torch.nn.Conv2d (groups=1, dilation=1)", check=_check_conv2d,
-                             patch_basis=lambda m: None))
-register_primitive(Primitive("grouped", (enn.GroupedLinear,), _grouped_inputs, _grouped_outputs,
-                             "equilib.nn.GroupedLinear"))
-register_primitive(Primitive("basisconv", (enn.BasisConv2d,), _basisconv_inputs, _conv_outputs,
-                             "equilib.nn.BasisConv2d", patch_basis=lambda m: m.basis))
-register_primitive(Primitive("rotconv", (enn.LiftingConvCN,), _rotconv_rows, _conv_outputs,
-                             "equilib.nn.LiftingConvCN / GroupConvCN"))
-register_primitive(Primitive("partialconv", _partial_types, _partial_inputs, _partial_outputs,
-                             "equilib.degree PartialLiftingConv / PartialGroupConv (Full and "
-                             "Diag only)", param_grad=_partial_param_grad, kronecker=False))
-
-
 def primitive_for(module: nn.Module) -> Primitive | None:
     """The registered entry covering ``module``, or None."""
     for primitive in PRIMITIVES:
@@ -306,6 +183,146 @@ _MOVED = {
     **dict.fromkeys(("Recorder", "backprop_rows", "per_example_grads"),
                     "equilib.laplace.backprop"),
 }
+
+
+# --------------------------------------------------------------------------------------------
+# The layer types: rows a: (B, R, G, D_in) of a call's input, g: (K, B, R, G, D_out)
+# --------------------------------------------------------------------------------------------
+
+
+# torch's layers first (entries registered later are matched first); equilib's CircularConv2d
+# is an nn.Conv2d and uses its entry
+def _linear_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1, 1, x.shape[-1])
+
+
+def _linear_outputs(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    K, B = g.shape[:2]
+    return g.reshape(K, B, -1, 1, g.shape[-1])
+
+
+register_primitive(Primitive("linear", (nn.Linear,), _linear_inputs, _linear_outputs,
+                             "torch.nn.Linear"))
+
+
+def _conv2d_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    p = conv_patches(x, m.kernel_size, m.stride, m.padding, m.padding_mode)
+    return p.transpose(1, 2).unsqueeze(2)
+
+
+def _conv_outputs(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    """Locations are the rows: g (K, B, C', *locations) (a group axis counts as one)."""
+    K, B = g.shape[:2]
+    return g.reshape(K, B, g.shape[2], -1).transpose(2, 3).unsqueeze(3)
+
+
+def _check_conv2d(m: nn.Module, name: str) -> None:
+    if m.groups != 1 or tuple(m.dilation) != (1, 1):
+        raise ValueError(
+            f"module {name!r} (Conv2d) has groups={m.groups}, dilation="
+            f"{tuple(m.dilation)}; only groups=1 and dilation=1 are supported"
+        )
+
+
+register_primitive(Primitive("conv2d", (nn.Conv2d,), _conv2d_inputs, _conv_outputs,
+                             "torch.nn.Conv2d (groups=1, dilation=1)", check=_check_conv2d,
+                             patch_basis=lambda m: None))
+
+
+def _grouped_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    G = m.weight.shape[0]
+    a = x.reshape(x.shape[0], -1, G, x.shape[-1])
+    if getattr(m, "basis", None) is not None:
+        a = a @ m.basis.transpose(0, 1)
+    return a
+
+
+def _grouped_outputs(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    K, B = g.shape[:2]
+    G = m.weight.shape[0]
+    return g.reshape(K, B, -1, G, g.shape[-1])
+
+
+register_primitive(Primitive("grouped", (enn.GroupedLinear,), _grouped_inputs, _grouped_outputs,
+                             "equilib.nn.GroupedLinear"))
+
+
+def _basisconv_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    padding = getattr(m, "padding", None)
+    if padding is None:
+        padding = tuple(k // 2 for k in m.kernel_size)
+    a = basis_patches(x, m.basis, m.kernel_size, m.stride, padding, m.padding_mode)
+    return a.unsqueeze(2)
+
+
+register_primitive(Primitive("basisconv", (enn.BasisConv2d,), _basisconv_inputs, _conv_outputs,
+                             "equilib.nn.BasisConv2d", patch_basis=lambda m: m.basis))
+
+
+def _rotconv_rows(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Rows of a C_N lifting / group conv with interpolated filter rotation.
+
+    Output group g uses the filter F_g[d, c, n, p] = sum_q R_g[p, q] w[d, c, n - g, q], so
+    y[b, d, g, l] = sum_{c, n, q} w[d, c, n, q] a[b, g, l, (c, n, q)] with
+    a[b, g, l, (c, n, q)] = sum_p R_g[p, q] patch[b, c, n + g, p, l]: one row per (g, l).
+    x: (B, C, H, W) or (B, C, N, H, W) -> (B, N*L, 1, C*N_in*k*k).
+    """
+    B = x.shape[0]
+    k = m.k
+    xf = x.reshape(B, -1, x.shape[-2], x.shape[-1])
+    P = conv_patches(xf, (k, k), (1, 1), (k // 2, k // 2), m.padding_mode)
+    n_in = xf.shape[1] // m.in_channels
+    P = P.view(B, m.in_channels, n_in, k * k, -1)
+    R = m.rotations.to(P.dtype)
+    rows = []
+    for g in range(m.N):
+        Pg = torch.roll(P, -g, dims=2) if n_in > 1 else P
+        rows.append(torch.einsum("pq,bcnpl->blcnq", R[g], Pg).reshape(B, P.shape[-1], -1))
+    return torch.stack(rows, 1).reshape(B, -1, 1, rows[0].shape[-1])
+
+
+register_primitive(Primitive("rotconv", (enn.LiftingConvCN,), _rotconv_rows, _conv_outputs,
+                             "equilib.nn.LiftingConvCN / GroupConvCN"))
+
+
+def _partial_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Patches of a partial group conv's input (its group axis, if any, joins the channels)."""
+    k = m.kernel_size
+    p = conv_patches(x.flatten(1, -3), (k, k), (1, 1), (k // 2, k // 2), m.padding_mode)
+    return p.transpose(1, 2).unsqueeze(2)
+
+
+def _partial_outputs(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    """g (K, B, C', |H|, H, W): the output channel and group element index the effective
+    kernel's rows (``C' |H|``), the locations are the rows."""
+    K, B = g.shape[:2]
+    return g.reshape(K, B, g.shape[2] * g.shape[3], -1).transpose(2, 3).unsqueeze(3)
+
+
+def _partial_param_grad(m: nn.Module, role: str, grad: torch.Tensor) -> torch.Tensor:
+    """Gradients in the effective kernel ``W = sum_h w(h) (h . K)`` (and in the bias of every
+    group element) brought to the parameters: the adjoint of the lambda-average applied to each
+    of the (K, B) gradients, and the bias summed over the group axis."""
+    K, B = grad.shape[:2]
+    if role == "bias":
+        return grad.reshape(K, B, m.out_channels, -1).sum(-1)
+    with torch.enable_grad():
+        w = m.weight.detach().requires_grad_(True)
+        avg = m.averaging_weights().detach().to(w.dtype)
+        W = torch.tensordot(avg, m.transformed_kernels(w), dims=1)
+        (out,) = torch.autograd.grad(W, w, grad.reshape(K * B, *W.shape), is_grads_batched=True)
+    return out.reshape(K, B, -1)
+
+
+def _partial_types() -> tuple[type, ...]:
+    from equilib.degree.layers import PartialGroupConv, PartialLiftingConv
+
+    return (PartialLiftingConv, PartialGroupConv)
+
+
+register_primitive(Primitive("partialconv", _partial_types, _partial_inputs, _partial_outputs,
+                             "equilib.degree PartialLiftingConv / PartialGroupConv (Full and "
+                             "Diag only)", param_grad=_partial_param_grad, kronecker=False))
 
 
 # --------------------------------------------------------------------------------------------
