@@ -250,7 +250,8 @@ def test_factored_training_loss_falls_and_flattens():
     """The MAP training loss of F-FC+CONV on the quadrant task no longer rises after a few
     epochs (the scale of U handed to V after every step made V, and the prior term, grow)."""
     cfg = discover.default_config(True, task="quadrant", model="f-fc+conv", objective="map",
-                                  epochs=20, n_train=600, n_test=20, width=8, batch_size=32)
+                                  epochs=20, n_train=600, n_test=20, width=8, batch_size=32,
+                                  lr=1e-2, lr_min=1e-3)
     res = discover.run(cfg, progress=False)
     loss = res["history"]["train_loss"]
     # handing the norm to V after every step, this run's loss rose from epoch 3 to 5800
