@@ -186,3 +186,17 @@ def test_browser_test_opens_the_built_page_with_the_most_formulas(tmp_path):
     (tmp_path / "search.html").write_text(9 * math)
     assert bt.default_page(tmp_path) == "02-b"
     assert bt.search_word(tmp_path, "02-b") == "convolution"
+
+
+def test_course_html_and_browser_pass_every_argument_to_their_tool(monkeypatch):
+    spec = importlib.util.spec_from_file_location("course_cli", ROOT / "course.py")
+    course = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(course)
+    seen = []
+    monkeypatch.setattr(course, "cmd_html", lambda a: seen.append(("html", a.rest)))
+    monkeypatch.setattr(course, "cmd_browser", lambda a: seen.append(("browser", a.rest)))
+    course.main(["html", "--full", "--chapters", "01", "05"])
+    course.main(["browser", "--parts", "html"])
+    course.main(["html"])
+    assert seen == [("html", ["--full", "--chapters", "01", "05"]),
+                    ("browser", ["--parts", "html"]), ("html", [])]
