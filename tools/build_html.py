@@ -18,8 +18,8 @@ Three steps, each chapter executed once:
    chapters (``[chapter 05](05-marginal-likelihood.md)``).
 
 Afterwards every page, and every script and style sheet a page loads, is searched for resources
-on another host (a CDN script, font or style sheet); finding one fails the build, and so does a
-link between chapters that leads nowhere. Nothing is fetched from the network to build, and
+on another host (a CDN script, font or style sheet); finding one fails the build, and so do a
+link between chapters that leads nowhere and a ``$$`` left as text on a page. Nothing is fetched from the network to build, and
 nothing when a reader opens a page.
 
     python tools/build_html.py                    # every chapter, FAST mode
@@ -366,6 +366,14 @@ _LOCAL_ASSET = re.compile(
 INERT_IN_SCRIPTS = ("/npm/speech-rule-engine@", "/npm/sre-mathmaps-ie@", "/npm/wicked-good-xpath@")
 
 
+_NOT_PROSE = re.compile(r"<(pre|code|script|style)\b.*?</\1>", flags=re.S | re.I)
+
+
+def raw_display_math(page_html: str) -> int:
+    """How many ``$$`` a page shows as text (outside code): display math MyST did not parse."""
+    return _NOT_PROSE.sub("", page_html).count("$$")
+
+
 def offline_problems(html_dir: Path) -> list[str]:
     """``file: url`` for every remote resource of the built pages and the files they load.
 
@@ -486,6 +494,11 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("no search index (searchindex.js)")
     if not (html_dir / "_static" / "mathjax" / "tex-chtml.js").exists():
         problems.append("MathJax is not served from _static/mathjax")
+    raw = {r["name"]: raw_display_math((html_dir / f"{r['name']}.html").read_text())
+           for r in results if (html_dir / f"{r['name']}.html").exists()}
+    raw = {name: n for name, n in raw.items() if n}
+    if raw:
+        problems.append(f"'$$' left as text, not typeset, in {raw}")
     remote = offline_problems(html_dir)
     if remote:
         problems.append("resources loaded from the network:\n  " + "\n  ".join(remote[:20]))

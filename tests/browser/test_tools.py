@@ -108,6 +108,14 @@ def test_stage_writes_pages_and_refuses_a_stale_table_of_contents(tmp_path, monk
         html.stage(nb_dir, names, tmp_path / "src")
 
 
+def test_raw_display_math_counts_dollars_outside_code():
+    html = load("build_html")
+    page = ('<p>so $$ x^2 $$ stays raw</p><pre>echo $$</pre><code>"$$"</code>'
+            '<div class="math notranslate nohighlight">\\[x^2\\]</div>')
+    assert html.raw_display_math(page) == 2
+    assert html.raw_display_math('<PRE class="x">$$\n$$</PRE><p>fine</p>') == 0
+
+
 def test_remote_resources_finds_what_a_page_would_load_from_another_host():
     html = load("build_html")
     page = (
