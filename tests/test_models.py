@@ -101,10 +101,11 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_models_train_a_step_and_grads_reach_every_path():
+    torch.manual_seed(0)  # with 3 channels an unlucky draw can leave a path's ReLUs all off
     for name in CONTRACT + ["fc+conv+gconv"]:
         model = build(name, (1, 8, 8), n_classes=3, width=3)
-        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 8, 8)),
-                                                 torch.tensor([0, 1, 2, 0]))
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(16, 1, 8, 8)),
+                                                 torch.arange(16) % 3)
         loss.backward()
         for n, p in model.named_parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all(), (name, n)
