@@ -489,7 +489,7 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
 
 
 # the source files whose code decides a run's result: a change to any of them gives new keys
-_CODE_FILES = ("discover.py", "train.py", "models.py", "nn", "laplace", "data")
+_CODE_FILES = ("discover.py", "train.py", "checkpoint.py", "models.py", "nn", "laplace", "data")
 _code_hash: str | None = None
 
 

@@ -11,7 +11,8 @@ One function, :func:`fit`, trains a classifier either
 
 It records a :class:`History` (losses, accuracies, log marginal likelihood and every per-tensor
 prior precision over time), shows a tqdm bar that works in a terminal and in a notebook, and writes
-checkpoints atomically (temporary file, then rename) from which a run resumes exactly.
+checkpoints atomically (temporary file, then rename) from which a run resumes exactly; their
+format, checks and random state live in :mod:`equilib.checkpoint`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,14 +36,22 @@ from torch.utils.data import (
     default_collate,
 )
 
-from equilib.cache import atomic_save, load_error_reason
+# the checkpoint format and its readers live in equilib.checkpoint; the names that code and
+# tests read from equilib.train stay importable from here
+from equilib.checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
+from equilib.checkpoint import CHECKPOINT_KEYS as CHECKPOINT_KEYS
+from equilib.checkpoint import (
+    check_same_run,
+    restore_training_state,
+    set_rng_state,
+    write_checkpoint,
+)
+from equilib.checkpoint import load_checkpoint as load_checkpoint
+from equilib.checkpoint import save_checkpoint as save_checkpoint
 
 OBJECTIVES = ("map", "marglik")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
-CHECKPOINT_FORMAT = "equilib.train/1"
-CHECKPOINT_KEYS = ("settings", "epoch", "model", "optimizer", "log_prior_precision",
-                   "hyper_optimizer", "history", "rng")
 
 
 class TrainingDiverged(RuntimeError):
@@ -64,12 +73,17 @@ def check_labels(y: torch.Tensor, n_classes: int, where: str) -> None:
                          f"{int(y.max())}")
 
 
-def _check_finite_state(epoch: int, loss_sum: torch.Tensor, named, log_delta=None) -> None:
-    """Raise :class:`TrainingDiverged` naming the epoch and the first non-finite tensor."""
+def _check_finite_state(epoch: int, loss_sum: torch.Tensor, named, log_delta=None,
+                        log_ml: float | None = None) -> None:
+    """Raise :class:`TrainingDiverged` naming the epoch and the first non-finite tensor (or,
+    when every tensor is finite, a non-finite log marginal likelihood ``log_ml``)."""
     finite = [torch.isfinite(loss_sum).all()] + [torch.isfinite(p).all() for _, p in named]
     if log_delta is not None:
         finite.append(torch.isfinite(log_delta).all())
     if bool(torch.stack([f.to(finite[0].device) for f in finite]).all()):
+        if log_ml is not None and not math.isfinite(log_ml):
+            raise TrainingDiverged(f"training diverged in epoch {epoch}: the log marginal "
+                                   f"likelihood is {log_ml}")
         return
     bad = [n for (n, p) in named if not bool(torch.isfinite(p).all())]
     what = [f"the training loss is {float(loss_sum):g}"] if not bool(finite[0]) else []
@@ -264,81 +278,6 @@ def _default_laplace(model: nn.Module, prior_precision: torch.Tensor):
     return KronLaplace(model, likelihood="classification", prior_precision=prior_precision)
 
 
-def _loader_generators(loader) -> list[torch.Generator]:
-    """The torch Generators that decide a loader's shuffling (so a resume can restore them)."""
-    gens = []
-    for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-        g = getattr(obj, "generator", None) if obj is not None else None
-        if isinstance(g, torch.Generator) and all(g is not h for h in gens):
-            gens.append(g)
-    inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
-    g = getattr(inner, "generator", None)
-    if isinstance(g, torch.Generator) and all(g is not h for h in gens):
-        gens.append(g)
-    return gens
-
-
-def _rng_state(loader) -> dict:
-    state = {"torch": torch.get_rng_state(), "loader": [g.get_state() for g in _loader_generators(loader)]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, loader) -> None:
-    torch.set_rng_state(state["torch"])
-    gens = _loader_generators(loader)
-    if len(gens) != len(state["loader"]):
-        raise ValueError(
-            "the checkpoint was written with a training loader of a different kind "
-            f"({len(state['loader'])} generators, this one has {len(gens)})"
-        )
-    for g, s in zip(gens, state["loader"]):
-        g.set_state(s)
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write ``state`` with torch.save to a temporary file beside ``path``, then rename it.
-
-    A crash mid-write leaves the previous checkpoint intact (the rename is atomic on POSIX).
-    """
-    atomic_save(state, path)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint written by :func:`fit`; a clear ``ValueError`` if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r} to resume from")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a damaged file
-        raise ValueError(
-            f"checkpoint {str(path)!r} is corrupted or not an equilib checkpoint "
-            f"({load_error_reason(e)})"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"checkpoint {str(path)!r} is not an equilib training checkpoint "
-            f"(expected format {CHECKPOINT_FORMAT!r})"
-        )
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
-    if missing:
-        raise ValueError(f"checkpoint {str(path)!r} is incomplete: it lacks {missing}; it was not "
-                         "written by equilib.train.fit")
-    kinds = {"settings": dict, "history": dict, "model": dict, "optimizer": dict, "rng": dict,
-             "log_prior_precision": torch.Tensor}
-    wrong = [k for k, kind in kinds.items() if not isinstance(state[k], kind)]
-    if isinstance(state["epoch"], bool) or not isinstance(state["epoch"], int):
-        wrong.append("epoch")
-    if wrong:
-        raise ValueError(f"checkpoint {str(path)!r} is damaged: the entries {wrong} are not of "
-                         "the kind equilib.train.fit writes")
-    return state
-
-
 def fit(
     model: nn.Module,
     train_loader,
@@ -410,48 +349,24 @@ def fit(
     with :class:`TrainingDiverged`, naming the epoch and the tensor, before that epoch is
     recorded, checkpointed or passed to ``callback``.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVES)}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {list(OPTIMIZERS)}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; expected one of {list(SCHEDULES)}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    for name, value in (("marglik_every", marglik_every), ("hyper_steps", hyper_steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if isinstance(burn_in, bool) or not isinstance(burn_in, int) or burn_in < 0:
-        raise ValueError(f"burn_in must be a non-negative int, got {burn_in!r}")
-    if not (lr > 0 and hyper_lr > 0 and 0 <= lr_min <= lr):
-        raise ValueError(f"need lr > 0, hyper_lr > 0 and 0 <= lr_min <= lr; got {lr}, {hyper_lr}, {lr_min}")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs a checkpoint path")
-    if curvature_batch_size is not None and (isinstance(curvature_batch_size, bool) or not
-                                             isinstance(curvature_batch_size, int)
-                                             or curvature_batch_size <= 0):
-        raise ValueError(f"curvature_batch_size must be a positive int or None, got "
-                         f"{curvature_batch_size!r}")
-
+    _check_fit_args(objective=objective, optimizer=optimizer, schedule=schedule, epochs=epochs,
+                    lr=lr, lr_min=lr_min, marglik_every=marglik_every, burn_in=burn_in,
+                    hyper_steps=hyper_steps, hyper_lr=hyper_lr, checkpoint=checkpoint,
+                    resume=resume, curvature_batch_size=curvature_batch_size)
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
     named = trainable_parameters(model)
     if not named:
         raise ValueError("the model has no trainable parameters")
-    names = [n for n, _ in named]
     params = [p for _, p in named]
     n_data = count_examples(train_loader)
     laplace = _default_laplace if laplace is None else laplace
     curvature_loader = curvature_loader_for(train_loader, curvature_batch_size)
-
     log_delta = expand_prior_precision(prior_precision, len(params)).log().to(device)
     log_delta.requires_grad_(objective == "marglik")
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr)
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    opt = (torch.optim.Adam(params, lr=lr) if optimizer == "adam"
+           else torch.optim.SGD(params, lr=lr, momentum=0.9))
     hyper_opt = torch.optim.Adam([log_delta], lr=hyper_lr) if objective == "marglik" else None
-
     settings = {
         "params": [(n, list(p.shape)) for n, p in named],
         "objective": objective, "epochs": epochs, "lr": lr, "lr_min": lr_min,
@@ -459,128 +374,209 @@ def fit(
         "burn_in": burn_in, "hyper_steps": hyper_steps, "hyper_lr": hyper_lr, "n_data": n_data,
         "run_info": run_info,
     }
-    history = History(param_names=names)
-    start_epoch = 0
     if resume:
-        state = load_checkpoint(checkpoint)
-        if state["settings"] != settings:
-            diff = sorted(k for k in settings if state["settings"].get(k) != settings[k])
-            raise ValueError(
-                f"checkpoint {str(checkpoint)!r} was written by a different run "
-                f"(these settings differ: {diff}); not resuming"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        with torch.no_grad():
-            log_delta.copy_(state["log_prior_precision"].to(device))
-        if hyper_opt is not None:
-            hyper_opt.load_state_dict(state["hyper_optimizer"])
-        history = History.from_dict(state["history"])
-        start_epoch = state["epoch"]
-        _set_rng_state(state["rng"], train_loader)
+        history, start_epoch = _resume(checkpoint, settings, model, opt, log_delta, hyper_opt,
+                                       train_loader)
     else:
+        history, start_epoch = History(param_names=[n for n, _ in named]), 0
         torch.manual_seed(seed)
         if reparametrize is not None:
             reparametrize(model)
-
-    steps_per_epoch = max(len(train_loader), 1) if hasattr(train_loader, "__len__") else None
-    total_steps = epochs * steps_per_epoch if steps_per_epoch else None
-    step = start_epoch * (steps_per_epoch or 0)
+    lr_at, step = _lr_schedule(train_loader, schedule, epochs, start_epoch, lr, lr_min)
     elapsed = history.seconds[-1] if history.seconds else 0.0
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, initial=start_epoch, desc=f"{objective}", unit="epoch", leave=True)
-    try:
+    with _progress(progress, epochs, start_epoch, objective, test_loader is not None,
+                   n_data) as advance:
         for epoch in range(start_epoch + 1, epochs + 1):
             t0 = time.perf_counter()
-            model.train()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            seen = 0
-            delta = log_delta.detach().exp().to(params[0].dtype)
-            cur_lr = lr
-            for x, y_in in train_loader:
-                x, y = x.to(device), y_in.to(device)
-                if schedule == "cosine" and total_steps:
-                    cur_lr = cosine_lr(step, total_steps, lr, lr_min)
-                    for group in opt.param_groups:
-                        group["lr"] = cur_lr
-                out = model(x)
-                if y_in.device.type == "cpu":  # checked where it costs no device sync
-                    check_labels(y_in, out.shape[-1], f"training labels (epoch {epoch})")
-                ce = F.cross_entropy(out, y)
-                loss = ce + prior_penalty(params, delta, n_data)
-                if extra_loss is not None:
-                    loss = loss + extra_loss(model)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if project is not None:
-                    project(model)
-                opt.step()
-                if reparametrize is not None:
-                    reparametrize(model)
-                step += 1
-                loss_sum += loss.detach().double() * y.shape[0]
-                correct += (out.detach().argmax(-1) == y).sum()
-                seen += y.shape[0]
-            if seen == 0:
-                raise ValueError("the training loader yielded no batches")
-
-            _synchronize(device)  # queued GPU work belongs to this epoch's steps
-            t_train = time.perf_counter() - t0
+            # MAP steps: one pass over the data with the prior precisions held fixed
+            stats, t_train = _timed(device, _train_epoch, model, train_loader, opt, params,
+                                    log_delta, n_data, epoch, step, lr, lr_at, extra_loss,
+                                    project, reparametrize)
+            step = stats.step
+            _check_finite_state(epoch, stats.loss_sum, named)
+            # every marglik_every epochs after the burn-in, and after the last epoch (also when
+            # the run ends before the burn-in does): refit the curvature, then the hyper-steps
             log_ml, t_hyper = float("nan"), 0.0
-            _check_finite_state(epoch, loss_sum, named)
-            # the last epoch always refits, also when the run ends before the burn-in does
-            refit = epoch == epochs or (epoch > burn_in and (epoch - burn_in) % marglik_every == 0)
-            if objective == "marglik" and refit:
-                t1 = time.perf_counter()
-                log_ml = _marglik_update(model, curvature_loader, log_delta, hyper_opt, hyper_steps,
-                                         n_data, laplace)
-                _synchronize(device)
-                t_hyper = time.perf_counter() - t1
-                _check_finite_state(epoch, loss_sum, named, log_delta.detach())
-                if not math.isfinite(log_ml):
-                    raise TrainingDiverged(f"training diverged in epoch {epoch}: the log marginal "
-                                           f"likelihood is {log_ml}")
-            test_acc = evaluate(model, test_loader, device)[1] if test_loader is not None else float("nan")
+            if objective == "marglik" and (epoch == epochs or (
+                    epoch > burn_in and (epoch - burn_in) % marglik_every == 0)):
+                log_ml, t_hyper = _timed(device, _marglik_update, model, curvature_loader,
+                                         log_delta, hyper_opt, hyper_steps, n_data, laplace)
+                _check_finite_state(epoch, stats.loss_sum, named, log_delta.detach(), log_ml)
+            test_acc = (evaluate(model, test_loader, device)[1] if test_loader is not None
+                        else float("nan"))
             elapsed += time.perf_counter() - t0
-
-            history.epoch.append(epoch)
-            history.train_loss.append(loss_sum.item() / seen)
-            history.train_acc.append(correct.item() / seen)
-            history.test_acc.append(test_acc)
-            history.log_marglik.append(log_ml)
-            history.prior_precision.append(log_delta.detach().exp().cpu().tolist())
-            history.lr.append(cur_lr)
-            history.seconds.append(elapsed)
-            history.step_seconds.append(t_train)
-            history.update_seconds.append(t_hyper)
-
+            _record_epoch(history, epoch, stats, test_acc, log_ml, log_delta, elapsed, t_train,
+                          t_hyper)
             if checkpoint is not None:
-                save_checkpoint(checkpoint, {
-                    "format": CHECKPOINT_FORMAT, "settings": settings, "epoch": epoch,
-                    "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "log_prior_precision": log_delta.detach().cpu(),
-                    "hyper_optimizer": hyper_opt.state_dict() if hyper_opt is not None else None,
-                    "history": history.to_dict(), "rng": _rng_state(train_loader),
-                })
-            if bar is not None:
-                post = {"loss": f"{history.train_loss[-1]:.3f}", "acc": f"{history.train_acc[-1]:.3f}"}
-                if test_loader is not None:
-                    post["test"] = f"{test_acc:.3f}"
-                if not math.isnan(log_ml):
-                    post["logml/N"] = f"{log_ml / n_data:.3f}"
-                bar.set_postfix(post, refresh=False)
-                bar.update(1)
+                write_checkpoint(checkpoint, settings=settings, epoch=epoch, model=model,
+                                 optimizer=opt, log_prior_precision=log_delta,
+                                 hyper_optimizer=hyper_opt, history=history.to_dict(),
+                                 loader=train_loader)
+            advance(history)
             if callback is not None:
                 callback(epoch, history, model)
-    finally:
-        if bar is not None:
-            bar.close()
     return history
+
+
+def _check_fit_args(*, objective, optimizer, schedule, epochs, lr, lr_min, marglik_every,
+                    burn_in, hyper_steps, hyper_lr, checkpoint, resume,
+                    curvature_batch_size) -> None:
+    """Refuse :func:`fit` arguments outside their range, naming the argument and what it got."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVES)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {list(OPTIMIZERS)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; expected one of {list(SCHEDULES)}")
+    if not _is_int(epochs) or epochs <= 0:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    for name, value in (("marglik_every", marglik_every), ("hyper_steps", hyper_steps)):
+        if not _is_int(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not _is_int(burn_in) or burn_in < 0:
+        raise ValueError(f"burn_in must be a non-negative int, got {burn_in!r}")
+    if not (lr > 0 and hyper_lr > 0 and 0 <= lr_min <= lr):
+        raise ValueError(f"need lr > 0, hyper_lr > 0 and 0 <= lr_min <= lr; got {lr}, "
+                         f"{hyper_lr}, {lr_min}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path")
+    if curvature_batch_size is not None and (not _is_int(curvature_batch_size)
+                                             or curvature_batch_size <= 0):
+        raise ValueError(f"curvature_batch_size must be a positive int or None, got "
+                         f"{curvature_batch_size!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _resume(path, settings: dict, model: nn.Module, opt, log_delta: torch.Tensor, hyper_opt,
+            loader) -> tuple[History, int]:
+    """Continue a run from its checkpoint: the same settings are required; the model, both
+    optimizers, the precisions, the history and the random state are restored. Returns the
+    history and the last finished epoch."""
+    state = load_checkpoint(path)
+    check_same_run(state, settings, path)
+    restore_training_state(state, model, opt, log_delta, hyper_opt)
+    history = History.from_dict(state["history"])
+    set_rng_state(state["rng"], loader)
+    return history, state["epoch"]
+
+
+def _lr_schedule(loader, schedule: str, epochs: int, start_epoch: int, lr: float,
+                 lr_min: float) -> tuple[Callable[[int], float] | None, int]:
+    """The learning rate as a function of the step (None: ``lr`` throughout, also for a cosine
+    schedule over a loader of unknown length) and the number of steps before ``start_epoch``."""
+    steps_per_epoch = max(len(loader), 1) if hasattr(loader, "__len__") else None
+    step = start_epoch * (steps_per_epoch or 0)
+    if schedule != "cosine" or not steps_per_epoch:
+        return None, step
+    total = epochs * steps_per_epoch
+    return (lambda s: cosine_lr(s, total, lr, lr_min)), step
+
+
+@dataclass
+class _EpochPass:
+    """What one pass of MAP steps over the training data left: the loss summed over examples
+    (float64), the number classified correctly and seen, the last learning rate and the step
+    counter after the pass."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int
+    lr: float
+    step: int
+
+
+def _train_epoch(model, loader, opt, params, log_delta, n_data, epoch, step, lr, lr_at,
+                 extra_loss, project, reparametrize) -> _EpochPass:
+    """One epoch of MAP steps on ``mean CE + prior_penalty (+ extra_loss)``, with the prior
+    precisions ``exp(log_delta)`` held fixed."""
+    device = log_delta.device
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    delta = log_delta.detach().exp().to(params[0].dtype)
+    cur_lr = lr
+    for x, y_in in loader:
+        x, y = x.to(device), y_in.to(device)
+        if lr_at is not None:
+            cur_lr = lr_at(step)
+            for group in opt.param_groups:
+                group["lr"] = cur_lr
+        out = model(x)
+        if y_in.device.type == "cpu":  # checked where it costs no device sync
+            check_labels(y_in, out.shape[-1], f"training labels (epoch {epoch})")
+        loss = F.cross_entropy(out, y) + prior_penalty(params, delta, n_data)
+        if extra_loss is not None:
+            loss = loss + extra_loss(model)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if project is not None:
+            project(model)
+        opt.step()
+        if reparametrize is not None:
+            reparametrize(model)
+        step += 1
+        loss_sum += loss.detach().double() * y.shape[0]
+        correct += (out.detach().argmax(-1) == y).sum()
+        seen += y.shape[0]
+    if seen == 0:
+        raise ValueError("the training loader yielded no batches")
+    return _EpochPass(loss_sum, correct, seen, cur_lr, step)
+
+
+def _timed(device: torch.device, fn, *args):
+    """``fn(*args)`` and the wall time it took, including the device work it queued."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    _synchronize(device)
+    return out, time.perf_counter() - t0
+
+
+def _record_epoch(history: History, epoch: int, stats: _EpochPass, test_acc: float,
+                  log_ml: float, log_delta: torch.Tensor, elapsed: float, t_train: float,
+                  t_hyper: float) -> None:
+    """Append one finished epoch to ``history``."""
+    history.epoch.append(epoch)
+    history.train_loss.append(stats.loss_sum.item() / stats.seen)
+    history.train_acc.append(stats.correct.item() / stats.seen)
+    history.test_acc.append(test_acc)
+    history.log_marglik.append(log_ml)
+    history.prior_precision.append(log_delta.detach().exp().cpu().tolist())
+    history.lr.append(stats.lr)
+    history.seconds.append(elapsed)
+    history.step_seconds.append(t_train)
+    history.update_seconds.append(t_hyper)
+
+
+@contextmanager
+def _progress(show: bool, epochs: int, start_epoch: int, objective: str, has_test: bool,
+              n_data: int):
+    """A tqdm bar over the epochs (terminal or notebook), closed on the way out; yields the
+    function that advances it by one recorded epoch (a no-op when ``show`` is false)."""
+    if not show:
+        yield lambda history: None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=epochs, initial=start_epoch, desc=f"{objective}", unit="epoch", leave=True)
+
+    def advance(history: History) -> None:
+        post = {"loss": f"{history.train_loss[-1]:.3f}", "acc": f"{history.train_acc[-1]:.3f}"}
+        if has_test:
+            post["test"] = f"{history.test_acc[-1]:.3f}"
+        if not math.isnan(history.log_marglik[-1]):
+            post["logml/N"] = f"{history.log_marglik[-1] / n_data:.3f}"
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+
+    try:
+        yield advance
+    finally:
+        bar.close()
 
 
 def _marglik_update(model, train_loader, log_delta, hyper_opt, hyper_steps, n_data, laplace) -> float:
