@@ -17,6 +17,9 @@ sampling,
 
 so that the uniform density equals 1 everywhere (the mean is the normalised Haar measure on the
 grid). Zero coefficients are the uniform density: a fully equivariant layer.
+
+``group_angles_flips`` reads these coordinates (angle theta, flip f) off the elements of an
+``equilib.groups`` rotation group; the partial convolutions in ``layers`` take them from here.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ import math
 import torch
 from torch import nn
 
+from equilib.groups import Dihedral, Group, Rotations, SO2Grid, Trivial
+
 __all__ = [
     "GroupDensity",
+    "group_angles_flips",
     "kl_divergence",
     "kl_to_uniform",
     "normalized_entropy",
@@ -113,6 +119,29 @@ def _fourier_basis(angles: torch.Tensor, band_limit: int) -> torch.Tensor:
     arg = m[:, None] * angles[None, :]
     ones = torch.ones(1, angles.numel(), dtype=angles.dtype, device=angles.device)
     return torch.cat([ones, torch.cos(arg), torch.sin(arg)], dim=0)
+
+
+def group_angles_flips(group: Group) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """Angle (radians) and flip (0/1) of every element of ``group``, in element order.
+
+    Returns ``(angles (|H|,), flips (|H|,), number of rotations N, continuous?)``.
+    """
+    if isinstance(group, Dihedral):
+        ks = [k for k, _ in group.elements]
+        fs = [f for _, f in group.elements]
+        n, cont = group.N, False
+    elif isinstance(group, Rotations):
+        ks, fs, n = list(group.elements), [0] * group.order, group.N
+        cont = isinstance(group, SO2Grid)
+    elif isinstance(group, Trivial):
+        ks, fs, n, cont = [0], [0], 1, False
+    else:
+        raise TypeError(
+            f"partial group convolutions need a rotation group (Rotations, SO2Grid, Dihedral or "
+            f"Trivial), got {group!r}"
+        )
+    angles = torch.tensor([2 * math.pi * k / n for k in ks], dtype=torch.float32)
+    return angles, torch.tensor(fs, dtype=torch.long), n, cont
 
 
 class GroupDensity(nn.Module):
@@ -224,8 +253,6 @@ class GroupDensity(nn.Module):
     @classmethod
     def for_group(cls, group, band_limit: int, **kw) -> GroupDensity:
         """Density over the elements of an ``equilib.groups`` rotation group, in its element order."""
-        from equilib.degree.layers import group_angles_flips
-
         angles, flips, n_rot, continuous = group_angles_flips(group)
         return cls(angles, flips, band_limit, n_rotations=n_rot, continuous=continuous, **kw)
 

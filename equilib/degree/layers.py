@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equilib.degree.density import GroupDensity
-from equilib.groups import Dihedral, Group, Rotations, SO2Grid, Trivial
+from equilib.degree.density import GroupDensity, group_angles_flips
+from equilib.groups import Dihedral, Group, Rotations, SO2Grid
 from equilib.nn.conv import PADDING_MODES, check_padding_mode, circular_pad, torch_pad_mode
 
 __all__ = ["PartialLiftingConv", "PartialGroupConv", "group_angles_flips", "make_group"]
@@ -42,29 +42,6 @@ def make_group(name: str) -> Group:
     except ValueError:
         pass
     raise ValueError(f"unknown group {name!r}; expected 'C<N>', 'D<N>' or 'SO2-<n>', e.g. 'C4'")
-
-
-def group_angles_flips(group: Group) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
-    """Angle (radians) and flip (0/1) of every element of ``group``, in element order.
-
-    Returns ``(angles (|H|,), flips (|H|,), number of rotations N, continuous?)``.
-    """
-    if isinstance(group, Dihedral):
-        ks = [k for k, _ in group.elements]
-        fs = [f for _, f in group.elements]
-        n, cont = group.N, False
-    elif isinstance(group, Rotations):
-        ks, fs, n = list(group.elements), [0] * group.order, group.N
-        cont = isinstance(group, SO2Grid)
-    elif isinstance(group, Trivial):
-        ks, fs, n, cont = [0], [0], 1, False
-    else:
-        raise TypeError(
-            f"partial group convolutions need a rotation group (Rotations, SO2Grid, Dihedral or "
-            f"Trivial), got {group!r}"
-        )
-    angles = torch.tensor([2 * math.pi * k / n for k in ks], dtype=torch.float32)
-    return angles, torch.tensor(fs, dtype=torch.long), n, cont
 
 
 def _check_weights(w: torch.Tensor, order: int) -> torch.Tensor:
