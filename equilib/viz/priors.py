@@ -104,6 +104,9 @@ def plot_structure(result: dict, axes=None):
                     label=p, color=colour)
         axes[1].bar(x + (i - (len(s["paths"]) - 1) / 2) * w, s["weight_norm"][i], w,
                     label=p, color=colour)
+    values = np.asarray(s["prior_variance"], dtype=float)
+    if values.size and np.nanmin(values) == np.nanmax(values):  # one value (MAP): a decade around it
+        axes[0].set_ylim(values.flat[0] / 10, values.flat[0] * 10)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("prior variance 1/delta")
     axes[1].set_ylabel("weight norm |theta|")
