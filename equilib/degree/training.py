@@ -125,7 +125,7 @@ def experiment_config(data: str, fast: bool = False, **overrides) -> dict:
     if data == "partial":
         cfg.update(n_test=400)  # 1436 source digits without 6 and 9
     if data == "double":
-        cfg.update(n_train=1200, n_test=600, epochs=8)
+        cfg.update(n_train=2000, n_test=600, epochs=10)
     if fast:
         cfg.update(n_train=600, n_test=200, epochs=10, width=6)
         if data == "double":
