@@ -216,10 +216,12 @@ def execute(srcs: list[Path], out_dir: Path, fast: bool, jobs: int, timeout: int
     out_dir.mkdir(parents=True, exist_ok=True)
     work = [(str(s), str(out_dir), fast, timeout) for s in srcs]
     results = []
+    t0 = time.time()
 
     def report(r: dict) -> None:
         results.append(r)
-        say(f"{r['name']}: {r['seconds']:.0f} s{' FAILED' if r['error'] else ''}")
+        say(f"{r['name']}: {r['seconds']:.0f} s{' FAILED' if r['error'] else ''} "
+            f"(all done by {time.time() - t0:.0f} s)")
 
     if jobs == 1 or len(work) == 1:
         for w in work:
