@@ -40,7 +40,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,11 +226,7 @@ def execute(srcs: list[Path], out_dir: Path, fast: bool, jobs: int, timeout: int
         for w in work:
             report(execute_one(*w))
     else:
-        # A fresh process per chapter (where Python allows it): no kernel client, event loop or
-        # environment of one chapter is left over for the next.
-        fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-        with ProcessPoolExecutor(min(jobs, len(work)), mp_context=get_context("spawn"),
-                                 **fresh) as pool:
+        with ProcessPoolExecutor(min(jobs, len(work))) as pool:
             for r in pool.map(execute_one, *zip(*work)):
                 report(r)
     return results
