@@ -6,7 +6,8 @@ Three steps, each chapter executed once:
 1. execute: every ``book/NN-slug.md`` is read with jupytext and executed with nbclient in
    ``book/`` (FAST mode unless ``--full``; ``--jobs`` chapters at a time), keeping the state of
    every widget; the executed notebooks land in ``build/notebooks/``. A cell that raises or
-   runs past ``--timeout`` fails the build (exit status 1), which names the chapter and the cell.
+   runs past ``--timeout`` fails the build (exit status 1), which names the chapter and the cell;
+   so does a chapter that takes more than twice ``--timeout`` in all.
 2. stage: a copy of each executed notebook goes to ``build/book/`` with the table of contents
    ``book/_toc.yml`` (a shorter one for ``--chapters``); in that copy each widget shows what its
    Output widgets drew last (a static page has no kernel to redraw it), with a line saying that
@@ -31,6 +32,7 @@ nothing when a reader opens a page.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import json
 import os
@@ -180,6 +182,9 @@ def page_notebook(nb):
 # --- step 1: execute -------------------------------------------------------------------------
 
 
+CHAPTER_LIMIT = 2  # a chapter may take at most this many times the per-cell --timeout
+
+
 def execute_one(src: str, out_dir: str, fast: bool, timeout: int) -> dict:
     """Execute one chapter into ``out_dir/NAME.ipynb``; returns ``{name, title, seconds, error}``."""
     import jupytext
@@ -200,11 +205,34 @@ def execute_one(src: str, out_dir: str, fast: bool, timeout: int) -> dict:
         nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
         shutdown_kernel="immediate", resources={"metadata": {"path": str(BOOK)}},
     )
+    # A bound on the whole chapter too: nbclient has been seen here to wait on, long after a
+    # chapter's last cell had run, with the kernel idle.
+    limit = CHAPTER_LIMIT * timeout
+
+    async def run() -> None:
+        task = asyncio.ensure_future(client.async_execute())
+        done, _ = await asyncio.wait({task}, timeout=limit)
+        if not done:
+            task.cancel()
+            try:
+                await task
+            except BaseException:  # noqa: B036 - whatever the cancelled run raised on its way out
+                pass
+            if client.km is not None:  # the kernel, if the cancelled run left it running
+                await client.km.shutdown_kernel(now=True)
+            raise asyncio.TimeoutError
+        task.result()
+
     try:
-        client.execute()
+        asyncio.run(run())
     except (CellControlSignal, DeadKernelError) as err:  # a cell raised, timed out, or killed it
         first = ANSI.sub("", str(err)).strip().splitlines()
         error = "\n".join(first[-12:]) or type(err).__name__
+    except asyncio.TimeoutError:
+        ran = sum(bool(c.get("metadata", {}).get("execution")) for c in nb.cells
+                  if c.cell_type == "code")
+        n_code = sum(c.cell_type == "code" for c in nb.cells)
+        error = f"the chapter did not finish within {limit} s ({ran} of {n_code} code cells ran)"
     seconds = time.time() - t0
     nb.metadata["equilib"] = {"fast": fast, "seconds": round(seconds, 1), "error": error}
     nbformat.write(nb, Path(out_dir) / f"{src_p.stem}.ipynb")
