@@ -116,7 +116,7 @@ if __name__ == "__main__":
     print("equivariant:", torch.allclose(Ku[:, 1], torch.rot90(Ku[:, 0], 1, dims=(-2, -1))))
 
 # %% [markdown]
-# ## Exercise 8.4: the Occam factor of lambda on one orbit
+# ## Exercise 8.4: the log-determinant behind the Occam factor, on one orbit
 #
 # For C_N the averaging operator acts on every orbit of N kernel entries as the circulant matrix
 # `C[a, b] = w[(a - b) mod N]`. With a diagonal curvature `d: (N,)` on that orbit, the Laplace
