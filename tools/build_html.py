@@ -185,6 +185,28 @@ def page_notebook(nb):
 CHAPTER_LIMIT = 2  # a chapter may take at most this many times the per-cell --timeout
 
 
+def _in_slices(get_msg):
+    """``get_msg`` of a kernel channel, waiting in slices of at most a second.
+
+    One long wait for a kernel's message has been seen here to miss a message that had already
+    arrived, after a cell that shows a widget, and to return only when the whole wait ran out
+    (the cell's timeout); a fresh wait each second sees it.
+    """
+    from queue import Empty
+
+    async def get_msg_in_slices(timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await get_msg(timeout=min(1.0, left))
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    return get_msg_in_slices
+
+
 def execute_one(src: str, out_dir: str, fast: bool, timeout: int) -> dict:
     """Execute one chapter into ``out_dir/NAME.ipynb``; returns ``{name, title, seconds, error}``."""
     import jupytext
@@ -201,7 +223,14 @@ def execute_one(src: str, out_dir: str, fast: bool, timeout: int) -> dict:
     error = None
     # The outputs are all in once the last cell has run: the kernel is stopped at once then,
     # never waited for.
-    client = NotebookClient(
+    class Client(NotebookClient):
+        async def async_start_new_kernel_client(self):
+            kc = await super().async_start_new_kernel_client()
+            for channel in (kc.shell_channel, kc.iopub_channel):
+                channel.get_msg = _in_slices(channel.get_msg)
+            return kc
+
+    client = Client(
         nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
         shutdown_kernel="immediate", resources={"metadata": {"path": str(BOOK)}},
     )
