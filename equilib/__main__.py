@@ -3,14 +3,13 @@
 ``discover`` trains one model on one task and writes ``OUT/result.json`` (accuracy, objective,
 time, and per block the learned prior precision and weight norm of every path) and
 ``OUT/structure.png``; ``compare`` runs the table of models x objectives and prints it as
-Markdown. Progress goes to stderr, results to stdout. ``equilib.degree_cli``, when present, adds
-the ``degree`` subcommand.
+Markdown; ``degree`` (from :mod:`equilib.degree.cli`) learns the degree of equivariance per
+layer. Progress goes to stderr, results to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from equilib._argtypes import nonneg_int as _nonneg_int
 from equilib._argtypes import positive_float as _positive_float
 from equilib._argtypes import positive_int as _positive_int
 from equilib.cache import atomic_savefig, atomic_write_text, claim_folder
+from equilib.degree import cli as degree_cli
 
 EPILOG = """examples:
   python -m equilib discover --task digits --model f-fc+conv --objective marglik --out runs/d
@@ -136,13 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_training_options(c)
 
-    if importlib.util.find_spec("equilib.degree_cli") is not None:
-        from equilib import degree_cli
-
-        g = sub.add_parser("degree", help="learn the degree of equivariance per layer",
-                           description=(degree_cli.__doc__ or "").strip().splitlines()[0]
-                           if degree_cli.__doc__ else None)
-        degree_cli.add_arguments(g)
+    g = sub.add_parser("degree", help="learn the degree of equivariance per layer",
+                       description=degree_cli.__doc__.strip().splitlines()[0])
+    degree_cli.add_arguments(g)
     return parser
 
 
@@ -297,8 +293,6 @@ def main(argv=None) -> int:
         if args.command == "compare":
             return cmd_compare(args)
         if args.command == "degree":
-            from equilib import degree_cli
-
             return int(degree_cli.run(args) or 0)
     except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.machinery
 import json
-import sys
-import types
 
 import pytest
 
@@ -135,16 +132,16 @@ def test_compare_prints_a_markdown_table(tmp_path, monkeypatch, capsys):
     assert list((tmp_path / "cache").iterdir())  # cached by configuration
 
 
-def test_degree_subcommand_is_registered_when_present(monkeypatch):
-    mod = types.ModuleType("equilib.degree_cli")
-    mod.__doc__ = "Learn the degree of equivariance."
-    mod.__spec__ = importlib.machinery.ModuleSpec("equilib.degree_cli", None)
-    mod.add_arguments = lambda p: p.add_argument("--lam", type=float, default=1.0, help="x")
-    seen = {}
-    mod.run = lambda args: seen.setdefault("lam", args.lam) and 7
-    monkeypatch.setitem(sys.modules, "equilib.degree_cli", mod)
-    import equilib
+def test_degree_subcommand_hands_its_options_to_equilib_degree_cli(monkeypatch, capsys):
+    from equilib.degree import cli
 
-    monkeypatch.setattr(equilib, "degree_cli", mod, raising=False)
+    monkeypatch.setattr(cli, "add_arguments",
+                        lambda p: p.add_argument("--lam", type=float, default=1.0, help="x"))
+    seen = {}
+    monkeypatch.setattr(cli, "run", lambda args: seen.setdefault("lam", args.lam) and 7)
     assert main(["degree", "--lam", "2.5"]) == 7
     assert seen["lam"] == 2.5
+    monkeypatch.setenv("COLUMNS", "300")  # the description on one line
+    with pytest.raises(SystemExit):
+        main(["degree", "--help"])
+    assert cli.__doc__.strip().splitlines()[0] in capsys.readouterr().out

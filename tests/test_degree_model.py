@@ -96,7 +96,7 @@ def test_bad_input():
 
 
 def test_command_line_writes_result_and_png(tmp_path):
-    from equilib import degree_cli
+    from equilib.degree import cli as degree_cli
 
     parser = argparse.ArgumentParser()
     degree_cli.add_arguments(parser)

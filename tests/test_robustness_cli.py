@@ -157,7 +157,6 @@ def test_a_resumed_run_keeps_the_whole_layer_history(tmp_path, monkeypatch):
 
 
 def test_degree_refuses_a_folder_holding_a_result_or_in_use(tmp_path, capsys):
-    pytest.importorskip("equilib.degree_cli")
     (tmp_path / "result.json").write_text("{}")
     before = _snapshot(tmp_path)
     assert main(["degree", "--data", "rotated", "--out", str(tmp_path), "--fast"]) == 2
