@@ -7,7 +7,7 @@ lambda at the identity an unconstrained one.
 Modules: ``density`` (band-limited densities over C_N, SO(2), D_N, O(2)), ``layers`` (partial
 lifting and group convolutions), ``model`` (the partial G-CNN and its regulariser), ``training``
 (training through ``equilib.train.fit``, experiments), ``marglik`` (lambda by the Laplace
-evidence).
+evidence), ``cli`` (the ``python -m equilib degree`` command).
 """
 
 from equilib.degree.density import (
