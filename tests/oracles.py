@@ -92,3 +92,16 @@ def images(n=6, seed=0, c=3):
     """n float64 images (n, 1, 8, 8) and labels in range(c)."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 1, 8, 8, generator=g, dtype=DT), torch.randint(0, c, (n,), generator=g)
+
+
+# ------------------------------------------------------------------------ the course script ----
+def load_course():
+    """``course.py`` imported as a module (it is a script at the repository's top)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "course_under_test", Path(__file__).resolve().parent.parent / "course.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,7 +4,6 @@ editing."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -12,15 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from oracles import load_course
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _course():
-    spec = importlib.util.spec_from_file_location("course_cli", ROOT / "course.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -48,7 +41,7 @@ def book_repo(tmp_path, monkeypatch):
     _git(tmp_path, "init", "-q")
     _git(tmp_path, "add", ".")
     _git(tmp_path, "commit", "-q", "-m", "book")
-    course = _course()
+    course = load_course()
     monkeypatch.setattr(course, "BOOK", book)
     return course, tmp_path, book
 
@@ -108,7 +101,7 @@ def test_an_edit_saved_from_jupyterlab_reaches_the_markdown(book_repo):
 
 
 def test_the_readers_copy_invites_editing_and_is_never_overwritten(tmp_path):
-    course = _course()
+    course = load_course()
     folder = tmp_path / "my-exercises"
     course.workspace(folder)
     copies = sorted(folder.glob("ex[0-9][0-9]_*.py"))

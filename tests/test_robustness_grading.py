@@ -3,27 +3,20 @@ chapter argument is a usage error."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from oracles import load_course
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _course():
-    spec = importlib.util.spec_from_file_location("course_under_test", ROOT / "course.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("argv", [["check", "abc"], ["check", "1x"], ["check", "01", "--timeout", "0"]])
 def test_check_with_a_bad_argument_is_a_usage_error(argv, capsys):
-    course = _course()
+    course = load_course()
     course.setup = lambda *a, **k: pytest.fail("set-up must not run on a usage error")
     with pytest.raises(SystemExit) as info:
         course.main(argv)
@@ -33,7 +26,7 @@ def test_check_with_a_bad_argument_is_a_usage_error(argv, capsys):
 
 
 def test_check_passes_a_time_limit_to_pytest(tmp_path, monkeypatch):
-    course = _course()
+    course = load_course()
     seen = {}
     monkeypatch.setattr(course, "setup", lambda *a, **k: Path(sys.executable))
     monkeypatch.setattr(course, "workspace", lambda: None)

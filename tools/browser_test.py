@@ -440,10 +440,31 @@ def lab_part(args, chromium: str, out: Path) -> int:
         return 2
     port, token = free_port(), secrets.token_hex(16)
     proc = start_lab(out / "root", out, port, token, fast=not args.full)
-    try:
+
+    def check():
         wait_for_lab(proc, port, token, timeout=120)
         url = f"http://127.0.0.1:{port}/lab/tree/{nb.name}?token={token}"
         run_browser(url, nb.name, chromium, out, args.timeout)
+
+    try:
+        status = checked(check, out)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if status == 0:
+        say(f"OK: {args.chapter} ran in JupyterLab, its widgets redraw, no errors "
+            f"({time.time() - t0:.0f} s; screenshots in {out})")
+    return status
+
+
+def checked(check, out: Path) -> int:
+    """Run one part's ``check()``: 0 if it passed, 2 for a missing file, 1 for a failed check
+    (any browser error counts as one), with the reason said."""
+    try:
+        check()
     except FileNotFoundError as err:
         say(f"ERROR: {err}")
         return 2
@@ -453,14 +474,6 @@ def lab_part(args, chromium: str, out: Path) -> int:
     except Exception as err:  # noqa: BLE001 - report any browser failure as a failed check
         say(f"FAILED: {type(err).__name__}: {err} (screenshots in {out})")
         return 1
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    say(f"OK: {args.chapter} ran in JupyterLab, its widgets redraw, no errors "
-        f"({time.time() - t0:.0f} s; screenshots in {out})")
     return 0
 
 
@@ -468,21 +481,18 @@ def html_part(args, chromium: str, out: Path) -> int:
     """Open a page of the HTML edition offline and check it; the exit status of this part."""
     t0 = time.time()
     html_dir = Path(args.html_dir).resolve()
-    try:
+    page = None
+
+    def check():
+        nonlocal page
         page = args.page or default_page(html_dir)
         check_html_page(html_dir, page, chromium, out)
-    except FileNotFoundError as err:
-        say(f"ERROR: {err}")
-        return 2
-    except CheckFailed as err:
-        say(f"FAILED: {err} (screenshots in {out})")
-        return 1
-    except Exception as err:  # noqa: BLE001 - report any browser failure as a failed check
-        say(f"FAILED: {type(err).__name__}: {err} (screenshots in {out})")
-        return 1
-    say(f"OK: {page}.html offline shows typeset formulas, its figures and a working search "
-        f"({time.time() - t0:.0f} s; screenshots in {out})")
-    return 0
+
+    status = checked(check, out)
+    if status == 0:
+        say(f"OK: {page}.html offline shows typeset formulas, its figures and a working search "
+            f"({time.time() - t0:.0f} s; screenshots in {out})")
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
