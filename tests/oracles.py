@@ -101,7 +101,8 @@ def load_course():
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
-        "course_under_test", Path(__file__).resolve().parent.parent / "course.py")
+        "course_under_test", Path(__file__).resolve().parent.parent / "course.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
