@@ -40,6 +40,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,6 +246,19 @@ def move_slider_and_check(page, out: Path, timeout: float) -> str:
     raise CheckFailed(f"moving the slider {label!r} did not change the figure in {timeout:.0f} s")
 
 
+
+@contextmanager
+def screenshot_on_failure(page, path: Path):
+    """Save a full-page screenshot to ``path`` if the block raises, then re-raise."""
+    try:
+        yield
+    except Exception:
+        try:
+            page.screenshot(path=str(path), full_page=True)
+        except Exception:  # noqa: BLE001 - the screenshot is a best effort
+            pass
+        raise
+
 def run_browser(url: str, nb_name: str, chromium: str, out: Path, timeout: float) -> None:
     try:
         from playwright.sync_api import sync_playwright
@@ -259,32 +273,27 @@ def run_browser(url: str, nb_name: str, chromium: str, out: Path, timeout: float
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            say(f"opening {nb_name}")
-            page.goto(url, wait_until="domcontentloaded")
-            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
-            accept_kernel_dialog(page, wait_s=10)
-            page.get_by_text("Kernel status: Idle").first.wait_for(state="attached", timeout=120_000)
-            page.screenshot(path=str(out / "opened.png"))
-            say(f"running all {n_code} code cells")
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=False).first.click()
-            wait_all_run(page, n_code, timeout)
-            page.screenshot(path=str(out / "ran-all.png"), full_page=True)
-            errors = page_errors(page)
-            if errors:
-                raise CheckFailed(f"after running all cells the notebook shows {errors}")
-            move_slider_and_check(page, out, timeout=60)
-            errors = page_errors(page)
-            if errors:
-                raise CheckFailed(f"after moving the slider the notebook shows {errors}")
-            page.screenshot(path=str(out / "final.png"), full_page=True)
-        except Exception:
-            try:
-                page.screenshot(path=str(out / "failure.png"), full_page=True)
-            except Exception:  # noqa: BLE001 - the screenshot is a best effort
-                pass
-            raise
+            with screenshot_on_failure(page, out / "failure.png"):
+                page.set_default_timeout(60_000)
+                say(f"opening {nb_name}")
+                page.goto(url, wait_until="domcontentloaded")
+                page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
+                accept_kernel_dialog(page, wait_s=10)
+                page.get_by_text("Kernel status: Idle").first.wait_for(state="attached", timeout=120_000)
+                page.screenshot(path=str(out / "opened.png"))
+                say(f"running all {n_code} code cells")
+                page.get_by_role("menuitem", name="Run", exact=True).click()
+                page.get_by_role("menuitem", name="Run All Cells", exact=False).first.click()
+                wait_all_run(page, n_code, timeout)
+                page.screenshot(path=str(out / "ran-all.png"), full_page=True)
+                errors = page_errors(page)
+                if errors:
+                    raise CheckFailed(f"after running all cells the notebook shows {errors}")
+                move_slider_and_check(page, out, timeout=60)
+                errors = page_errors(page)
+                if errors:
+                    raise CheckFailed(f"after moving the slider the notebook shows {errors}")
+                page.screenshot(path=str(out / "final.png"), full_page=True)
         finally:
             browser.close()
 
@@ -367,65 +376,60 @@ def check_html_page(html_dir: Path, page_name: str, chromium: str, out: Path) ->
             context.route("**/*", refuse_remote)
             page = context.new_page()
             page.set_default_timeout(60_000)
-            say(f"opening {page_file.relative_to(ROOT) if page_file.is_relative_to(ROOT) else page_file}")
-            page.goto(page_file.as_uri(), wait_until="load")
-            if page.locator("main .math").count() == 0:
-                raise CheckFailed(f"{page_name} has no formula to check: pick a page with math")
-            try:
+            with screenshot_on_failure(page, out / "html-failure.png"):
+                say(f"opening {page_file.relative_to(ROOT) if page_file.is_relative_to(ROOT) else page_file}")
+                page.goto(page_file.as_uri(), wait_until="load")
+                if page.locator("main .math").count() == 0:
+                    raise CheckFailed(f"{page_name} has no formula to check: pick a page with math")
+                try:
+                    page.wait_for_function(
+                        "() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                        timeout=30_000)
+                except Exception as err:  # noqa: BLE001 - Playwright's timeout, reported plainly
+                    raise CheckFailed(
+                        f"MathJax did not start on {page_name} within 30 s (requests refused: "
+                        f"{sorted(set(remote))})") from err
+                page.evaluate("() => MathJax.startup.promise")
                 page.wait_for_function(
-                    "() => window.MathJax && MathJax.startup && MathJax.startup.promise",
-                    timeout=30_000)
-            except Exception as err:  # noqa: BLE001 - Playwright's timeout, reported plainly
-                raise CheckFailed(
-                    f"MathJax did not start on {page_name} within 30 s (requests refused: "
-                    f"{sorted(set(remote))})") from err
-            page.evaluate("() => MathJax.startup.promise")
-            page.wait_for_function(
-                "() => Array.from(document.querySelectorAll('main img')).every(i => i.complete)")
-            facts = page.evaluate(PAGE_CHECKS_JS)
-            page.screenshot(path=str(out / "html-page.png"))
-            for selector, shot in (("main div.math", "html-math.png"),
-                                   ("main .cell_output img", "html-figure.png"),
-                                   ("main p:has-text('A widget: here the figure')",
-                                    "html-widget.png")):
-                first = page.locator(selector).first
-                if first.count():
-                    first.evaluate("e => e.scrollIntoView({block: 'center'})")
-                    page.screenshot(path=str(out / shot))
-            broken = [i["src"] for i in facts["images"] if not i["width"]]
-            say(f"{page_name}: {facts['typeset']}/{facts['maths']} formulas typeset, "
-                f"{len(facts['images'])} figures ({len(broken)} broken), "
-                f"{facts['searchBoxes']} search box(es), {len(remote)} network requests")
-            if facts["typeset"] != facts["maths"]:
-                raise CheckFailed(f"only {facts['typeset']} of {facts['maths']} formulas typeset")
-            if facts["texErrors"]:
-                raise CheckFailed(f"MathJax shows {facts['texErrors']} TeX error(s) on {page_name}")
-            if facts["rawDollars"]:
-                raise CheckFailed(f"{facts['rawDollars']} raw '$$' left in the text of {page_name}")
-            if not facts["images"]:
-                raise CheckFailed(f"{page_name} shows no figure")
-            if broken:
-                raise CheckFailed(f"figures that did not load: {broken}")
-            if not facts["searchBoxes"]:
-                raise CheckFailed(f"{page_name} has no search box")
-            word = search_word(html_dir, page_name)
-            query = urllib.parse.urlencode({"q": word})
-            page.goto(f"{(html_dir / 'search.html').as_uri()}?{query}", wait_until="load")
-            hits = page.locator("#search-results li, ul.search li")
-            hits.first.wait_for(timeout=30_000)
-            links = hits.locator("a").evaluate_all("els => els.map(e => e.getAttribute('href'))")
-            page.screenshot(path=str(out / "html-search.png"))
-            say(f"searching {word!r}: {hits.count()} results")
-            if not any(page_name in (h or "") for h in links):
-                raise CheckFailed(f"searching {word!r} does not find {page_name}: {links}")
-            if remote:
-                raise CheckFailed(f"the page requested from the network: {sorted(set(remote))}")
-        except Exception:
-            try:
-                page.screenshot(path=str(out / "html-failure.png"), full_page=True)
-            except Exception:  # noqa: BLE001 - the screenshot is a best effort
-                pass
-            raise
+                    "() => Array.from(document.querySelectorAll('main img')).every(i => i.complete)")
+                facts = page.evaluate(PAGE_CHECKS_JS)
+                page.screenshot(path=str(out / "html-page.png"))
+                for selector, shot in (("main div.math", "html-math.png"),
+                                       ("main .cell_output img", "html-figure.png"),
+                                       ("main p:has-text('A widget: here the figure')",
+                                        "html-widget.png")):
+                    first = page.locator(selector).first
+                    if first.count():
+                        first.evaluate("e => e.scrollIntoView({block: 'center'})")
+                        page.screenshot(path=str(out / shot))
+                broken = [i["src"] for i in facts["images"] if not i["width"]]
+                say(f"{page_name}: {facts['typeset']}/{facts['maths']} formulas typeset, "
+                    f"{len(facts['images'])} figures ({len(broken)} broken), "
+                    f"{facts['searchBoxes']} search box(es), {len(remote)} network requests")
+                if facts["typeset"] != facts["maths"]:
+                    raise CheckFailed(f"only {facts['typeset']} of {facts['maths']} formulas typeset")
+                if facts["texErrors"]:
+                    raise CheckFailed(f"MathJax shows {facts['texErrors']} TeX error(s) on {page_name}")
+                if facts["rawDollars"]:
+                    raise CheckFailed(f"{facts['rawDollars']} raw '$$' left in the text of {page_name}")
+                if not facts["images"]:
+                    raise CheckFailed(f"{page_name} shows no figure")
+                if broken:
+                    raise CheckFailed(f"figures that did not load: {broken}")
+                if not facts["searchBoxes"]:
+                    raise CheckFailed(f"{page_name} has no search box")
+                word = search_word(html_dir, page_name)
+                query = urllib.parse.urlencode({"q": word})
+                page.goto(f"{(html_dir / 'search.html').as_uri()}?{query}", wait_until="load")
+                hits = page.locator("#search-results li, ul.search li")
+                hits.first.wait_for(timeout=30_000)
+                links = hits.locator("a").evaluate_all("els => els.map(e => e.getAttribute('href'))")
+                page.screenshot(path=str(out / "html-search.png"))
+                say(f"searching {word!r}: {hits.count()} results")
+                if not any(page_name in (h or "") for h in links):
+                    raise CheckFailed(f"searching {word!r} does not find {page_name}: {links}")
+                if remote:
+                    raise CheckFailed(f"the page requested from the network: {sorted(set(remote))}")
         finally:
             browser.close()
 
