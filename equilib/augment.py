@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from equilib import measure
+from equilib.groups import rotate
 
 __all__ = [
     "TRANSFORMS",
@@ -123,7 +124,7 @@ class Augerino(nn.Module):
         if "translation_x" in self.transforms or "translation_y" in self.transforms:
             x = measure.translate(x, dy, dx)
         if "rotation" in self.transforms:
-            x = measure.rotate(x, theta[:, self.transforms.index("rotation")])
+            x = rotate(x, theta[:, self.transforms.index("rotation")], mode="cubic")
         return x
 
     def averaged(self, x: torch.Tensor, n: int, fn=None) -> torch.Tensor:

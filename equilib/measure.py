@@ -10,7 +10,8 @@ computed here by forward-mode automatic differentiation (``torch.func.jvp``) thr
 differentiable resampling of the image, or by central finite differences as a check.
 
 The resampling uses the cubic convolution kernel of Keys (a = -1/2) written in plain torch
-operations: ``grid_sample`` has no forward-mode derivative, and bilinear interpolation has a kink
+operations (``equilib.groups.rotate(x, t, mode="cubic")`` for rotations, ``translate`` here for
+shifts): ``grid_sample`` has no forward-mode derivative, and bilinear interpolation has a kink
 exactly at the pixel centres where ``t = 0`` samples, so its derivative there would depend on
 the side. The cubic kernel is continuously differentiable, samples the identity exactly at
 ``t = 0``, and its generator is the central difference.
@@ -42,10 +43,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from equilib.groups import cubic_kernel, rotate
+
 __all__ = [
     "TRANSFORMS",
-    "cubic_kernel",
-    "rotate",
     "translate",
     "act",
     "lie_derivative",
@@ -66,22 +67,6 @@ def _check_transform(transform: str) -> None:
 
 
 # --------------------------------------------------------------------------- resampling
-
-
-def cubic_kernel(s: torch.Tensor, a: float = -0.5) -> torch.Tensor:
-    """Keys' cubic convolution kernel: 1 at 0, 0 at other integers, C^1, support (-2, 2).
-
-    ``k(s) = (a+2)|s|^3 - (a+3)|s|^2 + 1`` for ``|s| <= 1``,
-    ``a|s|^3 - 5a|s|^2 + 8a|s| - 4a`` for ``1 < |s| < 2``, else 0.
-    """
-    s = s.abs()
-    s2 = s * s
-    s3 = s2 * s
-    near = (a + 2) * s3 - (a + 3) * s2 + 1
-    far = a * s3 - 5 * a * s2 + 8 * a * s - 4 * a
-    inner = (s <= 1).to(s.dtype)
-    outer = (s < 2).to(s.dtype) - inner
-    return near * inner + far * outer
 
 
 def _as_param(t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -105,42 +90,6 @@ def _weights_1d(src: torch.Tensor, n: int, cyclic: bool) -> torch.Tensor:
     if cyclic:
         d = d - n * torch.floor((d.detach() + n / 2) / n)  # into [-n/2, n/2): locally a shift
     return cubic_kernel(d)
-
-
-def rotate(x: torch.Tensor, angle: float | torch.Tensor) -> torch.Tensor:
-    """Rotate square images counter-clockwise by ``angle`` radians (cubic, zeros outside).
-
-    ``x: (B, ..., H, H)``, ``angle``: scalar or ``(B,)``. Differentiable in ``x`` and ``angle``,
-    also in forward mode. Output pixel ``p`` (centred coordinates ``(y, x)``) reads the input at
-    ``(cos t y + sin t x, -sin t y + cos t x)``, so a quarter turn equals
-    ``torch.rot90(x, 1, dims=(-2, -1))``.
-    """
-    if x.ndim < 3:
-        raise ValueError(f"rotate expects x of shape (B, ..., H, W); got {tuple(x.shape)}")
-    H, W = x.shape[-2:]
-    if H != W:
-        raise ValueError(
-            f"rotation needs square images or feature maps (..., H, H); got {tuple(x.shape)}"
-        )
-    t = _as_param(angle, x)
-    c0 = (H - 1) / 2
-    coord = torch.arange(H, dtype=x.dtype, device=x.device) - c0
-    yo = coord.view(H, 1).expand(H, W).reshape(-1)  # (P,)
-    xo = coord.view(1, W).expand(H, W).reshape(-1)
-    cos, sin = torch.cos(t).unsqueeze(-1), torch.sin(t).unsqueeze(-1)  # (1,) or (B, 1)
-    src_y = c0 + cos * yo + sin * xo  # (P,) or (B, P)
-    src_x = c0 - sin * yo + cos * xo
-    wy = _weights_1d(src_y, H, cyclic=False)  # (..., P, H)
-    wx = _weights_1d(src_x, W, cyclic=False)  # (..., P, W)
-    lead = x.shape[:-2]
-    flat = x.reshape(x.shape[0], -1, H, W)
-    if t.ndim == 0:
-        tmp = torch.einsum("bchw,pw->bchp", flat, wx)
-        out = torch.einsum("bchp,ph->bcp", tmp, wy)
-    else:
-        tmp = torch.einsum("bchw,bpw->bchp", flat, wx)
-        out = torch.einsum("bchp,bph->bcp", tmp, wy)
-    return out.reshape(*lead, H, W)
 
 
 def _shift_matrix(d: torch.Tensor, n: int, cyclic: bool) -> torch.Tensor:
@@ -204,7 +153,7 @@ def act(
     if transform == "rotation":
         if x.ndim == 5:
             x = _shift_group_axis(x, _times(t, x.shape[-3] / (2 * math.pi)))
-        return rotate(x, t)
+        return rotate(x, t, mode="cubic")
     scale = 1.0 if in_size is None else x.shape[-1] / in_size
     zero = torch.zeros_like(t)
     if transform == "translation_x":

@@ -19,24 +19,27 @@
 # grade all of them with `python3 course.py check 09`.
 #
 # Conventions (as in `equilib.measure`): images are `x: (B, C, H, W)`;
-# `equilib.measure.rotate(x, t)` turns them counter-clockwise by `t` radians (smooth cubic
-# resampling, differentiable in `t`); `equilib.measure.translate(x, dy, dx)` shifts them down
-# and right, cyclically, by any real number of pixels.
+# `equilib.groups.rotate(x, t, mode="cubic")` turns them counter-clockwise by `t` radians (smooth
+# cubic resampling, differentiable in `t`: the rotation `equilib.measure` uses);
+# `equilib.measure.translate(x, dy, dx)` shifts them down and right, cyclically, by any real
+# number of pixels.
 
 # %%
 from collections.abc import Callable
 
 import torch
 
-from equilib.measure import rotate, translate
+from equilib.groups import rotate
+from equilib.measure import translate
 
 # %% [markdown]
 # ## Exercise 9.1: a Lie derivative by finite differences
 #
 # Write `rotation_lie_derivative_fd(f, x, eps)`: the Lie derivative of an invariant output (class
-# scores) along rotations, `d/dt f(rotate(x, t))` at `t = 0`, by a finite difference with step
-# `eps` that treats both sides of `t = 0` alike (at the same step it is far more accurate than a
-# one-sided difference: why?). The grader compares it with forward-mode AD at two steps.
+# scores) along rotations, `d/dt f(rotate(x, t, mode="cubic"))` at `t = 0`, by a finite
+# difference with step `eps` that treats both sides of `t = 0` alike (at the same step it is far
+# more accurate than a one-sided difference: why?). The grader compares it with forward-mode AD at
+# two steps.
 
 
 # %%
@@ -46,7 +49,7 @@ def rotation_lie_derivative_fd(
     """Central-difference rotation Lie derivative of ``f`` at ``x: (B, C, H, H)`` -> ``f(x).shape``."""
     # BEGIN SOLUTION Exercise 9.1: see chapter 09, section 1 (The Lie derivative): which finite difference cancels the even terms of the Taylor series in t?
     with torch.no_grad():
-        return (f(rotate(x, eps)) - f(rotate(x, -eps))) / (2 * eps)
+        return (f(rotate(x, eps, mode="cubic")) - f(rotate(x, -eps, mode="cubic"))) / (2 * eps)
     # END SOLUTION
 
 
@@ -95,7 +98,7 @@ if __name__ == "__main__":
 def augerino_rotate(x: torch.Tensor, width: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Turn image ``b`` of ``x: (B, C, H, H)`` by ``width * eps[b]`` radians; differentiable in width."""
     # BEGIN SOLUTION Exercise 9.3: see chapter 09, section 4 (Augerino): the randomness sits in eps, so each angle is a differentiable function of the width; keep everything a tensor
-    return rotate(x, width * eps)
+    return rotate(x, width * eps, mode="cubic")
     # END SOLUTION
 
 

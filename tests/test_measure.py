@@ -29,27 +29,50 @@ def smooth_images(B=3, C=2, H=12, dtype=torch.float64, seed=0):
 # --------------------------------------------------------------------------- resampling
 
 
-def test_rotate_identity_and_quarter_turn():
+def cubic(x, angle):
+    return groups.rotate(x, angle, mode="cubic")
+
+
+def test_one_rotate_in_the_library():
+    """measure turns images with equilib.groups.rotate; it has no rotation of its own."""
+    assert not hasattr(measure, "rotate") or measure.rotate is groups.rotate
+    assert measure.cubic_kernel is groups.cubic_kernel
+    x = smooth_images(H=12)
+    assert torch.equal(measure.act(x, 0.3, "rotation"), cubic(x, 0.3))
+
+
+def test_cubic_rotate_identity_and_quarter_turn():
     x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
-    assert torch.allclose(measure.rotate(x, 0.0), x, atol=1e-12)
+    assert torch.allclose(cubic(x, 0.0), x, atol=1e-12)
     for k in range(1, 4):
         assert torch.allclose(
-            measure.rotate(x, k * math.pi / 2), torch.rot90(x, k, dims=(-2, -1)), atol=1e-9
+            cubic(x, k * math.pi / 2), torch.rot90(x, k, dims=(-2, -1)), atol=1e-9
         )
+    assert torch.allclose(cubic(x[0, 0], 0.5), cubic(x[:1, :1], 0.5)[0, 0], atol=1e-12)
 
 
-def test_rotate_agrees_with_bilinear_rotation_of_groups():
+def test_cubic_rotate_agrees_with_bilinear_rotation():
     x = smooth_images(H=24)
-    ours = measure.rotate(x, 0.4)
+    ours = cubic(x, 0.4)
     ref = groups.rotate(x, 0.4)
     assert (ours - ref).norm() / ref.norm() < 0.06  # cubic vs bilinear: same turn, less blur
     wrong = groups.rotate(x, -0.4)
     assert (ours - wrong).norm() / wrong.norm() > 0.5
     # and a per-image angle matches the scalar angle image by image
     angles = torch.tensor([0.1, -0.7, 2.0], dtype=x.dtype)
-    batch = measure.rotate(x, angles)
+    batch = cubic(x, angles)
     for b in range(3):
-        assert torch.allclose(batch[b], measure.rotate(x[b : b + 1], angles[b])[0], atol=1e-12)
+        assert torch.allclose(batch[b], cubic(x[b : b + 1], angles[b])[0], atol=1e-12)
+
+
+def test_cubic_rotate_has_a_forward_mode_derivative():
+    x = smooth_images(H=12)
+    t0 = torch.tensor(0.2, dtype=x.dtype)
+    _, d = torch.func.jvp(lambda t: cubic(x, t), (t0,), (torch.ones_like(t0),))
+    fd = (cubic(x, 0.2 + 1e-5) - cubic(x, 0.2 - 1e-5)) / 2e-5
+    assert torch.allclose(d, fd, atol=1e-6)
+    with pytest.raises(ValueError, match="mode"):
+        groups.rotate(x, 0.2, mode="bicubic")
 
 
 def test_translate_integer_shift_is_roll_and_half_shifts_compose_smoothly():

@@ -1,6 +1,7 @@
 """Rotation explorer (chapter 09): turn a digit continuously and watch each model's output move.
 
-The numbers come from ``equilib.measure.rotate``; ipywidgets and matplotlib are imported inside.
+The turns come from ``equilib.groups.rotate(x, t, mode="cubic")``; ipywidgets and matplotlib
+are imported inside.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from equilib.measure import rotate
+from equilib.groups import rotate
 from equilib.widgets._figure import show_in, widget_figure
 
 __all__ = ["rotation_responses", "rotation_explorer"]
@@ -22,7 +23,7 @@ def rotation_responses(models: Mapping[str, Callable], x: torch.Tensor, degrees:
 
     Returns ``(turned image (H, H), {name: probabilities (K,)})``.
     """
-    turned = rotate(x, math.radians(degrees))
+    turned = rotate(x, math.radians(degrees), mode="cubic")
     probs = {name: m(turned).softmax(-1)[0] for name, m in models.items()}
     return turned[0].mean(0), probs
 

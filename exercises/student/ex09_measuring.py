@@ -24,24 +24,27 @@
 # grade all of them with `python3 course.py check 09`.
 #
 # Conventions (as in `equilib.measure`): images are `x: (B, C, H, W)`;
-# `equilib.measure.rotate(x, t)` turns them counter-clockwise by `t` radians (smooth cubic
-# resampling, differentiable in `t`); `equilib.measure.translate(x, dy, dx)` shifts them down
-# and right, cyclically, by any real number of pixels.
+# `equilib.groups.rotate(x, t, mode="cubic")` turns them counter-clockwise by `t` radians (smooth
+# cubic resampling, differentiable in `t`: the rotation `equilib.measure` uses);
+# `equilib.measure.translate(x, dy, dx)` shifts them down and right, cyclically, by any real
+# number of pixels.
 
 # %%
 from collections.abc import Callable
 
 import torch
 
-from equilib.measure import rotate, translate
+from equilib.groups import rotate
+from equilib.measure import translate
 
 # %% [markdown]
 # ## Exercise 9.1: a Lie derivative by finite differences
 #
 # Write `rotation_lie_derivative_fd(f, x, eps)`: the Lie derivative of an invariant output (class
-# scores) along rotations, `d/dt f(rotate(x, t))` at `t = 0`, by a finite difference with step
-# `eps` that treats both sides of `t = 0` alike (at the same step it is far more accurate than a
-# one-sided difference: why?). The grader compares it with forward-mode AD at two steps.
+# scores) along rotations, `d/dt f(rotate(x, t, mode="cubic"))` at `t = 0`, by a finite
+# difference with step `eps` that treats both sides of `t = 0` alike (at the same step it is far
+# more accurate than a one-sided difference: why?). The grader compares it with forward-mode AD at
+# two steps.
 
 
 # %%

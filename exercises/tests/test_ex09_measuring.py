@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from equilib import measure
-from equilib.groups import Rotations, equivariance_error
+from equilib.groups import Rotations, equivariance_error, rotate
 
 NAME = "ex09_measuring"
 
@@ -65,8 +65,10 @@ def test_9_3_augerino_rotate(mod):
     eps = torch.tensor([-0.5, -0.1, 0.2, 0.45], dtype=torch.float64)
     w = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
     out = mod.augerino_rotate(x, w, eps)
-    torch.testing.assert_close(out, measure.rotate(x, 1.3 * eps).detach() + 0 * out.detach(),
-                               atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        out, rotate(x, 1.3 * eps, mode="cubic").detach() + 0 * out.detach(), atol=1e-10, rtol=0,
+        msg="expected image b turned by width * eps[b] radians with "
+            "equilib.groups.rotate(..., mode=\"cubic\")")
     out.pow(2).sum().backward()
     assert w.grad is not None and float(w.grad.abs()) > 0, (
         "no gradient reached the width: the angles must stay a differentiable function of it")
