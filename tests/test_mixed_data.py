@@ -132,7 +132,7 @@ def test_data_elements_index_the_rotations_of_the_data():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="valid transforms"):
+    with pytest.raises(ValueError, match="valid kinds"):
         make_rotated_digits(10, 10, "spin")
     with pytest.raises(ValueError, match="valid tasks"):
         make_degree_task("triple", 10, 10)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from equilib.groups import CyclicShifts, Dihedral, Rotations, rotate, rotation_roundtrip_error
 from equilib.viz.transform import (
     D4_LABELS,
-    TRANSFORMS,
+    TRANSFORM_KINDS,
     action_law_table,
     cayley_table,
     make_transform,
@@ -61,7 +61,7 @@ def test_make_transform_rejects_unknown_kinds_and_elements():
 
 
 def test_transform_labels():
-    assert set(TRANSFORMS) == {"identity", "rotation", "d4", "shift"}
+    assert set(TRANSFORM_KINDS) == {"identity", "rotation", "d4", "shift"}
     assert list(D4_LABELS) == Dihedral(4).elements
     assert transform_label("rotation", angle=45) == "rotate 45 deg"
     assert transform_label("d4", element=(1, 1)) == "flip, rotate 90"

@@ -33,7 +33,7 @@ __all__ = [
     "DEGREE_TASKS",
     "TASK_ANGLES",
     "PARTIAL_EXCLUDED",
-    "TRANSFORMS",
+    "ROTATION_KINDS",
     "transform_digits",
     "make_rotated_digits",
     "make_double_digits",
@@ -41,14 +41,15 @@ __all__ = [
 ]
 
 DEGREE_TASKS = ("upright", "rotated", "partial", "double")
-TRANSFORMS = ("upright", "c4", "c2", "so2", "partial", "c4-partial")
+#: How ``transform_digits`` turns each digit (the ``kind``s listed in the module docstring).
+ROTATION_KINDS = ("upright", "c4", "c2", "so2", "partial", "c4-partial")
 TASK_ANGLES = {"upright": (0,), "rotated": (0, 90, 180, 270), "partial": (0, 180)}
 PARTIAL_EXCLUDED = (6, 9)  # the digits a half turn maps onto each other
 
 
 def _check_transform(kind: str) -> None:
-    if kind not in TRANSFORMS:
-        raise ValueError(f"unknown transform {kind!r}; valid transforms are {list(TRANSFORMS)}")
+    if kind not in ROTATION_KINDS:
+        raise ValueError(f"unknown rotation kind {kind!r}; valid kinds are {list(ROTATION_KINDS)}")
 
 
 def transform_digits(

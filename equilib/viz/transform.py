@@ -15,7 +15,7 @@ import torch
 from equilib.groups import Dihedral, Group, rotate_exact_or_interp, shift
 
 __all__ = [
-    "TRANSFORMS",
+    "TRANSFORM_KINDS",
     "D4_LABELS",
     "make_transform",
     "transform_label",
@@ -29,7 +29,8 @@ __all__ = [
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
-TRANSFORMS = ("identity", "rotation", "d4", "shift")
+#: The ``kind``s of image transform ``make_transform`` builds (chapter 01's explorer).
+TRANSFORM_KINDS = ("identity", "rotation", "d4", "shift")
 
 #: A readable name for each element ``(k, flip)`` of D4, in ``Dihedral(4).elements`` order.
 D4_LABELS = {
@@ -71,7 +72,7 @@ def make_transform(
         return lambda x: _D4.act(element, x)
     if kind == "shift":
         return lambda x: shift(x, int(dy), int(dx))
-    raise ValueError(f"unknown transform kind {kind!r}; expected one of {list(TRANSFORMS)}")
+    raise ValueError(f"unknown transform kind {kind!r}; expected one of {list(TRANSFORM_KINDS)}")
 
 
 def transform_label(
@@ -86,7 +87,7 @@ def transform_label(
         return D4_LABELS[(int(element[0]) % 4, int(element[1]))]
     if kind == "shift":
         return f"shift ({int(dy)}, {int(dx)})"
-    raise ValueError(f"unknown transform kind {kind!r}; expected one of {list(TRANSFORMS)}")
+    raise ValueError(f"unknown transform kind {kind!r}; expected one of {list(TRANSFORM_KINDS)}")
 
 
 def orbit(group: Group, x: torch.Tensor) -> torch.Tensor:
