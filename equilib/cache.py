@@ -7,7 +7,9 @@ interrupted run never leaves a half-written result behind, and read back without
 possibility to run code (``torch.load(weights_only=True)``: tensors, containers, numbers,
 strings and numpy arrays only). Every file written here gets the mode the umask allows (0644
 under umask 022), so results can be shared. ``claim_folder`` gives one run at a time an output
-folder (a lock file created with ``O_EXCL``).
+folder (a lock file created with ``O_EXCL``). A result that library code computes is keyed by
+that code too (``code_fingerprint``, ``with_code``), so a changed library never returns a stale
+result.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import secrets
 import socket
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -32,6 +34,8 @@ T = TypeVar("T")
 __all__ = [
     "cache_dir",
     "cache_key",
+    "code_fingerprint",
+    "with_code",
     "cached",
     "atomic_write",
     "atomic_save",
@@ -63,6 +67,41 @@ def cache_key(name: str, config: dict) -> str:
     digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     return f"{safe}-{digest}"
+
+
+#: the folder of the equilib package, whose files ``code_fingerprint`` names
+PACKAGE = Path(__file__).resolve().parent
+_fingerprints: dict[tuple, str] = {}
+
+
+def code_fingerprint(files: Sequence[str], root: str | os.PathLike | None = None) -> str:
+    """A hash of library source files, 16 hex digits: part of the key of what they compute.
+
+    ``files``: paths relative to ``root`` (default: the ``equilib`` package folder); a folder
+    stands for every ``.py`` file below it. Each file's relative path and bytes are hashed in
+    the given order (folders sorted). Computed once per process and list: the code this
+    process runs is the code it imported.
+    """
+    root = PACKAGE if root is None else Path(root).resolve()
+    memo = (str(root), tuple(files))
+    if memo not in _fingerprints:
+        h = hashlib.sha256()
+        for entry in memo[1]:
+            path = root / entry
+            if not path.exists():
+                raise FileNotFoundError(f"code_fingerprint: no file or folder {entry!r} in "
+                                        f"{str(root)!r}")
+            for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+                h.update(f.relative_to(root).as_posix().encode())
+                h.update(f.read_bytes())
+        _fingerprints[memo] = h.hexdigest()[:16]
+    return _fingerprints[memo]
+
+
+def with_code(config: dict, files: Sequence[str]) -> dict:
+    """The cache key of a result: ``config`` plus ``"code"``, the fingerprint of ``files``
+    (see :func:`code_fingerprint`)."""
+    return {**config, "code": code_fingerprint(files)}
 
 
 def _create_temp(path: Path) -> Path:

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from equilib.cache import atomic_write_text
+from equilib.cache import atomic_write_text, cached, with_code
+from equilib.cache import code_fingerprint as files_fingerprint
 from equilib.data.tasks import SOURCES, TASKS, make_task, n_classes
 from equilib.laplace import KronLaplace
 from equilib.laplace.curvature import HESSIANS
@@ -493,26 +494,23 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
 
 
 # the source files whose code decides a run's result: a change to any of them gives new keys
-_CODE_FILES = ("discover.py", "train.py", "checkpoint.py", "models.py", "nn", "laplace", "data")
-_code_hash: str | None = None
+CODE_FILES = ("discover.py", "train.py", "checkpoint.py", "models.py", "nn", "laplace", "data")
 
 
 def code_fingerprint() -> str:
-    """A hash of the library code a discovery run depends on (part of every cache key)."""
-    global _code_hash
-    if _code_hash is None:
-        import hashlib
-        from pathlib import Path
+    """A hash of the library code a discovery run depends on (``equilib.cache.code_fingerprint``
+    of ``CODE_FILES``; part of every cache key)."""
+    return files_fingerprint(CODE_FILES)
 
-        root = Path(__file__).resolve().parent
-        h = hashlib.sha256()
-        for entry in _CODE_FILES:
-            path = root / entry
-            for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-                h.update(f.relative_to(root).as_posix().encode())
-                h.update(f.read_bytes())
-        _code_hash = h.hexdigest()[:16]
-    return _code_hash
+
+def _config_key(config: Config) -> dict:
+    """The configuration part of a run's cache key (see :func:`cache_entry`)."""
+    key = config.to_dict()
+    if config.objective == "map":
+        key.update(_MARGLIK_ONLY, hessian=Config.hessian)
+    if config.strides is not None:
+        key["strides"] = list(config.strides)
+    return key
 
 
 def cache_entry(config: Config) -> dict:
@@ -522,17 +520,12 @@ def cache_entry(config: Config) -> dict:
     values in a MAP run's key (MAP runs of different schedules share one entry). ``Config``
     rebuilt from the entry (less ``code``) runs the same computation: see :func:`_run_entry`.
     """
-    key = config.to_dict()
-    if config.objective == "map":
-        key.update(_MARGLIK_ONLY, hessian=Config.hessian)
-    if config.strides is not None:
-        key["strides"] = list(config.strides)
-    key["code"] = code_fingerprint()
-    return key
+    return with_code(_config_key(config), CODE_FILES)
 
 
 def _run_entry(entry: dict) -> dict:
-    """Run the configuration of a cache entry, keeping the weights (a worker process's job)."""
+    """Run the configuration of a cache entry (less ``code``), keeping the weights (a worker
+    process's job)."""
     config = Config(**{k: v for k, v in entry.items() if k != "code"})
     return run(config, progress=False, keep_model=True)
 
@@ -549,8 +542,6 @@ def run_cached(config: Config, *, device=None, progress: bool = True, cache: boo
 
     if not cache or config.source != "sklearn":  # local data files are not part of the key
         return compute()
-    from equilib.cache import cached
-
     return cached("discover", cache_entry(config), compute)
 
 
@@ -578,7 +569,8 @@ def run_many(configs: dict, *, device=None, workers: int | None = None,
         return out
     names = {key: key if isinstance(key, str) else " ".join(map(str, key))
                   if isinstance(key, tuple) else str(key) for key in configs}
-    jobs = {names[key]: Job("discover", cache_entry(c), _run_entry) for key, c in configs.items()}
+    jobs = {names[key]: Job("discover", _config_key(c), _run_entry, code=CODE_FILES)
+            for key, c in configs.items()}
     done = run_jobs(jobs, workers=workers, progress=progress)
     return {key: done[names[key]] for key in configs}
 

@@ -4,8 +4,10 @@ Chapters 09 and 10 measure networks that they first train: several small, indepe
 ``run_jobs`` loads every run already in the cache (``equilib.cache``) and trains the missing
 ones in ``workers`` processes at once (one PyTorch thread each, so two runs use two cores),
 printing what starts and what finishes. A job is a ``Job(name, config, fn)``: ``fn(config)``
-is a module-level function (so that a fresh process can import it) and ``config`` is both its
-argument and, with ``name``, the cache key.
+is a module-level function (so that a fresh process can import it) and ``config`` is its
+argument; the cache key is ``name``, ``config`` and a fingerprint of the library code the run
+depends on (``Job.code``, default ``RUN_CODE``; ``equilib.cache.code_fingerprint``), so a
+changed library never returns a stale result.
 
 The training functions of the two chapters live here too, one per kind of run, each taking a
 configuration and returning a picklable dict (a ``state_dict`` and what the run recorded):
@@ -31,9 +33,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from equilib.cache import cache_dir, cache_key, cached
+from equilib.cache import cache_dir, cache_key, cached, with_code
 
 __all__ = [
+    "RUN_CODE",
     "Job",
     "run_jobs",
     "rotated_digits",
@@ -51,13 +54,26 @@ __all__ = [
 # --------------------------------------------------------------------------- running jobs
 
 
+#: the library files (relative to the package; folders with every module in them) whose code
+#: decides the result of the training functions here and of chapter 08's runs
+RUN_CODE = ("runs.py", "__init__.py", "_config.py", "groups.py", "augment.py", "measure.py",
+            "train.py", "checkpoint.py", "models.py", "nn", "laplace", "data", "degree")
+
+
 @dataclass(frozen=True)
 class Job:
-    """One cached run: ``fn(config)`` computes it, ``(name, config)`` is its cache key."""
+    """One cached run: ``fn(config)`` computes it; ``name`` and :attr:`key` (``config`` plus
+    the fingerprint of the library files ``code``) are its cache entry."""
 
     name: str
     config: dict = field(hash=False)
     fn: Callable[[dict], object] = field(hash=False)
+    code: tuple[str, ...] = field(default=RUN_CODE, hash=False)
+
+    @property
+    def key(self) -> dict:
+        """The cache key: ``config`` and ``"code"``, the fingerprint of ``code``."""
+        return with_code(self.config, self.code)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -69,10 +85,13 @@ class Job:
                 f"a job's fn must be a module-level function (a worker process imports it by "
                 f"name); got {self.fn!r}"
             )
+        if isinstance(self.code, str) or not all(isinstance(f, str) for f in self.code):
+            raise TypeError(f"a job's code must be a sequence of file names, got {self.code!r}")
+        object.__setattr__(self, "code", tuple(self.code))
 
 
 def _is_cached(job: Job) -> bool:
-    return (cache_dir() / (cache_key(job.name, job.config) + ".pt")).exists()
+    return (cache_dir() / (cache_key(job.name, job.key) + ".pt")).exists()
 
 
 def _init_worker() -> None:
@@ -82,7 +101,7 @@ def _init_worker() -> None:
 def _run_one(job: Job):
     """``(result, wall seconds, CPU seconds of this process)`` of one job."""
     start, cpu = time.time(), time.process_time()
-    result = cached(job.name, job.config, lambda: job.fn(job.config))
+    result = cached(job.name, job.key, lambda: job.fn(job.config))
     return result, time.time() - start, time.process_time() - cpu
 
 
@@ -109,7 +128,7 @@ def run_jobs(jobs: Mapping[str, Job], workers: int = 2, progress: bool = True) -
     todo = []
     for key, job in jobs.items():
         if _is_cached(job):
-            results[key] = cached(job.name, job.config, lambda job=job: job.fn(job.config))
+            results[key] = cached(job.name, job.key, lambda job=job: job.fn(job.config))
             say(f"  {key}: loaded from the cache")
         else:
             todo.append(key)

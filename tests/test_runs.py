@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from equilib import runs
+from equilib import cache, runs
 
 
 def _square(config):
@@ -48,3 +48,49 @@ def test_bad_jobs_are_refused_with_a_clear_error():
 def test_build_trained_refuses_an_unknown_kind():
     with pytest.raises(ValueError, match="unknown kind"):
         runs.build_trained("nonsense", {}, {"n_classes": 2, "state": {}})
+
+
+def test_a_job_is_keyed_by_its_configuration_and_its_code(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path))
+    job = runs.Job("square", {"x": 4}, _square)
+    assert job.code == runs.RUN_CODE
+    assert job.key == {"x": 4, "code": cache.code_fingerprint(runs.RUN_CODE)}
+    first = runs.run_jobs({"a": job}, workers=1)
+    assert runs.run_jobs({"a": job}, workers=1) == first
+    assert "loaded from the cache" in capsys.readouterr().out
+    # the same configuration with changed library code is another entry: it trains again
+    monkeypatch.setattr(runs, "with_code", lambda config, files: {**config, "code": "changed"})
+    assert job.key != {"x": 4, "code": cache.code_fingerprint(runs.RUN_CODE)}
+    assert not runs._is_cached(job)
+    runs.run_jobs({"a": job}, workers=1)
+    out = capsys.readouterr().out
+    assert "training" in out and "loaded from the cache" not in out
+    with pytest.raises(TypeError, match="sequence of file names"):
+        runs.Job("square", {"x": 1}, _square, code="runs.py")
+
+
+def test_code_fingerprint_changes_with_the_code_and_nothing_else(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, text in ((a, "x = 1\n"), (b, "x = 2\n")):
+        (root / "pkg").mkdir(parents=True)
+        (root / "run.py").write_text("def f():\n    return 0\n")
+        (root / "pkg" / "m.py").write_text(text)
+        (root / "pkg" / "notes.txt").write_text(str(root))  # not code: not hashed
+    files = ("run.py", "pkg")
+    assert len(cache.code_fingerprint(files, root=a)) == 16
+    assert cache.code_fingerprint(files, root=a) != cache.code_fingerprint(files, root=b)
+    assert cache.code_fingerprint(("run.py",), root=a) == cache.code_fingerprint(("run.py",), root=b)
+    assert cache.with_code({"x": 1}, ("cache.py",)) == {
+        "x": 1, "code": cache.code_fingerprint(("cache.py",))}
+    with pytest.raises(FileNotFoundError, match="missing.py"):
+        cache.code_fingerprint(("missing.py",), root=a)
+
+
+def test_discover_and_runs_share_one_fingerprint():
+    from equilib import discover
+
+    assert discover.code_fingerprint() == cache.code_fingerprint(discover.CODE_FILES)
+    config = discover.default_config(True)
+    job_key = runs.Job("discover", discover._config_key(config), discover._run_entry,
+                       code=discover.CODE_FILES).key
+    assert job_key == discover.cache_entry(config), "run_many and run_cached share entries"
