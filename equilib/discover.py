@@ -34,7 +34,7 @@ from equilib.train import OBJECTIVES, History, evaluate, fit, trainable_paramete
 __all__ = [
     "MODELS", "TASKS", "OBJECTIVES", "Config", "default_config", "build_model", "make_loaders",
     "layer_structure", "precision_ratios", "run", "run_cached", "compare", "markdown_table",
-    "without_weights", "rescale_paths", "effective_parameters", "scale_in_v",
+    "without_weights", "rescale_paths", "effective_dimensions", "scale_in_v",
     "project_factor_grads", "retract_factors", "run_many", "cache_entry", "code_fingerprint",
 ]
 
@@ -325,8 +325,8 @@ def layer_structure(model: nn.Module, prior_precision, factor_scale: str = "both
     return blocks
 
 
-def effective_parameters(model: nn.Module, loader, prior_precision) -> list[dict]:
-    """Per block, per path: effective number of parameters ``gamma`` and parameter count ``n``.
+def effective_dimensions(model: nn.Module, loader, prior_precision) -> list[dict]:
+    """Per block, per path: effective dimensions ``gamma`` and parameter count ``n``.
 
     Fits ``equilib.laplace.KronLaplace`` at the model's weights on ``loader`` with the given
     per-tensor precisions; ``gamma_l = sum_i lambda_i / (lambda_i + delta_l)`` over the

@@ -117,17 +117,17 @@ if __name__ == "__main__":
     print(A.shape, B.shape)
 
 # %% [markdown]
-# ## Exercise 6.3: effective parameters and MacKay's update
+# ## Exercise 6.3: effective dimensions and MacKay's update
 #
 # For a weight with KFAC factors `A`, `B` and prior precision `delta`, the posterior precision
-# of the block is `scale * B (x) A + delta I`. Write `effective_parameters(A, B, scale, delta)`
+# of the block is `scale * B (x) A + delta I`. Write `effective_dimensions(A, B, scale, delta)`
 # returning the block's effective number of parameters (chapter 05's `gamma`, now for this
 # curvature), again without forming the Kronecker product, and `mackay_update(A, B, weight,
 # scale, delta)` returning MacKay's new precision for the block (chapter 05's fixed point).
 
 
 # %%
-def effective_parameters(A: torch.Tensor, B: torch.Tensor, scale, delta) -> torch.Tensor:
+def effective_dimensions(A: torch.Tensor, B: torch.Tensor, scale, delta) -> torch.Tensor:
     """Effective number of parameters of the block with curvature ``scale * B (x) A``."""
     # BEGIN SOLUTION Exercise 6.3: see chapter 05, 'Data fit minus Occam factor' (gamma), and chapter 06, 'The Kronecker log-determinant identity' for the eigenvalues of this curvature
     lam = scale * torch.linalg.eigvalsh(B).clamp_min(0).unsqueeze(1) \
@@ -139,12 +139,12 @@ def effective_parameters(A: torch.Tensor, B: torch.Tensor, scale, delta) -> torc
 def mackay_update(A: torch.Tensor, B: torch.Tensor, weight: torch.Tensor, scale,
                   delta) -> torch.Tensor:
     """MacKay's fixed-point step for the prior precision of ``weight``."""
-    # BEGIN SOLUTION Exercise 6.3: see chapter 05, 'Data fit minus Occam factor': MacKay's fixed point, with this block's effective parameters and weights
-    return effective_parameters(A, B, scale, delta) / weight.detach().pow(2).sum()
+    # BEGIN SOLUTION Exercise 6.3: see chapter 05, 'Data fit minus Occam factor': MacKay's fixed point, with this block's effective dimensions and weights
+    return effective_dimensions(A, B, scale, delta) / weight.detach().pow(2).sum()
     # END SOLUTION
 
 
 # %%
 if __name__ == "__main__":
     a, b = torch.randn(50, 3, dtype=torch.float64), torch.randn(50, 2, dtype=torch.float64)
-    print("gamma:", float(effective_parameters(a.T @ a / 50, b.T @ b, 1.0, 1.0)), "of 6")
+    print("gamma:", float(effective_dimensions(a.T @ a / 50, b.T @ b, 1.0, 1.0)), "of 6")

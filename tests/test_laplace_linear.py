@@ -36,7 +36,7 @@ def test_log_evidence_equals_marginal_gaussian():
             assert abs(ev - marginal_gaussian(Phi, y, delta, sigma)) < 1e-9
             t = evidence_terms(Phi, y, delta, sigma)
             assert abs(t["data_fit"] + t["occam"] - ev) < 1e-12
-            assert t["occam"] < 0 and 0 < t["effective_params"] <= degree + 1
+            assert t["occam"] < 0 and 0 < t["effective_dimensions"] <= degree + 1
 
 
 def test_evidence_matches_full_laplace_of_a_linear_layer():
@@ -137,7 +137,7 @@ def test_figure_data_and_drawing():
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(DT)
     la = KronLaplace(net).fit([(torch.randn(8, 3, dtype=DT), torch.randint(0, 2, (8,)))])
     table = vm.layer_table(la)
-    assert table["name"] == la.param_names and len(table["effective"]) == 4
+    assert table["name"] == la.param_names and len(table["effective_dimensions"]) == 4
     vm.plot_degree_scan(scan)
     vm.plot_evidence_vs_n(curves, "shift")
     vm.plot_layer_table(table)

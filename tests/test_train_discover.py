@@ -119,7 +119,7 @@ def test_balance_factors_keeps_the_function_and_balances_norms():
     assert not discover.balance_factors(m.blocks[1].paths["conv"])
 
 
-def test_effective_parameters_per_path_sum_the_laplace_per_tensor_values():
+def test_effective_dimensions_per_path_sum_the_laplace_per_tensor_values():
     from torch.utils.data import DataLoader, TensorDataset
 
     from equilib.laplace import KronLaplace
@@ -130,7 +130,7 @@ def test_effective_parameters_per_path_sum_the_laplace_per_tensor_values():
                         batch_size=12)
     names = [n for n, _ in m.named_parameters()]
     delta = torch.linspace(0.5, 5.0, len(names), dtype=torch.float64)
-    eff = discover.effective_parameters(m, loader, delta)
+    eff = discover.effective_dimensions(m, loader, delta)
     gamma = KronLaplace(m, "classification", prior_precision=delta).fit(loader)
     gamma = gamma.effective_dimensions().detach()
     for b, layer in enumerate(eff):
@@ -138,7 +138,7 @@ def test_effective_parameters_per_path_sum_the_laplace_per_tensor_values():
             idx = [i for i, n in enumerate(names) if n.startswith(f"blocks.{b}.paths.{path}.")]
             assert v["gamma"] == pytest.approx(float(gamma[idx].sum()))
             assert 0 <= v["gamma"] <= v["n"]
-    huge = discover.effective_parameters(m, loader, 1e12)
+    huge = discover.effective_dimensions(m, loader, 1e12)
     assert all(v["gamma"] < 1e-3 for layer in huge for v in layer["paths"].values())
 
 

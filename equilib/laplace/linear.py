@@ -63,9 +63,10 @@ def blr_posterior(Phi: torch.Tensor, y: torch.Tensor, prior_precision=1.0, sigma
 def evidence_terms(Phi: torch.Tensor, y: torch.Tensor, prior_precision=1.0,
                    sigma_noise=1.0) -> dict:
     """The log evidence and its two parts: ``{"log_evidence", "data_fit", "occam",
-    "effective_params"}`` (scalars; differentiable in the hyperparameters).
+    "effective_dimensions"}`` (scalars; differentiable in the hyperparameters).
 
-    ``effective_params`` = sum_i lambda_i / (lambda_i + delta), lambda = eig(Phi^T Phi / sigma^2).
+    ``effective_dimensions`` = sum_i lambda_i / (lambda_i + delta), lambda = eig(Phi^T Phi /
+    sigma^2): MacKay's effective number of parameters ``gamma``.
     """
     delta, sigma = _check(Phi, y, prior_precision, sigma_noise)
     N, D = Phi.shape
@@ -79,7 +80,7 @@ def evidence_terms(Phi: torch.Tensor, y: torch.Tensor, prior_precision=1.0,
         "log_evidence": data_fit + occam,
         "data_fit": data_fit,
         "occam": occam,
-        "effective_params": (lam / (lam + delta)).sum(),
+        "effective_dimensions": (lam / (lam + delta)).sum(),
     }
 
 

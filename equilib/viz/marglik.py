@@ -57,13 +57,13 @@ def evidence_vs_n(X, Y, ns, prior_precision=1.0, sigma_noise=0.3) -> dict:
 
 def layer_table(la) -> dict:
     """Per parameter tensor of a fitted Laplace object: names, sizes, prior precisions,
-    effective numbers of parameters and squared norms (numpy arrays)."""
+    effective dimensions (effective numbers of parameters) and squared norms (numpy arrays)."""
     with torch.no_grad():
         return {
             "name": list(la.param_names),
             "numel": np.array(la.numels),
             "prior_precision": la.prior_precision.detach().double().cpu().numpy(),
-            "effective": la.effective_dimensions().detach().double().cpu().numpy(),
+            "effective_dimensions": la.effective_dimensions().detach().double().cpu().numpy(),
             "sqnorm": la._sqnorm.detach().double().cpu().numpy(),
         }
 
@@ -129,7 +129,7 @@ def plot_layer_table(table: dict, axes=None):
     axes[0].set_yscale("log")
     axes[0].set_title(r"prior precision $\delta_l$ (log scale)")
     axes[0].set_ylabel(r"$\delta_l$")
-    axes[1].bar(pos, table["effective"] / table["numel"], color="tab:green")
+    axes[1].bar(pos, table["effective_dimensions"] / table["numel"], color="tab:green")
     axes[1].set_ylim(0, 1)
     axes[1].set_title(r"fraction of the tensor's weights the data determine, $\gamma_l / n_l$")
     axes[1].set_ylabel(r"$\gamma_l / n_l$")

@@ -52,7 +52,7 @@ def evidence_explorer(x, y, sigma_noise: float = 0.1, max_degree: int = 10):
         ax.set_ylabel("y")
         ax.legend(fontsize=7, loc="lower right")
         ax.set_title(f"log evidence {s['log_evidence']:.1f} = data fit {s['data_fit']:.1f}"
-                     f" + log Occam {s['occam']:.1f}   (gamma = {s['effective_params']:.1f})",
+                     f" + log Occam {s['occam']:.1f}   (gamma = {s['effective_dimensions']:.1f})",
                      fontsize=9)
         fig.tight_layout()
         show_in(out, fig)

@@ -60,7 +60,7 @@ def test_6_2_linear_kfac_factors(mod, index):
     assert not net[index]._forward_hooks, "remove the hook when done"
 
 
-def test_6_3_effective_parameters_and_mackay(mod):
+def test_6_3_effective_dimensions_and_mackay(mod):
     net = _net(1)
     X = torch.randn(30, 4, generator=torch.Generator().manual_seed(3), dtype=DT)
     y = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(4))
@@ -72,7 +72,7 @@ def test_6_3_effective_parameters_and_mackay(mod):
         if not name.endswith("weight"):
             continue
         A, B = la.factors[name]
-        g = mod.effective_parameters(A[0], B[0], 0.5, float(delta[i]))
+        g = mod.effective_dimensions(A[0], B[0], 0.5, float(delta[i]))
         lam = torch.linalg.eigvalsh(0.5 * torch.kron(B[0], A[0])).clamp_min(0)  # dense, here only
         dense = float((lam / (lam + delta[i])).sum())
         assert abs(float(g) - dense) < 1e-8, (
