@@ -144,6 +144,22 @@ def test_polyphase_components_and_plain_striding():
         enn.downsample(2, "bogus")
 
 
+def test_max_pool_striding_commutes_with_shifts_by_the_stride_only():
+    torch.manual_seed(0)
+    down = enn.downsample(2, "max")
+    x = torch.randn(3, 2, 4, 8, 8)  # group feature maps: pooled over the last two axes only
+    y = down(x)
+    assert y.shape == (3, 2, 4, 4, 4)
+    torch.testing.assert_close(y[:, 1, 2], torch.nn.functional.max_pool2d(x[:, 1, 2], 2))
+    shift = lambda z, k: torch.roll(z, (k, -k), dims=(-2, -1))  # noqa: E731
+    torch.testing.assert_close(down(shift(x, 2)), shift(y, 1))  # exact for multiples of 2
+    assert (down(shift(x, 1)) - y).abs().max() > 0.1  # a one-pixel shift regroups the windows
+    assert enn.downsample(1, "max")(x) is x
+    with pytest.raises(ValueError, match="not divisible by the stride 2"):
+        down(torch.randn(1, 1, 5, 4))
+    assert set(enn.STRIDINGS) == {"polyphase", "max", "plain"}
+
+
 def test_lifting_conv_matches_explicit_rotated_filters():
     layer = enn.LiftingConv2d(2, 3, 3)
     x = torch.randn(2, 2, 6, 6)

@@ -4,7 +4,9 @@ on images, and soft blocks that sum named paths."""
 from equilib.nn.blocks import PATH_KINDS, PATH_NAMES, SoftBlock, make_path
 from equilib.nn.conv import (
     BasisConv2d,
+    STRIDINGS,
     CircularConv2d,
+    MaxPoolDownsample,
     PlainDownsample,
     PolyphaseDownsample,
     circular_pad,
@@ -35,11 +37,13 @@ __all__ = [
     "ImageLinear",
     "LiftingConv2d",
     "LiftingConvCN",
+    "MaxPoolDownsample",
     "PATH_KINDS",
     "PATH_NAMES",
     "PlainDownsample",
     "PolyphaseDownsample",
     "RotationPooledConv2d",
+    "STRIDINGS",
     "SoftBlock",
     "SparseConv2d",
     "SparseFactoredLinear",

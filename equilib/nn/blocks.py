@@ -115,7 +115,8 @@ class SoftBlock(nn.Module):
     def path_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each path's output at the block's output size, before the ``1/P`` factor and ReLU.
 
-        Full-resolution outputs are strided with one phase per example, chosen on their sum.
+        Full-resolution outputs are strided together: with polyphase striding, one phase per
+        example chosen on their sum; with max pooling, each path pooled over the same windows.
         """
         H, W = x.shape[-2:]
         raw = {name: path(x) for name, path in self.paths.items()}

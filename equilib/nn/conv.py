@@ -26,6 +26,8 @@ __all__ = [
     "polyphase_components",
     "PolyphaseDownsample",
     "PlainDownsample",
+    "MaxPoolDownsample",
+    "STRIDINGS",
     "downsample",
 ]
 
@@ -343,9 +345,42 @@ class PlainDownsample(nn.Module):
         return f"stride={self.stride}"
 
 
+class MaxPoolDownsample(nn.Module):
+    """Max pooling over non-overlapping ``s x s`` windows: ``x: (B, ..., H, W) -> (B, ..., H/s, W/s)``.
+
+    Commutes exactly with cyclic shifts by multiples of ``s`` (the windows tile the grid, so such
+    a shift permutes whole windows); a shift by one pixel regroups the windows and is not exactly
+    equivariant, but each output keeps the strongest response of its window instead of one of
+    its ``s*s`` pixels, which makes the features tolerant to small deformations.
+    """
+
+    def __init__(self, stride: int):
+        super().__init__()
+        if not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"stride must be a positive int, got {stride!r}")
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
+        _check_stride_input(x, self.stride)
+        if self.stride == 1:
+            return x
+        H, W = x.shape[-2:]
+        s = self.stride
+        out = nn.functional.max_pool2d(x.reshape(-1, 1, H, W), s)
+        return out.reshape(*x.shape[:-2], H // s, W // s)
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}"
+
+
+#: striding modes of ``downsample`` (and of blocks and the model zoo)
+STRIDINGS = ("polyphase", "max", "plain")
+
+
 def downsample(stride: int, mode: str = "polyphase") -> nn.Module:
-    """A striding module: ``mode="polyphase"`` (shift equivariant) or ``"plain"`` (``x[::s, ::s]``)."""
-    modes = {"polyphase": PolyphaseDownsample, "plain": PlainDownsample}
+    """A striding module: ``"polyphase"`` (shift equivariant), ``"max"`` (max pooling; equivariant
+    to shifts by multiples of the stride) or ``"plain"`` (``x[::s, ::s]``)."""
+    modes = {"polyphase": PolyphaseDownsample, "max": MaxPoolDownsample, "plain": PlainDownsample}
     if mode not in modes:
         raise ValueError(f"unknown striding mode {mode!r}; valid: {sorted(modes)}")
     return modes[mode](stride)
