@@ -383,12 +383,12 @@ class Rotations(Group):
 
 
 class SO2Grid(Rotations):
-    """SO(2) discretised on ``n`` equally spaced angles (C_n, used as a grid over SO(2))."""
+    """SO(2) discretised on ``N`` equally spaced angles (C_N, used as a grid over SO(2))."""
 
     name = "so2"
 
     def __repr__(self) -> str:
-        return f"SO2Grid(n={self.N})"
+        return f"SO2Grid(N={self.N})"
 
 
 class Dihedral(Group):

@@ -65,18 +65,18 @@ class SoftNet(nn.Module):
     """Blocks of summed paths, a global pooling and an MLP head: ``(B, C, H, W) -> (B, classes)``.
 
     Attributes: ``blocks`` (``nn.ModuleList`` of ``SoftBlock``), ``head`` (``nn.Sequential``),
-    ``name``, ``in_shape``, ``strides``, ``group_order`` (4 for ``gconv-c4``, else 1),
+    ``name``, ``in_shape``, ``strides``, ``N`` (the order of C_N: 4 for ``gconv-c4``, else 1),
     ``pooling`` (``"max"`` or ``"mean"`` over space).
     """
 
     def __init__(self, name: str, in_shape: tuple[int, int, int], blocks: list[SoftBlock],
-                 head: nn.Module, strides: tuple[int, ...], group_order: int = 1,
+                 head: nn.Module, strides: tuple[int, ...], N: int = 1,
                  pooling: str = "max"):
         super().__init__()
         if pooling not in ("max", "mean"):
             raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
         self.name, self.in_shape, self.strides = name, in_shape, strides
-        self.group_order, self.pooling = group_order, pooling
+        self.N, self.pooling = N, pooling
         self.blocks = nn.ModuleList(blocks)
         self.head = head
 
@@ -92,7 +92,7 @@ class SoftNet(nn.Module):
 
     def pool(self, h: torch.Tensor) -> torch.Tensor:
         """Global pooling: max over the group axis (if any), max (or mean) over space -> ``(B, C)``."""
-        if self.group_order > 1:
+        if self.N > 1:
             h = h.amax(dim=2)
         return h.amax(dim=(-2, -1)) if self.pooling == "max" else h.mean(dim=(-2, -1))
 
@@ -151,7 +151,7 @@ def build(name: str, in_shape=(1, 16, 16), n_classes: int = 10, width: int = 8, 
     for m in head:
         if isinstance(m, nn.Linear):
             nn.init.zeros_(m.bias)
-    return SoftNet(name, (C, H, W), blocks, head, strides, group_order=4 if group else 1,
+    return SoftNet(name, (C, H, W), blocks, head, strides, N=4 if group else 1,
                    pooling=pooling)
 
 

@@ -91,7 +91,7 @@ def test_basis_conv_kfac_factor_is_projected_patch_factor(stride):
     conv = nn.Conv2d(2, 3, 3, stride=stride, padding=1, padding_mode="circular").to(DT)
     assert torus_conv(bconv) == torus_conv(conv) == (stride == 1)
     with torch.no_grad():
-        conv.weight.copy_(bconv.filter())
+        conv.weight.copy_(bconv.effective_weight())
         conv.bias.copy_(bconv.bias)
     X, y = torch.randn(5, 2, 6, 6, dtype=DT), torch.randint(0, 3, (5,))
     head = nn.Sequential(nn.Flatten(), nn.Linear(3 * (6 // stride) ** 2, 3)).to(DT)

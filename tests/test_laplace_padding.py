@@ -51,10 +51,10 @@ LAYERS = {
         (1, 6, 6),
     ),
     "SparseConv2d": (lambda m: SparseConv2d(1, 2, 3, anchors=2, padding_mode=m), (1, 5, 5)),
-    "LiftingConv2d": (lambda m: LiftingConv2d(1, 2, 3, n=4, padding_mode=m), (1, 5, 5)),
-    "GroupConv2d": (lambda m: GroupConv2d(1, 2, 3, n=4, padding_mode=m), (1, 4, 5, 5)),
+    "LiftingConv2d": (lambda m: LiftingConv2d(1, 2, 3, N=4, padding_mode=m), (1, 5, 5)),
+    "GroupConv2d": (lambda m: GroupConv2d(1, 2, 3, N=4, padding_mode=m), (1, 4, 5, 5)),
     "RotationPooledConv2d": (
-        lambda m: RotationPooledConv2d(1, 2, 3, n=4, padding_mode=m),
+        lambda m: RotationPooledConv2d(1, 2, 3, N=4, padding_mode=m),
         (1, 5, 5),
     ),
     "LiftingConvCN": (lambda m: LiftingConvCN(1, 2, 3, N=N, padding_mode=m), (1, 5, 5)),
@@ -143,7 +143,7 @@ def test_the_oracle_sees_a_wrong_padding():
 def _reflect_forward(layer, x):
     p = layer.k // 2
     xp = F.pad(x, (p, p, p, p), mode="reflect")
-    y = F.conv2d(xp, layer.filters().flatten(0, 1))
+    y = F.conv2d(xp, layer.effective_weight().flatten(0, 1))
     y = y.view(x.shape[0], layer.N, layer.out_channels, *x.shape[-2:]).transpose(1, 2)
     return y + layer.bias.view(1, -1, 1, 1, 1)
 

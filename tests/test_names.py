@@ -1,12 +1,18 @@
 """One name per idea: the names the library settled on, and the old ones that must not return."""
 
+import inspect
+
 import pytest
 import torch
 
 from equilib import augment, discover, measure
+from equilib import nn as enn
 from equilib.data import mixed
+from equilib.degree import PartialGroupConv, PartialLiftingConv
+from equilib.groups import Rotations, SO2Grid
 from equilib.laplace import FullLaplace
 from equilib.laplace.linear import evidence_terms
+from equilib.models import SoftNet, build
 from equilib.viz import transform as viz_transform
 
 
@@ -32,3 +38,62 @@ def test_the_effective_number_of_parameters_is_called_effective_dimensions():
     assert callable(discover.effective_dimensions) and callable(FullLaplace.effective_dimensions)
     for old in ("effective_parameters", "effective_params"):
         assert not hasattr(discover, old) and not hasattr(FullLaplace, old)
+
+
+ROTATION_LAYERS = [enn.LiftingConv2d, enn.GroupConv2d, enn.RotationPooledConv2d, enn.LiftingConvCN,
+                   enn.GroupConvCN]
+
+
+@pytest.mark.parametrize("cls", ROTATION_LAYERS, ids=lambda c: c.__name__)
+def test_rotation_layers_take_the_order_of_c_n_as_N(cls):
+    """Every layer for C_N takes and keeps the group order as ``N`` (as ``Rotations(N)`` does)."""
+    exact = cls.__name__.endswith("2d")  # quarter turns only: N in (1, 2, 4)
+    params = inspect.signature(cls).parameters
+    assert "N" in params and params["N"].default == (4 if exact else 8)
+    for old in ("n", "group_order", "order"):
+        assert old not in params, f"{cls.__name__} takes {old!r}; the group order is N"
+    layer = cls(2, 3, 3, N=2 if exact else 3)
+    assert layer.N == (2 if exact else 3) and not hasattr(layer, "n")
+    assert "N=" in repr(layer)
+
+
+def test_the_zoo_keeps_the_group_order_as_N():
+    params = inspect.signature(SoftNet).parameters
+    assert "N" in params and "group_order" not in params
+    assert build("gconv-c4", (1, 8, 8), width=2).N == 4 and build("conv", (1, 8, 8)).N == 1
+    assert not hasattr(build("gconv-c4", (1, 8, 8), width=2), "group_order")
+    assert repr(SO2Grid(8)) == "SO2Grid(N=8)" and Rotations(8).N == 8
+
+
+def test_partial_layers_take_a_group_not_an_order():
+    """A partial layer may act by D_N or an SO(2) grid: it takes the group; its order is
+    ``layer.group.order`` and its N the group's ``N``."""
+    for cls in (PartialLiftingConv, PartialGroupConv):
+        params = inspect.signature(cls).parameters
+        assert "group" in params and not {"n", "N", "group_order"} & set(params)
+    layer = PartialLiftingConv(1, 2, 3, "D4")
+    assert layer.group.order == 8 and layer.group.N == 4
+
+
+WEIGHT_LAYERS = {
+    "GroupedLinear": lambda: enn.GroupedLinear(2, 3, 4),
+    "ImageLinear": lambda: enn.ImageLinear((1, 3, 3), (2, 2, 2)),
+    "FactoredLinear": lambda: enn.FactoredLinear((1, 3, 3), (2, 2, 2)),
+    "SparseFactoredLinear": lambda: enn.SparseFactoredLinear((1, 4, 4), (2, 2, 2), anchors_in=2),
+    "BasisConv2d": lambda: enn.BasisConv2d(1, 2, 3, torch.randn(4, 9)),
+    "SparseConv2d": lambda: enn.SparseConv2d(1, 2, 3, anchors=2),
+    "LiftingConvCN": lambda: enn.LiftingConvCN(1, 2, 3, N=3),
+    "GroupConvCN": lambda: enn.GroupConvCN(2, 2, 3, N=3),
+    "PartialLiftingConv": lambda: PartialLiftingConv(1, 2, 3, "C4"),
+    "PartialGroupConv": lambda: PartialGroupConv(2, 2, 3, "C4"),
+}
+
+
+@pytest.mark.parametrize("name", list(WEIGHT_LAYERS))
+def test_layers_built_from_parameters_share_one_effective_weight_method(name):
+    """The weight a layer applies, computed from its parameters, is ``effective_weight()``."""
+    layer = WEIGHT_LAYERS[name]()
+    assert inspect.ismethod(layer.effective_weight)
+    assert isinstance(layer.effective_weight(), torch.Tensor)
+    for old in ("dense_weight", "filter", "filters", "weight_matrix"):
+        assert not hasattr(layer, old), f"{name}.{old}: the effective weight is effective_weight()"

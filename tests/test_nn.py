@@ -42,7 +42,7 @@ def test_grouped_linear_rejects_bad_input():
 def test_image_linear_is_a_dense_map():
     layer = enn.ImageLinear((2, 4, 4), (3, 2, 2))
     x = torch.randn(6, 2, 4, 4)
-    W = layer.dense_weight().reshape(12, 32)
+    W = layer.effective_weight().reshape(12, 32)
     torch.testing.assert_close(layer(x).reshape(6, -1), x.reshape(6, -1) @ W.T + layer.linear.bias)
     with pytest.raises(ValueError, match=r"\(B, 2, 4, 4\)"):
         layer(torch.randn(6, 2, 4, 5))
@@ -67,7 +67,7 @@ def test_sparse_factored_linear_dense_oracle_and_count():
     with torch.no_grad():
         layer.v.bias.normal_()
     W = _dense_oracle(layer, (2, 6, 6))
-    torch.testing.assert_close(W, layer.dense_weight().reshape(48, 72), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(W, layer.effective_weight().reshape(48, 72), rtol=1e-4, atol=1e-5)
     assert layer.u.weight.numel() + layer.v.weight.numel() == 3 * 2 * (9 + 4)
 
 
@@ -96,7 +96,7 @@ def test_basis_conv_matches_conv_with_effective_filter():
     layer = enn.BasisConv2d(2, 3, 3, basis)
     ref = torch.nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular")
     with torch.no_grad():
-        ref.weight.copy_(layer.filter())
+        ref.weight.copy_(layer.effective_weight())
         layer.bias.normal_()
         ref.bias.copy_(layer.bias)
     x = torch.randn(2, 2, 5, 5)
@@ -205,8 +205,8 @@ def test_rotation_interpolation_matrix_quarter_turn_is_rot90():
 
 
 def test_group_layers_reject_bad_input():
-    with pytest.raises(ValueError, match="n in"):
-        enn.LiftingConv2d(1, 2, 3, n=8)
+    with pytest.raises(ValueError, match="N in"):
+        enn.LiftingConv2d(1, 2, 3, N=8)
     with pytest.raises(ValueError, match="odd kernel_size"):
         enn.LiftingConv2d(1, 2, 4)
     with pytest.raises(ValueError, match=r"\(B, 2, 4, H, H\)"):

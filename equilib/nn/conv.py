@@ -229,8 +229,8 @@ class BasisConv2d(nn.Module):
             sol = torch.linalg.lstsq(self.basis.T.double(), target.T).solution  # (M, C'C)
             self.weight.copy_(sol.T.reshape(out_channels, in_channels, m).float())
 
-    def filter(self) -> torch.Tensor:
-        """The effective filter ``(C', C, k, k)``."""
+    def effective_weight(self) -> torch.Tensor:
+        """The effective filter ``(C', C, k, k)``: ``(weight @ basis)`` reshaped."""
         return (self.weight @ self.basis).view(self.out_channels, self.in_channels,
                                                *self.kernel_size)
 
@@ -243,7 +243,8 @@ class BasisConv2d(nn.Module):
             pad = p
         else:
             x, pad = pad2d(x, p, p, self.padding_mode), 0
-        return nn.functional.conv2d(x, self.filter(), self.bias, stride=self.stride, padding=pad)
+        return nn.functional.conv2d(x, self.effective_weight(), self.bias, stride=self.stride,
+                                    padding=pad)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

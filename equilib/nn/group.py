@@ -35,13 +35,13 @@ __all__ = [
 ]
 
 
-def _quarter_steps(n: int) -> int:
-    if n not in (1, 2, 4):
+def _quarter_steps(N: int) -> int:
+    if isinstance(N, bool) or N not in (1, 2, 4):
         raise ValueError(
-            f"exact rotation layers support n in (1, 2, 4) (multiples of 90 degrees), got n={n!r};"
+            f"exact rotation layers support N in (1, 2, 4) (multiples of 90 degrees), got N={N!r};"
             f" use LiftingConvCN / GroupConvCN for other N"
         )
-    return 4 // n
+    return 4 // N
 
 
 def _check_odd(k) -> int:
@@ -52,19 +52,19 @@ def _check_odd(k) -> int:
 
 
 class LiftingConv2d(nn.Module):
-    """Lifting convolution for C_n, n in (1, 2, 4): ``(B, C, H, W) -> (B, C', n, H, W)``.
+    """Lifting convolution for C_N, N in (1, 2, 4): ``(B, C, H, W) -> (B, C', N, H, W)``.
 
     ``y[:, :, g] = rot_g(conv(rot_{-g} x))`` with one inner ``nn.Conv2d`` (``self.conv``,
-    circular padding, stride 1) applied once to the ``n`` rotated copies stacked on the batch
+    circular padding, stride 1) applied once to the ``N`` rotated copies stacked on the batch
     axis. Requires square inputs.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, n: int = 4,
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, N: int = 4,
                  padding_mode: str = "circular", bias: bool = True):
         super().__init__()
         check_padding_mode(padding_mode, PADDING_MODES, type(self).__name__)
-        self.n = n
-        self._q = _quarter_steps(n)
+        self._q = _quarter_steps(N)
+        self.N = N
         self.in_channels, self.out_channels = in_channels, out_channels
         self.conv = conv2d(in_channels * self._group_in(), out_channels, _check_odd(kernel_size),
                            padding_mode=padding_mode, bias=bias)
@@ -82,43 +82,43 @@ class LiftingConv2d(nn.Module):
                              f"H, H), got {tuple(x.shape)}")
 
     def lifted(self, x: torch.Tensor) -> torch.Tensor:
-        """The lifted feature map ``(B, C', n, H, W)``."""
+        """The lifted feature map ``(B, C', N, H, W)``."""
         self._check(x)
         B = x.shape[0]
-        stacked = torch.cat([self._transform_input(x, g) for g in range(self.n)], dim=0)
-        y = self.conv(stacked.flatten(1, -3)).unflatten(0, (self.n, B))  # (n, B, C', H, W)
-        outs = [torch.rot90(y[g], g * self._q, dims=(-2, -1)) for g in range(self.n)]
+        stacked = torch.cat([self._transform_input(x, g) for g in range(self.N)], dim=0)
+        y = self.conv(stacked.flatten(1, -3)).unflatten(0, (self.N, B))  # (N, B, C', H, W)
+        outs = [torch.rot90(y[g], g * self._q, dims=(-2, -1)) for g in range(self.N)]
         return torch.stack(outs, dim=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lifted(x)
 
     def extra_repr(self) -> str:
-        return f"n={self.n}"
+        return f"N={self.N}"
 
 
 class GroupConv2d(LiftingConv2d):
-    """Group convolution for C_n, n in (1, 2, 4): ``(B, C, n, H, W) -> (B, C', n, H, W)``.
+    """Group convolution for C_N, N in (1, 2, 4): ``(B, C, N, H, W) -> (B, C', N, H, W)``.
 
     ``y[:, :, g] = rot_g(conv(T_{-g} x))`` where ``T_{-g}`` rotates space by ``-g`` and rolls
-    the group axis by ``-g``; one inner ``nn.Conv2d(C*n, C', k)`` on the stacked copies.
+    the group axis by ``-g``; one inner ``nn.Conv2d(C*N, C', k)`` on the stacked copies.
     """
 
     def _group_in(self) -> int:
-        return self.n
+        return self.N
 
     def _transform_input(self, x: torch.Tensor, g: int) -> torch.Tensor:
         return torch.rot90(torch.roll(x, -g, dims=2), -g * self._q, dims=(-2, -1))
 
     def _check(self, x: torch.Tensor) -> None:
-        if (x.ndim != 5 or x.shape[1] != self.in_channels or x.shape[2] != self.n
+        if (x.ndim != 5 or x.shape[1] != self.in_channels or x.shape[2] != self.N
                 or x.shape[-1] != x.shape[-2]):
-            raise ValueError(f"GroupConv2d expects square input (B, {self.in_channels}, {self.n},"
+            raise ValueError(f"GroupConv2d expects square input (B, {self.in_channels}, {self.N},"
                              f" H, H), got {tuple(x.shape)}")
 
 
 class GroupPool(nn.Module):
-    """Pool over the group axis: ``(B, C, n, H, W) -> (B, C, H, W)`` by ``max`` or ``mean``.
+    """Pool over the group axis: ``(B, C, N, H, W) -> (B, C, H, W)`` by ``max`` or ``mean``.
 
     Turns a regular-representation feature map into one that rotates as an ordinary image.
     """
@@ -131,7 +131,7 @@ class GroupPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5:
-            raise ValueError(f"GroupPool expects (B, C, n, H, W), got {tuple(x.shape)}")
+            raise ValueError(f"GroupPool expects (B, C, N, H, W), got {tuple(x.shape)}")
         return x.amax(dim=2) if self.mode == "max" else x.mean(dim=2)
 
     def extra_repr(self) -> str:
@@ -139,10 +139,10 @@ class GroupPool(nn.Module):
 
 
 class RotationPooledConv2d(LiftingConv2d):
-    """The ``gconv`` path of a soft block: lift to C_n, then max over the group axis.
+    """The ``gconv`` path of a soft block: lift to C_N, then max over the group axis.
 
     ``(B, C, H, W) -> (B, C', H, W)``, ``y = max_g rot_g(conv(rot_{-g} x))``: equivariant to
-    rotations by multiples of ``360/n`` degrees (and to cyclic shifts), with image-like output so
+    rotations by multiples of ``360/N`` degrees (and to cyclic shifts), with image-like output so
     that it can be summed with ``conv`` and ``fc`` paths.
     """
 
@@ -207,8 +207,8 @@ class LiftingConvCN(nn.Module):
     def _group_in(self) -> int:
         return 1
 
-    def filters(self) -> torch.Tensor:
-        """The N transformed filters stacked: ``(N, C', C*N_in, k, k)``."""
+    def effective_weight(self) -> torch.Tensor:
+        """The N transformed filters the layer convolves with: ``(N, C', C*N_in, k, k)``."""
         Co, k = self.out_channels, self.k
         w = self.weight.view(Co, self.in_channels, self._group_in(), k * k)
         rot = torch.einsum("gpq,dcnq->gdcnp", self.rotations, w)  # rotate space
@@ -224,7 +224,7 @@ class LiftingConvCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
         B, H, W = x.shape[0], x.shape[-2], x.shape[-1]
-        w = self.filters()  # (N, C', Cin, k, k)
+        w = self.effective_weight()  # (N, C', Cin, k, k)
         p = self.k // 2
         xf = x.reshape(B, -1, H, W)
         if self.padding_mode == "zeros":

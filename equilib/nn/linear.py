@@ -119,7 +119,7 @@ class ImageLinear(nn.Module):
         _check_input(x, self.in_shape, type(self).__name__)
         return self.linear(x.flatten(1)).view(x.shape[0], *self.out_shape)
 
-    def dense_weight(self) -> torch.Tensor:
+    def effective_weight(self) -> torch.Tensor:
         """The weight as a ``(C', H', W', C, H, W)`` tensor."""
         return self.linear.weight.view(*self.out_shape, *self.in_shape)
 
@@ -216,8 +216,8 @@ class FactoredLinear(nn.Module):
         """
         self.u.weight.div_(self.u.weight.norm(dim=2, keepdim=True).clamp_min(1e-12))
 
-    def dense_weight(self) -> torch.Tensor:
-        """The full weight ``(C', H', W', C, H, W)`` (for small layers and tests only)."""
+    def effective_weight(self) -> torch.Tensor:
+        """The full weight ``W = V * U``: ``(C', H', W', C, H, W)`` (small layers, tests)."""
         U, V = self.factors()
         Wd = torch.einsum("dcy,dcx->dycx", V, U)
         return Wd.reshape(*self.out_shape, *self.in_shape)

@@ -177,7 +177,7 @@ def feature_map_explorer(models: Mapping[str, torch.nn.Module], x: torch.Tensor)
         dy.layout.display = dx.layout.display = "" if is_shift else "none"
         k.layout.display = "none" if is_shift else ""
         group, g = (CyclicShifts(H, W), (dy.value, dx.value)) if is_shift else (Rotations(4), k.value)
-        fmap = getattr(model, "group_order", 1) > 1 and not is_shift
+        fmap = getattr(model, "N", 1) > 1 and not is_shift
         resp = feature_map_response(model, x[index.value:index.value + 1], group, g, fmap=fmap)
         channel.max = resp["sizes"][block.value][0] - 1
         draw_feature_maps(resp, block.value, channel.value, fig, title=pick.value)

@@ -28,13 +28,13 @@ def test_4_1_ffc_forward_matches_factored_linear(mod):
                                msg="the output differs from chapter 04's factored FC layer")
 
 
-def test_4_1_ffc_forward_matches_dense_weight(mod):
+def test_4_1_ffc_forward_matches_the_effective_weight(mod):
     U, V, b = _rand(2, 3, 6, seed=1), _rand(2, 3, 4, seed=2), _rand(2, 4, seed=3)
     x = _rand(5, 3, 2, 3, seed=4)
     W = torch.einsum("dcy,dcx->dycx", V, U).reshape(8, 18)  # materialised only in the test
     expect = (x.reshape(5, 18) @ W.T + b.reshape(-1)).view(5, 2, 2, 2)
     torch.testing.assert_close(mod.ffc_forward(x, U, V, b, (2, 2)), expect, rtol=1e-5, atol=1e-5,
-                               msg="the output differs from the FC layer with the dense weight V U")
+                               msg="the output differs from the FC layer with the effective weight V U")
 
 
 def test_4_2_rbf_interpolation_matches_equilib(mod):
