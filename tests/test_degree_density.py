@@ -138,7 +138,7 @@ def test_for_group_matches_element_order():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="at most n/2 = 2"):
+    with pytest.raises(ValueError, match="at most N/2 = 2"):
         GroupDensity.cyclic(4, 3)
     with pytest.raises(ValueError, match="SO\\(2\\) grid of 8 angles"):
         GroupDensity.so2(8, 5)
@@ -183,7 +183,7 @@ def test_top_sine_at_half_the_grid_has_no_effect_and_is_not_counted(make, n_free
     assert int(torch.linalg.matrix_rank(jac.reshape(-1, d.coefficients.numel()))) == n_free
     (d() * torch.arange(d.order)).sum().backward()
     L = d.band_limit
-    if L and 2 * L == d.n_rotations:
+    if L and 2 * L == d.N:
         assert bool((d.coefficients.grad[:, 2 * L] == 0).all())  # b_L: exactly no gradient
 
 

@@ -29,12 +29,12 @@ def test_polar_points_rotations_and_flips():
     assert [round(t, 6) for t, _ in pts["rotations"]] == [0, round(math.pi / 2, 6), round(math.pi, 6),
                                                           round(3 * math.pi / 2, 6)]
     assert [r for _, r in pts["rotations"]] == [1.0, 2.0, 0.5, 0.5] and "flips" not in pts
-    d4 = polar_points([1, 1, 1, 1, 2, 0, 0, 2], n_rotations=4)
+    d4 = polar_points([1, 1, 1, 1, 2, 0, 0, 2], N=4)
     assert [r for _, r in d4["flips"]] == [2, 0, 0, 2]
     with pytest.raises(ValueError, match="non-negative"):
         polar_points([1.0, -1.0])
     with pytest.raises(ValueError, match="4 or 8 values"):
-        polar_points([1.0] * 5, n_rotations=4)
+        polar_points([1.0] * 5, N=4)
 
 
 def test_entropy_table_means():
@@ -46,7 +46,7 @@ def test_entropy_table_means():
 def test_drawing_runs():
     import matplotlib.pyplot as plt
 
-    fig = draw_lambdas({"lift": [1, 2, 0.5, 0.5], "g": [1, 1, 1, 1, 1, 1, 1, 1]}, n_rotations=None)
+    fig = draw_lambdas({"lift": [1, 2, 0.5, 0.5], "g": [1, 1, 1, 1, 1, 1, 1, 1]}, N=None)
     assert len(fig.axes) == 2
     plt.close(fig)
     fig = plot_lambdas(_result(), epoch=0)

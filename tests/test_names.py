@@ -8,12 +8,13 @@ import torch
 from equilib import augment, discover, measure
 from equilib import nn as enn
 from equilib.data import mixed
-from equilib.degree import PartialGroupConv, PartialLiftingConv
+from equilib.degree import GroupDensity, PartialGroupConv, PartialLiftingConv
 from equilib.groups import Rotations, SO2Grid
 from equilib.laplace import FullLaplace
 from equilib.laplace.linear import evidence_terms
 from equilib.models import SoftNet, build
 from equilib.viz import transform as viz_transform
+from equilib.viz.degree import draw_lambdas, polar_points
 
 
 def test_transform_lists_of_different_ideas_have_different_names():
@@ -97,3 +98,15 @@ def test_layers_built_from_parameters_share_one_effective_weight_method(name):
     assert isinstance(layer.effective_weight(), torch.Tensor)
     for old in ("dense_weight", "filter", "filters", "weight_matrix"):
         assert not hasattr(layer, old), f"{name}.{old}: the effective weight is effective_weight()"
+
+
+def test_densities_over_c_n_keep_its_N():
+    """A density over C_N, D_N or an SO(2) grid takes and keeps the number of rotations as N."""
+    for make in (GroupDensity.cyclic, GroupDensity.so2, GroupDensity.dihedral, GroupDensity.o2):
+        assert list(inspect.signature(make).parameters)[0] == "N"
+        d = make(N=6, band_limit=2)
+        assert d.N == 6 and not hasattr(d, "n_rotations") and "N=6" in repr(d)
+    assert GroupDensity.for_group(Rotations(8), 2).N == 8
+    for fn in (polar_points, draw_lambdas):
+        assert "N" in inspect.signature(fn).parameters
+        assert "n_rotations" not in inspect.signature(fn).parameters

@@ -7,10 +7,10 @@ A density lambda over a compact group H is stored by the Fourier coefficients of
 
 where f in {0, 1} says whether the element contains a reflection (one series per coset; the
 2 + 4L real numbers span the functions on O(2) whose irreducible components have frequency
-<= L). On a grid of n rotations the top band is special when L = n/2: sin(L theta) vanishes at
-every grid angle theta = 2 pi k / n, so b_L has no effect on lambda and gets no gradient. It is
+<= L). On a grid of N rotations the top band is special when L = N/2: sin(L theta) vanishes at
+every grid angle theta = 2 pi k / N, so b_L has no effect on lambda and gets no gradient. It is
 kept for a uniform layout; ``GroupDensity.n_free`` counts the coefficients that do act (2L per
-coset then, n in all for C_n). The density is evaluated on the group's grid of elements without
+coset then, N in all for C_N). The density is evaluated on the group's grid of elements without
 sampling,
 
     lambda(h) = exp(logit(h)) / mean_h' exp(logit(h')),
@@ -153,7 +153,8 @@ class GroupDensity(nn.Module):
     [a_0, a_1..a_L, b_1..b_L] per coset. Use the constructors ``cyclic``, ``dihedral``, ``so2``,
     ``o2`` or ``for_group``. The density computes in the dtype of ``coefficients`` when they are
     given as a floating-point tensor (float64 stays float64), else in torch's default dtype.
-    When 2L = n_rotations, b_L multiplies sin(L theta) = 0 at every grid angle: it has no effect
+    ``N`` is the number of rotations (the N of C_N, D_N or the SO(2) grid; |H| = N or 2N).
+    When 2L = N, b_L multiplies sin(L theta) = 0 at every grid angle: it has no effect
     and no gradient (see ``n_free``).
     """
 
@@ -162,7 +163,7 @@ class GroupDensity(nn.Module):
         angles: torch.Tensor,
         flips: torch.Tensor | None,
         band_limit: int,
-        n_rotations: int,
+        N: int,
         continuous: bool = False,
         coefficients: torch.Tensor | None = None,
         gain: float = 1.0,
@@ -185,22 +186,22 @@ class GroupDensity(nn.Module):
             raise ValueError(f"flips must have the shape of angles {tuple(angles.shape)}, got {tuple(flips.shape)}")
         if not isinstance(band_limit, int) or isinstance(band_limit, bool) or band_limit < 0:
             raise ValueError(f"band_limit must be a non-negative int, got {band_limit!r}")
-        max_l = n_rotations // 2
+        max_l = N // 2
         if band_limit > max_l:
-            what = f"an SO(2) grid of {n_rotations} angles" if continuous else f"C_{n_rotations}"
+            what = f"an SO(2) grid of {N} angles" if continuous else f"C_{N}"
             raise ValueError(
-                f"band_limit={band_limit} is above what {what} allows: at most n/2 = {max_l} "
-                f"(higher frequencies alias onto lower ones on {n_rotations} rotations)"
+                f"band_limit={band_limit} is above what {what} allows: at most N/2 = {max_l} "
+                f"(higher frequencies alias onto lower ones on {N} rotations)"
             )
         if float(angles[0]) != 0.0 or int(flips[0]) != 0:
             raise ValueError("element 0 of the grid must be the identity (angle 0, no flip)")
         self.band_limit = band_limit
-        self.n_rotations = n_rotations
+        self.N = N
         self.continuous = continuous
         self.has_flips = bool((flips != 0).any())
         n_cosets = 2 if self.has_flips else 1
         basis = _fourier_basis(angles, band_limit)  # (2L+1, |H|), in float64
-        if band_limit > 0 and 2 * band_limit == n_rotations:
+        if band_limit > 0 and 2 * band_limit == N:
             basis[-1] = 0.0  # sin(L theta) on the grid: exactly zero, not float rounding of it
         self.register_buffer("angles", angles.to(dtype))
         self.register_buffer("flips", flips)
@@ -221,40 +222,40 @@ class GroupDensity(nn.Module):
 
     # ---------------------------------------------------------------- constructors
     @classmethod
-    def cyclic(cls, n: int, band_limit: int, **kw) -> GroupDensity:
-        """Density over C_n, element k = rotation by 2 pi k / n; band_limit <= n // 2."""
-        _check_order(n)
-        angles = 2 * math.pi * torch.arange(n, dtype=torch.float64) / n
-        return cls(angles, None, band_limit, n_rotations=n, **kw)
+    def cyclic(cls, N: int, band_limit: int, **kw) -> GroupDensity:
+        """Density over C_N, element k = rotation by 2 pi k / N; band_limit <= N // 2."""
+        _check_order(N)
+        angles = 2 * math.pi * torch.arange(N, dtype=torch.float64) / N
+        return cls(angles, None, band_limit, N=N, **kw)
 
     @classmethod
-    def so2(cls, n: int, band_limit: int, **kw) -> GroupDensity:
-        """Density over SO(2) evaluated on a grid of n equally spaced angles; band_limit <= n // 2."""
-        _check_order(n)
-        angles = 2 * math.pi * torch.arange(n, dtype=torch.float64) / n
-        return cls(angles, None, band_limit, n_rotations=n, continuous=True, **kw)
+    def so2(cls, N: int, band_limit: int, **kw) -> GroupDensity:
+        """Density over SO(2) evaluated on a grid of N equally spaced angles; band_limit <= N // 2."""
+        _check_order(N)
+        angles = 2 * math.pi * torch.arange(N, dtype=torch.float64) / N
+        return cls(angles, None, band_limit, N=N, continuous=True, **kw)
 
     @classmethod
-    def dihedral(cls, n: int, band_limit: int, **kw) -> GroupDensity:
-        """Density over D_n: elements (k, f), index f * n + k; band_limit <= n // 2."""
-        _check_order(n)
-        angles = (2 * math.pi * torch.arange(n, dtype=torch.float64) / n).repeat(2)
-        flips = torch.arange(2).repeat_interleave(n)
-        return cls(angles, flips, band_limit, n_rotations=n, **kw)
+    def dihedral(cls, N: int, band_limit: int, **kw) -> GroupDensity:
+        """Density over D_N: elements (k, f), index f * N + k; band_limit <= N // 2."""
+        _check_order(N)
+        angles = (2 * math.pi * torch.arange(N, dtype=torch.float64) / N).repeat(2)
+        flips = torch.arange(2).repeat_interleave(N)
+        return cls(angles, flips, band_limit, N=N, **kw)
 
     @classmethod
-    def o2(cls, n: int, band_limit: int, **kw) -> GroupDensity:
-        """Density over O(2) on a grid of n angles times {no flip, flip}; band_limit <= n // 2."""
-        _check_order(n)
-        angles = (2 * math.pi * torch.arange(n, dtype=torch.float64) / n).repeat(2)
-        flips = torch.arange(2).repeat_interleave(n)
-        return cls(angles, flips, band_limit, n_rotations=n, continuous=True, **kw)
+    def o2(cls, N: int, band_limit: int, **kw) -> GroupDensity:
+        """Density over O(2) on a grid of N angles times {no flip, flip}; band_limit <= N // 2."""
+        _check_order(N)
+        angles = (2 * math.pi * torch.arange(N, dtype=torch.float64) / N).repeat(2)
+        flips = torch.arange(2).repeat_interleave(N)
+        return cls(angles, flips, band_limit, N=N, continuous=True, **kw)
 
     @classmethod
     def for_group(cls, group, band_limit: int, **kw) -> GroupDensity:
         """Density over the elements of an ``equilib.groups`` rotation group, in its element order."""
         angles, flips, n_rot, continuous = group_angles_flips(group)
-        return cls(angles, flips, band_limit, n_rotations=n_rot, continuous=continuous, **kw)
+        return cls(angles, flips, band_limit, N=n_rot, continuous=continuous, **kw)
 
     # ---------------------------------------------------------------- evaluation
     @property
@@ -264,9 +265,9 @@ class GroupDensity(nn.Module):
 
     @property
     def n_free(self) -> int:
-        """Coefficients that change lambda: (2L+1) per coset, less b_L when 2L = n_rotations."""
+        """Coefficients that change lambda: (2L+1) per coset, less b_L when 2L = N."""
         per_coset = 2 * self.band_limit + 1
-        if self.band_limit > 0 and 2 * self.band_limit == self.n_rotations:
+        if self.band_limit > 0 and 2 * self.band_limit == self.N:
             per_coset -= 1
         return per_coset * self.coefficients.shape[0]
 
@@ -317,9 +318,9 @@ class GroupDensity(nn.Module):
 
     def extra_repr(self) -> str:
         kind = ("O(2)" if self.continuous else "D") if self.has_flips else ("SO(2)" if self.continuous else "C")
-        return f"group={kind}, rotations={self.n_rotations}, band_limit={self.band_limit}"
+        return f"group={kind}, N={self.N}, band_limit={self.band_limit}"
 
 
-def _check_order(n) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"the number of rotations must be a positive int, got {n!r}")
+def _check_order(N) -> None:
+    if not isinstance(N, int) or isinstance(N, bool) or N < 1:
+        raise ValueError(f"the number of rotations N must be a positive int, got {N!r}")

@@ -21,17 +21,17 @@ __all__ = [
 ]
 
 
-def polar_points(values: Sequence[float], n_rotations: int | None = None) -> dict[str, list]:
+def polar_points(values: Sequence[float], N: int | None = None) -> dict[str, list]:
     """Angles and radii of lambda(h) for a polar plot, one series per coset (rotations, flips).
 
     values: (|H|,) lambda on the grid in element order (``f * N + k`` when there are flips, so
     |H| = 2N). Returns ``{"rotations": [(theta, r), ...], "flips": [...]}`` (flips only for
-    D_N / O(2)); theta = 2 pi k / N. ``n_rotations`` defaults to |H| (no flips).
+    D_N / O(2)); theta = 2 pi k / N. ``N`` (the number of rotations) defaults to |H| (no flips).
     """
     v = [float(x) for x in values]
     if any(x < 0 for x in v):
         raise ValueError("lambda values must be non-negative")
-    n = len(v) if n_rotations is None else n_rotations
+    n = len(v) if N is None else N
     if len(v) not in (n, 2 * n):
         raise ValueError(f"expected {n} or {2 * n} values for {n} rotations, got {len(v)}")
     out = {"rotations": [(2 * math.pi * k / n, v[k]) for k in range(n)]}
@@ -71,14 +71,14 @@ def presence_gaps(result: Mapping, epoch: int = -1) -> dict[str, float]:
 
 
 def draw_lambdas(lambdas: Mapping[str, Sequence[float]], fig=None, title: str = "",
-                 n_rotations: int | None = None, rmax: float | None = None,
+                 N: int | None = None, rmax: float | None = None,
                  present: Sequence[int] | None = None):
     """Polar plots of lambda(h) per layer: bars at the group's angles, the uniform density dashed.
 
     ``lambdas``: {layer name: (|H|,) values}. Draws into ``fig`` (a new figure if None).
     ``present``: indices of the group elements the data contain; their bars are drawn in blue,
-    the others in grey, with a legend (None: all blue, no legend). Angles are labelled in
-    degrees.
+    the others in grey, with a legend (None: all blue, no legend). ``N``: the number of
+    rotations, as in ``polar_points``. Angles are labelled in degrees.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -94,7 +94,7 @@ def draw_lambdas(lambdas: Mapping[str, Sequence[float]], fig=None, title: str = 
     for i, name in enumerate(names):
         ax = fig.add_subplot(1, len(names), i + 1, projection="polar")
         values = [float(x) for x in lambdas[name]]
-        pts = polar_points(values, n_rotations)
+        pts = polar_points(values, N)
         n = len(pts["rotations"])
         width = 2 * math.pi / n * (0.4 if "flips" in pts else 0.8)
         th, r = zip(*pts["rotations"])
@@ -114,7 +114,7 @@ def draw_lambdas(lambdas: Mapping[str, Sequence[float]], fig=None, title: str = 
     handles = []
     if present is not None:
         handles += [Patch(color="C0", label="in the data"), Patch(color="0.6", label="not in the data")]
-    if n_rotations is not None and any(len(v) == 2 * n_rotations for v in lambdas.values()):
+    if N is not None and any(len(v) == 2 * N for v in lambdas.values()):
         handles.append(Patch(color="C1", label="flip"))
     handles.append(plt.Line2D([], [], color="k", ls="--", lw=0.8, label="uniform (lambda = 1)"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
