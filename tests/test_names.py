@@ -5,11 +5,10 @@ import inspect
 import pytest
 import torch
 
-from equilib import augment, discover, measure
+from equilib import augment, discover, groups, measure
 from equilib import nn as enn
 from equilib.data import mixed
 from equilib.degree import GroupDensity, PartialGroupConv, PartialLiftingConv
-from equilib.groups import Rotations, SO2Grid
 from equilib.laplace import FullLaplace
 from equilib.laplace.linear import evidence_terms
 from equilib.models import SoftNet, build
@@ -26,7 +25,7 @@ def test_transform_lists_of_different_ideas_have_different_names():
         assert not hasattr(module, "TRANSFORMS"), module.__name__
 
 
-@pytest.mark.parametrize("module", [mixed, viz_transform, measure, augment])
+@pytest.mark.parametrize("module", [mixed, viz_transform, measure, augment, groups])
 def test_all_lists_only_names_that_exist(module):
     missing = [name for name in module.__all__ if not hasattr(module, name)]
     assert not missing, f"{module.__name__}.__all__ lists {missing}"
@@ -63,7 +62,7 @@ def test_the_zoo_keeps_the_group_order_as_N():
     assert "N" in params and "group_order" not in params
     assert build("gconv-c4", (1, 8, 8), width=2).N == 4 and build("conv", (1, 8, 8)).N == 1
     assert not hasattr(build("gconv-c4", (1, 8, 8), width=2), "group_order")
-    assert repr(SO2Grid(8)) == "SO2Grid(N=8)" and Rotations(8).N == 8
+    assert repr(groups.SO2Grid(8)) == "SO2Grid(N=8)" and groups.Rotations(8).N == 8
 
 
 def test_partial_layers_take_a_group_not_an_order():
@@ -106,7 +105,15 @@ def test_densities_over_c_n_keep_its_N():
         assert list(inspect.signature(make).parameters)[0] == "N"
         d = make(N=6, band_limit=2)
         assert d.N == 6 and not hasattr(d, "n_rotations") and "N=6" in repr(d)
-    assert GroupDensity.for_group(Rotations(8), 2).N == 8
+    assert GroupDensity.for_group(groups.Rotations(8), 2).N == 8
     for fn in (polar_points, draw_lambdas):
         assert "N" in inspect.signature(fn).parameters
         assert "n_rotations" not in inspect.signature(fn).parameters
+
+
+def test_one_rotate():
+    """Images turn by ``equilib.groups.rotate`` (``mode="cubic"`` where measure needs a smooth
+    derivative); measure has no rotation of its own."""
+    assert getattr(measure, "rotate", groups.rotate) is groups.rotate
+    assert "rotate" not in measure.__all__ and "rotate" in groups.__all__
+    assert set(groups.ROTATE_MODES) == {"bilinear", "nearest", "cubic"}
