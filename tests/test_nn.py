@@ -62,6 +62,22 @@ def test_factored_linear_equals_dense_rank_one_weight():
     assert n_weights == 2 * 3 * (20 + 6)  # C'C(X + Y)
 
 
+@pytest.mark.parametrize("cls", [enn.FactoredLinear, enn.SparseFactoredLinear])
+def test_factored_linear_balance_keeps_the_function_and_balances_norms(cls):
+    torch.manual_seed(0)
+    layer = cls((3, 4, 4), (2, 2, 2))
+    with torch.no_grad():  # unbalance the factors first
+        layer.u.weight.mul_(5.0)
+    x = torch.rand(5, 3, 4, 4)
+    before = layer(x)
+    n_before = layer.u.weight.pow(2).sum() + layer.v.weight.pow(2).sum()
+    layer.balance_()
+    torch.testing.assert_close(layer(x), before)
+    nu = layer.u.weight.norm(dim=2)  # (C, C'): the stored weights have equal norms
+    torch.testing.assert_close(nu, layer.v.weight.norm(dim=1).T)
+    assert layer.u.weight.pow(2).sum() + layer.v.weight.pow(2).sum() < n_before
+
+
 def test_sparse_factored_linear_dense_oracle_and_count():
     layer = enn.SparseFactoredLinear((2, 6, 6), (3, 4, 4), anchors_in=3, anchors_out=(2, 2))
     with torch.no_grad():

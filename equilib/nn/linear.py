@@ -192,6 +192,21 @@ class FactoredLinear(nn.Module):
         self.v.weight.mul_(norm.T[:, None, :])
 
     @torch.no_grad()
+    def balance_(self) -> None:
+        """Give the layer the smallest-norm weights of the same function.
+
+        ``W = V * U`` is unchanged by ``u[c, c', :] -> u[c, c', :] / s``,
+        ``v[c', :, c] -> v[c', :, c] s`` per channel pair, and ``|u|^2 + |v|^2`` is smallest
+        when the two have equal norms: ``s = sqrt(|u[c, c', :]| / |v[c', :, c]|)`` (the stored
+        weights: coefficients on the bases for S-FC).
+        """
+        nu = self.u.weight.norm(dim=2)  # (C, C'): |u[c, c', :]|
+        nv = self.v.weight.norm(dim=1).T  # (C', C) -> (C, C'): |v[c', :, c]|
+        s = (nu / nv.clamp_min(1e-12)).clamp_min(1e-12).sqrt()  # u / s and v * s: equal norms
+        self.u.weight.div_(s[:, :, None])
+        self.v.weight.mul_(s.T[:, None, :])
+
+    @torch.no_grad()
     def project_u_grad_(self) -> None:
         """Remove from ``u``'s gradient its component along each (unit-norm) row.
 
