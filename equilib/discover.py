@@ -17,13 +17,14 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from equilib import models as zoo
 from equilib.cache import atomic_write_text, cached, with_code
 from equilib.cache import code_fingerprint as files_fingerprint
 from equilib.data.tasks import SOURCES, TASKS, make_task, n_classes
@@ -32,10 +33,10 @@ from equilib.laplace.curvature import HESSIANS
 from equilib.train import OBJECTIVES, History, evaluate, fit, trainable_parameters
 
 __all__ = [
-    "MODELS", "TASKS", "OBJECTIVES", "Config", "default_config", "build_model", "make_loaders",
+    "MODELS", "TASKS", "OBJECTIVES", "Config", "default_config", "build_model", "trained_model",
+    "make_loaders",
     "layer_structure", "precision_ratios", "run", "run_cached", "compare", "markdown_table",
-    "without_weights", "rescale_paths", "effective_dimensions", "scale_in_v",
-    "project_factor_grads", "retract_factors", "run_many", "cache_entry", "code_fingerprint",
+    "without_weights", "effective_dimensions", "run_many", "cache_entry", "code_fingerprint",
 ]
 
 # the models of the paper's table (section 6.1), in the order it lists them
@@ -152,7 +153,7 @@ def model_names() -> list[str]:
 
 def build_model(config: Config, in_shape) -> nn.Module:
     """``equilib.models.build`` for the config's model, task, width and strides (one block per
-    stride; default: the zoo's three blocks)."""
+    stride; default: the zoo's three blocks): a thin adapter, the zoo builds every model."""
     from equilib.models import build
 
     return build(config.model, in_shape=tuple(in_shape), n_classes=n_classes(config.task),
@@ -161,104 +162,17 @@ def build_model(config: Config, in_shape) -> nn.Module:
                     {"depth": len(config.strides), "strides": config.strides}))
 
 
-@torch.no_grad()
-def balance_factors(path: nn.Module) -> bool:
-    """Give a factored path the smallest-norm weights of the same function.
-
-    ``W[c', y, c, x] = V[c', c, y] U[c', c, x]`` is unchanged by ``U -> U / s``, ``V -> V s`` for
-    every channel pair; ``|U|^2 + |V|^2`` is smallest when ``|U[c', c]| = |V[c', c]|``. Applies to
-    paths with GroupedLinear factors ``u`` (groups C, out C') and ``v`` (groups C', in C), as in
-    ``equilib.nn.FactoredLinear``; returns whether it did.
-    """
-    u, v = getattr(path, "u", None), getattr(path, "v", None)
-    if u is None or v is None or not hasattr(u, "weight") or not hasattr(v, "weight"):
-        return False
-    nu = u.weight.norm(dim=2)  # (C, C'): |U[c', c]| as [c, c']
-    nv = v.weight.norm(dim=1).T  # (C', C) -> (C, C'): |V[c', c]| as [c, c']
-    s = (nu / nv.clamp_min(1e-12)).clamp_min(1e-12).sqrt()  # U / s and V * s have equal norms
-    u.weight.div_(s[:, :, None])
-    v.weight.mul_(s.T[:, None, :])
-    return True
-
-
-def _factored_paths(model: nn.Module):
-    from equilib.nn.linear import FactoredLinear
-
-    for block in getattr(model, "blocks", ()):
-        for path in block.paths.values():
-            if isinstance(path, FactoredLinear):
-                yield path
-
-
-def scale_in_v(model: nn.Module) -> None:
-    """Move the scale of every factored path into V: each row ``U[c', c, :]`` gets unit norm.
-
-    ``W[c', y, c, x] = V[c', c, y] U[c', c, x]`` is unchanged by ``U -> U / s``, ``V -> V s``.
-    The product has this scale symmetry, and the curvature of each factor scales with the
-    squared norm of the other, so when both factors shrink the evidence stops depending on
-    their precisions. With U's rows fixed at unit norm only V can switch the path off, its
-    curvature stays put, and its precision grows as the path is pruned (chapter 07). Called
-    once before training; :func:`project_factor_grads` and :func:`retract_factors` then keep
-    the rows of U on the unit sphere during training.
-    """
-    for path in _factored_paths(model):
-        path.scale_into_v_()
-
-
-def project_factor_grads(model: nn.Module) -> None:
-    """Before an optimiser step: drop the radial part of every factored path's U gradient."""
-    for path in _factored_paths(model):
-        path.project_u_grad_()
-
-
-def retract_factors(model: nn.Module) -> None:
-    """After an optimiser step: rows of U back to unit norm (the norm is not passed to V).
-
-    Passing it to V, as :func:`scale_in_v` does, would let V grow by ``sqrt(1 + eps^2)`` at
-    every step of size ``eps`` along the sphere: the runaway that made the training loss of
-    factored paths rise for as long as they trained.
-    """
-    for path in _factored_paths(model):
-        path.retract_u_()
-
-
-@torch.no_grad()
-def rescale_paths(model: nn.Module, x: torch.Tensor, target_std: float = 1.0,
-                  path_std: dict[str, float] | None = None) -> list[list[float]]:
-    """Data-dependent initialisation: scale every path so its output has std ``target_std`` on ``x``.
-
-    Block by block, with ``s = target_std / std(path(h))`` (``h``: the block's input on the batch
-    ``x: (B, C, H, W)``), each of the path's ``k`` weight tensors is multiplied by ``s^(1/k)``:
-    with zero biases a path is linear in each weight tensor, so its output std becomes
-    ``target_std``, and the factors of a factored path stay balanced (layer-sequential
-    unit-variance init, Mishkin and Matas 2016). The head's linear layers likewise. Without it
-    the zoo's default init shrinks the signal by about 0.4 per block. ``path_std`` overrides the
-    target per path name in blocks of several paths (``{"fc": 0.1}`` starts FC paths small).
-    Returns the factors.
-    """
-    path_std = path_std or {}
-    scales = []
-    h = x
-    for block in model.blocks:
-        row = []
-        for name, path in block.paths.items():
-            weights = [p for n, p in path.named_parameters() if n.endswith("weight")]
-            out = path(h)
-            want = path_std.get(name, target_std) if len(block.paths) > 1 else target_std
-            s = float(want / out.std().clamp_min(1e-12))
-            for w in weights:
-                w.mul_(s ** (1.0 / len(weights)))
-            row.append(s)
-            balance_factors(path)
-        scales.append(row)
-        h = block(h)
-    if hasattr(model, "pool") and hasattr(model, "head"):
-        h = model.pool(h)
-        for layer in model.head:
-            if isinstance(layer, nn.Linear):
-                layer.weight.mul_(target_std / layer(h).std().clamp_min(1e-12))
-            h = layer(h)
-    return scales
+def trained_model(result: dict) -> nn.Module:
+    """The trained model of a :func:`run` result kept with ``keep_model=True`` (weights loaded,
+    eval mode), built by :func:`build_model` from the result's configuration and input shape
+    (settings the result lacks take their defaults)."""
+    if "state_dict" not in result:
+        raise ValueError("this result has no weights: run it with keep_model=True")
+    names = {f.name for f in fields(Config)}
+    config = Config(**{k: v for k, v in result["config"].items() if k in names})
+    model = build_model(config, result["in_shape"])
+    model.load_state_dict(result["state_dict"])
+    return model.eval()
 
 
 def digit_size_of(config: Config) -> int:
@@ -291,7 +205,8 @@ def layer_structure(model: nn.Module, prior_precision, factor_scale: str = "both
     """Per block, per path: prior precision (harmonic mean over weight tensors) and weight norm.
 
     ``prior_precision``: one value per trainable tensor (``model.named_parameters()`` order).
-    ``factor_scale="v"``: a factored path's scale lives in its V factor (see :func:`scale_in_v`),
+    ``factor_scale="v"``: a factored path's scale lives in its V factor (see
+    ``equilib.models.scale_in_v``),
     so its precision and norm are those of ``v.weight`` alone (its unit-norm U is left out).
     Returns ``[{"name": "block0", "paths": {"fc": {"prior_precision", "weight_norm",
     "n_params"}, ...}}, ...]``, one entry per block of ``model.blocks`` (``n_params``: the
@@ -432,11 +347,11 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
     if config.init == "lsuv":
         gen = torch.Generator().manual_seed(config.seed)
         X = train_loader.dataset.tensors[0]
-        rescale_paths(model, X[torch.randperm(len(X), generator=gen)[:256]],
-                      path_std={"fc": config.fc_scale})
+        zoo.init_from_data(model, X[torch.randperm(len(X), generator=gen)[:256]],
+                           path_std={"fc": config.fc_scale})
     unit_rows = config.factor_scale == "v"
     if unit_rows:
-        scale_in_v(model)
+        zoo.scale_in_v(model)
     if device is not None:
         model.to(device)
     # the per-epoch structure is kept beside the checkpoint, so a resumed run's history is whole
@@ -459,8 +374,8 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
         marglik_every=config.marglik_every, burn_in=config.burn_in,
         hyper_steps=config.hyper_steps, hyper_lr=config.hyper_lr, device=device,
         laplace=partial(_kron_laplace, hessian=config.hessian),
-        reparametrize=retract_factors if unit_rows else None,
-        project=project_factor_grads if unit_rows else None,
+        reparametrize=zoo.retract_factors if unit_rows else None,
+        project=zoo.project_factor_grads if unit_rows else None,
         checkpoint=checkpoint, resume=resume, progress=progress, seed=config.seed, callback=record,
         run_info=config.to_dict(),
     )

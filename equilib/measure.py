@@ -260,8 +260,9 @@ def lie_derivative_norm(
 
 
 def default_layers(model: nn.Module) -> list[str]:
-    """Names of the layers to attribute: ``blocks.i`` and ``head`` of an equilib model, or the
-    children of an ``nn.Sequential``."""
+    """Names of the layers to attribute: ``blocks.i`` and ``head`` of a block model
+    (``equilib.models.BlockModel``: the zoo's and the partial G-CNN), or the children of an
+    ``nn.Sequential``."""
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
         names = [f"blocks.{i}" for i in range(len(blocks))]

@@ -22,20 +22,32 @@ Names (``MODEL_NAMES``) and the paths of each block:
 ``fc+conv+gconv``         three paths; ``gconv`` lifts to C4 and max-pools over rotations
 ``f-fc+conv+gconv``       the same with a factored FC path
 ========================  ==========================================================
+
+The protocol every model of the book follows, the zoo's and ``equilib.degree.PartialGCNN``
+alike, is ``BlockModel`` (``blocks``, ``head``, ``features``, ``in_shape``); every block of the zoo
+is a ``PathBlock`` (named ``paths``). Code that reads a model by its blocks (per-layer
+measurements, the discovery summaries, the connectivity widgets) relies on these and nothing
+more. ``init_from_data`` is the data-dependent initialisation of the zoo's paths, and
+``scale_in_v``, ``project_factor_grads`` and ``retract_factors`` keep the scale of its factored
+paths in ``V`` (the model-level side of ``equilib.nn.FactoredLinear``'s own methods).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from equilib.nn.blocks import SoftBlock, make_path
-from equilib.nn.linear import check_shape
+from equilib.nn.linear import FactoredLinear, check_shape
 
-__all__ = ["MODEL_NAMES", "SoftNet", "build", "path_of", "path_norms", "default_strides"]
+__all__ = ["MODEL_NAMES", "BlockModel", "PathBlock", "SoftNet", "build", "path_of", "path_norms",
+           "default_strides", "init_from_data", "factored_paths", "scale_in_v",
+           "project_factor_grads", "retract_factors"]
 
 #: model name -> path kinds of every block (block path name is given by equilib.nn.PATH_KINDS)
 _SPECS: dict[str, tuple[str, ...]] = {
@@ -61,9 +73,49 @@ def default_strides(depth: int) -> tuple[int, ...]:
     return tuple(2 if i < 2 else 1 for i in range(depth))
 
 
+@runtime_checkable
+class BlockModel(Protocol):
+    """What every model of the book offers: blocks in depth order, a pooling, then a head.
+
+    ``model(x)``: ``(B, C, H, W) -> (B, n_classes)`` logits; ``in_shape``: ``(C, H, W)``;
+    ``blocks``: an ``nn.ModuleList`` whose modules the forward pass calls in order, each once
+    (per-layer measurements hook them by the names ``blocks.<i>``, see
+    ``equilib.measure.default_layers``); ``features(x)``: the last block's output (before the
+    pooling); ``head``: the module that maps the pooled features to the logits. ``SoftNet``
+    (each block a ``PathBlock``) and ``equilib.degree.PartialGCNN`` (partial group convolutions)
+    are block models.
+    """
+
+    in_shape: tuple[int, ...]
+    blocks: nn.ModuleList
+    head: nn.Module
+
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class PathBlock(Protocol):
+    """A block of named paths that are summed (``equilib.nn.SoftBlock``): the unit of layer-wise
+    symmetry.
+
+    ``paths``: ``nn.ModuleDict`` ``{name: module}`` (names in ``equilib.nn.PATH_NAMES``);
+    ``stride``; ``path_outputs(x)``: every path's output at the block's output size. Parameter
+    names ``blocks.<i>.paths.<name>.`` tell per-path code (``path_of``, ``path_norms``,
+    ``equilib.discover.layer_structure``) the block and the path of a tensor.
+    """
+
+    paths: nn.ModuleDict
+    stride: int
+
+    def path_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
 class SoftNet(nn.Module):
     """Blocks of summed paths, a global pooling and an MLP head: ``(B, C, H, W) -> (B, classes)``.
 
+    A ``BlockModel`` whose every block is a ``PathBlock``.
     Attributes: ``blocks`` (``nn.ModuleList`` of ``SoftBlock``), ``head`` (``nn.Sequential``),
     ``name``, ``in_shape``, ``strides``, ``N`` (the order of C_N: 4 for ``gconv-c4``, else 1),
     ``pooling`` (``"max"`` or ``"mean"`` over space).
@@ -176,3 +228,86 @@ def path_norms(model: nn.Module) -> list[dict[str, float]]:
         out.setdefault(b, {}).setdefault(path, 0.0)
         out[b][path] += float(p.pow(2).sum())
     return [{k: math.sqrt(v) for k, v in out[b].items()} for b in sorted(out)]
+
+
+# --------------------------------------------------------------------------- initialisation
+
+
+def factored_paths(model: nn.Module) -> Iterator[FactoredLinear]:
+    """The factored paths (``FactoredLinear``, S-FC included) of a block model, in depth order."""
+    for block in getattr(model, "blocks", ()):
+        for path in getattr(block, "paths", {}).values():
+            if isinstance(path, FactoredLinear):
+                yield path
+
+
+@torch.no_grad()
+def init_from_data(model: SoftNet, x: torch.Tensor, target_std: float = 1.0,
+                   path_std: dict[str, float] | None = None) -> list[list[float]]:
+    """Data-dependent initialisation: scale every path so its output has std ``target_std`` on ``x``.
+
+    Block by block, with ``s = target_std / std(path(h))`` (``h``: the block's input on the batch
+    ``x: (B, C, H, W)``), each of the path's ``k`` weight tensors is multiplied by ``s^(1/k)``:
+    with zero biases a path is linear in each weight tensor, so its output std becomes
+    ``target_std``, and a factored path is then balanced (``FactoredLinear.balance_``)
+    (layer-sequential unit-variance init, Mishkin and Matas 2016). The head's linear layers
+    likewise. Without it the zoo's default init shrinks the signal by about 0.4 per block.
+    ``path_std`` overrides the target per path name in blocks of several paths (``{"fc": 0.1}``
+    starts FC paths small). Returns the factors ``s``, per block, per path.
+    """
+    path_std = path_std or {}
+    scales = []
+    h = x
+    for block in model.blocks:
+        row = []
+        for name, path in block.paths.items():
+            weights = [p for n, p in path.named_parameters() if n.endswith("weight")]
+            out = path(h)
+            want = path_std.get(name, target_std) if len(block.paths) > 1 else target_std
+            s = float(want / out.std().clamp_min(1e-12))
+            for w in weights:
+                w.mul_(s ** (1.0 / len(weights)))
+            row.append(s)
+            if isinstance(path, FactoredLinear):
+                path.balance_()
+        scales.append(row)
+        h = block(h)
+    if hasattr(model, "pool") and hasattr(model, "head"):
+        h = model.pool(h)
+        for layer in model.head:
+            if isinstance(layer, nn.Linear):
+                layer.weight.mul_(target_std / layer(h).std().clamp_min(1e-12))
+            h = layer(h)
+    return scales
+
+
+def scale_in_v(model: nn.Module) -> None:
+    """Move the scale of every factored path into V: each row ``U[c', c, :]`` gets unit norm.
+
+    ``W[c', y, c, x] = V[c', c, y] U[c', c, x]`` is unchanged by ``U -> U / s``, ``V -> V s``.
+    The product has this scale symmetry, and the curvature of each factor scales with the
+    squared norm of the other, so when both factors shrink the evidence stops depending on
+    their precisions. With U's rows fixed at unit norm only V can switch the path off, its
+    curvature stays put, and its precision grows as the path is pruned (chapter 07). Called
+    once before training; :func:`project_factor_grads` and :func:`retract_factors` then keep
+    the rows of U on the unit sphere during training.
+    """
+    for path in factored_paths(model):
+        path.scale_into_v_()
+
+
+def project_factor_grads(model: nn.Module) -> None:
+    """Before an optimiser step: drop the radial part of every factored path's U gradient."""
+    for path in factored_paths(model):
+        path.project_u_grad_()
+
+
+def retract_factors(model: nn.Module) -> None:
+    """After an optimiser step: rows of U back to unit norm (the norm is not passed to V).
+
+    Passing it to V, as :func:`scale_in_v` does, would let V grow by ``sqrt(1 + eps^2)`` at
+    every step of size ``eps`` along the sphere: the runaway that made the training loss of
+    factored paths rise for as long as they trained.
+    """
+    for path in factored_paths(model):
+        path.retract_u_()

@@ -19,7 +19,8 @@ configuration and returning a picklable dict (a ``state_dict`` and what the run 
 * ``train_partial``: chapter 08's partial G-CNN on C4-rotated digits;
 * ``train_augerino``: a small CNN behind a learned augmentation (``equilib.augment``).
 
-``build_trained(config, result)`` rebuilds the trained model of any of them.
+``build_trained(kind, config, result)`` rebuilds the trained model of any of them; each kind's
+model is built in one place, ``new_model``, which the training functions call too.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ __all__ = [
     "train_two_path",
     "train_partial",
     "train_augerino",
+    "KINDS",
+    "new_model",
     "build_trained",
 ]
 
@@ -216,14 +219,12 @@ def train_classifier(config: dict) -> dict:
     """
     import equilib
     from equilib.data import make_loader
-    from equilib.models import build
     from equilib.train import fit
 
     Xtr, ytr, Xte, yte, nc = _classification_data(config)
     n = config.get("n_fit") or len(Xtr)
     equilib.seed_everything(config["seed"])
-    model = build(config["model"], in_shape=tuple(Xtr.shape[1:]), n_classes=nc,
-                  width=config["width"])
+    model = new_model("classifier", config, nc, tuple(Xtr.shape[1:]))
     hist = fit(model, make_loader(Xtr[:n], ytr[:n], 32, True, config["seed"]),
                make_loader(Xte, yte, 256, False), epochs=config["epochs"], lr=config["lr"],
                progress=False, seed=config["seed"], device="cpu")
@@ -239,14 +240,13 @@ def train_two_path(config: dict) -> dict:
     import equilib
     from equilib.data import make_loader
     from equilib.data.tasks import make_task
-    from equilib.models import build
     from equilib.train import fit
 
     Xt, yt, Xv, yv = make_task(config["task"], n_train=config["n_train"],
                                n_test=config["n_test"], seed=0)
     nc = 10 if config["task"] == "digits" else 40
     equilib.seed_everything(config["seed"])
-    model = build("fc+conv", in_shape=(1, 16, 16), n_classes=nc, width=config["width"])
+    model = new_model("two-path", config, nc, tuple(Xt.shape[1:]))
     hist = fit(model, make_loader(Xt, yt, 32, True, config["seed"]), make_loader(Xv, yv, 256, False),
                objective="marglik", epochs=config["epochs"], burn_in=1, marglik_every=1,
                lr=config["lr"], progress=False, seed=config["seed"], device="cpu")
@@ -262,13 +262,13 @@ def train_partial(config: dict) -> dict:
     import equilib
     from equilib.data import make_loader
     from equilib.data.mixed import make_degree_task
-    from equilib.degree.training import build_model, experiment_config, train_degree
+    from equilib.degree.training import experiment_config, train_degree
 
     dcfg = experiment_config("rotated", epochs=config["epochs"], n_train=config["n_train"],
                              n_test=config["n_test"])
     Xt, yt, Xv, yv, nc = make_degree_task("rotated", dcfg["n_train"], dcfg["n_test"], seed=0)
     equilib.seed_everything(config["seed"])
-    model = build_model("partial", tuple(Xt.shape[1:]), nc, dcfg)
+    model = new_model("partial", {**config, "dcfg": dcfg}, nc, tuple(Xt.shape[1:]))
     out = train_degree(model, make_loader(Xt, yt, 32, True, config["seed"]),
                        make_loader(Xv, yv, 256, False), epochs=dcfg["epochs"], lr=dcfg["lr"],
                        device="cpu", seed=config["seed"])
@@ -299,8 +299,7 @@ def train_augerino(config: dict) -> dict:
         raise ValueError(f"unknown data {data!r}; expected 'rotated', 'six-nine' or 'capstone'")
     n = config["n"]
     torch.manual_seed(config["seed"])
-    aug = augment.Augerino(small_cnn(nc), tuple(config["transforms"]),
-                           init_width=config["init_width"])
+    aug = new_model("augerino", config, nc)
     hist = augment.train_augmentation(aug, X[:n], y[:n], epochs=config["epochs"],
                                       lr=config["lr"], width_lr=0.05,
                                       strength=config["strength"], batch_size=32,
@@ -308,27 +307,42 @@ def train_augerino(config: dict) -> dict:
     return {"state": aug.state_dict(), "hist": hist, "n_classes": nc}
 
 
-def build_trained(kind: str, config: dict, result: dict) -> nn.Module:
-    """The trained model of a run, in eval mode: ``kind`` names the training function
-    (``"classifier"``, ``"two-path"``, ``"partial"`` or ``"augerino"``)."""
-    from equilib.models import build
+KINDS = ("classifier", "two-path", "partial", "augerino")
 
-    nc = result["n_classes"]
+
+def new_model(kind: str, config: dict, n_classes: int, in_shape=(1, 16, 16)) -> nn.Module:
+    """The untrained model of a run of ``kind`` (``KINDS``): ``build(config["model"])``
+    (classifier), ``build("fc+conv")`` (two-path), the partial G-CNN of
+    ``equilib.degree.model.build`` with the settings ``config["dcfg"]`` (partial), a
+    ``small_cnn`` behind ``Augerino`` (augerino). ``in_shape``: ``(C, H, W)``."""
     if kind == "classifier":
-        model = build(config["model"], in_shape=(1, 16, 16), n_classes=nc, width=config["width"])
-    elif kind == "two-path":
-        model = build("fc+conv", in_shape=(1, 16, 16), n_classes=nc, width=config["width"])
-    elif kind == "partial":
+        from equilib.models import build
+
+        return build(config["model"], in_shape=in_shape, n_classes=n_classes,
+                     width=config["width"])
+    if kind == "two-path":
+        from equilib.models import build
+
+        return build("fc+conv", in_shape=in_shape, n_classes=n_classes, width=config["width"])
+    if kind == "partial":
         from equilib.degree.training import build_model
 
-        model = build_model("partial", (1, 16, 16), nc, result["dcfg"])
-    elif kind == "augerino":
+        return build_model("partial", in_shape, n_classes, config["dcfg"])
+    if kind == "augerino":
         from equilib import augment
 
-        model = augment.Augerino(small_cnn(nc), tuple(config["transforms"]))
-    else:
-        raise ValueError(f"unknown kind {kind!r}; expected 'classifier', 'two-path', 'partial' "
-                         "or 'augerino'")
+        return augment.Augerino(small_cnn(n_classes), tuple(config["transforms"]),
+                                init_width=config["init_width"])
+    raise ValueError(f"unknown kind {kind!r}; expected one of {list(KINDS)}")
+
+
+def build_trained(kind: str, config: dict, result: dict) -> nn.Module:
+    """The trained model of a run, in eval mode: ``kind`` names the training function
+    (``"classifier"``, ``"two-path"``, ``"partial"`` or ``"augerino"``), ``config`` is its
+    configuration and ``result`` what it returned (the partial G-CNN's settings are read from
+    ``result["dcfg"]``). Images are ``(1, 16, 16)``."""
+    if kind == "partial":
+        config = {**config, "dcfg": result["dcfg"]}
+    model = new_model(kind, config, result["n_classes"])
     model.load_state_dict(result["state"])
     return model.eval()
-

@@ -123,3 +123,59 @@ def test_pooling_options():
     torch.testing.assert_close(mean.pool(h), h.mean(dim=(-2, -1)))
     with pytest.raises(ValueError, match="pooling must be 'max' or 'mean'"):
         build("conv", (1, 8, 8), pooling="sum")
+
+
+def test_init_from_data_gives_unit_std_paths():
+    from equilib.models import init_from_data
+
+    torch.manual_seed(0)
+    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=10, width=4)
+    x = torch.rand(64, 1, 8, 8)
+    scales = init_from_data(m, x)
+    assert [len(row) for row in scales] == [2, 2, 2]
+    h = x
+    with torch.no_grad():
+        for block in m.blocks:
+            for path in block.paths.values():
+                assert float(path(h).std()) == pytest.approx(1.0, rel=1e-4)
+            U, V = block.paths["fc"].factors()  # and the factored path is balanced
+            torch.testing.assert_close(U.norm(dim=2), V.norm(dim=2))
+            h = block(h)
+        assert float(m(x).std()) == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["f-fc+conv", "s-fc+s-conv"])
+def test_scale_in_v_keeps_the_function_and_puts_the_scale_in_v(name):
+    from equilib.models import factored_paths, scale_in_v
+
+    torch.manual_seed(0)
+    m = build(name, in_shape=(1, 8, 8), n_classes=10, width=3)
+    assert [id(p) for p in factored_paths(m)] == [id(b.paths["fc"]) for b in m.blocks]
+    for block in m.blocks:  # give the factors some imbalance first
+        with torch.no_grad():
+            block.paths["fc"].u.weight.mul_(3.0)
+            block.paths["fc"].v.weight.div_(3.0)
+    x = torch.rand(5, 1, 8, 8)
+    before = m(x)
+    scale_in_v(m)
+    torch.testing.assert_close(m(x), before)
+    for block in m.blocks:  # the rows of U's weight (coefficients, for S-FC) have unit norm
+        u = block.paths["fc"].u.weight
+        torch.testing.assert_close(u.norm(dim=2), torch.ones(u.shape[:2]))
+
+
+def test_every_model_of_the_book_is_a_block_model():
+    from equilib.degree import PartialGCNN
+    from equilib.models import BlockModel, PathBlock
+
+    zoo = build("fc+conv", in_shape=(1, 8, 8), n_classes=3, width=2)
+    partial = PartialGCNN((1, 8, 8), n_classes=3, width=2)
+    for model in (zoo, partial):
+        assert isinstance(model, BlockModel)
+        assert isinstance(model.blocks, torch.nn.ModuleList)
+        x = torch.rand(2, 1, 8, 8)
+        h = model.features(x)
+        assert model(x).shape == (2, 3) and h.shape[0] == 2
+    assert all(isinstance(b, PathBlock) for b in zoo.blocks)
+    assert not any(isinstance(b, PathBlock) for b in partial.blocks)
+    assert not isinstance(torch.nn.Linear(2, 2), BlockModel)

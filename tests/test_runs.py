@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 
 from equilib import cache, runs
 
@@ -94,3 +95,20 @@ def test_discover_and_runs_share_one_fingerprint():
     job_key = runs.Job("discover", discover._config_key(config), discover._run_entry,
                        code=discover.CODE_FILES).key
     assert job_key == discover.cache_entry(config), "run_many and run_cached share entries"
+
+
+def test_build_trained_rebuilds_the_model_each_training_function_builds():
+    from equilib.degree.training import experiment_config
+
+    torch.manual_seed(0)
+    config = {"model": "gconv-c4", "width": 2, "transforms": ["rotation"], "init_width": 0.5,
+              "dcfg": experiment_config("rotated", width=2)}
+    x = torch.rand(3, 1, 16, 16)
+    for kind in runs.KINDS:
+        trained = runs.new_model(kind, config, 4).eval()
+        result = {"n_classes": 4, "state": trained.state_dict(), "dcfg": config["dcfg"]}
+        again = runs.build_trained(kind, config, result)
+        assert not again.training
+        if kind == "augerino":  # samples transformations: compare the network behind it
+            trained, again = trained.model, again.model
+        torch.testing.assert_close(again(x), trained(x))

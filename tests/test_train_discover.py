@@ -45,19 +45,6 @@ def test_scalar_precision_gives_that_precision_on_every_path():
             assert v["prior_precision"] == pytest.approx(3.0)
 
 
-def test_rescale_paths_gives_unit_std_paths():
-    torch.manual_seed(0)
-    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=10, width=4)
-    x = torch.rand(64, 1, 8, 8)
-    discover.rescale_paths(m, x)
-    h = x
-    for block in m.blocks:
-        for path in block.paths.values():
-            assert float(path(h).std()) == pytest.approx(1.0, rel=1e-4)
-        h = block(h)
-    assert float(m(x).std()) == pytest.approx(1.0, rel=1e-4)
-
-
 def test_config_validation_lists_valid_names():
     with pytest.raises(ValueError, match="digits"):
         discover.default_config(task="mnist")
@@ -102,21 +89,6 @@ def test_markdown_table_has_one_row_per_result():
     lines = table.splitlines()
     assert len(lines) == 4 and lines[2].count("|") == lines[0].count("|")
     assert "90.0%" in lines[2] and "50, 0.25" in lines[2] and "-2.000" in lines[2]
-
-
-def test_balance_factors_keeps_the_function_and_balances_norms():
-    torch.manual_seed(0)
-    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=10, width=3)
-    path = m.blocks[1].paths["fc"]
-    x = torch.rand(5, 3, 4, 4)
-    before = path(x)
-    n_before = path.u.weight.pow(2).sum() + path.v.weight.pow(2).sum()
-    assert discover.balance_factors(path)
-    torch.testing.assert_close(path(x), before)
-    U, V = path.factors()  # (C', C, X), (C', C, Y)
-    torch.testing.assert_close(U.norm(dim=2), V.norm(dim=2))
-    assert path.u.weight.pow(2).sum() + path.v.weight.pow(2).sum() <= n_before
-    assert not discover.balance_factors(m.blocks[1].paths["conv"])
 
 
 def test_effective_dimensions_per_path_sum_the_laplace_per_tensor_values():
@@ -181,23 +153,6 @@ def test_strides_setting_builds_that_many_blocks_and_keys_the_cache():
         discover.default_config(strides=[2, 0])
     with pytest.raises(ValueError, match="divisible"):
         discover.build_model(discover.default_config(strides=[4, 4, 4]), (1, 16, 16))
-
-
-@pytest.mark.parametrize("name", ["f-fc+conv", "s-fc+s-conv"])
-def test_scale_in_v_keeps_the_function_and_puts_the_scale_in_v(name):
-    torch.manual_seed(0)
-    m = build(name, in_shape=(1, 8, 8), n_classes=10, width=3)
-    for block in m.blocks:  # give the factors some imbalance first
-        with torch.no_grad():
-            block.paths["fc"].u.weight.mul_(3.0)
-            block.paths["fc"].v.weight.div_(3.0)
-    x = torch.rand(5, 1, 8, 8)
-    before = m(x)
-    discover.scale_in_v(m)
-    torch.testing.assert_close(m(x), before)
-    for block in m.blocks:  # the rows of U's weight (coefficients, for S-FC) have unit norm
-        u = block.paths["fc"].u.weight
-        torch.testing.assert_close(u.norm(dim=2), torch.ones(u.shape[:2]))
 
 
 def _tangent_steps(path, steps: int, update) -> None:

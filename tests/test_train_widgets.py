@@ -62,11 +62,14 @@ def test_trained_layer_maps_sum_is_the_mean_of_the_subsampled_paths():
 
 
 def test_rebuild_model_roundtrip():
+    from equilib import discover
+
     torch.manual_seed(0)
-    m = build("fc+conv", in_shape=(1, 8, 8), n_classes=40, width=2)
-    r = {"config": {"model": "fc+conv", "task": "quadrant", "width": 2}, "in_shape": [1, 8, 8],
-         "state_dict": m.state_dict()}
+    config = discover.default_config(model="fc+conv", task="quadrant", width=2, strides=(2, 1))
+    m = discover.build_model(config, (1, 8, 8))
+    r = {"config": config.to_dict(), "in_shape": [1, 8, 8], "state_dict": m.state_dict()}
     m2 = wp.rebuild_model(r)
+    assert [b.stride for b in m2.blocks] == [2, 1]
     x = torch.rand(3, 1, 8, 8)
     torch.testing.assert_close(m2(x), m(x))
     with pytest.raises(ValueError, match="keep_model"):

@@ -1,7 +1,7 @@
 """A partial G-CNN: lifting + group convolutions, each with a learned density over the group.
 
-Depth order: ``lift`` (5x5), 2x2 average pooling, ``gconv1``, ``gconv2``, ``gconv3`` (3x3, the
-last one twice the width); then a max over the group axis, max pooling to ``pool`` cells
+Depth order (the model's ``blocks``, named ``BLOCK_NAMES``): ``lift`` (5x5), 2x2 average
+pooling, ``gconv1``, ``gconv2``, ``gconv3`` (3x3, the last one twice the width); then a max over the group axis, max pooling to ``pool`` cells
 (``(1, 1)`` makes the model rotation invariant when every lambda is uniform; ``(1, 2)`` keeps
 "left" and "right" apart for double digits) and an MLP head. No BatchNorm.
 
@@ -24,15 +24,21 @@ from equilib.degree.layers import (
     make_group,
 )
 
-__all__ = ["PartialGCNN", "degree_regulariser", "partial_layers", "layer_entropies", "layer_densities"]
+__all__ = ["PartialGCNN", "BLOCK_NAMES", "build", "MODEL_KINDS", "degree_regulariser", "partial_layers",
+           "layer_entropies", "layer_densities"]
+
+#: the names of a ``PartialGCNN``'s blocks, in depth order (keys of its lambdas and entropies)
+BLOCK_NAMES = ("lift", "gconv1", "gconv2", "gconv3")
 
 
 class PartialGCNN(nn.Module):
     """Four partial group-conv layers + group max + spatial pooling + MLP head.
 
-    x: (B, C, H, W) -> logits (B, n_classes). ``share=True`` uses one density for all layers;
-    ``gain`` is the densities' learning-speed factor (see ``GroupDensity``).
-    H and W must be even (one 2x2 pooling).
+    x: (B, C, H, W) -> logits (B, n_classes). A block model (``equilib.models.BlockModel``):
+    ``blocks`` is the ``nn.ModuleList`` of the four partial layers (``BLOCK_NAMES``: lift,
+    gconv1, gconv2, gconv3; the ReLUs and the pooling act between them), ``head`` the MLP.
+    ``share=True`` uses one density for all layers; ``gain`` is the densities' learning-speed
+    factor (see ``GroupDensity``). H and W must be even (one 2x2 pooling).
     """
 
     def __init__(
@@ -62,14 +68,12 @@ class PartialGCNN(nn.Module):
             return shared if share else GroupDensity.for_group(group, L, gain=gain)
 
         self.group, self.share, self.in_shape, self.pool = group, share, tuple(in_shape), tuple(pool)
-        self.layers = nn.ModuleDict(
-            {
-                "lift": PartialLiftingConv(C, width, 5, group, density=dens()),
-                "gconv1": PartialGroupConv(width, width, 3, group, density=dens()),
-                "gconv2": PartialGroupConv(width, width, 3, group, density=dens()),
-                "gconv3": PartialGroupConv(width, 2 * width, 3, group, density=dens()),
-            }
-        )
+        self.blocks = nn.ModuleList([
+            PartialLiftingConv(C, width, 5, group, density=dens()),
+            PartialGroupConv(width, width, 3, group, density=dens()),
+            PartialGroupConv(width, width, 3, group, density=dens()),
+            PartialGroupConv(width, 2 * width, 3, group, density=dens()),
+        ])
         feat = 2 * width * pool[0] * pool[1]
         self.head = nn.Sequential(nn.Linear(feat, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
 
@@ -77,12 +81,12 @@ class PartialGCNN(nn.Module):
         """Feature maps before the group max: (B, 2*width, |H|, H/2, W/2)."""
         if x.ndim != 4 or tuple(x.shape[1:]) != self.in_shape:
             raise ValueError(f"expected x of shape (B, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}")
-        h = F.relu(self.layers["lift"](x))
+        lift, *gconvs = self.blocks
+        h = F.relu(lift(x))
         B, C, G, Hh, Ww = h.shape
         h = F.avg_pool2d(h.flatten(1, 2), 2).unflatten(1, (C, G))
-        h = F.relu(self.layers["gconv1"](h))
-        h = F.relu(self.layers["gconv2"](h))
-        h = F.relu(self.layers["gconv3"](h))
+        for gconv in gconvs:
+            h = F.relu(gconv(h))
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,12 +99,48 @@ class PartialGCNN(nn.Module):
         return degree_regulariser(self, kl_uniform=kl_uniform, kl_prev=kl_prev, align=align)
 
 
+#: the model kinds of the degree experiments (see ``build``)
+MODEL_KINDS = ("partial", "gcnn", "cnn", "fc+conv")
+
+
+def build(kind: str, in_shape=(1, 16, 16), n_classes: int = 10, *, width: int = 8, group="C4",
+          band_limit: int | None = None, share: bool = False, gain: float = 1.0,
+          pool: tuple[int, int] = (1, 1)) -> nn.Module:
+    """The untrained model of one kind of the degree experiments: ``(B, C, H, W) -> (B, K)``.
+
+    ``partial``: a ``PartialGCNN`` whose lambdas learn; ``gcnn``: the same with every lambda
+    frozen uniform (an exact G-CNN); ``cnn``: the same network on the trivial group with twice
+    the width (and default ``gain``); ``fc+conv``: ``equilib.models.build("fc+conv")`` (reads
+    ``width`` only). The other arguments go to ``PartialGCNN``.
+    """
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; valid kinds are {list(MODEL_KINDS)}")
+    if kind == "fc+conv":
+        from equilib.models import build as build_zoo
+
+        return build_zoo("fc+conv", in_shape=tuple(in_shape), n_classes=n_classes, width=width)
+    if kind == "cnn":
+        return PartialGCNN(in_shape, n_classes, width=2 * width, group="C1", pool=pool)
+    model = PartialGCNN(in_shape, n_classes, width=width, group=group, band_limit=band_limit,
+                        share=share, pool=pool, gain=gain)
+    if kind == "gcnn":
+        for _, d in model.named_modules():
+            if hasattr(d, "coefficients"):
+                d.coefficients.requires_grad_(False)
+    return model
+
+
 def partial_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The partial layers of ``model`` in depth (registration) order: [(name, layer), ...]."""
+    """The partial layers of ``model`` in depth (registration) order: [(name, layer), ...].
+
+    A ``PartialGCNN``'s blocks are named by ``BLOCK_NAMES``, other layers by their module name.
+    """
+    named = {f"blocks.{i}": n for i, n in enumerate(BLOCK_NAMES)} if isinstance(
+        model, PartialGCNN) else {}
     out = []
     for name, mod in model.named_modules():
         if isinstance(mod, (PartialLiftingConv, PartialGroupConv)):
-            out.append((name.split(".")[-1] if name.startswith("layers.") else name, mod))
+            out.append((named.get(name, name), mod))
     return out
 
 

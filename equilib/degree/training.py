@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from equilib.degree.model import PartialGCNN, degree_regulariser, layer_densities
+from equilib.degree.model import MODEL_KINDS, build, degree_regulariser, layer_densities
 
 __all__ = [
     "train_degree",
@@ -34,7 +34,6 @@ __all__ = [
     "LAMBDA_OBJECTIVES",
 ]
 
-MODEL_KINDS = ("partial", "gcnn", "cnn", "fc+conv")
 LAMBDA_OBJECTIVES = ("kl", "marglik")
 
 
@@ -138,25 +137,12 @@ def experiment_config(data: str, fast: bool = False, **overrides) -> dict:
 
 
 def build_model(kind: str, in_shape, n_classes: int, cfg: dict) -> torch.nn.Module:
-    """``partial`` (learned lambda), ``gcnn`` (lambda frozen uniform: an exact C4 G-CNN), ``cnn``
-    (the same network with the trivial group and twice the width) or ``fc+conv`` (equilib.models)."""
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; valid kinds are {list(MODEL_KINDS)}")
-    pool = (1, 2) if cfg["data"] == "double" else (1, 1)
-    if kind == "fc+conv":
-        from equilib.models import build
-
-        return build("fc+conv", in_shape=tuple(in_shape), n_classes=n_classes, width=cfg["width"])
-    if kind == "cnn":
-        return PartialGCNN(in_shape, n_classes, width=2 * cfg["width"], group="C1", pool=pool)
-    model = PartialGCNN(in_shape, n_classes, width=cfg["width"], group=cfg["group"],
-                        band_limit=cfg["band_limit"], share=cfg["share"], pool=pool,
-                        gain=cfg["gain"])
-    if kind == "gcnn":
-        for _, d in model.named_modules():
-            if hasattr(d, "coefficients"):
-                d.coefficients.requires_grad_(False)
-    return model
+    """``equilib.degree.model.build`` with the model settings of an experiment config (a thin
+    adapter): ``width``, ``group``, ``band_limit``, ``share``, ``gain``, and pooling to
+    ``(1, 2)`` cells for double digits (left and right kept apart), else ``(1, 1)``."""
+    return build(kind, in_shape, n_classes, width=cfg["width"], group=cfg["group"],
+                 band_limit=cfg["band_limit"], share=cfg["share"], gain=cfg["gain"],
+                 pool=(1, 2) if cfg["data"] == "double" else (1, 1))
 
 
 def run_experiment(data: str, kind: str = "partial", seed: int = 0, fast: bool = False,

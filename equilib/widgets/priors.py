@@ -122,17 +122,11 @@ def prior_explorer(results: Mapping[str, dict]):
 
 
 def rebuild_model(result: dict) -> torch.nn.Module:
-    """The trained model of a result kept with ``keep_model=True`` (weights loaded, eval mode)."""
-    from equilib.data.tasks import n_classes
-    from equilib.models import build
+    """The trained model of a discovery result kept with ``keep_model=True``: an alias of
+    ``equilib.discover.trained_model``, where rebuilding lives (chapter 07 imports it here)."""
+    from equilib.discover import trained_model
 
-    if "state_dict" not in result:
-        raise ValueError("this result has no weights: run it with keep_model=True")
-    c = result["config"]
-    model = build(c["model"], in_shape=tuple(result["in_shape"]), n_classes=n_classes(c["task"]),
-                  width=c["width"])
-    model.load_state_dict(result["state_dict"])
-    return model.eval()
+    return trained_model(result)
 
 
 @torch.no_grad()
