@@ -31,6 +31,7 @@ EPILOG = """examples:
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     from equilib.discover import FACTOR_SCALES, Config
     from equilib.laplace.curvature import HESSIANS
+    from equilib.nn.conv import STRIDINGS
 
     d = Config()
     g = p.add_argument_group("training (defaults: the chapter's settings; --fast shrinks them)")
@@ -52,6 +53,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--strides", type=_positive_int, nargs="+", metavar="S",
                    help="one stride per block, e.g. 1 2 2 (default: the zoo's 2 2 1); the "
                         "canvas size must be divisible by their product")
+    g.add_argument("--striding", choices=STRIDINGS,
+                   help=f"how blocks stride: max pooling, or polyphase (equivariant to every "
+                        f"shift) (default {d.striding})")
     g.add_argument("--batch-size", type=_positive_int, help=f"batch size (default {d.batch_size})")
     g.add_argument("--lr", type=_positive_float,
                    help=f"Adam learning rate, cosine-annealed to --lr-min (default {d.lr})")
@@ -149,7 +153,8 @@ def _config(args):
     return default_config(
         args.fast or fast_mode(), task=args.task, model=args.model, objective=args.objective,
         epochs=args.epochs, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
-        width=args.width, strides=args.strides, batch_size=args.batch_size, lr=args.lr,
+        width=args.width, strides=args.strides, striding=args.striding,
+        batch_size=args.batch_size, lr=args.lr,
         lr_min=args.lr_min,
         burn_in=args.burn_in, marglik_every=args.marglik_every, hyper_steps=args.hyper_steps,
         hyper_lr=args.hyper_lr, hessian=args.hessian, factor_scale=args.factor_scale,
@@ -258,7 +263,8 @@ def cmd_compare(args) -> int:
     fast = args.fast or fast_mode()
     overrides = dict(
         epochs=args.epochs, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
-        width=args.width, strides=args.strides, batch_size=args.batch_size, lr=args.lr,
+        width=args.width, strides=args.strides, striding=args.striding,
+        batch_size=args.batch_size, lr=args.lr,
         lr_min=args.lr_min,
         burn_in=args.burn_in, marglik_every=args.marglik_every, hyper_steps=args.hyper_steps,
         hyper_lr=args.hyper_lr, hessian=args.hessian, factor_scale=args.factor_scale,

@@ -30,6 +30,7 @@ from equilib.cache import code_fingerprint as files_fingerprint
 from equilib.data.tasks import SOURCES, TASKS, make_task, n_classes
 from equilib.laplace import KronLaplace
 from equilib.laplace.curvature import HESSIANS
+from equilib.nn.conv import STRIDINGS
 from equilib.train import OBJECTIVES, History, evaluate, fit, trainable_parameters
 
 __all__ = [
@@ -60,6 +61,10 @@ class Config:
     n_test: int = 500
     width: int = 16
     strides: tuple[int, ...] | None = None
+    # blocks stride by max pooling (equivariant to the shifts by multiples of 4 that move a digit
+    # between quadrants); polyphase striding, equivariant to every shift, keeps one pixel of each
+    # 2x2 window and left CONV at 94.9% on `digits` and FC at 91.6% on `quadrant` (three seeds)
+    striding: str = "max"
     # shared by every model: batches of 32, Adam from 5e-3 cosine-annealed to 1e-4 over 40
     # epochs (batches of 64 at 1e-2 to 1e-3 over 30 left CONV at 93.8% on `digits` and FC at
     # 87.9% on `quadrant`, seed 0)
@@ -75,7 +80,10 @@ class Config:
     hyper_steps: int = 20
     hyper_lr: float = 0.1
     hessian: str = "ggn"
-    prior_precision: float = 10.0
+    # the initial prior precision of every weight tensor (the paper's delta = 1): a fixed
+    # precision for MAP, the start of the learned ones for the evidence. 10 cost FC 3.4 points on
+    # `quadrant` (91.3% against 94.7%) and CONV 0.6 on `digits` (seed 0)
+    prior_precision: float = 1.0
     init: str = "lsuv"
     fc_scale: float = 0.1
     factor_scale: str = "v"
@@ -113,6 +121,8 @@ class Config:
         if self.factor_scale not in FACTOR_SCALES:
             raise ValueError(f"unknown factor_scale {self.factor_scale!r}; valid: "
                              f"{list(FACTOR_SCALES)}")
+        if self.striding not in STRIDINGS:
+            raise ValueError(f"unknown striding {self.striding!r}; valid: {list(STRIDINGS)}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; valid: {list(INITS)}")
         if not (self.lr > 0 and self.hyper_lr > 0 and self.prior_precision > 0):
@@ -157,7 +167,7 @@ def build_model(config: Config, in_shape) -> nn.Module:
     from equilib.models import build
 
     return build(config.model, in_shape=tuple(in_shape), n_classes=n_classes(config.task),
-                 width=config.width,
+                 width=config.width, striding=config.striding,
                  **({} if config.strides is None else
                     {"depth": len(config.strides), "strides": config.strides}))
 

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from equilib.nn.blocks import SoftBlock, make_path
+from equilib.nn.conv import STRIDINGS
 from equilib.nn.linear import FactoredLinear, check_shape
 
 __all__ = ["MODEL_NAMES", "BlockModel", "PathBlock", "SoftNet", "build", "path_of", "path_norms",
@@ -154,14 +155,17 @@ class SoftNet(nn.Module):
 
 def build(name: str, in_shape=(1, 16, 16), n_classes: int = 10, width: int = 8, *,
           depth: int = 3, strides=None, kernel_size: int = 3, hidden: int = 64,
-          pooling: str = "max") -> SoftNet:
+          pooling: str = "max", striding: str = "polyphase") -> SoftNet:
     """Build the named model for inputs ``(B, C, H, W)`` with ``in_shape = (C, H, W)``.
 
     ``width``: channels of every block (per rotation for ``gconv-c4``); ``depth`` blocks with
     ``strides`` (default ``default_strides(depth)``; ``H`` and ``W`` must be divisible by their
     product); global ``pooling`` over space (``"max"`` or ``"mean"``); ``head`` =
     Linear(width, hidden) -> ReLU -> Linear(hidden, n_classes), He-normal first layer, zero
-    biases. Valid names: ``MODEL_NAMES``.
+    biases. ``striding``: how blocks stride (``equilib.nn.STRIDINGS``): ``"polyphase"`` keeps
+    exact equivariance to every cyclic shift, ``"max"`` (max pooling) to shifts by multiples of
+    the total stride, which is all the quadrant tasks move a digit by. Valid names:
+    ``MODEL_NAMES``.
     """
     if name not in _SPECS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}")
@@ -180,6 +184,8 @@ def build(name: str, in_shape=(1, 16, 16), n_classes: int = 10, width: int = 8, 
     if H % total or W % total:
         raise ValueError(f"input size {H}x{W} must be divisible by the total stride {total} "
                          f"(strides {strides})")
+    if striding not in STRIDINGS:
+        raise ValueError(f"striding must be one of {STRIDINGS}, got {striding!r}")
     kinds = _SPECS[name]
     group = name == "gconv-c4"
     if (group or "gconv" in kinds) and H != W:
@@ -196,7 +202,7 @@ def build(name: str, in_shape=(1, 16, 16), n_classes: int = 10, width: int = 8, 
             else:
                 pname = {"f-fc": "fc", "s-fc": "fc", "s-conv": "conv"}.get(kind, kind)
                 paths[pname] = make_path(kind, (c, h, w), width, s, kernel_size)
-        blocks.append(SoftBlock(paths, stride=s))
+        blocks.append(SoftBlock(paths, stride=s, striding=striding))
         c, h, w = width, h // s, w // s
     head = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
     nn.init.kaiming_normal_(head[0].weight, nonlinearity="relu")

@@ -125,6 +125,19 @@ def test_pooling_options():
         build("conv", (1, 8, 8), pooling="sum")
 
 
+def test_striding_options():
+    """Max-pool striding keeps a CONV model invariant to the shifts that move a digit between
+    quadrants (multiples of the total stride); polyphase striding to every shift."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 16, 16)
+    for striding, shifts in (("max", (4, 8)), ("polyphase", (1, 3, 8))):
+        model = build("conv", (1, 16, 16), width=3, striding=striding)
+        for k in shifts:
+            torch.testing.assert_close(model(torch.roll(x, (k, -k), dims=(2, 3))), model(x))
+    with pytest.raises(ValueError, match="striding must be one of"):
+        build("conv", (1, 8, 8), striding="avg")
+
+
 def test_init_from_data_gives_unit_std_paths():
     from equilib.models import init_from_data
 
