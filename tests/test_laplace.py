@@ -469,3 +469,35 @@ def test_gram_sum_equals_dense_sum_for_every_layout(monkeypatch, wide, G):
     torch.testing.assert_close(lam, torch.linalg.eigvalsh(expected).clamp_min(0))
     scaled = gram.eigenvalues(torch.float64, scale=0.25)
     torch.testing.assert_close(scaled, torch.linalg.eigvalsh(0.25 * expected).clamp_min(0))
+
+
+# ------------------------------------------------------------------------------- backend ----
+@pytest.mark.parametrize("cls", [FullLaplace, DiagLaplace, KronLaplace])
+def test_fit_accumulates_what_the_backend_gives_per_batch(cls):
+    """Per batch the backend gives the summed loss and the rows of every layer; accumulating
+    them by hand is fit's curvature, and the recorded calls are dropped after each batch."""
+    torch.manual_seed(0)
+    model = mlp(c=4)
+    X, y = torch.randn(7, 6, dtype=DT), torch.randint(0, 4, (7,))
+    batches = [(X[:4], y[:4]), (X[4:], y[4:])]
+    la = cls(model, bottleneck=None)
+    la._init_curvature()
+    loss = 0.0
+    for Xb, yb in batches:
+        with la.backend.batch(Xb, yb) as batch:
+            assert batch.outputs.shape == (len(Xb), 4) and not batch.outputs.requires_grad
+            assert torch.equal(batch.targets, yb)
+            loss = loss + batch.loss
+            chunks = 0
+            for first, grads in enumerate(batch.grads):
+                assert len(grads) == len(la.layers) and grads[-1][0].shape[:2] == (1, len(Xb))
+                la._accumulate(batch.inputs, grads, first == 0)
+                chunks += 1
+            assert chunks == 3  # one backward per column of the output Hessian's root (C - 1)
+        assert all(layer.calls == [] for layer in la.layers)
+    la._finalize()
+    by_hand = la.H.clone() if cls is not KronLaplace else la._kron.factors(0)[1].clone()
+    fitted = cls(model, bottleneck=None).fit(batches)
+    torch.testing.assert_close(loss, fitted.loss, atol=0, rtol=0)
+    mine = fitted.H if cls is not KronLaplace else fitted._kron.factors(0)[1]
+    torch.testing.assert_close(by_hand, mine, atol=0, rtol=0)

@@ -131,7 +131,7 @@ def test_bottleneck_keeps_curvature_blocks_exact(cls):
     X, y = images(n=5, c=7)
     fast = cls(model, bottleneck="auto").fit([(X, y)])
     plain = cls(model, bottleneck=None).fit([(X, y)])
-    assert fast._cut == "head" and plain._cut is None
+    assert fast.backend.cut == "head" and plain.backend.cut is None
     if cls is KronLaplace:
         for name in plain.param_names:
             for a, b in zip(fast.factors[name], plain.factors[name]):
@@ -148,11 +148,11 @@ def test_bottleneck_is_not_used_when_the_input_is_wide():
     model = build("conv", in_shape=(1, 8, 8), n_classes=5, width=2, hidden=4).to(DT)
     X, y = images(n=4, c=5)
     la = KronLaplace(model).fit([(X, y)])
-    assert la._cut == "head"
+    assert la.backend.cut == "head"
     la = KronLaplace(model, hessian="mc").fit([(X, y)])  # one column: nothing to gain
-    assert la._cut == ""
+    assert la.backend.cut == ""
     wide = tiny("conv")  # width 2, 3 classes: 2 columns, no narrower than the head input
-    assert KronLaplace(wide).fit([images(n=4)])._cut == ""
+    assert KronLaplace(wide).fit([images(n=4)]).backend.cut == ""
     with pytest.raises(ValueError, match="bottleneck"):
         KronLaplace(model, bottleneck="nonexistent")
 

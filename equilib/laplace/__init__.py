@@ -32,7 +32,8 @@ Any other module owning trainable parameters (and any BatchNorm) raises a ValueE
 The curvature backend is separate from the Laplace logic (``laplace.py``): ``curvature.py``
 (which module owns each parameter; one registry entry per layer type with its input and output
 rows, ``register_primitive``), ``output_hessian.py`` (roots of the loss Hessian in the outputs,
-target checks), ``backprop.py`` (recorder and backward passes) and ``kfac.py`` (Kronecker
+target checks), ``backprop.py`` (``CurvatureBackend``: per batch, the loss and the rows of every
+layer, from the recorder and the backward passes) and ``kfac.py`` (Kronecker
 factors; ``reference_kfac.py`` computes the same factors of Linear and Conv2d layers in one
 screen, as chapter 06 shows). Exact evidence of linear models in ``linear.py`` (chapter 05).
 """

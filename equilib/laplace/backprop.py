@@ -1,20 +1,180 @@
-"""One batch through the network: the recorder of every primitive's calls, and the backward
-passes that turn the columns of the output Hessian's root into (a, g) pairs.
+"""One batch through the network: the curvature backend, the recorder of every primitive's
+calls, and the backward passes that turn the columns of the output Hessian's root into (a, g)
+pairs.
 
-``Recorder`` keeps the input and output of every call of every primitive layer (forward hooks),
-and searches the autograd graph for a bottleneck (``choose_cut``) and for outputs that reach the
-model output only through a polyphase downsampling (``strided_outputs``). ``backprop_rows``
-pushes the columns back to every recorded output and brings the gradients to the generic rows
-``g: (K, B, R, G, D_out)`` of ``equilib.laplace.curvature``; ``per_example_grads`` combines them
-with the input rows into per-example gradients.
+``CurvatureBackend.batch(X, y)`` is what a Laplace class's ``fit`` calls per batch (as
+laplace-torch's ``_curv_closure`` calls its backend): it gives the batch's summed loss and the
+rows of every primitive layer (``BatchCurvature``), which the Laplace class accumulates into
+its curvature. Inside, ``Recorder`` keeps the input and output of every call of every primitive
+layer (forward hooks), and searches the autograd graph for a bottleneck (``choose_cut``) and
+for outputs that reach the model output only through a polyphase downsampling
+(``strided_outputs``); ``backprop_rows`` pushes the columns back to every recorded output and
+brings the gradients to the generic rows ``g: (K, B, R, G, D_out)`` of
+``equilib.laplace.curvature``. ``per_example_grads`` combines them with the input rows into
+per-example gradients.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from equilib.laplace.curvature import LayerInfo, ParamInfo, fold_copies, layer_output_rows
+from equilib.laplace.curvature import (
+    LayerInfo,
+    ParamInfo,
+    fold_copies,
+    layer_inputs,
+    layer_output_rows,
+)
+from equilib.laplace.output_hessian import check_targets, nll_sum, output_hessian_sqrt
+
+
+@dataclass
+class BatchCurvature:
+    """One batch's share of the curvature, as the backend gives it to a Laplace class.
+
+    ``loss``: the summed negative log likelihood (unit noise), a scalar; ``outputs``: the model
+    outputs (B, C), detached; ``targets``: the targets as ``check_targets`` returns them
+    (labels not clamped: ``fit`` checks them after the pass); ``inputs``: per layer, per call,
+    the input rows a: (B, R, G, D_in) (or what the backend's ``input_rows`` makes of them);
+    ``grads``: the chunks of output-Hessian columns pushed back, each per layer, per call,
+    g: (k, B, R, G, D_out) or None (see :func:`backprop_rows`), to be consumed inside the
+    ``CurvatureBackend.batch`` block.
+    """
+
+    loss: torch.Tensor
+    outputs: torch.Tensor
+    targets: torch.Tensor
+    inputs: list
+    grads: Iterator[list]
+
+
+class CurvatureBackend:
+    """Per batch, the loss and the (a, g) rows of every primitive layer of ``model``.
+
+    ``layers``: the model's primitives (``curvature.inspect_model``); ``likelihood`` and
+    ``hessian`` choose the loss and the root ``L`` of its Hessian in the outputs
+    (``equilib.laplace.output_hessian``), whose columns are pushed back (one at a time, or all
+    at once with ``vectorize``; ``generator``: random numbers of the MC Fisher).
+    ``bottleneck``: ``"auto"`` finds on the first batch the submodule that produces the output
+    from the narrowest input and keeps it in ``cut`` (a module name, ``""`` for none); a module
+    name forces it; None switches it off. ``blockwise``: only blocks of the GGN are needed (the
+    bottleneck is exact for them only; False for a dense GGN). ``strided``: only ``g g^T``
+    summed over rows is needed (KFAC; see ``Recorder.strided_outputs``). ``input_rows(layers,
+    B)``: the input rows a Laplace class accumulates (``curvature.layer_inputs`` by default).
+    ``loss_dtype``: dtype of the returned loss.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[LayerInfo],
+        likelihood: str,
+        hessian: str = "ggn",
+        *,
+        generator: torch.Generator | None = None,
+        vectorize: bool = False,
+        bottleneck: str | None = "auto",
+        blockwise: bool = True,
+        strided: bool = False,
+        input_rows: Callable[[list[LayerInfo], int], list] = layer_inputs,
+        loss_dtype: torch.dtype = torch.float64,
+    ):
+        self.model, self.layers = model, layers
+        self.likelihood, self.hessian = likelihood, hessian
+        self.generator, self.vectorize = generator, vectorize
+        self.blockwise, self.strided = blockwise, strided
+        self.input_rows, self.loss_dtype = input_rows, loss_dtype
+        self.find_cut = bottleneck == "auto" and blockwise
+        self.cut = None if bottleneck in (None, "auto") else bottleneck
+
+    @contextmanager
+    def batch(self, X: torch.Tensor, y: torch.Tensor) -> Iterator[BatchCurvature]:
+        """The curvature of one batch: ``X: (B, ...)`` inputs and ``y``: (B,) labels or (B, D)
+        targets, both on the model's device.
+
+        Runs the forward pass with the recorder on and yields a :class:`BatchCurvature`; its
+        ``grads`` are computed as they are consumed in the block (with gradients enabled and
+        the recorder on, as in the forward pass). The recorded calls are dropped at its end.
+        """
+        find = self.find_cut and self.cut is None
+        try:
+            with (
+                torch.enable_grad(),
+                Recorder(
+                    self.layers,
+                    self.model,
+                    cut=self.cut if self.blockwise else None,
+                    find_cut=find,
+                    strided=self.strided,
+                ) as rec,
+            ):
+                f = self.model(X)
+                f2, y = check_targets(f, y, self.likelihood)
+                # labels out of range are refused by fit after the pass; here they are clamped so
+                # that the loss and the empirical Fisher's root can be formed
+                y_fit = y.clamp(0, f2.shape[1] - 1) if self.likelihood == "classification" else y
+                loss = nll_sum(f2.detach(), y_fit, self.likelihood).to(self.loss_dtype)
+                L = output_hessian_sqrt(f2, y_fit, self.likelihood, self.hessian, self.generator)
+                cut = self._bottleneck(rec, f, f2, L.shape[-1], find)
+                inputs = self.input_rows(self.layers, X.shape[0])
+                proxies = rec.strided_outputs(f2) if self.strided else None
+                grads = backprop_rows(self.layers, f2, L, self.vectorize, cut, proxies)
+                yield BatchCurvature(loss, f2.detach(), y, inputs, grads)
+        finally:
+            for layer in self.layers:
+                layer.calls = []
+
+    def _bottleneck(self, rec: Recorder, f, f2, n_columns: int, find: bool):
+        """``cut`` for :func:`backprop_rows`: the input of the bottleneck module that produced
+        ``f`` and the indices of the layers inside it, or None. ``find``: choose the module now
+        (from the ``n_columns`` of the output Hessian's root) and keep it in ``self.cut``."""
+        if find:
+            self.cut = rec.choose_cut(f, n_columns) or ""
+            rec.cut = self.cut or None
+        x = rec.cut_input(f) if f2 is f else None
+        if x is None:
+            return None
+        inner = {
+            i for i, layer in enumerate(self.layers) if (layer.name + ".").startswith(rec.cut + ".")
+        }
+        return x, inner
+
+    def where_nonfinite(self, inputs: Iterable[torch.Tensor]) -> str:
+        """Which primitive layer first outputs NaN/inf on the batches ``inputs`` (model inputs
+        on its device), in words: a second pass, for the error message only."""
+        bad = [False] * len(self.layers)
+        seen = 0
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), Recorder(self.layers):
+                for X in inputs:
+                    self.model(X)
+                    seen += 1
+                    for li, layer in enumerate(self.layers):
+                        bad[li] = bad[li] or any(
+                            not bool(torch.isfinite(out).all()) for _, out, _ in layer.calls
+                        )
+                        layer.calls = []
+        finally:
+            for layer in self.layers:
+                layer.calls = []
+            self.model.train(was_training)
+        if not seen:
+            return "pass a re-iterable loader (e.g. a DataLoader) to have the layer named"
+        if True in bad:
+            first = self.layers[bad.index(True)]
+            return (
+                f"the first primitive layer with NaN/inf outputs is {first.name!r} "
+                f"({type(first.module).__name__})"
+            )
+        return "no primitive layer's output is: the NaN/inf arises after them"
+
 
 # autograd nodes that only select or rearrange entries (a polyphase downsampling's gather)
 _SELECTIONS = frozenset(

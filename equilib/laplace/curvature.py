@@ -17,8 +17,9 @@ Every layer type the backend understands has one entry in ``PRIMITIVES`` (``Prim
 module types it covers, how a call's input ``x`` becomes the rows ``a`` and how the gradient at
 its output becomes the rows ``g``, and what it checks of a module; adding a layer type means
 registering one entry (``register_primitive``). The output Hessian's roots and the loss checks
-live in ``equilib.laplace.output_hessian``; the recorder and the backward passes in
-``equilib.laplace.backprop`` (their names are importable from here too).
+live in ``equilib.laplace.output_hessian``; the per-batch backend (``CurvatureBackend``), the
+recorder and the backward passes in ``equilib.laplace.backprop`` (the names that lived here
+are importable from here too).
 """
 
 from __future__ import annotations

@@ -36,16 +36,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from equilib.laplace.backprop import Recorder, backprop_rows, per_example_grads
+from equilib.laplace.backprop import CurvatureBackend, per_example_grads
 from equilib.laplace.curvature import inspect_model, layer_inputs
 from equilib.laplace.kfac import KronFactors, kron_layer_inputs
-from equilib.laplace.output_hessian import (
-    HESSIANS,
-    LIKELIHOODS,
-    check_targets,
-    nll_sum,
-    output_hessian_sqrt,
-)
+from equilib.laplace.output_hessian import HESSIANS, LIKELIHOODS, FitChecks
 
 __all__ = ["BaseLaplace", "FullLaplace", "DiagLaplace", "KronLaplace", "Laplace"]
 
@@ -69,10 +63,14 @@ class BaseLaplace:
     (e.g. an MLP head after global pooling); when that input has D < K values per example, only
     min(D, K) columns travel further back (exact for every block of Kron and Diag; see
     ``curvature.backprop_rows``). None switches it off; a submodule name forces it.
+
+    ``backend`` (``equilib.laplace.backprop.CurvatureBackend``) gives the loss and the rows of
+    every primitive layer per batch; ``fit`` accumulates them into the class's curvature.
     """
 
     _blockwise = True  # only blocks of the GGN are needed (False for the dense FullLaplace)
     _strided = False  # only g g^T summed over rows is needed (KFAC): see Recorder.strided_outputs
+    _input_rows = staticmethod(layer_inputs)  # what _accumulate takes of the recorded inputs
 
     def __init__(
         self,
@@ -107,8 +105,12 @@ class BaseLaplace:
             raise ValueError(f"bottleneck must be None, 'auto' or a submodule name of the model, "
                              f"got {bottleneck!r}")
         self.bottleneck = bottleneck
-        self._cut = None if bottleneck in (None, "auto") else bottleneck
         self.params, self.layers = inspect_model(model)
+        self.backend = CurvatureBackend(
+            model, self.layers, likelihood, hessian, generator=generator,
+            vectorize=self.vectorize, bottleneck=bottleneck, blockwise=self._blockwise,
+            strided=self._strided, input_rows=self._input_rows, loss_dtype=logdet_dtype,
+        )
         self.param_names = [p.name for p in self.params]
         first = next(p for p in model.parameters() if p.requires_grad)
         self.device, self.dtype = first.device, first.dtype
@@ -191,87 +193,30 @@ class BaseLaplace:
         """Compute the curvature and the summed loss at the current parameters over ``loader``.
 
         loader: iterable of (X, y) batches, e.g. a DataLoader. Batches are moved to the model's
-        device (floating inputs cast to its dtype). Returns self. Classification labels must lie
-        in ``[0, C)``: an ignore index such as -100 would drop an example from the likelihood but
-        not from the curvature, so it is refused (drop such examples from the loader); regression
-        targets must be finite. Both are checked once after the pass over the data (no device
-        synchronisation per batch).
+        device (floating inputs cast to its dtype). Returns self. Per batch the backend gives the
+        summed loss and the rows of every layer, which ``_accumulate`` adds to the curvature.
+        Classification labels must lie in ``[0, C)``: an ignore index such as -100 would drop an
+        example from the likelihood but not from the curvature, so it is refused (drop such
+        examples from the loader); regression targets must be finite. Both are checked once
+        after the pass over the data (``FitChecks``: no device synchronisation per batch).
         """
         was_training = self.model.training
         self.model.eval()
         self._init_curvature()
         loss = torch.zeros((), device=self.device, dtype=self.logdet_dtype)
-        bad_output = torch.zeros((), device=self.device, dtype=torch.bool)
-        bad_target = torch.zeros((), device=self.device, dtype=torch.bool)
-        y_lo = y_hi = None
-        n_data, n_outputs, n_batches = 0, None, 0
+        checks = FitChecks(self.likelihood, self.device)
         try:
-            for batch in loader:
-                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                    raise TypeError("the loader must yield (X, y) batches")
-                X, y = self._to_model(batch[0]), batch[1]
-                y = y.to(self.device)
-                find = self.bottleneck == "auto" and self._blockwise and self._cut is None
-                cut_name = self._cut if self._blockwise else None
-                with torch.enable_grad(), Recorder(
-                    self.layers, self.model, cut=cut_name, find_cut=find, strided=self._strided
-                ) as rec:
-                    f = self.model(X)
-                    f2, y = check_targets(f, y, self.likelihood)
-                    if n_outputs is not None and f2.shape[1] != n_outputs:
-                        raise ValueError(
-                            f"the model returned {f2.shape[1]} outputs, earlier {n_outputs}"
-                        )
-                    n_outputs = f2.shape[1]
-                    if self.likelihood == "classification" and y.numel():
-                        y_lo = y.min() if y_lo is None else torch.minimum(y_lo, y.min())
-                        y_hi = y.max() if y_hi is None else torch.maximum(y_hi, y.max())
-                        y = y.clamp(0, n_outputs - 1)  # out-of-range labels are refused below
-                    elif self.likelihood == "regression":
-                        bad_target |= ~torch.isfinite(y).all()
-                    bad_output |= ~torch.isfinite(f2.detach()).all()
-                    loss = loss + nll_sum(f2.detach(), y, self.likelihood).to(self.logdet_dtype)
-                    Lsq = output_hessian_sqrt(f2, y, self.likelihood, self.hessian, self.generator)
-                    if find:
-                        self._cut = rec.choose_cut(f, Lsq.shape[-1]) or ""
-                        rec.cut = self._cut or None
-                    cut = None
-                    x_cut = rec.cut_input(f) if f2 is f else None
-                    if x_cut is not None:
-                        cut = (x_cut, {i for i, layer in enumerate(self.layers)
-                                       if (layer.name + ".").startswith(rec.cut + ".")})
-                    inputs = self._layer_inputs(X.shape[0])
-                    proxies = rec.strided_outputs(f2) if self._strided else None
-                    for first, grads in enumerate(
-                        backprop_rows(self.layers, f2, Lsq, self.vectorize, cut, proxies)
-                    ):
-                        self._accumulate(inputs, grads, first == 0)
-                for layer in self.layers:
-                    layer.calls = []
-                n_data += X.shape[0]
-                n_batches += 1
+            for X, y in self._batches(loader):
+                with self.backend.batch(X, y) as batch:
+                    checks.add(batch.outputs, batch.targets, X.shape[0])
+                    loss = loss + batch.loss
+                    for first, grads in enumerate(batch.grads):
+                        self._accumulate(batch.inputs, grads, first == 0)
         finally:
-            for layer in self.layers:
-                layer.calls = []
             self.model.train(was_training)
-        if n_batches == 0 or n_data == 0:
-            raise ValueError("the loader is empty: fit needs at least one (X, y) batch")
-        lo, hi = (0, 0) if y_lo is None else torch.stack([y_lo, y_hi]).tolist()  # one sync
-        if lo < 0 or hi >= n_outputs:
-            raise ValueError(
-                f"classification labels must lie in [0, {n_outputs - 1}] (the model has "
-                f"{n_outputs} outputs), found values from {lo} to {hi}; an ignore index such "
-                "as -100 is not supported: drop those examples from the loader"
-            )
-        if self.likelihood == "regression" and bool(bad_target):
-            raise ValueError("the regression targets contain NaN or inf; drop or fix those "
-                             "examples (the evidence would be NaN)")
-        if bool(bad_output):
-            raise ValueError(
-                "the model's outputs contain NaN or inf at the fitted parameters; "
-                + self._where_nonfinite(loader)
-            )
-        self.n_data, self.n_outputs = n_data, n_outputs
+        checks.raise_problems(lambda: self.backend.where_nonfinite(
+            self._to_model(b[0]) for b in loader))
+        self.n_data, self.n_outputs = checks.n_data, checks.n_outputs
         self.loss = loss
         with torch.no_grad():
             ps = [p for p in self.model.parameters() if p.requires_grad]
@@ -280,41 +225,16 @@ class BaseLaplace:
         self._fitted = True
         return self
 
+    def _batches(self, loader: Iterable):
+        """The (X, y) batches of ``loader`` on the model's device."""
+        for batch in loader:
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise TypeError("the loader must yield (X, y) batches")
+            yield self._to_model(batch[0]), batch[1].to(self.device)
+
     def _to_model(self, X: torch.Tensor) -> torch.Tensor:
         """A batch of inputs on the model's device (floating inputs in its dtype)."""
         return X.to(self.device, dtype=self.dtype if torch.is_floating_point(X) else None)
-
-    def _layer_inputs(self, batch: int) -> list:
-        """What ``_accumulate`` needs of the recorded layer inputs (the rows, by default)."""
-        return layer_inputs(self.layers, batch)
-
-    def _where_nonfinite(self, loader: Iterable) -> str:
-        """Which primitive layer first outputs NaN/inf, found by a second pass over ``loader``
-        (only on this error path, so the curvature loop itself checks just the outputs)."""
-        bad = [False] * len(self.layers)
-        seen = 0
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad(), Recorder(self.layers):
-                for batch in loader:
-                    self.model(self._to_model(batch[0]))
-                    seen += 1
-                    for li, layer in enumerate(self.layers):
-                        bad[li] = bad[li] or any(not bool(torch.isfinite(out).all())
-                                                 for _, out, _ in layer.calls)
-                        layer.calls = []
-        finally:
-            for layer in self.layers:
-                layer.calls = []
-            self.model.train(was_training)
-        if not seen:
-            return "pass a re-iterable loader (e.g. a DataLoader) to have the layer named"
-        if True in bad:
-            first = self.layers[bad.index(True)]
-            return (f"the first primitive layer with NaN/inf outputs is {first.name!r} "
-                    f"({type(first.module).__name__})")
-        return "no primitive layer's output is: the NaN/inf arises after them"
 
     def _check_fitted(self) -> None:
         if not self._fitted:
@@ -478,6 +398,7 @@ class KronLaplace(_EigenLaplace):
     """
 
     _strided = True
+    _input_rows = staticmethod(kron_layer_inputs)  # a circular conv's input factor needs no rows
 
     def _init_curvature(self) -> None:
         for layer in self.layers:
@@ -488,9 +409,6 @@ class KronLaplace(_EigenLaplace):
                     "use FullLaplace or DiagLaplace"
                 )
         self._kron = KronFactors(self.layers)
-
-    def _layer_inputs(self, batch: int) -> list:
-        return kron_layer_inputs(self.layers, batch)
 
     def _accumulate(self, inputs, grads, first: bool) -> None:
         if first:

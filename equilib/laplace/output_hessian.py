@@ -1,11 +1,14 @@
 """The loss in the network output: summed negative log likelihoods, square roots of their Hessian
-in the output (exact GGN, Monte-Carlo and empirical Fisher), and checks of outputs and targets.
+in the output (exact GGN, Monte-Carlo and empirical Fisher), and checks of outputs and targets
+(per batch in ``check_targets``; over a whole pass in ``FitChecks``).
 
 The GGN's columns are pushed backwards from the outputs (``equilib.laplace.backprop``) as the
 columns of a root ``L`` with ``L L^T = Lambda``, the output Hessian of one example.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -96,3 +99,58 @@ def check_targets(f: torch.Tensor, y: torch.Tensor, likelihood: str) -> tuple:
     if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
         raise TypeError(f"classification labels must be integers, got dtype {y.dtype}")
     return f, y.long()
+
+
+class FitChecks:
+    """What ``fit`` checks of the outputs and targets of every batch, raised after the pass.
+
+    ``add`` keeps running flags on the device (no synchronisation per batch); ``raise_problems``
+    reads them once. Classification labels must lie in ``[0, C)``: an ignore index such as -100
+    would drop an example from the likelihood but not from the curvature. Regression targets
+    and the outputs must be finite.
+    """
+
+    def __init__(self, likelihood: str, device: torch.device):
+        self.likelihood = likelihood
+        self.bad_output = torch.zeros((), device=device, dtype=torch.bool)
+        self.bad_target = torch.zeros((), device=device, dtype=torch.bool)
+        self.y_lo = self.y_hi = None
+        self.n_data, self.n_outputs, self.n_batches = 0, None, 0
+
+    def add(self, f: torch.Tensor, y: torch.Tensor, n: int) -> None:
+        """One batch of ``n`` examples: outputs f (B, C) and targets y as ``check_targets``
+        returns them. A number of outputs unlike the earlier batches' raises at once."""
+        if self.n_outputs is not None and f.shape[1] != self.n_outputs:
+            raise ValueError(f"the model returned {f.shape[1]} outputs, earlier {self.n_outputs}")
+        self.n_outputs = f.shape[1]
+        if self.likelihood == "classification" and y.numel():
+            self.y_lo = y.min() if self.y_lo is None else torch.minimum(self.y_lo, y.min())
+            self.y_hi = y.max() if self.y_hi is None else torch.maximum(self.y_hi, y.max())
+        elif self.likelihood == "regression":
+            self.bad_target |= ~torch.isfinite(y).all()
+        self.bad_output |= ~torch.isfinite(f).all()
+        self.n_data += n
+        self.n_batches += 1
+
+    def raise_problems(self, where_nonfinite: Callable[[], str]) -> None:
+        """Raise a ValueError for an empty pass, labels out of range, non-finite targets or
+        outputs (``where_nonfinite()`` says where the latter arise)."""
+        if self.n_batches == 0 or self.n_data == 0:
+            raise ValueError("the loader is empty: fit needs at least one (X, y) batch")
+        lo, hi = (0, 0) if self.y_lo is None else torch.stack([self.y_lo, self.y_hi]).tolist()
+        if lo < 0 or hi >= self.n_outputs:
+            raise ValueError(
+                f"classification labels must lie in [0, {self.n_outputs - 1}] (the model has "
+                f"{self.n_outputs} outputs), found values from {lo} to {hi}; an ignore index such "
+                "as -100 is not supported: drop those examples from the loader"
+            )
+        if self.likelihood == "regression" and bool(self.bad_target):
+            raise ValueError(
+                "the regression targets contain NaN or inf; drop or fix those "
+                "examples (the evidence would be NaN)"
+            )
+        if bool(self.bad_output):
+            raise ValueError(
+                "the model's outputs contain NaN or inf at the fitted parameters; "
+                + where_nonfinite()
+            )
