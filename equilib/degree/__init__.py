@@ -5,8 +5,9 @@ and uses the lambda-weighted group average of its kernel; uniform lambda is an e
 lambda at the identity an unconstrained one.
 
 Modules: ``density`` (band-limited densities over C_N, SO(2), D_N, O(2)), ``layers`` (partial
-lifting and group convolutions), ``model`` (the partial G-CNN and its regulariser), ``training``
-(training through ``equilib.train.fit``, experiments), ``marglik`` (lambda by the Laplace
+lifting and group convolutions), ``model`` (the partial G-CNN, its regulariser, and ``build``,
+the models of the experiments), ``training`` (training through ``equilib.train.fit``,
+experiments), ``marglik`` (lambda by the Laplace
 evidence), ``cli`` (the ``python -m equilib degree`` command).
 """
 
