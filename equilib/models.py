@@ -84,7 +84,9 @@ class BlockModel(Protocol):
     ``equilib.measure.default_layers``); ``features(x)``: the last block's output (before the
     pooling); ``head``: the module that maps the pooled features to the logits. ``SoftNet``
     (each block a ``PathBlock``) and ``equilib.degree.PartialGCNN`` (partial group convolutions)
-    are block models.
+    are block models. In ``SoftNet`` the blocks compose directly (``features`` is the blocks
+    applied in turn, which the connectivity views rely on); the partial G-CNN applies ReLUs and
+    a pooling between its blocks.
     """
 
     in_shape: tuple[int, ...]
