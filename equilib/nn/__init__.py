@@ -3,8 +3,8 @@ on images, and soft blocks that sum named paths."""
 
 from equilib.nn.blocks import PATH_KINDS, PATH_NAMES, SoftBlock, make_path
 from equilib.nn.conv import (
-    BasisConv2d,
     STRIDINGS,
+    BasisConv2d,
     CircularConv2d,
     MaxPoolDownsample,
     PlainDownsample,
