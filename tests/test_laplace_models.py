@@ -31,6 +31,21 @@ def test_full_and_diag_match_dense_ggn_on_every_model(name):
     torch.testing.assert_close(kron.ggn_block("head.2.bias"), blocks["head.2.bias"])
 
 
+@pytest.mark.parametrize("name", ["conv", "f-fc+conv", "gconv-c4"])
+def test_full_laplace_matches_dense_ggn_with_max_pooling_striding(name):
+    """Blocks that stride by max pooling: the curvature follows the pooled path exactly."""
+    torch.manual_seed(0)
+    model = build(name, in_shape=(1, 8, 8), n_classes=3, width=2, hidden=4,
+                  striding="max").to(DT)
+    X, y = images()
+    H = dense_ggn(model, X, y, "classification")
+    full = FullLaplace(model, prior_precision=0.5).fit([(X[:4], y[:4]), (X[4:], y[4:])])
+    torch.testing.assert_close(full.H, H, atol=1e-10, rtol=1e-8)
+    kron = KronLaplace(model).fit([(X, y)])
+    blocks = exact_blocks(model, H)
+    torch.testing.assert_close(kron.ggn_block("head.2.bias"), blocks["head.2.bias"])
+
+
 def test_grouped_linear_kfac_is_exact_for_one_example():
     """One example: every group's block B_g (x) A_g equals the exact GGN block (basis or not)."""
     torch.manual_seed(0)
