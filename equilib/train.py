@@ -364,7 +364,10 @@ def fit(
     curvature_loader = curvature_loader_for(train_loader, curvature_batch_size)
     log_delta = expand_prior_precision(prior_precision, len(params)).log().to(device)
     log_delta.requires_grad_(objective == "marglik")
-    opt = (torch.optim.Adam(params, lr=lr) if optimizer == "adam"
+    # the fused step updates every tensor in one kernel per tensor, several times faster than
+    # the default per-tensor loop on CPU (benchmarks/bench_train.py)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    opt = (torch.optim.Adam(params, lr=lr, fused=fused) if optimizer == "adam"
            else torch.optim.SGD(params, lr=lr, momentum=0.9))
     hyper_opt = torch.optim.Adam([log_delta], lr=hyper_lr) if objective == "marglik" else None
     settings = {
