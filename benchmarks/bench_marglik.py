@@ -38,11 +38,15 @@ BACKENDS = ("asdl", "backpack", "curvlinops")
 def cnn(n_classes: int = 10) -> nn.Sequential:
     """A plain CNN for (B, 1, 28, 28): about one million parameters, most in the first Linear."""
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=2, padding=1),
+        nn.ReLU(),
         nn.Flatten(),
-        nn.Linear(64 * 7 * 7, 288), nn.ReLU(),
+        nn.Linear(64 * 7 * 7, 288),
+        nn.ReLU(),
         nn.Linear(288, n_classes),
     )
 
@@ -93,13 +97,19 @@ def time_laplace_torch(model, loader, device, n_tensors: int, backend_name: str)
     from laplace import Laplace
     from laplace import curvature as lc
 
-    backend = {"asdl": lc.AsdlGGN, "backpack": lc.BackPackGGN,
-               "curvlinops": lc.CurvlinopsGGN}[backend_name]
+    backend = {"asdl": lc.AsdlGGN, "backpack": lc.BackPackGGN, "curvlinops": lc.CurvlinopsGGN}[
+        backend_name
+    ]
     log_delta = torch.zeros(n_tensors, device=device, requires_grad=True)
     model = copy.deepcopy(model)  # backends leave hooks behind on the model
     with Clock(device) as clock:
-        la = Laplace(model, "classification", subset_of_weights="all",
-                     hessian_structure="kron", backend=backend)
+        la = Laplace(
+            model,
+            "classification",
+            subset_of_weights="all",
+            hessian_structure="kron",
+            backend=backend,
+        )
         la.fit(loader)
         lml = la.log_marginal_likelihood(prior_precision=log_delta.exp())
         lml.backward()
@@ -109,39 +119,50 @@ def time_laplace_torch(model, loader, device, n_tensors: int, backend_name: str)
 def compare(args, device) -> None:
     X, y = load_digits(size=28)
     X, y = X[: args.n].to(device), y[: args.n].to(device)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y),
-                                         batch_size=args.batch)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X, y), batch_size=args.batch
+    )
     torch.manual_seed(0)
     model = cnn().to(device)
     train(model, loader, args.epochs, device)
     n_params = sum(p.numel() for p in model.parameters())
     n_tensors = len(list(model.parameters()))
-    print(f"CNN with {n_params} parameters ({n_tensors} tensors), {len(X)} examples, "
-          f"batch {args.batch}, device {device}")
+    print(
+        f"CNN with {n_params} parameters ({n_tensors} tensors), {len(X)} examples, "
+        f"batch {args.batch}, device {device}"
+    )
     warmup = args.warmup if args.warmup is not None else int(device.type == "cuda")
     for _ in range(warmup):  # CUDA's libraries load on first use: keep that out of the timings
         time_equilib(model, loader, device, n_tensors)
     runs = [time_equilib(model, loader, device, n_tensors) for _ in range(args.reps)]
     c_eq, lml_eq = min(runs, key=lambda r: r[0].wall)
-    print(f"equilib KronLaplace      : wall {c_eq.wall:7.2f} s  cpu {c_eq.cpu:7.2f} s   "
-          f"log p(D) = {lml_eq:.2f}")
+    print(
+        f"equilib KronLaplace      : wall {c_eq.wall:7.2f} s  cpu {c_eq.cpu:7.2f} s   "
+        f"log p(D) = {lml_eq:.2f}"
+    )
     try:
         import laplace  # noqa: F401
     except ImportError:
-        print("laplace-torch is not installed: comparison skipped "
-              "(pip install 'equilib[bench]', ideally in a separate environment)")
+        print(
+            "laplace-torch is not installed: comparison skipped "
+            "(pip install 'equilib[bench]', ideally in a separate environment)"
+        )
         return
     for name in [n for n in args.backends.split(",") if n]:
         try:
-            runs = [time_laplace_torch(model, loader, device, n_tensors, name)
-                    for _ in range(warmup + args.reps)][warmup:]
+            runs = [
+                time_laplace_torch(model, loader, device, n_tensors, name)
+                for _ in range(warmup + args.reps)
+            ][warmup:]
         except Exception as err:  # a backend that cannot handle this model or device
             print(f"laplace-torch {name:10s}: failed ({type(err).__name__}: {err})")
             continue
         c_lt, lml_lt = min(runs, key=lambda r: r[0].wall)
-        print(f"laplace-torch {name:10s}: wall {c_lt.wall:7.2f} s  cpu {c_lt.cpu:7.2f} s   "
-              f"log p(D) = {lml_lt:.2f}   ratio laplace-torch / equilib: wall "
-              f"{c_lt.wall / c_eq.wall:.2f}, cpu {c_lt.cpu / c_eq.cpu:.2f}")
+        print(
+            f"laplace-torch {name:10s}: wall {c_lt.wall:7.2f} s  cpu {c_lt.cpu:7.2f} s   "
+            f"log p(D) = {lml_lt:.2f}   ratio laplace-torch / equilib: wall "
+            f"{c_lt.wall / c_eq.wall:.2f}, cpu {c_lt.cpu / c_eq.cpu:.2f}"
+        )
 
 
 def book(args, device) -> None:
@@ -156,24 +177,37 @@ def book(args, device) -> None:
     """
     from equilib.discover import default_config, run
 
-    print(f"\nbook models: marginal-likelihood training runs on {args.book_task!r}, device {device}")
-    print(f"{'model':14s}{'hessian':>8s}{'params':>8s}{'epoch s':>9s}{'update s':>10s}"
-          f"{'update/epoch':>14s}{'per epoch of run':>18s}{'after burn-in':>15s}")
+    print(
+        f"\nbook models: marginal-likelihood training runs on {args.book_task!r}, device {device}"
+    )
+    print(
+        f"{'model':14s}{'hessian':>8s}{'params':>8s}{'epoch s':>9s}{'update s':>10s}"
+        f"{'update/epoch':>14s}{'per epoch of run':>18s}{'after burn-in':>15s}"
+    )
     for name in args.models.split(","):
         for hessian in args.hessian.split(","):
-            config = default_config(task=args.book_task, model=name, objective="marglik",
-                                    hessian=hessian, epochs=args.book_epochs)
+            config = default_config(
+                task=args.book_task,
+                model=name,
+                objective="marglik",
+                hessian=hessian,
+                epochs=args.book_epochs,
+            )
             result = run(config, device=device, progress=False)
             h = result["history"]
             train, hyper = h["step_seconds"], h["update_seconds"]
             n_up = sum(t > 0 for t in hyper)
             epoch_s, update_s = sum(train) / len(train), sum(hyper) / max(n_up, 1)
-            print(f"{name:14s}{hessian:>8s}{result['n_params']:8d}{epoch_s:9.3f}{update_s:10.3f}"
-                  f"{update_s / epoch_s:14.2f}{sum(hyper) / sum(train):18.2f}"
-                  f"{update_s / epoch_s / config.marglik_every:15.2f}")
-    print(f"(update = refit + {config.hyper_steps} steps, every {config.marglik_every} epochs "
-          f"after {config.burn_in}; {config.epochs} epochs of {config.n_train} examples, "
-          f"batch {config.batch_size})")
+            print(
+                f"{name:14s}{hessian:>8s}{result['n_params']:8d}{epoch_s:9.3f}{update_s:10.3f}"
+                f"{update_s / epoch_s:14.2f}{sum(hyper) / sum(train):18.2f}"
+                f"{update_s / epoch_s / config.marglik_every:15.2f}"
+            )
+    print(
+        f"(update = refit + {config.hyper_steps} steps, every {config.marglik_every} epochs "
+        f"after {config.burn_in}; {config.epochs} epochs of {config.n_train} examples, "
+        f"batch {config.batch_size})"
+    )
 
 
 def main() -> None:
@@ -183,18 +217,36 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=1, help="training epochs before timing")
     parser.add_argument("--reps", type=int, default=1, help="timed runs of each (the best counts)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed runs of each first (default: 1 on CUDA, 0 on the CPU)")
-    parser.add_argument("--backends", default=",".join(BACKENDS),
-                        help="laplace-torch backends to compare with ('' for none)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed runs of each first (default: 1 on CUDA, 0 on the CPU)",
+    )
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="laplace-torch backends to compare with ('' for none)",
+    )
     parser.add_argument("--book", action="store_true", help="also time the book's models")
     parser.add_argument("--models", default="conv,fc,fc+conv,f-fc+conv,s-fc+s-conv")
-    parser.add_argument("--hessian", default="ggn,mc",
-                        help="curvatures to time in --book (comma-separated: ggn, mc, ef)")
-    parser.add_argument("--book-task", default="digits", choices=("digits", "quadrant"),
-                        help="task of the --book runs")
-    parser.add_argument("--book-epochs", type=int, default=None,
-                        help="epochs of the --book runs (default: the chapter's)")
+    parser.add_argument(
+        "--hessian",
+        default="ggn,mc",
+        help="curvatures to time in --book (comma-separated: ggn, mc, ef)",
+    )
+    parser.add_argument(
+        "--book-task",
+        default="digits",
+        choices=("digits", "quadrant"),
+        help="task of the --book runs",
+    )
+    parser.add_argument(
+        "--book-epochs",
+        type=int,
+        default=None,
+        help="epochs of the --book runs (default: the chapter's)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:

@@ -81,7 +81,12 @@ class Case:
         n_params = sum(p.numel() for p in self.model.parameters())
         mem = 2 * 4 * n_params + saved_bytes(self.model, self.x)
         # best of reps: the least disturbed by other processes
-        return {"params": n_params, "time": min(self.times), "mem": mem, "cuda_peak": self.cuda_peak}
+        return {
+            "params": n_params,
+            "time": min(self.times),
+            "mem": mem,
+            "cuda_peak": self.cuda_peak,
+        }
 
 
 def measure_all(names, in_shape, width: int, batch: int, reps: int, device) -> dict:
@@ -123,8 +128,10 @@ def layer_ops(batch: int, reps: int, device) -> None:
     x = torch.randn(batch, 16, 24, 24, device=device, requires_grad=True)
     down = PolyphaseDownsample(2)
     pairs = {
-        "circular padding by 1": (lambda t: F.pad(t, (1, 1, 1, 1), mode="circular"),
-                                  lambda t: circular_pad(t, 1)),
+        "circular padding by 1": (
+            lambda t: F.pad(t, (1, 1, 1, 1), mode="circular"),
+            lambda t: circular_pad(t, 1),
+        ),
         "polyphase striding by 2": (stacked_polyphase, down),
     }
     print(f"\nbuilding blocks on ({batch}, 16, 24, 24), forward+backward")
@@ -150,8 +157,10 @@ def main(argv=None) -> None:
     names = [n.strip() for n in args.models.split(",")]
     if "conv" not in names:
         names = ["conv"] + names
-    print(f"device={device} batch={args.batch} reps={args.reps} threads={torch.get_num_threads()} "
-          f"torch={torch.__version__}")
+    print(
+        f"device={device} batch={args.batch} reps={args.reps} threads={torch.get_num_threads()} "
+        f"torch={torch.__version__}"
+    )
     for in_shape, width in SIZES:
         rows = measure_all(names, in_shape, width, args.batch, args.reps, device)
         base = rows["conv"]
@@ -161,9 +170,11 @@ def main(argv=None) -> None:
             head += f"{'cuda MiB':>10}"
         print(head)
         for n, r in rows.items():
-            line = (f"{n:<18}{r['params']:>10}{1e3 * r['time']:>9.2f}"
-                    f"{r['time'] / base['time']:>8.2f}{r['mem'] / 2**20:>9.2f}"
-                    f"{r['mem'] / base['mem']:>8.2f}")
+            line = (
+                f"{n:<18}{r['params']:>10}{1e3 * r['time']:>9.2f}"
+                f"{r['time'] / base['time']:>8.2f}{r['mem'] / 2**20:>9.2f}"
+                f"{r['mem'] / base['mem']:>8.2f}"
+            )
             if device.type == "cuda":
                 line += f"{r['cuda_peak'] / 2**20:>10.1f}"
             print(line)

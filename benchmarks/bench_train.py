@@ -53,8 +53,10 @@ def main(argv=None) -> None:
     X = torch.rand(1200, 1, 24, 24, generator=g).to(device)
     y = torch.randint(0, 10, (1200,), generator=g).to(device)
     print(f"device {device}, {args.threads} thread(s), best of {args.reps}")
-    print(f"{'model':10s} {'epoch s':>8s} {'(fused)':>8s} {'ratio':>6s}   {'adam s':>7s} "
-          f"{'(fused)':>8s} {'ratio':>6s}   max |diff|")
+    print(
+        f"{'model':10s} {'epoch s':>8s} {'(fused)':>8s} {'ratio':>6s}   {'adam s':>7s} "
+        f"{'(fused)':>8s} {'ratio':>6s}   max |diff|"
+    )
     for name in ("conv", "fc", "f-fc+conv"):
         torch.manual_seed(0)
         start = build(name, (1, 24, 24), 10, 16, striding="max").to(device)
@@ -69,8 +71,10 @@ def main(argv=None) -> None:
                 final[fused] = torch.cat([q.detach().flatten() for q in model.parameters()])
         diff = (final[True] - final[False]).abs().max().item()
         (e0, a0), (e1, a1) = best[False], best[True]
-        print(f"{name:10s} {e0:8.2f} {e1:8.2f} {e0 / e1:6.2f}   {a0:7.2f} {a1:8.2f} "
-              f"{a0 / a1:6.2f}   {diff:.1e}")
+        print(
+            f"{name:10s} {e0:8.2f} {e1:8.2f} {e0 / e1:6.2f}   {a0:7.2f} {a1:8.2f} "
+            f"{a0 / a1:6.2f}   {diff:.1e}"
+        )
 
 
 if __name__ == "__main__":

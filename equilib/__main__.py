@@ -36,56 +36,112 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     d = Config()
     g = p.add_argument_group("training (defaults: the chapter's settings; --fast shrinks them)")
     g.add_argument("--epochs", type=_positive_int, help=f"training epochs (default {d.epochs})")
-    g.add_argument("--seed", type=_nonneg_int, default=0,
-                   help="seed of the data split, the initialisation and the shuffling (default 0)")
-    g.add_argument("--fast", action="store_true",
-                   help="shrunken data, width and epochs for a quick look (also EQUILIB_FAST=1)")
-    g.add_argument("--device", choices=["cpu", "cuda"],
-                   help="where to compute (default: cuda if available, else cpu)")
-    g.add_argument("--threads", type=_positive_int,
-                   help="CPU threads torch may use (default: torch's choice; 1 is often "
-                        "fastest for these small models on a busy machine)")
-    g.add_argument("--n-train", type=_positive_int,
-                   help=f"training digits, each in a random quadrant (default {d.n_train})")
-    g.add_argument("--n-test", type=_positive_int,
-                   help=f"test digits, each shown in all four quadrants (default {d.n_test})")
+    g.add_argument(
+        "--seed",
+        type=_nonneg_int,
+        default=0,
+        help="seed of the data split, the initialisation and the shuffling (default 0)",
+    )
+    g.add_argument(
+        "--fast",
+        action="store_true",
+        help="shrunken data, width and epochs for a quick look (also EQUILIB_FAST=1)",
+    )
+    g.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="where to compute (default: cuda if available, else cpu)",
+    )
+    g.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="CPU threads torch may use (default: torch's choice; 1 is often "
+        "fastest for these small models on a busy machine)",
+    )
+    g.add_argument(
+        "--n-train",
+        type=_positive_int,
+        help=f"training digits, each in a random quadrant (default {d.n_train})",
+    )
+    g.add_argument(
+        "--n-test",
+        type=_positive_int,
+        help=f"test digits, each shown in all four quadrants (default {d.n_test})",
+    )
     g.add_argument("--width", type=_positive_int, help=f"channels per block (default {d.width})")
-    g.add_argument("--strides", type=_positive_int, nargs="+", metavar="S",
-                   help="one stride per block, e.g. 1 2 2 (default: the zoo's 2 2 1); the "
-                        "canvas size must be divisible by their product")
-    g.add_argument("--striding", choices=STRIDINGS,
-                   help=f"how blocks stride: max pooling, or polyphase (equivariant to every "
-                        f"shift) (default {d.striding})")
+    g.add_argument(
+        "--strides",
+        type=_positive_int,
+        nargs="+",
+        metavar="S",
+        help="one stride per block, e.g. 1 2 2 (default: the zoo's 2 2 1); the "
+        "canvas size must be divisible by their product",
+    )
+    g.add_argument(
+        "--striding",
+        choices=STRIDINGS,
+        help=f"how blocks stride: max pooling, or polyphase (equivariant to every "
+        f"shift) (default {d.striding})",
+    )
     g.add_argument("--batch-size", type=_positive_int, help=f"batch size (default {d.batch_size})")
-    g.add_argument("--lr", type=_positive_float,
-                   help=f"Adam learning rate, cosine-annealed to --lr-min (default {d.lr})")
+    g.add_argument(
+        "--lr",
+        type=_positive_float,
+        help=f"Adam learning rate, cosine-annealed to --lr-min (default {d.lr})",
+    )
     g.add_argument("--lr-min", type=float, help=f"final learning rate (default {d.lr_min})")
-    g.add_argument("--prior-precision", type=_positive_float,
-                   help=f"initial (MAP: fixed) prior precision of every tensor "
-                        f"(default {d.prior_precision})")
-    g.add_argument("--burn-in", type=_nonneg_int,
-                   help=f"marglik: epochs before the first curvature refit (default {d.burn_in})")
-    g.add_argument("--marglik-every", type=_positive_int,
-                   help=f"marglik: refit the curvature every this many epochs "
-                        f"(default {d.marglik_every})")
-    g.add_argument("--hyper-steps", type=_positive_int,
-                   help=f"marglik: Adam steps on log prior precisions per refit "
-                        f"(default {d.hyper_steps})")
-    g.add_argument("--hyper-lr", type=_positive_float,
-                   help=f"marglik: learning rate of those steps (default {d.hyper_lr})")
-    g.add_argument("--factor-scale", choices=FACTOR_SCALES,
-                   help=f"where a factored FC path keeps its scale: in V, with every row of U at "
-                        f"unit norm, or spread over both factors (default {d.factor_scale})")
-    g.add_argument("--hessian", choices=HESSIANS,
-                   help=f"marglik: curvature of the refits: exact GGN, Monte-Carlo Fisher (one "
-                        f"sampled label, cheaper) or empirical Fisher (default {d.hessian})")
-    g.add_argument("--source", choices=["sklearn", "mnist"],
-                   help="source digits: scikit-learn's 8x8 digits (default, bundled) or MNIST "
-                        "from local IDX files (see --data-root)")
-    g.add_argument("--data-root", help="folder with the MNIST IDX files (default $EQUILIB_DATA/mnist)")
-    g.add_argument("--digit-size", type=_positive_int,
-                   help="resize the source digits to this size, canvas = twice it (default 12 "
-                        "for scikit-learn's digits, 28 for MNIST)")
+    g.add_argument(
+        "--prior-precision",
+        type=_positive_float,
+        help=f"initial (MAP: fixed) prior precision of every tensor (default {d.prior_precision})",
+    )
+    g.add_argument(
+        "--burn-in",
+        type=_nonneg_int,
+        help=f"marglik: epochs before the first curvature refit (default {d.burn_in})",
+    )
+    g.add_argument(
+        "--marglik-every",
+        type=_positive_int,
+        help=f"marglik: refit the curvature every this many epochs (default {d.marglik_every})",
+    )
+    g.add_argument(
+        "--hyper-steps",
+        type=_positive_int,
+        help=f"marglik: Adam steps on log prior precisions per refit (default {d.hyper_steps})",
+    )
+    g.add_argument(
+        "--hyper-lr",
+        type=_positive_float,
+        help=f"marglik: learning rate of those steps (default {d.hyper_lr})",
+    )
+    g.add_argument(
+        "--factor-scale",
+        choices=FACTOR_SCALES,
+        help=f"where a factored FC path keeps its scale: in V, with every row of U at "
+        f"unit norm, or spread over both factors (default {d.factor_scale})",
+    )
+    g.add_argument(
+        "--hessian",
+        choices=HESSIANS,
+        help=f"marglik: curvature of the refits: exact GGN, Monte-Carlo Fisher (one "
+        f"sampled label, cheaper) or empirical Fisher (default {d.hessian})",
+    )
+    g.add_argument(
+        "--source",
+        choices=["sklearn", "mnist"],
+        help="source digits: scikit-learn's 8x8 digits (default, bundled) or MNIST "
+        "from local IDX files (see --data-root)",
+    )
+    g.add_argument(
+        "--data-root", help="folder with the MNIST IDX files (default $EQUILIB_DATA/mnist)"
+    )
+    g.add_argument(
+        "--digit-size",
+        type=_positive_int,
+        help="resize the source digits to this size, canvas = twice it (default 12 "
+        "for scikit-learn's digits, 28 for MNIST)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,53 +151,95 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m equilib",
         description="Learn which symmetry each layer of a network should have, from data.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     d = sub.add_parser(
-        "discover", help="train one model on one task and report its learned per-layer structure",
+        "discover",
+        help="train one model on one task and report its learned per-layer structure",
         description="Train one model on the digits or quadrant task, by MAP or by marginal "
-                    "likelihood, and write OUT/result.json and OUT/structure.png (the learned "
-                    "prior variance and weight norm of every path of every block).",
+        "likelihood, and write OUT/result.json and OUT/structure.png (the learned "
+        "prior variance and weight norm of every path of every block).",
     )
-    d.add_argument("--task", required=True, choices=TASKS,
-                   help="digits: label = digit; quadrant: label = digit + 10 x quadrant")
-    d.add_argument("--model", default="f-fc+conv", choices=model_names(), metavar="MODEL",
-                   help=f"architecture (default f-fc+conv); one of: {', '.join(model_names())}")
-    d.add_argument("--objective", default="marglik", choices=OBJECTIVES,
-                   help="map: fixed prior as weight decay; marglik: learn the per-tensor prior "
-                        "precisions by the Laplace marginal likelihood (default marglik)")
+    d.add_argument(
+        "--task",
+        required=True,
+        choices=TASKS,
+        help="digits: label = digit; quadrant: label = digit + 10 x quadrant",
+    )
+    d.add_argument(
+        "--model",
+        default="f-fc+conv",
+        choices=model_names(),
+        metavar="MODEL",
+        help=f"architecture (default f-fc+conv); one of: {', '.join(model_names())}",
+    )
+    d.add_argument(
+        "--objective",
+        default="marglik",
+        choices=OBJECTIVES,
+        help="map: fixed prior as weight decay; marglik: learn the per-tensor prior "
+        "precisions by the Laplace marginal likelihood (default marglik)",
+    )
     d.add_argument("--out", required=True, help="output folder (created if missing)")
-    d.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoint.pt (written after every epoch); without "
-                        "it, a folder that already holds a run is refused")
-    d.add_argument("--overwrite", action="store_true",
-                   help="start over in an OUT that holds a run, deleting its checkpoint and "
-                        "result first")
+    d.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt (written after every epoch); without "
+        "it, a folder that already holds a run is refused",
+    )
+    d.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an OUT that holds a run, deleting its checkpoint and result first",
+    )
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_training_options(d)
 
     c = sub.add_parser(
-        "compare", help="run the table of models x objectives and print it as Markdown",
+        "compare",
+        help="run the table of models x objectives and print it as Markdown",
         description="Train every model by every objective on each task (cached by "
-                    "configuration under EQUILIB_CACHE) and print the accuracy table.",
+        "configuration under EQUILIB_CACHE) and print the accuracy table.",
     )
-    c.add_argument("--task", nargs="+", default=["digits", "quadrant"], choices=TASKS,
-                   help="task(s) to run (default both)")
-    c.add_argument("--models", nargs="+", default=list(MODELS), choices=model_names(),
-                   metavar="MODEL", help=f"models (default {' '.join(MODELS)})")
-    c.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES,
-                   help="objectives (default map marglik)")
-    c.add_argument("--out", help="also write the table (table.md) and all results "
-                                 "(results.json) to this folder")
+    c.add_argument(
+        "--task",
+        nargs="+",
+        default=["digits", "quadrant"],
+        choices=TASKS,
+        help="task(s) to run (default both)",
+    )
+    c.add_argument(
+        "--models",
+        nargs="+",
+        default=list(MODELS),
+        choices=model_names(),
+        metavar="MODEL",
+        help=f"models (default {' '.join(MODELS)})",
+    )
+    c.add_argument(
+        "--objectives",
+        nargs="+",
+        default=list(OBJECTIVES),
+        choices=OBJECTIVES,
+        help="objectives (default map marglik)",
+    )
+    c.add_argument(
+        "--out",
+        help="also write the table (table.md) and all results (results.json) to this folder",
+    )
     c.add_argument("--no-cache", action="store_true", help="recompute even if cached")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_training_options(c)
 
-    g = sub.add_parser("degree", help="learn the degree of equivariance per layer",
-                       description=degree_cli.__doc__.strip().splitlines()[0])
+    g = sub.add_parser(
+        "degree",
+        help="learn the degree of equivariance per layer",
+        description=degree_cli.__doc__.strip().splitlines()[0],
+    )
     degree_cli.add_arguments(g)
     return parser
 
@@ -151,13 +249,26 @@ def _config(args):
     from equilib.discover import default_config
 
     return default_config(
-        args.fast or fast_mode(), task=args.task, model=args.model, objective=args.objective,
-        epochs=args.epochs, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
-        width=args.width, strides=args.strides, striding=args.striding,
-        batch_size=args.batch_size, lr=args.lr,
+        args.fast or fast_mode(),
+        task=args.task,
+        model=args.model,
+        objective=args.objective,
+        epochs=args.epochs,
+        seed=args.seed,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        width=args.width,
+        strides=args.strides,
+        striding=args.striding,
+        batch_size=args.batch_size,
+        lr=args.lr,
         lr_min=args.lr_min,
-        burn_in=args.burn_in, marglik_every=args.marglik_every, hyper_steps=args.hyper_steps,
-        hyper_lr=args.hyper_lr, hessian=args.hessian, factor_scale=args.factor_scale,
+        burn_in=args.burn_in,
+        marglik_every=args.marglik_every,
+        hyper_steps=args.hyper_steps,
+        hyper_lr=args.hyper_lr,
+        hessian=args.hessian,
+        factor_scale=args.factor_scale,
         prior_precision=args.prior_precision,
         source=args.source,
         digit_size=args.digit_size,
@@ -227,21 +338,33 @@ def cmd_discover(args) -> int:
     checkpoint = out / "checkpoint.pt"
     with claim_folder(out):  # one run at a time per folder; released at the end
         _refuse_or_clear_old_run(out, args.resume, args.overwrite)
-        print(f"discover: {config.task} / {config.model} / {config.objective}, {config.epochs} "
-              f"epochs on {device}", file=sys.stderr)
-        result = run(config, device=device, progress=not args.quiet, checkpoint=checkpoint,
-                     resume=args.resume, data_root=args.data_root)
+        print(
+            f"discover: {config.task} / {config.model} / {config.objective}, {config.epochs} "
+            f"epochs on {device}",
+            file=sys.stderr,
+        )
+        result = run(
+            config,
+            device=device,
+            progress=not args.quiet,
+            checkpoint=checkpoint,
+            resume=args.resume,
+            data_root=args.data_root,
+        )
         result["device"] = str(device)
         atomic_write_text(out / "result.json", json.dumps(result, indent=1))
         fig = plot_structure(result)
         atomic_savefig(fig, out / "structure.png")
         plt.close(fig)
-    print(f"test accuracy {_fmt(100 * result['test_accuracy'], '.1f')}%  "
-          f"({result['seconds']:.1f} s)")
+    print(
+        f"test accuracy {_fmt(100 * result['test_accuracy'], '.1f')}%  ({result['seconds']:.1f} s)"
+    )
     ratios = precision_ratios(result["layers"])
     for layer, r in zip(result["layers"], ratios):
-        parts = ", ".join(f"{p}: precision {_fmt(v['prior_precision'])}, "
-                          f"|w| {_fmt(v['weight_norm'])}" for p, v in layer["paths"].items())
+        parts = ", ".join(
+            f"{p}: precision {_fmt(v['prior_precision'])}, |w| {_fmt(v['weight_norm'])}"
+            for p, v in layer["paths"].items()
+        )
         extra = "" if r is None else f"  (fc/conv precision ratio {r:.3g})"
         print(f"{layer['name']}: {parts}{extra}")
     print(f"wrote {out / 'result.json'} and {out / 'structure.png'}")
@@ -262,30 +385,52 @@ def cmd_compare(args) -> int:
     device = default_device(args.device)
     fast = args.fast or fast_mode()
     overrides = dict(
-        epochs=args.epochs, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
-        width=args.width, strides=args.strides, striding=args.striding,
-        batch_size=args.batch_size, lr=args.lr,
+        epochs=args.epochs,
+        seed=args.seed,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        width=args.width,
+        strides=args.strides,
+        striding=args.striding,
+        batch_size=args.batch_size,
+        lr=args.lr,
         lr_min=args.lr_min,
-        burn_in=args.burn_in, marglik_every=args.marglik_every, hyper_steps=args.hyper_steps,
-        hyper_lr=args.hyper_lr, hessian=args.hessian, factor_scale=args.factor_scale,
+        burn_in=args.burn_in,
+        marglik_every=args.marglik_every,
+        hyper_steps=args.hyper_steps,
+        hyper_lr=args.hyper_lr,
+        hessian=args.hessian,
+        factor_scale=args.factor_scale,
         prior_precision=args.prior_precision,
         source=args.source,
         digit_size=args.digit_size,
     )
     t0 = time.perf_counter()
-    rows = compare(args.task, args.models, args.objectives, fast=fast, device=device,
-                   progress=not args.quiet, cache=not args.no_cache,
-                   log=lambda s: print(s, file=sys.stderr), data_root=args.data_root, **overrides)
+    rows = compare(
+        args.task,
+        args.models,
+        args.objectives,
+        fast=fast,
+        device=device,
+        progress=not args.quiet,
+        cache=not args.no_cache,
+        log=lambda s: print(s, file=sys.stderr),
+        data_root=args.data_root,
+        **overrides,
+    )
     table = markdown_table(rows)
     total = time.perf_counter() - t0
     print(table)
-    print(f"\n{len(rows)} runs in {total:.1f} s (seconds column: time to train each run; "
-          f"cached runs are read back)")
+    print(
+        f"\n{len(rows)} runs in {total:.1f} s (seconds column: time to train each run; "
+        f"cached runs are read back)"
+    )
     if out is not None:
         with claim_folder(out):
             atomic_write_text(out / "table.md", table + "\n")
-            atomic_write_text(out / "results.json",
-                              json.dumps([without_weights(r) for r in rows], indent=1))
+            atomic_write_text(
+                out / "results.json", json.dumps([without_weights(r) for r in rows], indent=1)
+            )
     return 0
 
 
@@ -304,8 +449,12 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = (f"; continue with the same command and --resume (the checkpoint in {args.out} "
-                "holds the last finished epoch)" if args.command == "discover" else "")
+        hint = (
+            f"; continue with the same command and --resume (the checkpoint in {args.out} "
+            "holds the last finished epoch)"
+            if args.command == "discover"
+            else ""
+        )
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
     parser.error(f"unknown command {args.command!r}")

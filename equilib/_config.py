@@ -47,5 +47,7 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(choice)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(dev)!r} was requested but CUDA is not available here; use 'cpu'")
+        raise RuntimeError(
+            f"device {str(dev)!r} was requested but CUDA is not available here; use 'cpu'"
+        )
     return dev

@@ -75,7 +75,9 @@ class Augerino(nn.Module):
             raise ValueError(
                 f"transforms must be distinct names from {list(TRANSFORMS)}; got {list(transforms)}"
             )
-        widths = [init_width] * len(transforms) if isinstance(init_width, int | float) else init_width
+        widths = (
+            [init_width] * len(transforms) if isinstance(init_width, int | float) else init_width
+        )
         widths = [float(w) for w in widths]
         if len(widths) != len(transforms) or any(not w > 0 for w in widths):
             raise ValueError(

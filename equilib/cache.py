@@ -89,8 +89,9 @@ def code_fingerprint(files: Sequence[str], root: str | os.PathLike | None = None
         for entry in memo[1]:
             path = root / entry
             if not path.exists():
-                raise FileNotFoundError(f"code_fingerprint: no file or folder {entry!r} in "
-                                        f"{str(root)!r}")
+                raise FileNotFoundError(
+                    f"code_fingerprint: no file or folder {entry!r} in {str(root)!r}"
+                )
             for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
                 h.update(f.relative_to(root).as_posix().encode())
                 h.update(f.read_bytes())
@@ -158,11 +159,30 @@ def atomic_savefig(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
 
 # What a cache file may hold besides what ``torch.load(weights_only=True)`` accepts anyway
 # (tensors, dicts, lists, tuples, sets, strings, numbers, None): numpy arrays and scalars.
-_NUMPY_GLOBALS = [np.dtype, np.ndarray, np.zeros(1).__reduce__()[0],
-                  np.float64(0).__reduce__()[0]] + [
-    type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
-                                "uint32", "uint64", "float16", "float32", "float64",
-                                "complex64", "complex128")]
+_NUMPY_GLOBALS = [
+    np.dtype,
+    np.ndarray,
+    np.zeros(1).__reduce__()[0],
+    np.float64(0).__reduce__()[0],
+] + [
+    type(np.dtype(t))
+    for t in (
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    )
+]
 
 
 def safe_load(path: str | os.PathLike, what: str = "file"):
@@ -180,9 +200,11 @@ def safe_load(path: str | os.PathLike, what: str = "file"):
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
     except Exception as e:  # torch raises many kinds for a damaged or foreign file
-        raise ValueError(f"{what} {str(path)!r} cannot be read safely: it is damaged or holds "
-                         f"objects other than tensors, containers and numbers "
-                         f"({load_error_reason(e)})") from None
+        raise ValueError(
+            f"{what} {str(path)!r} cannot be read safely: it is damaged or holds "
+            f"objects other than tensors, containers and numbers "
+            f"({load_error_reason(e)})"
+        ) from None
 
 
 def load_error_reason(error: BaseException) -> str:
@@ -193,7 +215,7 @@ def load_error_reason(error: BaseException) -> str:
     if "Weights only load failed" in message:
         for i, line in enumerate(lines):
             if line.startswith("WeightsUnpickler error:"):
-                rest = [line.removeprefix("WeightsUnpickler error:").strip()] + lines[i + 1:]
+                rest = [line.removeprefix("WeightsUnpickler error:").strip()] + lines[i + 1 :]
                 for text in rest:
                     if text:
                         return f"{type(error).__name__}: {text}"
@@ -246,18 +268,28 @@ def cached(name: str, config: dict, compute: Callable[[], T], refresh: bool = Fa
         except ValueError as e:
             warnings.warn(f"{e}; recomputing it", RuntimeWarning, stacklevel=2)
         else:
-            if (isinstance(entry, dict) and entry.get("format") == CACHE_FORMAT
-                    and entry.get("name") == name and entry.get("config") == blob
-                    and "result" in entry):
+            if (
+                isinstance(entry, dict)
+                and entry.get("format") == CACHE_FORMAT
+                and entry.get("name") == name
+                and entry.get("config") == blob
+                and "result" in entry
+            ):
                 return entry["result"]
-            warnings.warn(f"cache file {str(path)!r} was not written by equilib.cache for "
-                          f"{name!r} with this configuration; recomputing it",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"cache file {str(path)!r} was not written by equilib.cache for "
+                f"{name!r} with this configuration; recomputing it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     problem = _writable(folder)
     if problem is not None:
-        warnings.warn(f"the cache folder {str(folder)!r} is not writable ({problem}); computing "
-                      f"{name!r} without caching it (set EQUILIB_CACHE to a writable folder)",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"the cache folder {str(folder)!r} is not writable ({problem}); computing "
+            f"{name!r} without caching it (set EQUILIB_CACHE to a writable folder)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return compute()
     result = compute()
     entry = {"format": CACHE_FORMAT, "name": name, "config": blob, "result": result}
@@ -268,14 +300,22 @@ def cached(name: str, config: dict, compute: Callable[[], T], refresh: bool = Fa
         with torch.serialization.safe_globals(_NUMPY_GLOBALS):
             torch.load(buffer, map_location="cpu", weights_only=True)
     except Exception as e:  # pickling errors, or content the safe reader refuses
-        warnings.warn(f"not caching {name!r}: its result holds objects a cache file cannot hold "
-                      f"safely ({load_error_reason(e)})", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"not caching {name!r}: its result holds objects a cache file cannot hold "
+            f"safely ({load_error_reason(e)})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return result
     try:
         atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
     except OSError as e:
-        warnings.warn(f"could not write the cache file {str(path)!r} ({e.strerror or e}); the "
-                      "result is returned uncached", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"could not write the cache file {str(path)!r} ({e.strerror or e}); the "
+            "result is returned uncached",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return result
 
 
@@ -322,8 +362,9 @@ def claim_folder(folder: str | os.PathLike) -> Iterator[Path]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"cannot create the output folder {str(folder)!r}: "
-                         f"{e.strerror or e}") from e
+        raise ValueError(
+            f"cannot create the output folder {str(folder)!r}: {e.strerror or e}"
+        ) from e
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -339,14 +380,16 @@ def claim_folder(folder: str | os.PathLike) -> Iterator[Path]:
                 "lock file."
             ) from None
         except OSError as e:
-            raise ValueError(f"cannot write to the output folder {str(folder)!r}: "
-                             f"{e.strerror or e}") from e
+            raise ValueError(
+                f"cannot write to the output folder {str(folder)!r}: {e.strerror or e}"
+            ) from e
         with os.fdopen(fd, "w") as fh:
             fh.write(mine)
         break
     else:
-        raise FolderBusy(f"could not claim {str(folder)!r}: its lock file {str(lock)!r} keeps "
-                         "changing")
+        raise FolderBusy(
+            f"could not claim {str(folder)!r}: its lock file {str(lock)!r} keeps changing"
+        )
     try:
         yield folder
     finally:

@@ -21,19 +21,37 @@ from torch import nn
 from equilib.cache import atomic_save, load_error_reason
 
 CHECKPOINT_FORMAT = "equilib.train/1"
-CHECKPOINT_KEYS = ("settings", "epoch", "model", "optimizer", "log_prior_precision",
-                   "hyper_optimizer", "history", "rng")
+CHECKPOINT_KEYS = (
+    "settings",
+    "epoch",
+    "model",
+    "optimizer",
+    "log_prior_precision",
+    "hyper_optimizer",
+    "history",
+    "rng",
+)
 # the kind of each entry that fit writes (``epoch``, an int, is checked apart: a bool is an int)
-_ENTRY_KINDS = {"settings": dict, "history": dict, "model": dict, "optimizer": dict, "rng": dict,
-                "log_prior_precision": torch.Tensor}
+_ENTRY_KINDS = {
+    "settings": dict,
+    "history": dict,
+    "model": dict,
+    "optimizer": dict,
+    "rng": dict,
+    "log_prior_precision": torch.Tensor,
+}
 
 
 def loader_generators(loader) -> list[torch.Generator]:
     """The torch Generators that decide a loader's shuffling (so a resume can restore them)."""
     gens: list[torch.Generator] = []
     inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
-    for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
-                inner):
+    for obj in (
+        loader,
+        getattr(loader, "sampler", None),
+        getattr(loader, "batch_sampler", None),
+        inner,
+    ):
         g = getattr(obj, "generator", None) if obj is not None else None
         if isinstance(g, torch.Generator) and all(g is not h for h in gens):
             gens.append(g)
@@ -42,8 +60,10 @@ def loader_generators(loader) -> list[torch.Generator]:
 
 def rng_state(loader) -> dict:
     """The random state a resumed run needs: torch's, the loader's generators', CUDA's."""
-    state = {"torch": torch.get_rng_state(),
-             "loader": [g.get_state() for g in loader_generators(loader)]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "loader": [g.get_state() for g in loader_generators(loader)],
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -72,18 +92,35 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     atomic_save(state, path)
 
 
-def write_checkpoint(path: str | os.PathLike, *, settings: dict, epoch: int, model: nn.Module,
-                     optimizer: torch.optim.Optimizer, log_prior_precision: torch.Tensor,
-                     hyper_optimizer: torch.optim.Optimizer | None, history: dict,
-                     loader) -> None:
+def write_checkpoint(
+    path: str | os.PathLike,
+    *,
+    settings: dict,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    log_prior_precision: torch.Tensor,
+    hyper_optimizer: torch.optim.Optimizer | None,
+    history: dict,
+    loader,
+) -> None:
     """Write the state of a run at the end of ``epoch`` in the checkpoint format."""
-    save_checkpoint(path, {
-        "format": CHECKPOINT_FORMAT, "settings": settings, "epoch": epoch,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "log_prior_precision": log_prior_precision.detach().cpu(),
-        "hyper_optimizer": hyper_optimizer.state_dict() if hyper_optimizer is not None else None,
-        "history": history, "rng": rng_state(loader),
-    })
+    save_checkpoint(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "settings": settings,
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "log_prior_precision": log_prior_precision.detach().cpu(),
+            "hyper_optimizer": hyper_optimizer.state_dict()
+            if hyper_optimizer is not None
+            else None,
+            "history": history,
+            "rng": rng_state(loader),
+        },
+    )
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -106,14 +143,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         )
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
-        raise ValueError(f"checkpoint {str(path)!r} is incomplete: it lacks {missing}; it was not "
-                         "written by equilib.train.fit")
+        raise ValueError(
+            f"checkpoint {str(path)!r} is incomplete: it lacks {missing}; it was not "
+            "written by equilib.train.fit"
+        )
     wrong = [k for k, kind in _ENTRY_KINDS.items() if not isinstance(state[k], kind)]
     if isinstance(state["epoch"], bool) or not isinstance(state["epoch"], int):
         wrong.append("epoch")
     if wrong:
-        raise ValueError(f"checkpoint {str(path)!r} is damaged: the entries {wrong} are not of "
-                         "the kind equilib.train.fit writes")
+        raise ValueError(
+            f"checkpoint {str(path)!r} is damaged: the entries {wrong} are not of "
+            "the kind equilib.train.fit writes"
+        )
     return state
 
 
@@ -128,9 +169,13 @@ def check_same_run(state: dict, settings: dict, path: str | os.PathLike) -> None
         )
 
 
-def restore_training_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
-                           log_prior_precision: torch.Tensor,
-                           hyper_optimizer: torch.optim.Optimizer | None) -> None:
+def restore_training_state(
+    state: dict,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    log_prior_precision: torch.Tensor,
+    hyper_optimizer: torch.optim.Optimizer | None,
+) -> None:
     """Load the model, the optimizers and the log prior precisions of a checkpoint in place
     (the history and the random state are restored by the caller)."""
     model.load_state_dict(state["model"])

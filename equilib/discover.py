@@ -34,10 +34,25 @@ from equilib.nn.conv import STRIDINGS
 from equilib.train import OBJECTIVES, History, evaluate, fit, trainable_parameters
 
 __all__ = [
-    "MODELS", "TASKS", "OBJECTIVES", "Config", "default_config", "build_model", "trained_model",
+    "MODELS",
+    "TASKS",
+    "OBJECTIVES",
+    "Config",
+    "default_config",
+    "build_model",
+    "trained_model",
     "make_loaders",
-    "layer_structure", "precision_ratios", "run", "run_cached", "compare", "markdown_table",
-    "without_weights", "effective_dimensions", "run_many", "cache_entry", "code_fingerprint",
+    "layer_structure",
+    "precision_ratios",
+    "run",
+    "run_cached",
+    "compare",
+    "markdown_table",
+    "without_weights",
+    "effective_dimensions",
+    "run_many",
+    "cache_entry",
+    "code_fingerprint",
 ]
 
 # the models of the paper's table (section 6.1), in the order it lists them
@@ -101,26 +116,38 @@ class Config:
         valid = model_names()
         if self.model not in valid:
             raise ValueError(f"unknown model {self.model!r}; valid models are {valid}")
-        for name in ("epochs", "n_train", "n_test", "width", "batch_size", "marglik_every",
-                     "hyper_steps"):
+        for name in (
+            "epochs",
+            "n_train",
+            "n_test",
+            "width",
+            "batch_size",
+            "marglik_every",
+            "hyper_steps",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if self.strides is not None:
             strides = tuple(self.strides)
-            if not strides or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
-                                  for v in strides):
-                raise ValueError(f"strides must be positive ints, one per block, got "
-                                 f"{self.strides!r}")
+            if not strides or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in strides
+            ):
+                raise ValueError(
+                    f"strides must be positive ints, one per block, got {self.strides!r}"
+                )
             object.__setattr__(self, "strides", strides)
         if self.source not in SOURCES:
             raise ValueError(f"unknown source {self.source!r}; valid sources are {list(SOURCES)}")
         if self.hessian not in HESSIANS:
-            raise ValueError(f"unknown hessian {self.hessian!r}; valid: {list(HESSIANS)} (exact "
-                             "GGN, Monte-Carlo Fisher, empirical Fisher)")
+            raise ValueError(
+                f"unknown hessian {self.hessian!r}; valid: {list(HESSIANS)} (exact "
+                "GGN, Monte-Carlo Fisher, empirical Fisher)"
+            )
         if self.factor_scale not in FACTOR_SCALES:
-            raise ValueError(f"unknown factor_scale {self.factor_scale!r}; valid: "
-                             f"{list(FACTOR_SCALES)}")
+            raise ValueError(
+                f"unknown factor_scale {self.factor_scale!r}; valid: {list(FACTOR_SCALES)}"
+            )
         if self.striding not in STRIDINGS:
             raise ValueError(f"unknown striding {self.striding!r}; valid: {list(STRIDINGS)}")
         if self.init not in INITS:
@@ -166,10 +193,18 @@ def build_model(config: Config, in_shape) -> nn.Module:
     stride; default: the zoo's three blocks): a thin adapter, the zoo builds every model."""
     from equilib.models import build
 
-    return build(config.model, in_shape=tuple(in_shape), n_classes=n_classes(config.task),
-                 width=config.width, striding=config.striding,
-                 **({} if config.strides is None else
-                    {"depth": len(config.strides), "strides": config.strides}))
+    return build(
+        config.model,
+        in_shape=tuple(in_shape),
+        n_classes=n_classes(config.task),
+        width=config.width,
+        striding=config.striding,
+        **(
+            {}
+            if config.strides is None
+            else {"depth": len(config.strides), "strides": config.strides}
+        ),
+    )
 
 
 def trained_model(result: dict) -> nn.Module:
@@ -197,9 +232,15 @@ def make_loaders(config: Config, data_root=None):
     """
     from equilib.data.digits import make_loader
 
-    Xtr, ytr, Xte, yte = make_task(config.task, config.n_train, config.n_test, config.seed,
-                                   source=config.source, digit_size=digit_size_of(config),
-                                   root=data_root)
+    Xtr, ytr, Xte, yte = make_task(
+        config.task,
+        config.n_train,
+        config.n_test,
+        config.seed,
+        source=config.source,
+        digit_size=digit_size_of(config),
+        root=data_root,
+    )
     train = make_loader(Xtr, ytr, batch_size=config.batch_size, shuffle=True, seed=config.seed)
     test = make_loader(Xte, yte, batch_size=512, shuffle=False)
     return train, test
@@ -244,8 +285,11 @@ def layer_structure(model: nn.Module, prior_precision, factor_scale: str = "both
         paths = {}
         for (bi, path), (n, inv, sq) in acc.items():
             if bi == b:
-                paths[path] = {"prior_precision": n / inv, "weight_norm": math.sqrt(sq),
-                               "n_params": n}
+                paths[path] = {
+                    "prior_precision": n / inv,
+                    "weight_norm": math.sqrt(sq),
+                    "n_params": n,
+                }
         blocks.append({"name": f"block{b}", "paths": paths})
     return blocks
 
@@ -308,8 +352,9 @@ def layers_history_path(checkpoint) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".layers.json")
 
 
-def _resumed_layers_history(layers_file: Path, checkpoint, model: nn.Module,
-                            config: Config) -> list:
+def _resumed_layers_history(
+    layers_file: Path, checkpoint, model: nn.Module, config: Config
+) -> list:
     """The per-epoch layer structure up to the checkpoint's epoch, read back from
     ``layers_file``; an epoch the file lacks (the run stopped between writing the checkpoint and
     the file) is recomputed from the checkpoint's weights when it is the last one, else None."""
@@ -329,16 +374,28 @@ def _resumed_layers_history(layers_file: Path, checkpoint, model: nn.Module,
         try:
             at_checkpoint = copy.deepcopy(model)
             at_checkpoint.load_state_dict(state["model"])
-            saved.append(_clean(layer_structure(at_checkpoint,
-                                                state["history"]["prior_precision"][-1],
-                                                config.factor_scale)))
+            saved.append(
+                _clean(
+                    layer_structure(
+                        at_checkpoint, state["history"]["prior_precision"][-1], config.factor_scale
+                    )
+                )
+            )
         except (RuntimeError, KeyError, IndexError, ValueError, TypeError):
             saved.append(None)  # a checkpoint of another run: fit refuses it with the reason
     return saved
 
 
-def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
-        resume: bool = False, keep_model: bool = False, data_root=None) -> dict:
+def run(
+    config: Config,
+    *,
+    device=None,
+    progress: bool = True,
+    checkpoint=None,
+    resume: bool = False,
+    keep_model: bool = False,
+    data_root=None,
+) -> dict:
     """Train one model on one task with one objective and summarise what it learned.
 
     Returns a JSON-ready dict: ``task``, ``model``, ``objective``, ``test_accuracy``,
@@ -357,8 +414,9 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
     if config.init == "lsuv":
         gen = torch.Generator().manual_seed(config.seed)
         X = train_loader.dataset.tensors[0]
-        zoo.init_from_data(model, X[torch.randperm(len(X), generator=gen)[:256]],
-                           path_std={"fc": config.fc_scale})
+        zoo.init_from_data(
+            model, X[torch.randperm(len(X), generator=gen)[:256]], path_std={"fc": config.fc_scale}
+        )
     unit_rows = config.factor_scale == "v"
     if unit_rows:
         zoo.scale_in_v(model)
@@ -366,27 +424,40 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
         model.to(device)
     # the per-epoch structure is kept beside the checkpoint, so a resumed run's history is whole
     layers_file = None if checkpoint is None else layers_history_path(checkpoint)
-    layers_history: list = (_resumed_layers_history(layers_file, checkpoint, model, config)
-                            if resume else [])
+    layers_history: list = (
+        _resumed_layers_history(layers_file, checkpoint, model, config) if resume else []
+    )
 
     def record(epoch, history: History, m):
-        del layers_history[epoch - 1:]
+        del layers_history[epoch - 1 :]
         layers_history.extend([None] * (epoch - 1 - len(layers_history)))
-        layers_history.append(layer_structure(m, history.prior_precision[-1],
-                                              config.factor_scale))
+        layers_history.append(layer_structure(m, history.prior_precision[-1], config.factor_scale))
         if layers_file is not None:
             atomic_write_text(layers_file, json.dumps(_clean(layers_history)))
 
     history = fit(
-        model, train_loader, test_loader, objective=config.objective, epochs=config.epochs,
-        lr=config.lr, lr_min=config.lr_min, optimizer=config.optimizer,
+        model,
+        train_loader,
+        test_loader,
+        objective=config.objective,
+        epochs=config.epochs,
+        lr=config.lr,
+        lr_min=config.lr_min,
+        optimizer=config.optimizer,
         prior_precision=config.prior_precision,
-        marglik_every=config.marglik_every, burn_in=config.burn_in,
-        hyper_steps=config.hyper_steps, hyper_lr=config.hyper_lr, device=device,
+        marglik_every=config.marglik_every,
+        burn_in=config.burn_in,
+        hyper_steps=config.hyper_steps,
+        hyper_lr=config.hyper_lr,
+        device=device,
         laplace=partial(_kron_laplace, hessian=config.hessian),
         reparametrize=zoo.retract_factors if unit_rows else None,
         project=zoo.project_factor_grads if unit_rows else None,
-        checkpoint=checkpoint, resume=resume, progress=progress, seed=config.seed, callback=record,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+        seed=config.seed,
+        callback=record,
         run_info=config.to_dict(),
     )
     if resume and len(layers_history) < len(history):
@@ -397,8 +468,11 @@ def run(config: Config, *, device=None, progress: bool = True, checkpoint=None,
     _, train_acc = evaluate(model, train_loader)
     final_ml = [v for v in history.log_marglik if not math.isnan(v)]
     result = {
-        "task": config.task, "model": config.model, "objective": config.objective,
-        "test_accuracy": test_acc, "train_accuracy": train_acc,
+        "task": config.task,
+        "model": config.model,
+        "objective": config.objective,
+        "test_accuracy": test_acc,
+        "train_accuracy": train_acc,
         "log_marglik": final_ml[-1] if final_ml and config.objective == "marglik" else None,
         "seconds": time.perf_counter() - t0,
         "cpu_seconds": time.process_time() - c0,
@@ -455,13 +529,15 @@ def _run_entry(entry: dict) -> dict:
     return run(config, progress=False, keep_model=True)
 
 
-def run_cached(config: Config, *, device=None, progress: bool = True, cache: bool = True,
-               data_root=None) -> dict:
+def run_cached(
+    config: Config, *, device=None, progress: bool = True, cache: bool = True, data_root=None
+) -> dict:
     """:func:`run` with the trained weights kept, computed once per configuration.
 
     Results are stored by ``equilib.cache.cached`` under :func:`cache_entry`, so the command
     line's ``compare`` and the chapter share them. ``cache=False`` recomputes.
     """
+
     def compute():
         return run(config, device=device, progress=progress, keep_model=True, data_root=data_root)
 
@@ -470,8 +546,9 @@ def run_cached(config: Config, *, device=None, progress: bool = True, cache: boo
     return cached("discover", cache_entry(config), compute)
 
 
-def run_many(configs: dict, *, device=None, workers: int | None = None,
-             progress: bool = True) -> dict:
+def run_many(
+    configs: dict, *, device=None, workers: int | None = None, progress: bool = True
+) -> dict:
     """``{key: result}`` for ``{key: Config}``: cached runs loaded, the others trained.
 
     On the CPU the missing runs train side by side in ``workers`` processes (default: up to
@@ -492,10 +569,18 @@ def run_many(configs: dict, *, device=None, workers: int | None = None,
                 print(f"  {key}: ...", flush=True)
             out[key] = run_cached(config, device=device, progress=False)
         return out
-    names = {key: key if isinstance(key, str) else " ".join(map(str, key))
-                  if isinstance(key, tuple) else str(key) for key in configs}
-    jobs = {names[key]: Job("discover", _config_key(c), _run_entry, code=CODE_FILES)
-            for key, c in configs.items()}
+    names = {
+        key: key
+        if isinstance(key, str)
+        else " ".join(map(str, key))
+        if isinstance(key, tuple)
+        else str(key)
+        for key in configs
+    }
+    jobs = {
+        names[key]: Job("discover", _config_key(c), _run_entry, code=CODE_FILES)
+        for key, c in configs.items()
+    }
     done = run_jobs(jobs, workers=workers, progress=progress)
     return {key: done[names[key]] for key in configs}
 
@@ -505,39 +590,63 @@ def without_weights(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "state_dict"}
 
 
-def compare(tasks=("digits",), models=MODELS, objectives=OBJECTIVES, *, fast: bool = False,
-            device=None, progress: bool = True, cache: bool = True, log=None, data_root=None,
-            workers: int | None = None, **overrides) -> list:
+def compare(
+    tasks=("digits",),
+    models=MODELS,
+    objectives=OBJECTIVES,
+    *,
+    fast: bool = False,
+    device=None,
+    progress: bool = True,
+    cache: bool = True,
+    log=None,
+    data_root=None,
+    workers: int | None = None,
+    **overrides,
+) -> list:
     """Run every task x model x objective (cached) and return the results as a list of dicts.
 
     With the cache on and scikit-learn's digits, missing runs train in parallel worker
     processes (:func:`run_many`); otherwise one after the other here.
     """
-    configs = {f"{task} {model} {objective}": default_config(fast, task=task, model=model,
-                                                             objective=objective, **overrides)
-               for task in tasks for model in models for objective in objectives}
+    configs = {
+        f"{task} {model} {objective}": default_config(
+            fast, task=task, model=model, objective=objective, **overrides
+        )
+        for task in tasks
+        for model in models
+        for objective in objectives
+    }
     if cache and all(c.source == "sklearn" for c in configs.values()):
         results = run_many(configs, device=device, workers=workers, progress=progress)
         rows = list(results.values())
     else:
-        rows = [run_cached(c, device=device, progress=progress, cache=cache, data_root=data_root)
-                for c in configs.values()]
+        rows = [
+            run_cached(c, device=device, progress=progress, cache=cache, data_root=data_root)
+            for c in configs.values()
+        ]
     if log is not None:
         for key, res in zip(configs, rows):
-            log(f"{key}: test accuracy {res['test_accuracy']:.3f} "
-                f"({res['seconds']:.1f} s to train)")
+            log(
+                f"{key}: test accuracy {res['test_accuracy']:.3f} ({res['seconds']:.1f} s to train)"
+            )
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
     """The compare table as Markdown: accuracy, log evidence, per-block fc/conv precision ratio, time."""
-    lines = ["| task | model | objective | test acc. | log p(D)/N | prior prec. fc/conv per block "
-             "| seconds |", "| --- | --- | --- | ---: | ---: | --- | ---: |"]
+    lines = [
+        "| task | model | objective | test acc. | log p(D)/N | prior prec. fc/conv per block "
+        "| seconds |",
+        "| --- | --- | --- | ---: | ---: | --- | ---: |",
+    ]
     for r in rows:
         ratios = precision_ratios(r["layers"])
         ratio = ", ".join("-" if v is None else f"{v:.3g}" for v in ratios)
         n = r["config"]["n_train"]
         ml = "-" if r.get("log_marglik") is None else f"{r['log_marglik'] / n:.3f}"
-        lines.append(f"| {r['task']} | {r['model']} | {r['objective']} | "
-                     f"{100 * r['test_accuracy']:.1f}% | {ml} | {ratio} | {r['seconds']:.1f} |")
+        lines.append(
+            f"| {r['task']} | {r['model']} | {r['objective']} | "
+            f"{100 * r['test_accuracy']:.1f}% | {ml} | {ratio} | {r['seconds']:.1f} |"
+        )
     return "\n".join(lines)

@@ -47,9 +47,13 @@ __all__ = [
 
 def _check_image(x: torch.Tensor, square: bool = False, what: str = "x") -> None:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor of shape (..., H, W), got {type(x).__name__}")
+        raise TypeError(
+            f"{what} must be a torch.Tensor of shape (..., H, W), got {type(x).__name__}"
+        )
     if x.ndim < 2:
-        raise ValueError(f"{what} must have shape (..., H, W) with at least 2 dims, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{what} must have shape (..., H, W) with at least 2 dims, got {tuple(x.shape)}"
+        )
     if square and x.shape[-1] != x.shape[-2]:
         raise ValueError(
             f"rotations need square images (..., H, H); got {what} of shape {tuple(x.shape)}"
@@ -138,7 +142,9 @@ def rotate(x: torch.Tensor, angle: float | torch.Tensor, mode: str = "bilinear")
     lead = x.shape[:-2]
     H, W = x.shape[-2:]
     angle_t = torch.as_tensor(angle, dtype=x.dtype, device=x.device)
-    if not (angle_t.ndim == 0 or (angle_t.ndim == 1 and len(lead) >= 1 and angle_t.shape[0] == lead[0])):
+    if not (
+        angle_t.ndim == 0 or (angle_t.ndim == 1 and len(lead) >= 1 and angle_t.shape[0] == lead[0])
+    ):
         raise ValueError(
             f"angle must be a scalar or a 1-D tensor of length {lead[0] if lead else 1} "
             f"(one per image), got shape {tuple(angle_t.shape)}"
@@ -442,7 +448,9 @@ def _resolve_action(action: Action | str | None, group: Group, default: Action) 
         "fmap": group.act_fmap,
     }
     if action not in table:
-        raise ValueError(f"unknown action {action!r}; expected a callable or one of {sorted(table)}")
+        raise ValueError(
+            f"unknown action {action!r}; expected a callable or one of {sorted(table)}"
+        )
     return table[action]
 
 
@@ -477,8 +485,10 @@ def equivariance_error(
     for g in group.elements if elements is None else elements:
         err = float((f(act_in(g, x)) - act_out(g, fx)).norm() / scale)
         if not math.isfinite(err):  # max(0.0, nan) would be 0.0: "exactly equivariant"
-            raise ValueError(f"f(g.x) contains NaN or inf for the group element g = {g!r}; "
-                             "cannot measure equivariance")
+            raise ValueError(
+                f"f(g.x) contains NaN or inf for the group element g = {g!r}; "
+                "cannot measure equivariance"
+            )
         worst = max(worst, err)
     return worst
 

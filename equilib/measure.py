@@ -175,9 +175,7 @@ def _check_input(x: torch.Tensor, transform: str) -> None:
             f"a rotation needs square inputs (B, C, H, H); this input is {H}x{W}: crop or pad it"
         )
     if min(H, W) < 4:
-        raise ValueError(
-            f"inputs of {H}x{W} pixels are too small to resample (need at least 4x4)"
-        )
+        raise ValueError(f"inputs of {H}x{W} pixels are too small to resample (need at least 4x4)")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
 

@@ -46,9 +46,21 @@ from equilib.nn.blocks import SoftBlock, make_path
 from equilib.nn.conv import STRIDINGS
 from equilib.nn.linear import FactoredLinear, check_shape
 
-__all__ = ["MODEL_NAMES", "BlockModel", "PathBlock", "SoftNet", "build", "path_of", "path_norms",
-           "default_strides", "init_from_data", "factored_paths", "scale_in_v",
-           "project_factor_grads", "retract_factors"]
+__all__ = [
+    "MODEL_NAMES",
+    "BlockModel",
+    "PathBlock",
+    "SoftNet",
+    "build",
+    "path_of",
+    "path_norms",
+    "default_strides",
+    "init_from_data",
+    "factored_paths",
+    "scale_in_v",
+    "project_factor_grads",
+    "retract_factors",
+]
 
 #: model name -> path kinds of every block (block path name is given by equilib.nn.PATH_KINDS)
 _SPECS: dict[str, tuple[str, ...]] = {
@@ -124,9 +136,16 @@ class SoftNet(nn.Module):
     ``pooling`` (``"max"`` or ``"mean"`` over space).
     """
 
-    def __init__(self, name: str, in_shape: tuple[int, int, int], blocks: list[SoftBlock],
-                 head: nn.Module, strides: tuple[int, ...], N: int = 1,
-                 pooling: str = "max"):
+    def __init__(
+        self,
+        name: str,
+        in_shape: tuple[int, int, int],
+        blocks: list[SoftBlock],
+        head: nn.Module,
+        strides: tuple[int, ...],
+        N: int = 1,
+        pooling: str = "max",
+    ):
         super().__init__()
         if pooling not in ("max", "mean"):
             raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
@@ -139,8 +158,10 @@ class SoftNet(nn.Module):
         """The last block's output: ``(B, width, H/S, W/S)`` (``(B, width, 4, ...)`` for C4)."""
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != self.in_shape:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"model {self.name!r} expects input (B, "
-                             f"{', '.join(map(str, self.in_shape))}), got {got}")
+            raise ValueError(
+                f"model {self.name!r} expects input (B, "
+                f"{', '.join(map(str, self.in_shape))}), got {got}"
+            )
         for block in self.blocks:
             x = block(x)
         return x
@@ -155,9 +176,19 @@ class SoftNet(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
-def build(name: str, in_shape=(1, 16, 16), n_classes: int = 10, width: int = 8, *,
-          depth: int = 3, strides=None, kernel_size: int = 3, hidden: int = 64,
-          pooling: str = "max", striding: str = "polyphase") -> SoftNet:
+def build(
+    name: str,
+    in_shape=(1, 16, 16),
+    n_classes: int = 10,
+    width: int = 8,
+    *,
+    depth: int = 3,
+    strides=None,
+    kernel_size: int = 3,
+    hidden: int = 64,
+    pooling: str = "max",
+    striding: str = "polyphase",
+) -> SoftNet:
     """Build the named model for inputs ``(B, C, H, W)`` with ``in_shape = (C, H, W)``.
 
     ``width``: channels of every block (per rotation for ``gconv-c4``); ``depth`` blocks with
@@ -172,20 +203,27 @@ def build(name: str, in_shape=(1, 16, 16), n_classes: int = 10, width: int = 8, 
     if name not in _SPECS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}")
     C, H, W = check_shape(in_shape, "in_shape")
-    for arg, v in (("n_classes", n_classes), ("width", width), ("depth", depth),
-                   ("hidden", hidden)):
+    for arg, v in (
+        ("n_classes", n_classes),
+        ("width", width),
+        ("depth", depth),
+        ("hidden", hidden),
+    ):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{arg} must be a positive int, got {v!r}")
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be an odd positive int (a filter with a centre and at "
-                         f"least one weight), got {kernel_size!r}")
+        raise ValueError(
+            f"kernel_size must be an odd positive int (a filter with a centre and at "
+            f"least one weight), got {kernel_size!r}"
+        )
     strides = default_strides(depth) if strides is None else tuple(strides)
     if len(strides) != depth or not all(isinstance(s, int) and s >= 1 for s in strides):
         raise ValueError(f"strides must be {depth} positive ints (one per block), got {strides!r}")
     total = math.prod(strides)
     if H % total or W % total:
-        raise ValueError(f"input size {H}x{W} must be divisible by the total stride {total} "
-                         f"(strides {strides})")
+        raise ValueError(
+            f"input size {H}x{W} must be divisible by the total stride {total} (strides {strides})"
+        )
     if striding not in STRIDINGS:
         raise ValueError(f"striding must be one of {STRIDINGS}, got {striding!r}")
     kinds = _SPECS[name]
@@ -211,8 +249,7 @@ def build(name: str, in_shape=(1, 16, 16), n_classes: int = 10, width: int = 8, 
     for m in head:
         if isinstance(m, nn.Linear):
             nn.init.zeros_(m.bias)
-    return SoftNet(name, (C, H, W), blocks, head, strides, N=4 if group else 1,
-                   pooling=pooling)
+    return SoftNet(name, (C, H, W), blocks, head, strides, N=4 if group else 1, pooling=pooling)
 
 
 def path_of(param_name: str) -> tuple[int, str] | None:
@@ -250,8 +287,12 @@ def factored_paths(model: nn.Module) -> Iterator[FactoredLinear]:
 
 
 @torch.no_grad()
-def init_from_data(model: SoftNet, x: torch.Tensor, target_std: float = 1.0,
-                   path_std: dict[str, float] | None = None) -> list[list[float]]:
+def init_from_data(
+    model: SoftNet,
+    x: torch.Tensor,
+    target_std: float = 1.0,
+    path_std: dict[str, float] | None = None,
+) -> list[list[float]]:
     """Data-dependent initialisation: scale every path so its output has std ``target_std`` on ``x``.
 
     Block by block, with ``s = target_std / std(path(h))`` (``h``: the block's input on the batch

@@ -59,8 +59,21 @@ __all__ = [
 
 #: the library files (relative to the package; folders with every module in them) whose code
 #: decides the result of the training functions here and of chapter 08's runs
-RUN_CODE = ("runs.py", "__init__.py", "_config.py", "groups.py", "augment.py", "measure.py",
-            "train.py", "checkpoint.py", "models.py", "nn", "laplace", "data", "degree")
+RUN_CODE = (
+    "runs.py",
+    "__init__.py",
+    "_config.py",
+    "groups.py",
+    "augment.py",
+    "measure.py",
+    "train.py",
+    "checkpoint.py",
+    "models.py",
+    "nn",
+    "laplace",
+    "data",
+    "degree",
+)
 
 
 @dataclass(frozen=True)
@@ -155,8 +168,10 @@ def run_jobs(jobs: Mapping[str, Job], workers: int = 2, progress: bool = True) -
             for done, fut in enumerate(as_completed(futures), 1):
                 key = futures[fut]
                 results[key], seconds, cpu = fut.result()
-                say(f"  {key}: done in {seconds:.0f} s (CPU {cpu:.0f} s; {done}/{n}, "
-                    f"{time.time() - start:.0f} s since the start)")
+                say(
+                    f"  {key}: done in {seconds:.0f} s (CPU {cpu:.0f} s; {done}/{n}, "
+                    f"{time.time() - start:.0f} s since the start)"
+                )
     return {key: results[key] for key in jobs}
 
 
@@ -167,8 +182,14 @@ def rotated_digits(config: dict):
     """Chapter 03's C4-rotated digits on a 16x16 canvas: ``(Xtr, ytr, Xte, yte)``."""
     from equilib.data.mixed import make_rotated_digits
 
-    return make_rotated_digits(config["n_train"], config["n_test"], kind="c4", size=16, digit=12,
-                               seed=config.get("data_seed", 0))
+    return make_rotated_digits(
+        config["n_train"],
+        config["n_test"],
+        kind="c4",
+        size=16,
+        digit=12,
+        seed=config.get("data_seed", 0),
+    )
 
 
 def six_nine(n: int = 250):
@@ -185,8 +206,12 @@ def capstone_data(config: dict):
     """The capstone data set of ``config["capstone_seed"]`` (sizes ``n_train``, ``n_test``)."""
     from equilib.data.capstone import make_capstone
 
-    return make_capstone(n_train=config["n_train"], n_test=config["n_test"],
-                         seed=config["capstone_seed"], symmetry=config.get("symmetry"))
+    return make_capstone(
+        n_train=config["n_train"],
+        n_test=config["n_test"],
+        seed=config["capstone_seed"],
+        symmetry=config.get("symmetry"),
+    )
 
 
 def _classification_data(config: dict):
@@ -202,9 +227,17 @@ def _classification_data(config: dict):
 def small_cnn(n_classes: int) -> nn.Sequential:
     """Two conv-ReLU-maxpool stages and a two-layer head on 16x16 images (Augerino's network)."""
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, n_classes))
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(256, 32),
+        nn.ReLU(),
+        nn.Linear(32, n_classes),
+    )
 
 
 # --------------------------------------------------------------------------- trainings
@@ -225,9 +258,16 @@ def train_classifier(config: dict) -> dict:
     n = config.get("n_fit") or len(Xtr)
     equilib.seed_everything(config["seed"])
     model = new_model("classifier", config, nc, tuple(Xtr.shape[1:]))
-    hist = fit(model, make_loader(Xtr[:n], ytr[:n], 32, True, config["seed"]),
-               make_loader(Xte, yte, 256, False), epochs=config["epochs"], lr=config["lr"],
-               progress=False, seed=config["seed"], device="cpu")
+    hist = fit(
+        model,
+        make_loader(Xtr[:n], ytr[:n], 32, True, config["seed"]),
+        make_loader(Xte, yte, 256, False),
+        epochs=config["epochs"],
+        lr=config["lr"],
+        progress=False,
+        seed=config["seed"],
+        device="cpu",
+    )
     return {"state": model.cpu().state_dict(), "test_acc": hist.test_acc[-1], "n_classes": nc}
 
 
@@ -242,14 +282,25 @@ def train_two_path(config: dict) -> dict:
     from equilib.data.tasks import make_task
     from equilib.train import fit
 
-    Xt, yt, Xv, yv = make_task(config["task"], n_train=config["n_train"],
-                               n_test=config["n_test"], seed=0)
+    Xt, yt, Xv, yv = make_task(
+        config["task"], n_train=config["n_train"], n_test=config["n_test"], seed=0
+    )
     nc = 10 if config["task"] == "digits" else 40
     equilib.seed_everything(config["seed"])
     model = new_model("two-path", config, nc, tuple(Xt.shape[1:]))
-    hist = fit(model, make_loader(Xt, yt, 32, True, config["seed"]), make_loader(Xv, yv, 256, False),
-               objective="marglik", epochs=config["epochs"], burn_in=1, marglik_every=1,
-               lr=config["lr"], progress=False, seed=config["seed"], device="cpu")
+    hist = fit(
+        model,
+        make_loader(Xt, yt, 32, True, config["seed"]),
+        make_loader(Xv, yv, 256, False),
+        objective="marglik",
+        epochs=config["epochs"],
+        burn_in=1,
+        marglik_every=1,
+        lr=config["lr"],
+        progress=False,
+        seed=config["seed"],
+        device="cpu",
+    )
     return {"state": model.cpu().state_dict(), "test_acc": hist.test_acc[-1], "n_classes": nc}
 
 
@@ -264,16 +315,27 @@ def train_partial(config: dict) -> dict:
     from equilib.data.mixed import make_degree_task
     from equilib.degree.training import experiment_config, train_degree
 
-    dcfg = experiment_config("rotated", epochs=config["epochs"], n_train=config["n_train"],
-                             n_test=config["n_test"])
+    dcfg = experiment_config(
+        "rotated", epochs=config["epochs"], n_train=config["n_train"], n_test=config["n_test"]
+    )
     Xt, yt, Xv, yv, nc = make_degree_task("rotated", dcfg["n_train"], dcfg["n_test"], seed=0)
     equilib.seed_everything(config["seed"])
     model = new_model("partial", {**config, "dcfg": dcfg}, nc, tuple(Xt.shape[1:]))
-    out = train_degree(model, make_loader(Xt, yt, 32, True, config["seed"]),
-                       make_loader(Xv, yv, 256, False), epochs=dcfg["epochs"], lr=dcfg["lr"],
-                       device="cpu", seed=config["seed"])
-    return {"state": model.cpu().state_dict(), "test_acc": out["history"]["test_acc"][-1],
-            "dcfg": dcfg, "n_classes": nc}
+    out = train_degree(
+        model,
+        make_loader(Xt, yt, 32, True, config["seed"]),
+        make_loader(Xv, yv, 256, False),
+        epochs=dcfg["epochs"],
+        lr=dcfg["lr"],
+        device="cpu",
+        seed=config["seed"],
+    )
+    return {
+        "state": model.cpu().state_dict(),
+        "test_acc": out["history"]["test_acc"][-1],
+        "dcfg": dcfg,
+        "n_classes": nc,
+    }
 
 
 def train_augerino(config: dict) -> dict:
@@ -300,10 +362,17 @@ def train_augerino(config: dict) -> dict:
     n = config["n"]
     torch.manual_seed(config["seed"])
     aug = new_model("augerino", config, nc)
-    hist = augment.train_augmentation(aug, X[:n], y[:n], epochs=config["epochs"],
-                                      lr=config["lr"], width_lr=0.05,
-                                      strength=config["strength"], batch_size=32,
-                                      seed=config["seed"])
+    hist = augment.train_augmentation(
+        aug,
+        X[:n],
+        y[:n],
+        epochs=config["epochs"],
+        lr=config["lr"],
+        width_lr=0.05,
+        strength=config["strength"],
+        batch_size=32,
+        seed=config["seed"],
+    )
     return {"state": aug.state_dict(), "hist": hist, "n_classes": nc}
 
 
@@ -318,8 +387,7 @@ def new_model(kind: str, config: dict, n_classes: int, in_shape=(1, 16, 16)) -> 
     if kind == "classifier":
         from equilib.models import build
 
-        return build(config["model"], in_shape=in_shape, n_classes=n_classes,
-                     width=config["width"])
+        return build(config["model"], in_shape=in_shape, n_classes=n_classes, width=config["width"])
     if kind == "two-path":
         from equilib.models import build
 
@@ -331,8 +399,9 @@ def new_model(kind: str, config: dict, n_classes: int, in_shape=(1, 16, 16)) -> 
     if kind == "augerino":
         from equilib import augment
 
-        return augment.Augerino(small_cnn(n_classes), tuple(config["transforms"]),
-                                init_width=config["init_width"])
+        return augment.Augerino(
+            small_cnn(n_classes), tuple(config["transforms"]), init_width=config["init_width"]
+        )
     raise ValueError(f"unknown kind {kind!r}; expected one of {list(KINDS)}")
 
 

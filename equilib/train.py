@@ -68,13 +68,16 @@ def check_labels(y: torch.Tensor, n_classes: int, where: str) -> None:
     if torch.is_floating_point(y) or torch.is_complex(y) or y.dtype == torch.bool:
         raise ValueError(f"{where}: class labels must be integers, got dtype {y.dtype}")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-        raise ValueError(f"{where}: class labels must lie in [0, {n_classes - 1}] (the model "
-                         f"has {n_classes} outputs), found values from {int(y.min())} to "
-                         f"{int(y.max())}")
+        raise ValueError(
+            f"{where}: class labels must lie in [0, {n_classes - 1}] (the model "
+            f"has {n_classes} outputs), found values from {int(y.min())} to "
+            f"{int(y.max())}"
+        )
 
 
-def _check_finite_state(epoch: int, loss_sum: torch.Tensor, named, log_delta=None,
-                        log_ml: float | None = None) -> None:
+def _check_finite_state(
+    epoch: int, loss_sum: torch.Tensor, named, log_delta=None, log_ml: float | None = None
+) -> None:
     """Raise :class:`TrainingDiverged` naming the epoch and the first non-finite tensor (or,
     when every tensor is finite, a non-finite log marginal likelihood ``log_ml``)."""
     finite = [torch.isfinite(loss_sum).all()] + [torch.isfinite(p).all() for _, p in named]
@@ -82,14 +85,18 @@ def _check_finite_state(epoch: int, loss_sum: torch.Tensor, named, log_delta=Non
         finite.append(torch.isfinite(log_delta).all())
     if bool(torch.stack([f.to(finite[0].device) for f in finite]).all()):
         if log_ml is not None and not math.isfinite(log_ml):
-            raise TrainingDiverged(f"training diverged in epoch {epoch}: the log marginal "
-                                   f"likelihood is {log_ml}")
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch}: the log marginal likelihood is {log_ml}"
+            )
         return
     bad = [n for (n, p) in named if not bool(torch.isfinite(p).all())]
     what = [f"the training loss is {float(loss_sum):g}"] if not bool(finite[0]) else []
     if bad:
-        what.append(f"weight tensor {bad[0]!r}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1
-                                                  else "") + " holds NaN or inf")
+        what.append(
+            f"weight tensor {bad[0]!r}"
+            + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+            + " holds NaN or inf"
+        )
     if log_delta is not None and not bool(torch.isfinite(log_delta).all()):
         what.append("the learned prior precisions hold NaN or inf")
     raise TrainingDiverged(
@@ -204,8 +211,10 @@ def evaluate(model: nn.Module, loader, device=None) -> tuple[float, float]:
     if n == 0:
         raise ValueError("evaluate() got an empty loader")
     if bool(bad_output):
-        raise ValueError("the model's outputs on the evaluated data contain NaN or inf; check "
-                         "those inputs (and the weights) for NaN or inf")
+        raise ValueError(
+            "the model's outputs on the evaluated data contain NaN or inf; check "
+            "those inputs (and the weights) for NaN or inf"
+        )
     return loss.item() / n, correct.item() / n
 
 
@@ -240,14 +249,17 @@ def curvature_loader_for(loader, batch_size: int | None):
         return loader
     sampler = loader.sampler
     whole = isinstance(sampler, SequentialSampler) or (
-        isinstance(sampler, RandomSampler) and not sampler.replacement
-        and sampler.num_samples == len(loader.dataset))
+        isinstance(sampler, RandomSampler)
+        and not sampler.replacement
+        and sampler.num_samples == len(loader.dataset)
+    )
     if not whole or loader.drop_last or type(loader.batch_sampler) is not BatchSampler:
         return loader
     if isinstance(loader.dataset, TensorDataset) and loader.collate_fn is default_collate:
         return TensorBatches(loader.dataset, batch_size)
-    return DataLoader(loader.dataset, batch_size=batch_size, shuffle=False,
-                      collate_fn=loader.collate_fn)
+    return DataLoader(
+        loader.dataset, batch_size=batch_size, shuffle=False, collate_fn=loader.collate_fn
+    )
 
 
 class TensorBatches:
@@ -349,10 +361,21 @@ def fit(
     with :class:`TrainingDiverged`, naming the epoch and the tensor, before that epoch is
     recorded, checkpointed or passed to ``callback``.
     """
-    _check_fit_args(objective=objective, optimizer=optimizer, schedule=schedule, epochs=epochs,
-                    lr=lr, lr_min=lr_min, marglik_every=marglik_every, burn_in=burn_in,
-                    hyper_steps=hyper_steps, hyper_lr=hyper_lr, checkpoint=checkpoint,
-                    resume=resume, curvature_batch_size=curvature_batch_size)
+    _check_fit_args(
+        objective=objective,
+        optimizer=optimizer,
+        schedule=schedule,
+        epochs=epochs,
+        lr=lr,
+        lr_min=lr_min,
+        marglik_every=marglik_every,
+        burn_in=burn_in,
+        hyper_steps=hyper_steps,
+        hyper_lr=hyper_lr,
+        checkpoint=checkpoint,
+        resume=resume,
+        curvature_batch_size=curvature_batch_size,
+    )
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
     named = trainable_parameters(model)
@@ -367,19 +390,31 @@ def fit(
     # the fused step updates every tensor in one kernel per tensor, several times faster than
     # the default per-tensor loop on CPU (benchmarks/bench_train.py)
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    opt = (torch.optim.Adam(params, lr=lr, fused=fused) if optimizer == "adam"
-           else torch.optim.SGD(params, lr=lr, momentum=0.9))
+    opt = (
+        torch.optim.Adam(params, lr=lr, fused=fused)
+        if optimizer == "adam"
+        else torch.optim.SGD(params, lr=lr, momentum=0.9)
+    )
     hyper_opt = torch.optim.Adam([log_delta], lr=hyper_lr) if objective == "marglik" else None
     settings = {
         "params": [(n, list(p.shape)) for n, p in named],
-        "objective": objective, "epochs": epochs, "lr": lr, "lr_min": lr_min,
-        "schedule": schedule, "optimizer": optimizer, "marglik_every": marglik_every,
-        "burn_in": burn_in, "hyper_steps": hyper_steps, "hyper_lr": hyper_lr, "n_data": n_data,
+        "objective": objective,
+        "epochs": epochs,
+        "lr": lr,
+        "lr_min": lr_min,
+        "schedule": schedule,
+        "optimizer": optimizer,
+        "marglik_every": marglik_every,
+        "burn_in": burn_in,
+        "hyper_steps": hyper_steps,
+        "hyper_lr": hyper_lr,
+        "n_data": n_data,
         "run_info": run_info,
     }
     if resume:
-        history, start_epoch = _resume(checkpoint, settings, model, opt, log_delta, hyper_opt,
-                                       train_loader)
+        history, start_epoch = _resume(
+            checkpoint, settings, model, opt, log_delta, hyper_opt, train_loader
+        )
     else:
         history, start_epoch = History(param_names=[n for n, _ in named]), 0
         torch.manual_seed(seed)
@@ -388,43 +423,90 @@ def fit(
     lr_at, step = _lr_schedule(train_loader, schedule, epochs, start_epoch, lr, lr_min)
     elapsed = history.seconds[-1] if history.seconds else 0.0
 
-    with _progress(progress, epochs, start_epoch, objective, test_loader is not None,
-                   n_data) as advance:
+    with _progress(
+        progress, epochs, start_epoch, objective, test_loader is not None, n_data
+    ) as advance:
         for epoch in range(start_epoch + 1, epochs + 1):
             t0 = time.perf_counter()
             # MAP steps: one pass over the data with the prior precisions held fixed
-            stats, t_train = _timed(device, _train_epoch, model, train_loader, opt, params,
-                                    log_delta, n_data, epoch, step, lr, lr_at, extra_loss,
-                                    project, reparametrize)
+            stats, t_train = _timed(
+                device,
+                _train_epoch,
+                model,
+                train_loader,
+                opt,
+                params,
+                log_delta,
+                n_data,
+                epoch,
+                step,
+                lr,
+                lr_at,
+                extra_loss,
+                project,
+                reparametrize,
+            )
             step = stats.step
             _check_finite_state(epoch, stats.loss_sum, named)
             # every marglik_every epochs after the burn-in, and after the last epoch (also when
             # the run ends before the burn-in does): refit the curvature, then the hyper-steps
             log_ml, t_hyper = float("nan"), 0.0
-            if objective == "marglik" and (epoch == epochs or (
-                    epoch > burn_in and (epoch - burn_in) % marglik_every == 0)):
-                log_ml, t_hyper = _timed(device, _marglik_update, model, curvature_loader,
-                                         log_delta, hyper_opt, hyper_steps, n_data, laplace)
+            if objective == "marglik" and (
+                epoch == epochs or (epoch > burn_in and (epoch - burn_in) % marglik_every == 0)
+            ):
+                log_ml, t_hyper = _timed(
+                    device,
+                    _marglik_update,
+                    model,
+                    curvature_loader,
+                    log_delta,
+                    hyper_opt,
+                    hyper_steps,
+                    n_data,
+                    laplace,
+                )
                 _check_finite_state(epoch, stats.loss_sum, named, log_delta.detach(), log_ml)
-            test_acc = (evaluate(model, test_loader, device)[1] if test_loader is not None
-                        else float("nan"))
+            test_acc = (
+                evaluate(model, test_loader, device)[1] if test_loader is not None else float("nan")
+            )
             elapsed += time.perf_counter() - t0
-            _record_epoch(history, epoch, stats, test_acc, log_ml, log_delta, elapsed, t_train,
-                          t_hyper)
+            _record_epoch(
+                history, epoch, stats, test_acc, log_ml, log_delta, elapsed, t_train, t_hyper
+            )
             if checkpoint is not None:
-                write_checkpoint(checkpoint, settings=settings, epoch=epoch, model=model,
-                                 optimizer=opt, log_prior_precision=log_delta,
-                                 hyper_optimizer=hyper_opt, history=history.to_dict(),
-                                 loader=train_loader)
+                write_checkpoint(
+                    checkpoint,
+                    settings=settings,
+                    epoch=epoch,
+                    model=model,
+                    optimizer=opt,
+                    log_prior_precision=log_delta,
+                    hyper_optimizer=hyper_opt,
+                    history=history.to_dict(),
+                    loader=train_loader,
+                )
             advance(history)
             if callback is not None:
                 callback(epoch, history, model)
     return history
 
 
-def _check_fit_args(*, objective, optimizer, schedule, epochs, lr, lr_min, marglik_every,
-                    burn_in, hyper_steps, hyper_lr, checkpoint, resume,
-                    curvature_batch_size) -> None:
+def _check_fit_args(
+    *,
+    objective,
+    optimizer,
+    schedule,
+    epochs,
+    lr,
+    lr_min,
+    marglik_every,
+    burn_in,
+    hyper_steps,
+    hyper_lr,
+    checkpoint,
+    resume,
+    curvature_batch_size,
+) -> None:
     """Refuse :func:`fit` arguments outside their range, naming the argument and what it got."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVES)}")
@@ -440,22 +522,26 @@ def _check_fit_args(*, objective, optimizer, schedule, epochs, lr, lr_min, margl
     if not _is_int(burn_in) or burn_in < 0:
         raise ValueError(f"burn_in must be a non-negative int, got {burn_in!r}")
     if not (lr > 0 and hyper_lr > 0 and 0 <= lr_min <= lr):
-        raise ValueError(f"need lr > 0, hyper_lr > 0 and 0 <= lr_min <= lr; got {lr}, "
-                         f"{hyper_lr}, {lr_min}")
+        raise ValueError(
+            f"need lr > 0, hyper_lr > 0 and 0 <= lr_min <= lr; got {lr}, {hyper_lr}, {lr_min}"
+        )
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
-    if curvature_batch_size is not None and (not _is_int(curvature_batch_size)
-                                             or curvature_batch_size <= 0):
-        raise ValueError(f"curvature_batch_size must be a positive int or None, got "
-                         f"{curvature_batch_size!r}")
+    if curvature_batch_size is not None and (
+        not _is_int(curvature_batch_size) or curvature_batch_size <= 0
+    ):
+        raise ValueError(
+            f"curvature_batch_size must be a positive int or None, got {curvature_batch_size!r}"
+        )
 
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _resume(path, settings: dict, model: nn.Module, opt, log_delta: torch.Tensor, hyper_opt,
-            loader) -> tuple[History, int]:
+def _resume(
+    path, settings: dict, model: nn.Module, opt, log_delta: torch.Tensor, hyper_opt, loader
+) -> tuple[History, int]:
     """Continue a run from its checkpoint: the same settings are required; the model, both
     optimizers, the precisions, the history and the random state are restored. Returns the
     history and the last finished epoch."""
@@ -467,8 +553,9 @@ def _resume(path, settings: dict, model: nn.Module, opt, log_delta: torch.Tensor
     return history, state["epoch"]
 
 
-def _lr_schedule(loader, schedule: str, epochs: int, start_epoch: int, lr: float,
-                 lr_min: float) -> tuple[Callable[[int], float] | None, int]:
+def _lr_schedule(
+    loader, schedule: str, epochs: int, start_epoch: int, lr: float, lr_min: float
+) -> tuple[Callable[[int], float] | None, int]:
     """The learning rate as a function of the step (None: ``lr`` throughout, also for a cosine
     schedule over a loader of unknown length) and the number of steps before ``start_epoch``."""
     steps_per_epoch = max(len(loader), 1) if hasattr(loader, "__len__") else None
@@ -492,8 +579,21 @@ class _EpochPass:
     step: int
 
 
-def _train_epoch(model, loader, opt, params, log_delta, n_data, epoch, step, lr, lr_at,
-                 extra_loss, project, reparametrize) -> _EpochPass:
+def _train_epoch(
+    model,
+    loader,
+    opt,
+    params,
+    log_delta,
+    n_data,
+    epoch,
+    step,
+    lr,
+    lr_at,
+    extra_loss,
+    project,
+    reparametrize,
+) -> _EpochPass:
     """One epoch of MAP steps on ``mean CE + prior_penalty (+ extra_loss)``, with the prior
     precisions ``exp(log_delta)`` held fixed."""
     device = log_delta.device
@@ -539,9 +639,17 @@ def _timed(device: torch.device, fn, *args):
     return out, time.perf_counter() - t0
 
 
-def _record_epoch(history: History, epoch: int, stats: _EpochPass, test_acc: float,
-                  log_ml: float, log_delta: torch.Tensor, elapsed: float, t_train: float,
-                  t_hyper: float) -> None:
+def _record_epoch(
+    history: History,
+    epoch: int,
+    stats: _EpochPass,
+    test_acc: float,
+    log_ml: float,
+    log_delta: torch.Tensor,
+    elapsed: float,
+    t_train: float,
+    t_hyper: float,
+) -> None:
     """Append one finished epoch to ``history``."""
     history.epoch.append(epoch)
     history.train_loss.append(stats.loss_sum.item() / stats.seen)
@@ -556,8 +664,9 @@ def _record_epoch(history: History, epoch: int, stats: _EpochPass, test_acc: flo
 
 
 @contextmanager
-def _progress(show: bool, epochs: int, start_epoch: int, objective: str, has_test: bool,
-              n_data: int):
+def _progress(
+    show: bool, epochs: int, start_epoch: int, objective: str, has_test: bool, n_data: int
+):
     """A tqdm bar over the epochs (terminal or notebook), closed on the way out; yields the
     function that advances it by one recorded epoch (a no-op when ``show`` is false)."""
     if not show:
@@ -582,7 +691,9 @@ def _progress(show: bool, epochs: int, start_epoch: int, objective: str, has_tes
         bar.close()
 
 
-def _marglik_update(model, train_loader, log_delta, hyper_opt, hyper_steps, n_data, laplace) -> float:
+def _marglik_update(
+    model, train_loader, log_delta, hyper_opt, hyper_steps, n_data, laplace
+) -> float:
     """Refit the curvature at the current weights, then Adam steps on log delta; returns log p(D|delta)."""
     was_training = model.training
     model.eval()

@@ -53,7 +53,9 @@ def log_evidence(Phi: torch.Tensor, y: torch.Tensor, delta, sigma) -> torch.Tens
 # %%
 if __name__ == "__main__":
     Phi = torch.randn(20, 3, dtype=torch.float64)
-    y = Phi @ torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64) + 0.1 * torch.randn(20, dtype=torch.float64)
+    y = Phi @ torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64) + 0.1 * torch.randn(
+        20, dtype=torch.float64
+    )
     print("log evidence:", float(log_evidence(Phi, y, 1.0, 0.1)))
 
 # %% [markdown]
@@ -74,10 +76,17 @@ def fit_and_occam(Phi: torch.Tensor, y: torch.Tensor, delta, sigma) -> tuple:
     P = Phi.T @ Phi / sigma**2 + delta * torch.eye(D, dtype=Phi.dtype)
     m = torch.linalg.solve(P, Phi.T @ y / sigma**2)
     r = y - Phi @ m
-    data_fit = -0.5 * N * math.log(2 * math.pi) - N * torch.log(torch.as_tensor(sigma, dtype=Phi.dtype)) \
+    data_fit = (
+        -0.5 * N * math.log(2 * math.pi)
+        - N * torch.log(torch.as_tensor(sigma, dtype=Phi.dtype))
         - r @ r / (2 * sigma**2)
+    )
     logdet = torch.linalg.slogdet(P)[1]
-    occam = 0.5 * D * torch.log(torch.as_tensor(delta, dtype=Phi.dtype)) - 0.5 * delta * m @ m - 0.5 * logdet
+    occam = (
+        0.5 * D * torch.log(torch.as_tensor(delta, dtype=Phi.dtype))
+        - 0.5 * delta * m @ m
+        - 0.5 * logdet
+    )
     return data_fit, occam
     # END SOLUTION
 
@@ -136,7 +145,9 @@ if __name__ == "__main__":
     X = torch.randn(30, 6, dtype=torch.float64)
     w = torch.randn(6, dtype=torch.float64)
     Y = (circulant_design(X) @ w).reshape(30, 6) + 0.3 * torch.randn(30, 6, dtype=torch.float64)
-    print("log p(Y | CONV) - log p(Y | FC) on symmetric data:", float(conv_minus_fc(X, Y, 1.0, 0.3)))
+    print(
+        "log p(Y | CONV) - log p(Y | FC) on symmetric data:", float(conv_minus_fc(X, Y, 1.0, 0.3))
+    )
 
 # %% [markdown]
 # ## Exercise 5.4: how noisy are the data? The evidence decides

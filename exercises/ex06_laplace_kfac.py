@@ -110,8 +110,14 @@ def linear_kfac_factors(model: nn.Module, layer: nn.Linear, X: torch.Tensor) -> 
 if __name__ == "__main__":
     p = torch.softmax(torch.randn(2, 3, dtype=torch.float64), dim=-1)
     L = softmax_hessian_root(p)
-    print("|L L^T - Lambda| =", float((L @ L.transpose(1, 2) - torch.diag_embed(p)
-                                      + p.unsqueeze(2) * p.unsqueeze(1)).abs().max()))
+    print(
+        "|L L^T - Lambda| =",
+        float(
+            (L @ L.transpose(1, 2) - torch.diag_embed(p) + p.unsqueeze(2) * p.unsqueeze(1))
+            .abs()
+            .max()
+        ),
+    )
     net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
     A, B = linear_kfac_factors(net, net[0], torch.randn(10, 4, dtype=torch.float64))
     print(A.shape, B.shape)
@@ -130,14 +136,18 @@ if __name__ == "__main__":
 def effective_dimensions(A: torch.Tensor, B: torch.Tensor, scale, delta) -> torch.Tensor:
     """Effective number of parameters of the block with curvature ``scale * B (x) A``."""
     # BEGIN SOLUTION Exercise 6.3: see chapter 05, 'Data fit minus Occam factor' (gamma), and chapter 06, 'The Kronecker log-determinant identity' for the eigenvalues of this curvature
-    lam = scale * torch.linalg.eigvalsh(B).clamp_min(0).unsqueeze(1) \
+    lam = (
+        scale
+        * torch.linalg.eigvalsh(B).clamp_min(0).unsqueeze(1)
         * torch.linalg.eigvalsh(A).clamp_min(0).unsqueeze(0)
+    )
     return (lam / (lam + delta)).sum()
     # END SOLUTION
 
 
-def mackay_update(A: torch.Tensor, B: torch.Tensor, weight: torch.Tensor, scale,
-                  delta) -> torch.Tensor:
+def mackay_update(
+    A: torch.Tensor, B: torch.Tensor, weight: torch.Tensor, scale, delta
+) -> torch.Tensor:
     """MacKay's fixed-point step for the prior precision of ``weight``."""
     # BEGIN SOLUTION Exercise 6.3: see chapter 05, 'Data fit minus Occam factor': MacKay's fixed point, with this block's effective dimensions and weights
     return effective_dimensions(A, B, scale, delta) / weight.detach().pow(2).sum()

@@ -49,8 +49,9 @@ CANDIDATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 # %%
-def nearest_neighbour_accuracy(Xtr: torch.Tensor, ytr: torch.Tensor, Xte: torch.Tensor,
-                               yte: torch.Tensor) -> float:
+def nearest_neighbour_accuracy(
+    Xtr: torch.Tensor, ytr: torch.Tensor, Xte: torch.Tensor, yte: torch.Tensor
+) -> float:
     """1-NN accuracy: ``Xtr: (N, C, H, W)``, ``ytr: (N,)``, ``Xte: (M, C, H, W)``, ``yte: (M,)``."""
     # BEGIN SOLUTION Exercise 10.1: see chapter 10, section 2 (The orbit test): a classifier that only memorises gives each test image the label of the training image nearest to it; compute all distances at once
     d = torch.cdist(Xte.flatten(1), Xtr.flatten(1))

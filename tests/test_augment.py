@@ -13,9 +13,16 @@ from equilib.groups import rotate
 
 def small_net(K):
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, K),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(256, 32),
+        nn.ReLU(),
+        nn.Linear(32, K),
     )
 
 
@@ -73,8 +80,13 @@ def test_reparameterised_gradient_matches_finite_differences():
 
 
 def test_penalty_rewards_width_and_eval_averages_n_eval_copies():
-    aug = augment.Augerino(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), ("translation_x",),
-                           init_width=1.5, n_samples=2, n_eval=5)
+    aug = augment.Augerino(
+        nn.Sequential(nn.Flatten(), nn.Linear(64, 2)),
+        ("translation_x",),
+        init_width=1.5,
+        n_samples=2,
+        n_eval=5,
+    )
     pen = augment.width_penalty(aug, 0.1)
     assert abs(float(pen.detach()) + 0.15) < 1e-6
     pen.backward()
@@ -109,9 +121,12 @@ def test_last_layer_marglik_matches_brute_force_hessian():
 
     Hs = torch.autograd.functional.hessian(nll, theta0)
     P = theta0.numel()
-    ref = (-nll(theta0) - 0.5 * delta * theta0.pow(2).sum()
-           - 0.5 * torch.logdet(Hs + delta * torch.eye(P, dtype=Hs.dtype))
-           + 0.5 * P * math.log(delta))
+    ref = (
+        -nll(theta0)
+        - 0.5 * delta * theta0.pow(2).sum()
+        - 0.5 * torch.logdet(Hs + delta * torch.eye(P, dtype=Hs.dtype))
+        + 0.5 * P * math.log(delta)
+    )
     assert abs(float(got) - float(ref)) < 1e-8 * max(1.0, abs(float(ref)))
     got.backward()
     assert aug.raw_width.grad is not None and torch.isfinite(aug.raw_width.grad).all()
@@ -129,13 +144,15 @@ def test_bad_inputs_raise_clear_errors():
         aug(torch.rand(2, 1, 16, 12))
     with pytest.raises(ValueError, match="eps must have shape"):
         aug.augment(torch.rand(2, 1, 16, 16), torch.zeros(3, 1))
-    conv_only = augment.Augerino(nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1),
-                                               nn.Flatten()))
+    conv_only = augment.Augerino(
+        nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    )
     with pytest.raises(ValueError, match="no nn.Linear"):
         augment.augmentation_log_marglik(conv_only, torch.rand(4, 1, 8, 8), torch.zeros(4).long())
     with pytest.raises(ValueError, match="objective"):
-        augment.train_augmentation(aug, torch.rand(4, 1, 16, 16), torch.zeros(4).long(),
-                                   objective="mle")
+        augment.train_augmentation(
+            aug, torch.rand(4, 1, 16, 16), torch.zeros(4).long(), objective="mle"
+        )
 
 
 @pytest.mark.slow
@@ -144,14 +161,16 @@ def test_learned_rotation_width_grows_on_rotated_digits_not_on_six_vs_nine():
     X, y, Xr = rotated_digits16(n)
     torch.manual_seed(0)
     rot = augment.Augerino(small_net(10), ("rotation",), init_width=0.5)
-    h_rot = augment.train_augmentation(rot, Xr, y[:n], epochs=10, lr=3e-3, width_lr=0.05,
-                                       strength=0.05, batch_size=32)
+    h_rot = augment.train_augmentation(
+        rot, Xr, y[:n], epochs=10, lr=3e-3, width_lr=0.05, strength=0.05, batch_size=32
+    )
     keep = (y == 6) | (y == 9)
     X69, y69 = X[keep][:250], (y[keep] == 9).long()[:250]
     torch.manual_seed(0)
     up = augment.Augerino(small_net(2), ("rotation",), init_width=0.5)
-    h_up = augment.train_augmentation(up, X69, y69, epochs=15, lr=1e-2, width_lr=0.05,
-                                      strength=0.05, batch_size=32)
+    h_up = augment.train_augmentation(
+        up, X69, y69, epochs=15, lr=1e-2, width_lr=0.05, strength=0.05, batch_size=32
+    )
     w_rot, w_up = h_rot["width"][-1]["rotation"], h_up["width"][-1]["rotation"]
     assert w_rot > math.pi + 1  # wider than +-90 degrees: rotations are free on rotated data
     assert w_up < math.pi  # never reaches the angles at which a 6 becomes a 9
@@ -168,13 +187,18 @@ def test_marglik_width_grows_on_rotated_digits_and_shrinks_on_six_vs_nine():
     widths = {}
     for name, (XX, yy, k, lr) in {
         "rotated": (Xr, y[:n], 10, 3e-3),
-        "six-nine": (X[(y == 6) | (y == 9)][:300], (y[(y == 6) | (y == 9)] == 9).long()[:300], 2,
-                     1e-2),
+        "six-nine": (
+            X[(y == 6) | (y == 9)][:300],
+            (y[(y == 6) | (y == 9)] == 9).long()[:300],
+            2,
+            1e-2,
+        ),
     }.items():
         torch.manual_seed(0)
         aug = augment.Augerino(small_net(k), ("rotation",), init_width=0.5, n_samples=4)
-        hist = augment.train_augmentation(aug, XX, yy, objective="marglik", epochs=9, lr=lr,
-                                          width_lr=0.1, batch_size=32)
+        hist = augment.train_augmentation(
+            aug, XX, yy, objective="marglik", epochs=9, lr=lr, width_lr=0.1, batch_size=32
+        )
         widths[name] = hist["width"][-1]["rotation"]
         assert all(p > 0 for p in hist["prior_precision"])
     assert widths["rotated"] > 0.5  # the evidence widens the invariance the data support

@@ -9,8 +9,24 @@ import pytest
 from equilib.__main__ import build_parser, main
 
 # small enough for a test, large enough that marglik refits the curvature twice
-TINY = ["--fast", "--epochs", "3", "--burn-in", "1", "--marglik-every", "1", "--hyper-steps", "5",
-        "--n-train", "120", "--n-test", "20", "--width", "2", "--quiet"]
+TINY = [
+    "--fast",
+    "--epochs",
+    "3",
+    "--burn-in",
+    "1",
+    "--marglik-every",
+    "1",
+    "--hyper-steps",
+    "5",
+    "--n-train",
+    "120",
+    "--n-test",
+    "20",
+    "--width",
+    "2",
+    "--quiet",
+]
 
 
 def test_help_explains_every_option(capsys):
@@ -27,14 +43,17 @@ def test_help_explains_every_option(capsys):
             assert action.help, f"{name} option {action.option_strings} has no help"
 
 
-@pytest.mark.parametrize("argv, valid", [
-    (["discover", "--task", "rotated", "--out", "x"], "digits"),
-    (["discover", "--task", "digits", "--model", "resnet", "--out", "x"], "f-fc+conv"),
-    (["discover", "--task", "digits", "--objective", "elbo", "--out", "x"], "marglik"),
-    (["discover", "--task", "digits", "--epochs", "0", "--out", "x"], "positive"),
-    (["discover", "--task", "digits", "--epochs", "-3", "--out", "x"], "positive"),
-    (["compare", "--models", "mlp"], "conv"),
-])
+@pytest.mark.parametrize(
+    "argv, valid",
+    [
+        (["discover", "--task", "rotated", "--out", "x"], "digits"),
+        (["discover", "--task", "digits", "--model", "resnet", "--out", "x"], "f-fc+conv"),
+        (["discover", "--task", "digits", "--objective", "elbo", "--out", "x"], "marglik"),
+        (["discover", "--task", "digits", "--epochs", "0", "--out", "x"], "positive"),
+        (["discover", "--task", "digits", "--epochs", "-3", "--out", "x"], "positive"),
+        (["compare", "--models", "mlp"], "conv"),
+    ],
+)
 def test_bad_input_is_refused_with_the_valid_choices(argv, valid, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -56,8 +75,20 @@ def runs(tmp_path_factory):
     out = {}
     for objective in ("marglik", "map"):
         d = tmp_path_factory.mktemp(objective)
-        rc = main(["discover", "--task", "quadrant", "--model", "f-fc+conv", "--objective",
-                   objective, "--out", str(d), *TINY])
+        rc = main(
+            [
+                "discover",
+                "--task",
+                "quadrant",
+                "--model",
+                "f-fc+conv",
+                "--objective",
+                objective,
+                "--out",
+                str(d),
+                *TINY,
+            ]
+        )
         assert rc == 0
         out[objective] = d
     return out
@@ -82,7 +113,9 @@ def test_discover_writes_result_json_and_png(runs):
 def test_objective_changes_the_prior_precisions(runs):
     ml = json.loads((runs["marglik"] / "result.json").read_text())
     mp = json.loads((runs["map"] / "result.json").read_text())
-    prec = lambda r: [v["prior_precision"] for layer in r["layers"] for v in layer["paths"].values()]
+    prec = lambda r: [
+        v["prior_precision"] for layer in r["layers"] for v in layer["paths"].values()
+    ]
     d0 = mp["config"]["prior_precision"]
     assert ml["config"]["prior_precision"] == d0
     assert all(p == pytest.approx(d0) for p in prec(mp))  # MAP keeps the prior it was given
@@ -96,8 +129,18 @@ def test_objective_changes_the_prior_precisions(runs):
 def test_resume_refuses_mismatch_and_corruption_leaving_files_intact(runs, capsys):
     d = runs["marglik"]
     before = {p.name: p.read_bytes() for p in d.iterdir()}
-    base = ["discover", "--task", "quadrant", "--model", "f-fc+conv", "--objective", "marglik",
-            "--out", str(d), "--resume"]
+    base = [
+        "discover",
+        "--task",
+        "quadrant",
+        "--model",
+        "f-fc+conv",
+        "--objective",
+        "marglik",
+        "--out",
+        str(d),
+        "--resume",
+    ]
     rc = main([*base, *TINY, "--lr", "0.5"])
     assert rc == 2 and "different run" in capsys.readouterr().err
     rc = main([*base, *TINY, "--seed", "3"])  # same shapes and optimiser, other data split
@@ -121,8 +164,19 @@ def test_resume_refuses_mismatch_and_corruption_leaving_files_intact(runs, capsy
 @pytest.mark.slow
 def test_compare_prints_a_markdown_table(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path / "cache"))
-    args = ["compare", "--task", "digits", "--models", "conv", "f-fc+conv", "--objectives", "map",
-            "--out", str(tmp_path / "out"), *TINY]
+    args = [
+        "compare",
+        "--task",
+        "digits",
+        "--models",
+        "conv",
+        "f-fc+conv",
+        "--objectives",
+        "map",
+        "--out",
+        str(tmp_path / "out"),
+        *TINY,
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| digits")]
@@ -135,8 +189,9 @@ def test_compare_prints_a_markdown_table(tmp_path, monkeypatch, capsys):
 def test_degree_subcommand_hands_its_options_to_equilib_degree_cli(monkeypatch, capsys):
     from equilib.degree import cli
 
-    monkeypatch.setattr(cli, "add_arguments",
-                        lambda p: p.add_argument("--lam", type=float, default=1.0, help="x"))
+    monkeypatch.setattr(
+        cli, "add_arguments", lambda p: p.add_argument("--lam", type=float, default=1.0, help="x")
+    )
     seen = {}
     monkeypatch.setattr(cli, "run", lambda args: seen.setdefault("lam", args.lam) and 7)
     assert main(["degree", "--lam", "2.5"]) == 7

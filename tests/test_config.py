@@ -7,7 +7,9 @@ import equilib
 from equilib.cache import cache_key, cached
 
 
-@pytest.mark.parametrize("value,expected", [("1", True), ("true", True), ("ON", True), ("0", False), ("", False)])
+@pytest.mark.parametrize(
+    "value,expected", [("1", True), ("true", True), ("ON", True), ("0", False), ("", False)]
+)
 def test_fast_mode_reads_environment(monkeypatch, value, expected):
     monkeypatch.setenv("EQUILIB_FAST", value)
     assert equilib.fast_mode() is expected

@@ -23,8 +23,11 @@ def _git(repo: Path, *args: str) -> str:
 
 def _modified(repo: Path) -> list[str]:
     """Tracked files that differ from the last commit (untracked notebooks are not counted)."""
-    return [line for line in _git(repo, "status", "--porcelain").splitlines()
-            if not line.startswith("??")]
+    return [
+        line
+        for line in _git(repo, "status", "--porcelain").splitlines()
+        if not line.startswith("??")
+    ]
 
 
 @pytest.fixture
@@ -79,7 +82,8 @@ def test_saving_an_unedited_notebook_leaves_every_chapter_as_it_is(book_repo):
             rewritten.append(md.name)
     assert rewritten == [], (
         f"saving the unedited notebooks rewrites {rewritten}: run `jupytext --sync` on them (it "
-        "puts the Markdown in jupytext's layout, e.g. one blank line between cells) and commit")
+        "puts the Markdown in jupytext's layout, e.g. one blank line between cells) and commit"
+    )
 
 
 def test_an_edit_saved_from_jupyterlab_reaches_the_markdown(book_repo):
@@ -112,14 +116,17 @@ def test_the_readers_copy_invites_editing_and_is_never_overwritten(tmp_path):
         chapter = path.name[2:4]
         assert "do not edit" not in text.lower(), f"{path.name} still says not to edit it"
         assert "raise NotImplementedError(" in text
-        assert text == course.reader_copy((ROOT / "exercises" / "student" / path.name).read_text(), chapter)
+        assert text == course.reader_copy(
+            (ROOT / "exercises" / "student" / path.name).read_text(), chapter
+        )
         notebook = jupytext.reads(text, fmt="py:percent")
         assert notebook.metadata.get("kernelspec", {}).get("name") == "python3", (
-            f"{path.name} lost its jupytext header")
+            f"{path.name} lost its jupytext header"
+        )
         first = notebook.cells[0]
         assert first.cell_type == "markdown" and first.source.startswith(
-            f"Edit this file: fill in each function, then run `python3 course.py check {chapter}`."), (
-            f"{path.name} does not open with the invitation to edit it")
+            f"Edit this file: fill in each function, then run `python3 course.py check {chapter}`."
+        ), f"{path.name} does not open with the invitation to edit it"
         assert "Replace each `raise NotImplementedError(...)` line" in first.source
     copies[0].write_text("# my work\n")
     course.workspace(folder)

@@ -39,8 +39,9 @@ def test_evidence_and_gradient_agree_with_cpu(name, cls):
     X, y = images(n=8)
     n_tensors = sum(1 for p in model.parameters() if p.requires_grad)
     log_delta = torch.linspace(-1.0, 1.0, n_tensors, dtype=torch.float64)
-    cpu = evidence_and_gradient(cls, copy.deepcopy(model), [(X[:5], y[:5]), (X[5:], y[5:])],
-                                log_delta)
+    cpu = evidence_and_gradient(
+        cls, copy.deepcopy(model), [(X[:5], y[:5]), (X[5:], y[5:])], log_delta
+    )
     # the first batch already on the GPU, the second on the CPU: fit moves it
     batches = [(X[:5].cuda(), y[:5].cuda()), (X[5:], y[5:])]
     gpu = evidence_and_gradient(cls, copy.deepcopy(model).cuda(), batches, log_delta)
@@ -85,14 +86,27 @@ def test_marglik_training_run_agrees_with_cpu():
     for dev in ("cpu", "cuda"):
         model = tiny("conv")
         loader = DataLoader(TensorDataset(X, y), batch_size=8, shuffle=False)
-        hist = train.fit(model, loader, objective="marglik", epochs=2, burn_in=0,
-                         marglik_every=1, device=dev, progress=False)
+        hist = train.fit(
+            model,
+            loader,
+            objective="marglik",
+            epochs=2,
+            burn_in=0,
+            marglik_every=1,
+            device=dev,
+            progress=False,
+        )
         assert next(model.parameters()).device.type == dev
         results[dev] = (hist, [p.detach().cpu() for p in model.parameters()])
     (h_cpu, p_cpu), (h_gpu, p_gpu) = results["cpu"], results["cuda"]
     for a, b in zip(p_cpu, p_gpu):
         torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-9)
-    torch.testing.assert_close(torch.tensor(h_gpu.prior_precision),
-                               torch.tensor(h_cpu.prior_precision), rtol=1e-7, atol=1e-9)
-    torch.testing.assert_close(torch.tensor(h_gpu.log_marglik), torch.tensor(h_cpu.log_marglik),
-                               rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(
+        torch.tensor(h_gpu.prior_precision),
+        torch.tensor(h_cpu.prior_precision),
+        rtol=1e-7,
+        atol=1e-9,
+    )
+    torch.testing.assert_close(
+        torch.tensor(h_gpu.log_marglik), torch.tensor(h_cpu.log_marglik), rtol=1e-8, atol=1e-8
+    )

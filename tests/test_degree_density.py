@@ -24,8 +24,13 @@ def _random(density: GroupDensity, seed: int = 0, scale: float = 1.0) -> GroupDe
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: GroupDensity.cyclic(4, 2), lambda: GroupDensity.so2(16, 4),
-             lambda: GroupDensity.dihedral(4, 2), lambda: GroupDensity.o2(12, 3)]
+    "make",
+    [
+        lambda: GroupDensity.cyclic(4, 2),
+        lambda: GroupDensity.so2(16, 4),
+        lambda: GroupDensity.dihedral(4, 2),
+        lambda: GroupDensity.o2(12, 3),
+    ],
 )
 def test_uniform_initialisation(make):
     d = make()
@@ -36,7 +41,9 @@ def test_uniform_initialisation(make):
     assert float(d.alignment()) == 0.0
 
 
-@pytest.mark.parametrize("make", [lambda: GroupDensity.cyclic(8, 4), lambda: GroupDensity.o2(10, 5)])
+@pytest.mark.parametrize(
+    "make", [lambda: GroupDensity.cyclic(8, 4), lambda: GroupDensity.o2(10, 5)]
+)
 def test_normalisation_mean_one_and_weights_sum_to_one(make):
     d = _random(make(), seed=3, scale=2.0)
     lam = d()
@@ -49,7 +56,12 @@ def test_normalisation_mean_one_and_weights_sum_to_one(make):
     z = []
     for theta, f in zip(d.angles.tolist(), d.flips.tolist()):
         c = a[f]
-        z.append(c[0] + sum(c[m] * math.cos(m * theta) + c[L + m] * math.sin(m * theta) for m in range(1, L + 1)))
+        z.append(
+            c[0]
+            + sum(
+                c[m] * math.cos(m * theta) + c[L + m] * math.sin(m * theta) for m in range(1, L + 1)
+            )
+        )
     z = torch.tensor(z)
     expected = torch.exp(z) / torch.exp(z).mean()
     assert torch.allclose(lam.detach(), expected, atol=1e-5)
@@ -63,7 +75,9 @@ def test_kl_to_itself_is_zero_and_kl_is_non_negative():
         assert float(p.kl(q)) > 0
         assert float(kl_divergence(p(), q())) == pytest.approx(float(p.kl(q)), rel=1e-4)
         assert float(p.kl_to_uniform()) >= 0
-        assert float(kl_to_uniform(p())) == pytest.approx(float(p.kl_to_uniform()), rel=1e-4, abs=1e-7)
+        assert float(kl_to_uniform(p())) == pytest.approx(
+            float(p.kl_to_uniform()), rel=1e-4, abs=1e-7
+        )
 
 
 def test_kl_on_fine_so2_grid_matches_von_mises_closed_form():
@@ -170,16 +184,23 @@ def test_normalised_entropy_depends_on_the_grid_but_kl_to_uniform_does_not():
     assert all(k == pytest.approx(kl_exact, rel=1e-5) for k in kls)  # KL: the same on every grid
 
 
-@pytest.mark.parametrize("make, n_free", [(lambda: GroupDensity.cyclic(4, 2), 4),
-                                          (lambda: GroupDensity.cyclic(8, 3), 7),
-                                          (lambda: GroupDensity.so2(16, 8), 16),
-                                          (lambda: GroupDensity.dihedral(4, 2), 8),
-                                          (lambda: GroupDensity.cyclic(1, 0), 1)])
+@pytest.mark.parametrize(
+    "make, n_free",
+    [
+        (lambda: GroupDensity.cyclic(4, 2), 4),
+        (lambda: GroupDensity.cyclic(8, 3), 7),
+        (lambda: GroupDensity.so2(16, 8), 16),
+        (lambda: GroupDensity.dihedral(4, 2), 8),
+        (lambda: GroupDensity.cyclic(1, 0), 1),
+    ],
+)
 def test_top_sine_at_half_the_grid_has_no_effect_and_is_not_counted(make, n_free):
     d = _random(make(), seed=5)
     assert d.n_free == n_free
     # the rank of the map from coefficients to logits on the grid is the number that act
-    jac = torch.autograd.functional.jacobian(lambda c: d.gain * (c @ d.basis), d.coefficients.detach())
+    jac = torch.autograd.functional.jacobian(
+        lambda c: d.gain * (c @ d.basis), d.coefficients.detach()
+    )
     assert int(torch.linalg.matrix_rank(jac.reshape(-1, d.coefficients.numel()))) == n_free
     (d() * torch.arange(d.order)).sum().backward()
     L = d.band_limit
@@ -193,7 +214,9 @@ def test_kl_is_infinite_where_q_vanishes_and_p_does_not():
     assert float(kl_divergence(p, q)) == math.inf
     assert math.isfinite(float(kl_divergence(q, p)))  # q's zeros count 0
     # exact value where finite: mean_h q log(q / p) with q normalised to mean 1
-    assert float(kl_divergence(q, p)) == pytest.approx((2 * math.log(2 / 2) + 2 * math.log(2 / 1)) / 4)
+    assert float(kl_divergence(q, p)) == pytest.approx(
+        (2 * math.log(2 / 2) + 2 * math.log(2 / 1)) / 4
+    )
     d = GroupDensity.cyclic(4, 2)
     assert float(d.kl(q)) == math.inf
     assert float(kl_to_uniform(torch.tensor([4.0, 0, 0, 0]))) == pytest.approx(math.log(4))
@@ -205,7 +228,15 @@ def test_float64_coefficients_stay_float64():
     d = GroupDensity.so2(64, 2, coefficients=c)
     assert d.coefficients.dtype == torch.float64 and d().dtype == torch.float64
     t = 2 * math.pi * torch.arange(64, dtype=torch.float64) / 64
-    z = 0.1 + 1.3 * torch.cos(t) - 0.7 * torch.cos(2 * t) + 0.2 * torch.sin(t) + 1e-9 * torch.sin(2 * t)
+    z = (
+        0.1
+        + 1.3 * torch.cos(t)
+        - 0.7 * torch.cos(2 * t)
+        + 0.2 * torch.sin(t)
+        + 1e-9 * torch.sin(2 * t)
+    )
     assert torch.allclose(d().detach(), torch.exp(z) / torch.exp(z).mean(), rtol=1e-13, atol=0)
     assert GroupDensity.cyclic(4, 2).coefficients.dtype == torch.get_default_dtype()
-    assert GroupDensity.cyclic(4, 2, coefficients=[0, 1, 0, 0, 0])().dtype == torch.get_default_dtype()
+    assert (
+        GroupDensity.cyclic(4, 2, coefficients=[0, 1, 0, 0, 0])().dtype == torch.get_default_dtype()
+    )

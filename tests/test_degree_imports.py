@@ -28,8 +28,8 @@ def module_imports(folder: Path, package: str) -> dict[str, set[str]]:
             else:
                 continue
             for t in targets:
-                if t.startswith(package + ".") and t[len(package) + 1:] in names:
-                    deps.add(t[len(package) + 1:])
+                if t.startswith(package + ".") and t[len(package) + 1 :] in names:
+                    deps.add(t[len(package) + 1 :])
         graph[name] = deps - {name}
     return graph
 
@@ -44,7 +44,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(v)
         for w in sorted(graph[v]):
             if state.get(w) == 1:
-                return path[path.index(w):] + [w]
+                return path[path.index(w) :] + [w]
             if w not in state and (cycle := visit(w)) is not None:
                 return cycle
         path.pop()

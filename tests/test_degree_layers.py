@@ -30,7 +30,9 @@ def _dense_c4_average_group(K: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     for h in range(4):
         for g in range(4):
             for gp in range(4):
-                out[:, g, :, gp] += w[h] * torch.rot90(K[:, (g - h) % 4, :, (gp - h) % 4], h, dims=(-2, -1))
+                out[:, g, :, gp] += w[h] * torch.rot90(
+                    K[:, (g - h) % 4, :, (gp - h) % 4], h, dims=(-2, -1)
+                )
     return out
 
 
@@ -38,8 +40,12 @@ def test_effective_weight_matches_explicit_average():
     torch.manual_seed(0)
     lift, gc = PartialLiftingConv(2, 3, 5, "C4"), PartialGroupConv(3, 2, 3, "C4")
     w = torch.tensor([0.1, 0.5, 0.3, 0.1])
-    assert torch.allclose(lift.effective_weight(w), _dense_c4_average_lifting(lift.weight.detach(), w), atol=1e-6)
-    assert torch.allclose(gc.effective_weight(w), _dense_c4_average_group(gc.weight.detach(), w), atol=1e-6)
+    assert torch.allclose(
+        lift.effective_weight(w), _dense_c4_average_lifting(lift.weight.detach(), w), atol=1e-6
+    )
+    assert torch.allclose(
+        gc.effective_weight(w), _dense_c4_average_group(gc.weight.detach(), w), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("group", [Rotations(4), Dihedral(4)])
@@ -68,7 +74,9 @@ def test_identity_lambda_gives_the_unconstrained_layer():
     ref2 = F.conv2d(F.pad(h.flatten(1, 2), (1, 1, 1, 1), mode="circular"), W2).unflatten(1, (2, 4))
     assert torch.allclose(gc(h, weights=e), ref2, atol=1e-5)
     # and it is far from equivariant
-    assert equivariance_error(lambda x: lift(x, weights=e), Rotations(4), x, out_action="fmap") > 0.1
+    assert (
+        equivariance_error(lambda x: lift(x, weights=e), Rotations(4), x, out_action="fmap") > 0.1
+    )
 
 
 def test_equivariance_error_grows_as_lambda_concentrates():

@@ -17,8 +17,12 @@ def _dense_P(layer, w):
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: PartialLiftingConv(1, 2, 3, "C4"), lambda: PartialGroupConv(2, 1, 3, "C4"),
-             lambda: PartialLiftingConv(1, 1, 3, "D4")]
+    "make",
+    [
+        lambda: PartialLiftingConv(1, 2, 3, "C4"),
+        lambda: PartialGroupConv(2, 1, 3, "C4"),
+        lambda: PartialLiftingConv(1, 1, 3, "D4"),
+    ],
 )
 def test_orbit_logdet_equals_dense_logdet(make):
     torch.manual_seed(0)
@@ -26,12 +30,16 @@ def test_orbit_logdet_equals_dense_logdet(make):
     orbits, M = orbit_structure(layer)
     n = layer.weight.numel()
     assert orbits.shape == (n // layer.group.order, layer.group.order)
-    for w in (torch.softmax(torch.randn(layer.group.order), 0).double(),
-              torch.full((layer.group.order,), 1.0 / layer.group.order, dtype=torch.float64)):
+    for w in (
+        torch.softmax(torch.randn(layer.group.order), 0).double(),
+        torch.full((layer.group.order,), 1.0 / layer.group.order, dtype=torch.float64),
+    ):
         P = _dense_P(layer, w)
         d = torch.rand(n, dtype=torch.float64) * 3
         dense = torch.logdet(P.T @ torch.diag(d) @ P + 0.5 * torch.eye(n, dtype=torch.float64))
-        assert float(orbit_logdet(w, M, d[orbits], 0.5)) == pytest.approx(float(dense), rel=1e-9, abs=1e-9)
+        assert float(orbit_logdet(w, M, d[orbits], 0.5)) == pytest.approx(
+            float(dense), rel=1e-9, abs=1e-9
+        )
 
 
 def test_uniform_lambda_has_the_smallest_complexity():

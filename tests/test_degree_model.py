@@ -37,7 +37,9 @@ def test_layers_in_depth_order_and_entropies():
     ents = layer_entropies(model)
     for entry, (_, layer) in zip(ents, partial_layers(model)):
         w = layer.density.weights().detach()
-        assert entry["entropy"] == pytest.approx(float(-(w * w.log()).sum() / math.log(4)), abs=1e-6)
+        assert entry["entropy"] == pytest.approx(
+            float(-(w * w.log()).sum() / math.log(4)), abs=1e-6
+        )
 
 
 def test_regulariser_matches_its_definition():
@@ -67,7 +69,9 @@ def test_shared_density_counts_once():
 def test_regulariser_pulls_lambda_to_uniform():
     model = PartialGCNN((1, 8, 8), 10, width=2)
     _randomise(model, seed=4, scale=1.0)
-    opt = torch.optim.Adam([p for n, p in model.named_parameters() if n.endswith("coefficients")], lr=0.05)
+    opt = torch.optim.Adam(
+        [p for n, p in model.named_parameters() if n.endswith("coefficients")], lr=0.05
+    )
     before = degree_regulariser(model).item()
     for _ in range(800):
         opt.zero_grad()
@@ -100,8 +104,22 @@ def test_command_line_writes_result_and_png(tmp_path):
 
     parser = argparse.ArgumentParser()
     degree_cli.add_arguments(parser)
-    args = parser.parse_args(["--data", "rotated", "--seed", "1", "--out", str(tmp_path), "--fast",
-                              "--epochs", "1", "--n-train", "64", "--quiet"])
+    args = parser.parse_args(
+        [
+            "--data",
+            "rotated",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--fast",
+            "--epochs",
+            "1",
+            "--n-train",
+            "64",
+            "--quiet",
+        ]
+    )
     assert degree_cli.run(args) == 0
     result = json.loads((tmp_path / "result.json").read_text())
     assert 0.0 <= result["test_accuracy"] <= 1.0 and result["seconds"] > 0

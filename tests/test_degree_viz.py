@@ -17,17 +17,27 @@ from equilib.viz.degree import (  # noqa: E402
 
 
 def _result(data="rotated"):
-    lams = [{"lift": [1.0, 1.0, 1.0, 1.0], "gconv1": [1.0, 1.0, 1.0, 1.0]},
-            {"lift": [2.5, 0.5, 0.5, 0.5], "gconv1": [1.0, 1.0, 1.0, 1.0]}]
+    lams = [
+        {"lift": [1.0, 1.0, 1.0, 1.0], "gconv1": [1.0, 1.0, 1.0, 1.0]},
+        {"lift": [2.5, 0.5, 0.5, 0.5], "gconv1": [1.0, 1.0, 1.0, 1.0]},
+    ]
     ents = [[1.0, 1.0], [0.8, 1.0]]
-    return {"data": data, "lambdas": lams, "entropies": ents,
-            "layers": [{"name": "lift", "entropy": 0.8}, {"name": "gconv1", "entropy": 1.0}]}
+    return {
+        "data": data,
+        "lambdas": lams,
+        "entropies": ents,
+        "layers": [{"name": "lift", "entropy": 0.8}, {"name": "gconv1", "entropy": 1.0}],
+    }
 
 
 def test_polar_points_rotations_and_flips():
     pts = polar_points([1.0, 2.0, 0.5, 0.5])
-    assert [round(t, 6) for t, _ in pts["rotations"]] == [0, round(math.pi / 2, 6), round(math.pi, 6),
-                                                          round(3 * math.pi / 2, 6)]
+    assert [round(t, 6) for t, _ in pts["rotations"]] == [
+        0,
+        round(math.pi / 2, 6),
+        round(math.pi, 6),
+        round(3 * math.pi / 2, 6),
+    ]
     assert [r for _, r in pts["rotations"]] == [1.0, 2.0, 0.5, 0.5] and "flips" not in pts
     d4 = polar_points([1, 1, 1, 1, 2, 0, 0, 2], N=4)
     assert [r for _, r in d4["flips"]] == [2, 0, 0, 2]

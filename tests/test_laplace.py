@@ -14,7 +14,10 @@ from equilib.laplace import DiagLaplace, FullLaplace, KronLaplace, Laplace
 # -------------------------------------------------------------------------------- models ----
 def mlp(bias=True, d_in=6, h=7, c=3):
     return nn.Sequential(
-        nn.Linear(d_in, h, bias=bias), nn.Tanh(), nn.Linear(h, h, bias=bias), nn.Tanh(),
+        nn.Linear(d_in, h, bias=bias),
+        nn.Tanh(),
+        nn.Linear(h, h, bias=bias),
+        nn.Tanh(),
         nn.Linear(h, c, bias=bias),
     ).to(DT)
 
@@ -34,8 +37,10 @@ def cnn(bias=True, c=4):
 
 def data(kind, n=24, c=3, seed=0, regression=False):
     g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, 6, generator=g, dtype=DT) if kind == "mlp" else torch.randn(
-        n, 1, 8, 8, generator=g, dtype=DT
+    X = (
+        torch.randn(n, 6, generator=g, dtype=DT)
+        if kind == "mlp"
+        else torch.randn(n, 1, 8, 8, generator=g, dtype=DT)
     )
     if regression:
         y = torch.randn(n, c, generator=g, dtype=DT)
@@ -203,8 +208,9 @@ def test_laplace_torch_calls_cannot_set_the_wrong_hyperparameter(cls):
 def test_laplace_factory_takes_laplace_torch_arguments():
     model = seeded(mlp)
     X, y = data("mlp", regression=True)
-    la = Laplace(model, "regression", subset_of_weights="all", hessian_structure="diag",
-                 sigma_noise=0.5)
+    la = Laplace(
+        model, "regression", subset_of_weights="all", hessian_structure="diag", sigma_noise=0.5
+    )
     assert isinstance(la, DiagLaplace) and float(la.sigma_noise) == 0.5
     assert isinstance(Laplace(model, "regression"), KronLaplace)
     with pytest.raises(ValueError, match="subset_of_weights must be 'all'"):
@@ -236,16 +242,20 @@ def blr_evidence(Phi, y, delta, sigma):
     return torch.distributions.MultivariateNormal(torch.zeros(N, dtype=DT), cov).log_prob(y)
 
 
-@pytest.mark.parametrize("cls,bias", [(FullLaplace, True), (KronLaplace, False),
-                                      (KronLaplace, True)])
+@pytest.mark.parametrize(
+    "cls,bias", [(FullLaplace, True), (KronLaplace, False), (KronLaplace, True)]
+)
 def test_linear_regression_evidence_is_closed_form(cls, bias):
     g = torch.Generator().manual_seed(1)
     N, D, delta, sigma = 30, 4, 0.7, 0.4
     X = torch.randn(N, D, generator=g, dtype=DT)
     if cls is KronLaplace and bias:
         X = X - X.mean(0)  # centred inputs: no weight-bias cross term, KFAC is exact
-    y = X @ torch.randn(D, generator=g, dtype=DT) + 0.3 + sigma * torch.randn(N, generator=g,
-                                                                              dtype=DT)
+    y = (
+        X @ torch.randn(D, generator=g, dtype=DT)
+        + 0.3
+        + sigma * torch.randn(N, generator=g, dtype=DT)
+    )
     Phi = torch.cat([X, torch.ones(N, 1, dtype=DT)], 1) if bias else X
     P = Phi.T @ Phi / sigma**2 + delta * torch.eye(Phi.shape[1], dtype=DT)
     theta = torch.linalg.solve(P, Phi.T @ y / sigma**2)  # the posterior mode
@@ -273,8 +283,10 @@ def test_gradient_in_log_prior_precision_matches_finite_differences(cls):
     for i in range(n_t):
         e = torch.zeros(n_t, dtype=DT)
         e[i] = eps
-        fd = (la.log_marginal_likelihood((log_delta.detach() + e).exp())
-              - la.log_marginal_likelihood((log_delta.detach() - e).exp())) / (2 * eps)
+        fd = (
+            la.log_marginal_likelihood((log_delta.detach() + e).exp())
+            - la.log_marginal_likelihood((log_delta.detach() - e).exp())
+        ) / (2 * eps)
         assert abs(fd.item() - grad[i].item()) < 1e-5 * max(1.0, abs(fd.item()))
 
 
@@ -286,8 +298,10 @@ def test_gradient_in_sigma_noise_matches_finite_differences(cls):
     lml = la.log_marginal_likelihood(0.9, log_sigma.exp())
     (grad,) = torch.autograd.grad(lml, log_sigma)
     eps = 1e-6
-    fd = (la.log_marginal_likelihood(sigma_noise=math.exp(-0.3 + eps))
-          - la.log_marginal_likelihood(sigma_noise=math.exp(-0.3 - eps))) / (2 * eps)
+    fd = (
+        la.log_marginal_likelihood(sigma_noise=math.exp(-0.3 + eps))
+        - la.log_marginal_likelihood(sigma_noise=math.exp(-0.3 - eps))
+    ) / (2 * eps)
     assert abs(fd.item() - grad.item()) < 1e-5 * max(1.0, abs(fd.item()))
 
 

@@ -42,8 +42,7 @@ def test_log_evidence_equals_marginal_gaussian():
 def test_evidence_matches_full_laplace_of_a_linear_layer():
     g = torch.Generator().manual_seed(1)
     X = torch.randn(30, 3, generator=g, dtype=DT)
-    y = X @ torch.tensor([1.0, -2.0, 0.5], dtype=DT) + 0.2 * torch.randn(30, generator=g,
-                                                                          dtype=DT)
+    y = X @ torch.tensor([1.0, -2.0, 0.5], dtype=DT) + 0.2 * torch.randn(30, generator=g, dtype=DT)
     m, _ = blr_posterior(X, y, 2.0, 0.3)
     layer = nn.Linear(3, 1, bias=False).to(DT)
     with torch.no_grad():
@@ -60,8 +59,10 @@ def test_evidence_gradient_in_log_prior_precision():
     ld = torch.tensor(0.3, dtype=DT, requires_grad=True)
     (grad,) = torch.autograd.grad(log_evidence(Phi, y, ld.exp(), 0.5), ld)
     eps = 1e-6
-    fd = (log_evidence(Phi, y, math.exp(0.3 + eps), 0.5)
-          - log_evidence(Phi, y, math.exp(0.3 - eps), 0.5)) / (2 * eps)
+    fd = (
+        log_evidence(Phi, y, math.exp(0.3 + eps), 0.5)
+        - log_evidence(Phi, y, math.exp(0.3 - eps), 0.5)
+    ) / (2 * eps)
     assert abs(fd - grad) < 1e-6
 
 
@@ -86,8 +87,11 @@ def test_symmetric_data_prefer_the_equivariant_model():
     noise = sigma * torch.randn(N, n, generator=g, dtype=DT)
     Y_sym = (circulant_design(X) @ w).reshape(N, n) + noise
     Y_free = X @ W.T + noise
-    ev = {(d, m): linear_model_evidence(X, Y, m, 1.0, sigma)
-          for d, Y in (("sym", Y_sym), ("free", Y_free)) for m in ("fc", "conv")}
+    ev = {
+        (d, m): linear_model_evidence(X, Y, m, 1.0, sigma)
+        for d, Y in (("sym", Y_sym), ("free", Y_free))
+        for m in ("fc", "conv")
+    }
     assert ev["sym", "conv"]["log_evidence"] > ev["sym", "fc"]["log_evidence"]
     assert ev["free", "fc"]["log_evidence"] > ev["free", "conv"]["log_evidence"]
     # the unconstrained model always fits at least as well: the Occam factor decides
@@ -126,8 +130,10 @@ def test_figure_data_and_drawing():
     assert int(scan["degree"][scan["log_evidence"].argmax()]) == 2
     assert abs(scan["data_fit"][2] + scan["occam"][2] - scan["log_evidence"][2]) < 1e-9
     pscan = vm.precision_scan(polynomial_features(x, 2), y, [-1.0, 0.0, 1.0], 0.1)
-    assert abs(pscan["log_evidence"][1] - float(log_evidence(polynomial_features(x, 2), y, 1.0,
-                                                             0.1))) < 1e-9
+    assert (
+        abs(pscan["log_evidence"][1] - float(log_evidence(polynomial_features(x, 2), y, 1.0, 0.1)))
+        < 1e-9
+    )
     X = torch.randn(16, 4, generator=g, dtype=DT)
     curves = vm.evidence_vs_n(X, X.roll(1, dims=1), [4, 16], 1.0, 0.3)
     assert curves["conv"][-1] > curves["fc"][-1]  # a shift is a convolution

@@ -35,8 +35,7 @@ def test_full_and_diag_match_dense_ggn_on_every_model(name):
 def test_full_laplace_matches_dense_ggn_with_max_pooling_striding(name):
     """Blocks that stride by max pooling: the curvature follows the pooled path exactly."""
     torch.manual_seed(0)
-    model = build(name, in_shape=(1, 8, 8), n_classes=3, width=2, hidden=4,
-                  striding="max").to(DT)
+    model = build(name, in_shape=(1, 8, 8), n_classes=3, width=2, hidden=4, striding="max").to(DT)
     X, y = images()
     H = dense_ggn(model, X, y, "classification")
     full = FullLaplace(model, prior_precision=0.5).fit([(X[:4], y[:4]), (X[4:], y[4:])])
@@ -74,14 +73,14 @@ def test_grouped_linear_kfac_is_exact_for_one_example():
 
 def test_factored_linear_both_factors_have_kron_blocks():
     torch.manual_seed(1)
-    for layer in (FactoredLinear((2, 4, 4), (3, 2, 2)),
-                  SparseFactoredLinear((2, 4, 4), (3, 2, 2), anchors_in=(2, 2),
-                                       anchors_out=(1, 2))):
+    for layer in (
+        FactoredLinear((2, 4, 4), (3, 2, 2)),
+        SparseFactoredLinear((2, 4, 4), (3, 2, 2), anchors_in=(2, 2), anchors_out=(1, 2)),
+    ):
         model = nn.Sequential(layer, nn.Flatten(), nn.Tanh(), nn.Linear(12, 3)).to(DT)
         X, y = torch.randn(1, 2, 4, 4, dtype=DT), torch.tensor([1])
         la = KronLaplace(model).fit([(X, y)])
-        assert set(la.param_names) == {"0.u.weight", "0.v.weight", "0.v.bias", "3.weight",
-                                       "3.bias"}
+        assert set(la.param_names) == {"0.u.weight", "0.v.weight", "0.v.bias", "3.weight", "3.bias"}
         blocks = exact_blocks(model, dense_ggn(model, X, y, "classification"))
         # one example: within every group of u and of v the Kronecker block is exact
         for name in ("0.u.weight", "0.v.weight", "0.v.bias"):
@@ -134,7 +133,9 @@ def test_lifting_conv_stacked_copies_are_rows_of_one_example():
     torch.testing.assert_close(full.H, H)
     kron = KronLaplace(model).fit([(X, y)])
     rows = kron._kron.rows
-    conv_layer = [i for i, layer in enumerate(kron.layers) if layer.name.endswith("paths.gconv.conv")]
+    conv_layer = [
+        i for i, layer in enumerate(kron.layers) if layer.name.endswith("paths.gconv.conv")
+    ]
     assert rows[conv_layer[0]] == 3 * 4 * 8 * 8  # examples x copies x locations
 
 
@@ -178,8 +179,12 @@ def test_interpolated_rotation_convs_match_dense_ggn():
 
     torch.manual_seed(3)
     model = nn.Sequential(
-        LiftingConvCN(1, 2, 3, N=3), nn.Tanh(), GroupConvCN(2, 2, 3, N=3, padding_mode="zeros"),
-        GroupPool("mean"), nn.Flatten(), nn.Linear(2 * 5 * 5, 3),
+        LiftingConvCN(1, 2, 3, N=3),
+        nn.Tanh(),
+        GroupConvCN(2, 2, 3, N=3, padding_mode="zeros"),
+        GroupPool("mean"),
+        nn.Flatten(),
+        nn.Linear(2 * 5 * 5, 3),
     ).to(DT)
     X, y = torch.randn(4, 1, 5, 5, dtype=DT), torch.randint(0, 3, (4,))
     H = dense_ggn(model, X, y, "classification")
@@ -192,17 +197,25 @@ def test_interpolated_rotation_convs_match_dense_ggn():
         assert 0.5 < ratio < 2.0
 
 
-@pytest.mark.parametrize("B,C,H,W,kh,kw", [(3, 2, 5, 6, 3, 3), (2, 3, 7, 7, 5, 5),
-                                            (2, 3, 4, 6, 3, 5), (2, 2, 2, 3, 5, 5),
-                                            (1, 2, 5, 5, 1, 1)])
+@pytest.mark.parametrize(
+    "B,C,H,W,kh,kw",
+    [
+        (3, 2, 5, 6, 3, 3),
+        (2, 3, 7, 7, 5, 5),
+        (2, 3, 4, 6, 3, 5),
+        (2, 2, 2, 3, 5, 5),
+        (1, 2, 5, 5, 1, 1),
+    ],
+)
 def test_torus_patch_gram_equals_the_gram_of_the_unfolded_patches(B, C, H, W, kh, kw):
     from equilib.laplace.curvature import conv_patches
     from equilib.laplace.kfac import torus_patch_gram
 
     x = torch.randn(B, C, H, W, dtype=DT, generator=torch.Generator().manual_seed(B + H))
     P = conv_patches(x, (kh, kw), (1, 1), (kh // 2, kw // 2), "circular")  # (B, D, L)
-    torch.testing.assert_close(torus_patch_gram(x, (kh, kw)),
-                               torch.einsum("bdl,bel->de", P, P), atol=1e-11, rtol=1e-12)
+    torch.testing.assert_close(
+        torus_patch_gram(x, (kh, kw)), torch.einsum("bdl,bel->de", P, P), atol=1e-11, rtol=1e-12
+    )
 
 
 def test_kron_input_factors_of_torus_and_other_convs_are_patch_grams():
@@ -213,18 +226,31 @@ def test_kron_input_factors_of_torus_and_other_convs_are_patch_grams():
     from equilib.nn import conv2d
 
     torch.manual_seed(1)
-    convs = [conv2d(1, 3, 3), nn.Conv2d(3, 2, 5, padding=2, padding_mode="circular"),
-             nn.Conv2d(2, 2, 3, stride=2, padding=1, padding_mode="circular"),
-             nn.Conv2d(2, 2, 3, padding=1)]
+    convs = [
+        conv2d(1, 3, 3),
+        nn.Conv2d(3, 2, 5, padding=2, padding_mode="circular"),
+        nn.Conv2d(2, 2, 3, stride=2, padding=1, padding_mode="circular"),
+        nn.Conv2d(2, 2, 3, padding=1),
+    ]
     assert [torus_conv(c) for c in convs] == [True, True, False, False]
-    model = nn.Sequential(convs[0], nn.Tanh(), convs[1], nn.Tanh(), convs[2], nn.Tanh(),
-                          convs[3], nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).to(DT)
+    model = nn.Sequential(
+        convs[0],
+        nn.Tanh(),
+        convs[1],
+        nn.Tanh(),
+        convs[2],
+        nn.Tanh(),
+        convs[3],
+        nn.Flatten(),
+        nn.Linear(2 * 4 * 4, 3),
+    ).to(DT)
     X, y = images(n=5)
     seen = {}
 
     def keep(k):
         def hook(module, inputs, output):
             seen[k] = inputs[0].detach()
+
         return hook
 
     hooks = [c.register_forward_hook(keep(k)) for k, c in enumerate(convs)]
@@ -297,8 +323,9 @@ def test_kron_strided_output_used_twice_keeps_the_full_gradient(monkeypatch):
     model = TwoBranches().to(DT)
     X, y = images(n=4, c=4)
     assert _kron_with_and_without_strided(model, [(X, y)], monkeypatch) == [0]
-    model.forward = lambda x: model.head(torch.cat(
-        [torch.tanh(model.down(model.conv(x))).flatten(1), x.new_zeros(x.shape[0], 3)], 1))
+    model.forward = lambda x: model.head(
+        torch.cat([torch.tanh(model.down(model.conv(x))).flatten(1), x.new_zeros(x.shape[0], 3)], 1)
+    )
     assert _kron_with_and_without_strided(model, [(X, y)], monkeypatch) == [1]
 
 
@@ -320,7 +347,8 @@ def test_a_new_layer_type_is_one_registry_entry():
             return nn.functional.linear(x, self.s * self.weight, self.bias)
 
     entry = Primitive(
-        "scaled-linear", (Scaled,),
+        "scaled-linear",
+        (Scaled,),
         input_rows=lambda m, x: m.s * x.reshape(x.shape[0], -1, 1, x.shape[-1]),
         output_rows=lambda m, g: g.reshape(*g.shape[:2], -1, 1, g.shape[-1]),
         description="Scaled",

@@ -15,7 +15,9 @@ torch.manual_seed(0)
 def smooth_images(B=3, C=2, H=12, dtype=torch.float64, seed=0):
     """Blobs that vanish at the border, so rotations lose nothing at the corners."""
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(H, dtype=dtype), torch.arange(H, dtype=dtype), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(H, dtype=dtype), torch.arange(H, dtype=dtype), indexing="ij"
+    )
     out = torch.zeros(B, C, H, H, dtype=dtype)
     for b in range(B):
         for c in range(C):
@@ -77,7 +79,9 @@ def test_cubic_rotate_has_a_forward_mode_derivative():
 
 def test_translate_integer_shift_is_roll_and_half_shifts_compose_smoothly():
     x = torch.randn(2, 3, 8, 10, dtype=torch.float64)
-    assert torch.allclose(measure.translate(x, 2.0, -3.0), torch.roll(x, (2, -3), (-2, -1)), atol=1e-12)
+    assert torch.allclose(
+        measure.translate(x, 2.0, -3.0), torch.roll(x, (2, -3), (-2, -1)), atol=1e-12
+    )
     s = smooth_images(H=16)
     half = measure.translate(measure.translate(s, 0.5, 0.0), 0.5, 0.0)
     assert float((half - torch.roll(s, 1, -2)).norm() / s.norm()) < 0.05
@@ -118,16 +122,22 @@ class C4GCNN(nn.Module):
 def circular_net(nonlinear=True, c=4):
     act = nn.ReLU() if nonlinear else nn.Identity()
     return nn.Sequential(
-        nn.Conv2d(1, c, 3, padding=1, padding_mode="circular"), act,
-        nn.Conv2d(c, c, 3, padding=1, padding_mode="circular"), act,
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 5),
+        nn.Conv2d(1, c, 3, padding=1, padding_mode="circular"),
+        act,
+        nn.Conv2d(c, c, 3, padding=1, padding_mode="circular"),
+        act,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(c, 5),
     )
 
 
 def fc_path_net(H, c=4):
     return nn.Sequential(
-        nn.Conv2d(1, c, 3, padding=1, padding_mode="circular"), nn.ReLU(),
-        nn.Flatten(), nn.Linear(c * H * H, 5),
+        nn.Conv2d(1, c, 3, padding=1, padding_mode="circular"),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(c * H * H, 5),
     )
 
 
@@ -171,8 +181,9 @@ def test_jvp_agrees_with_finite_differences(transform):
 def test_float32_feature_maps_with_a_group_axis_under_jvp():
     x = torch.randn(2, 3, 4, 6, 6)
     for tr in measure.TRANSFORMS:
-        d = torch.func.jvp(lambda t, tr=tr: measure.act(x, t, tr), (torch.zeros(()),),
-                           (torch.ones(()),))[1]
+        d = torch.func.jvp(
+            lambda t, tr=tr: measure.act(x, t, tr), (torch.zeros(()),), (torch.ones(()),)
+        )[1]
         assert d.dtype == torch.float32 and d.shape == x.shape and torch.isfinite(d).all()
 
 
@@ -194,9 +205,12 @@ def test_feature_map_output_action_is_undone():
 def test_layer_terms_sum_to_total():
     torch.manual_seed(5)
     model = nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular"), nn.ReLU(),
-        nn.Conv2d(3, 3, 3, padding=1, stride=2), nn.Tanh(),
-        nn.Flatten(), nn.Linear(3 * 6 * 6, 4),
+        nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular"),
+        nn.ReLU(),
+        nn.Conv2d(3, 3, 3, padding=1, stride=2),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(3 * 6 * 6, 4),
     ).double()
     x = smooth_images(B=3, C=1, H=12)
     for tr in ("rotation", "translation_x"):
@@ -336,8 +350,17 @@ def test_attribution_bars_sit_above_their_own_layer_names():
     # two models whose layers have different names and numbers (like the CNN and the partial
     # G-CNN of chapter 09): every bar must stand above the label of its own layer
     cnn = _fake_attribution({"blocks.0": 1.0, "blocks.1": 2.0, "head": 0.5}, 4.0, 0.5)
-    pg = _fake_attribution({"layers.lift": 3.0, "layers.gconv1": 4.0, "layers.gconv2": 5.0,
-                            "layers.gconv3": 6.0, "head": 7.0}, 26.0, 1.0)
+    pg = _fake_attribution(
+        {
+            "layers.lift": 3.0,
+            "layers.gconv1": 4.0,
+            "layers.gconv2": 5.0,
+            "layers.gconv3": 6.0,
+            "head": 7.0,
+        },
+        26.0,
+        1.0,
+    )
     results = {"cnn": cnn, "partial": pg}
     table = attribution_table(results)
     labels = attribution_labels(table)
@@ -345,7 +368,9 @@ def test_attribution_bars_sit_above_their_own_layer_names():
     assert set(labels) == set(table["cnn"]) | set(table["partial"])
     fig = draw_attribution(results, "test")
     ax = fig.axes[0]
-    ticks = {round(float(t), 6): lab.get_text() for t, lab in zip(ax.get_xticks(), ax.get_xticklabels())}
+    ticks = {
+        round(float(t), 6): lab.get_text() for t, lab in zip(ax.get_xticks(), ax.get_xticklabels())
+    }
     assert sorted(ticks.values()) == sorted(labels)
     tick_x = sorted(ticks)
     for container, (model, row) in zip(ax.containers, table.items()):

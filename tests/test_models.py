@@ -8,8 +8,17 @@ import torch
 from equilib import nn as enn
 from equilib.models import MODEL_NAMES, build, path_norms, path_of
 
-CONTRACT = ["conv", "fc", "fc+conv", "f-fc", "f-fc+conv", "s-conv", "s-fc", "s-fc+s-conv",
-            "gconv-c4"]
+CONTRACT = [
+    "conv",
+    "fc",
+    "fc+conv",
+    "f-fc",
+    "f-fc+conv",
+    "s-conv",
+    "s-fc",
+    "s-fc+s-conv",
+    "gconv-c4",
+]
 
 
 def test_contract_names_are_all_there():
@@ -48,15 +57,23 @@ def test_path_of_maps_names_to_blocks_and_paths():
     assert path_of("head.0.weight") is None
     norms = path_norms(model)
     assert len(norms) == 3 and set(norms[0]) == {"fc", "conv"}
-    expect = math.sqrt(sum(float(p.detach().pow(2).sum()) for n, p in model.named_parameters()
-                           if n.startswith("blocks.2.paths.conv.")))
+    expect = math.sqrt(
+        sum(
+            float(p.detach().pow(2).sum())
+            for n, p in model.named_parameters()
+            if n.startswith("blocks.2.paths.conv.")
+        )
+    )
     assert norms[2]["conv"] == pytest.approx(expect, rel=1e-6)
 
 
 def _weights(model, block, path):
     """Number of weights (no biases) in one path of one block."""
-    return sum(p.numel() for n, p in model.named_parameters()
-               if path_of(n) == (block, path) and not n.endswith("bias"))
+    return sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if path_of(n) == (block, path) and not n.endswith("bias")
+    )
 
 
 def test_parameter_counts_match_formulas():
@@ -104,8 +121,9 @@ def test_models_train_a_step_and_grads_reach_every_path():
     torch.manual_seed(0)  # with 3 channels an unlucky draw can leave a path's ReLUs all off
     for name in CONTRACT + ["fc+conv+gconv"]:
         model = build(name, (1, 8, 8), n_classes=3, width=3)
-        loss = torch.nn.functional.cross_entropy(model(torch.randn(16, 1, 8, 8)),
-                                                 torch.arange(16) % 3)
+        loss = torch.nn.functional.cross_entropy(
+            model(torch.randn(16, 1, 8, 8)), torch.arange(16) % 3
+        )
         loss.backward()
         for n, p in model.named_parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all(), (name, n)
@@ -115,8 +133,7 @@ def test_models_train_a_step_and_grads_reach_every_path():
 
 def test_pooling_options():
     x = torch.randn(2, 1, 8, 8)
-    mx, mean = build("conv", (1, 8, 8), width=3), build("conv", (1, 8, 8), width=3,
-                                                        pooling="mean")
+    mx, mean = build("conv", (1, 8, 8), width=3), build("conv", (1, 8, 8), width=3, pooling="mean")
     mean.load_state_dict(mx.state_dict())
     h = mx.features(x)
     torch.testing.assert_close(mx.pool(h), h.amax(dim=(-2, -1)))

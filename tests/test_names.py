@@ -40,8 +40,13 @@ def test_the_effective_number_of_parameters_is_called_effective_dimensions():
         assert not hasattr(discover, old) and not hasattr(FullLaplace, old)
 
 
-ROTATION_LAYERS = [enn.LiftingConv2d, enn.GroupConv2d, enn.RotationPooledConv2d, enn.LiftingConvCN,
-                   enn.GroupConvCN]
+ROTATION_LAYERS = [
+    enn.LiftingConv2d,
+    enn.GroupConv2d,
+    enn.RotationPooledConv2d,
+    enn.LiftingConvCN,
+    enn.GroupConvCN,
+]
 
 
 @pytest.mark.parametrize("cls", ROTATION_LAYERS, ids=lambda c: c.__name__)

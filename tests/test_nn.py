@@ -195,8 +195,9 @@ def test_group_conv_matches_explicit_transformed_filters():
     w = layer.conv.weight.view(3, 2, 4, 3, 3)
     for g in range(4):
         wg = torch.roll(torch.rot90(w, g, dims=(-2, -1)), g, dims=2).reshape(3, 8, 3, 3)
-        expect = F.conv2d(F.pad(x.reshape(2, 8, 6, 6), (1, 1, 1, 1), mode="circular"), wg,
-                          layer.conv.bias)
+        expect = F.conv2d(
+            F.pad(x.reshape(2, 8, 6, 6), (1, 1, 1, 1), mode="circular"), wg, layer.conv.bias
+        )
         torch.testing.assert_close(y[:, :, g], expect, rtol=1e-5, atol=1e-5)
 
 

@@ -74,11 +74,16 @@ def test_feature_map_response_errors():
 def test_explorers_build_and_draw():
     from equilib.widgets import connectivity as wc
 
-    box = wc.connectivity_explorer({"conv": (enn.conv2d(1, 2, 3), (1, 6, 6)),
-                                    "fc": (enn.ImageLinear((1, 6, 6), (2, 3, 3)), (1, 6, 6))})
+    box = wc.connectivity_explorer(
+        {
+            "conv": (enn.conv2d(1, 2, 3), (1, 6, 6)),
+            "fc": (enn.ImageLinear((1, 6, 6), (2, 3, 3)), (1, 6, 6)),
+        }
+    )
     assert box.children
-    box2 = wc.feature_map_explorer({"conv": build("conv", (1, 16, 16), width=4)},
-                                   torch.randn(2, 1, 16, 16))
+    box2 = wc.feature_map_explorer(
+        {"conv": build("conv", (1, 16, 16), width=4)}, torch.randn(2, 1, 16, 16)
+    )
     assert box2.children
     with pytest.raises(ValueError, match="at least one"):
         wc.connectivity_explorer({})

@@ -36,8 +36,13 @@ def up_to_shift_error(f, x, g, H, W):
     fx = f(x)
     fgx = f(torch.roll(x, shifts=g, dims=(-2, -1)))
     h, w = fx.shape[-2:]
-    errs = torch.stack([(fgx - torch.roll(fx, (a, b), dims=(-2, -1))).flatten(1).norm(dim=1)
-                        for a in range(h) for b in range(w)])  # (shifts, B)
+    errs = torch.stack(
+        [
+            (fgx - torch.roll(fx, (a, b), dims=(-2, -1))).flatten(1).norm(dim=1)
+            for a in range(h)
+            for b in range(w)
+        ]
+    )  # (shifts, B)
     return float((errs.min(dim=0).values / fx.flatten(1).norm(dim=1)).max())
 
 
@@ -77,8 +82,13 @@ def test_polyphase_striding_commutes_with_shifts_plain_striding_does_not(gen, st
 def test_polyphase_phase_is_consistent_across_paths(gen):
     """conv + gconv summed in one block: one phase for both keeps the block equivariant."""
     H = 8
-    block = enn.SoftBlock({"conv": enn.make_path("conv", (2, H, H), 3, stride=2),
-                           "gconv": enn.make_path("gconv", (2, H, H), 3, stride=2)}, stride=2)
+    block = enn.SoftBlock(
+        {
+            "conv": enn.make_path("conv", (2, H, H), 3, stride=2),
+            "gconv": enn.make_path("gconv", (2, H, H), 3, stride=2),
+        },
+        stride=2,
+    )
     x = torch.randn(2, 2, H, H, generator=gen)
     for g in _shifts(H, H, 4, gen):
         assert up_to_shift_error(block, x, g, H, H) < EXACT
@@ -89,8 +99,9 @@ def test_soft_block_is_shift_equivariant_iff_the_free_path_is_zero(gen, fc_kind)
     H = 8
     x = torch.randn(3, 2, H, H, generator=gen)
     G = CyclicShifts(H, H)
-    block = enn.SoftBlock({"fc": enn.make_path(fc_kind, (2, H, H), 3),
-                           "conv": enn.make_path("conv", (2, H, H), 3)})
+    block = enn.SoftBlock(
+        {"fc": enn.make_path(fc_kind, (2, H, H), 3), "conv": enn.make_path("conv", (2, H, H), 3)}
+    )
     assert equivariance_error(block, G, x, elements=_shifts(H, H, 5, gen)) > BROKEN
     with torch.no_grad():
         for p in block.paths["fc"].parameters():
@@ -98,8 +109,9 @@ def test_soft_block_is_shift_equivariant_iff_the_free_path_is_zero(gen, fc_kind)
     assert equivariance_error(block, G, x, elements=_shifts(H, H, 8, gen)) < EXACT
 
 
-@pytest.mark.parametrize("name", ["conv", "s-conv", "fc+conv", "f-fc+conv", "s-fc+s-conv",
-                                  "fc+conv+gconv", "gconv-c4"])
+@pytest.mark.parametrize(
+    "name", ["conv", "s-conv", "fc+conv", "f-fc+conv", "s-fc+s-conv", "fc+conv+gconv", "gconv-c4"]
+)
 def test_models_are_shift_invariant_when_free_paths_are_zeroed(gen, name):
     model = build(name, (1, 16, 16), width=4)
     with torch.no_grad():

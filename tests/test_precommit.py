@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -40,7 +39,8 @@ def test_hook_passes_on_the_repository(hook_id, files):
 
 
 def test_files_the_format_hook_covers_are_formatted():
-    """``ruff format --check`` on every tracked file the hook's pattern selects."""
+    """``ruff format --check`` on every tracked Python file (the hook runs on all of them;
+    ruff's own configuration leaves out the generated student copies)."""
     hook = _hooks()["ruff-format"]
     ruff = ROOT / ".venv" / "bin" / "ruff"
     if not ruff.exists():
@@ -48,9 +48,13 @@ def test_files_the_format_hook_covers_are_formatted():
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
     if tracked.returncode != 0:
         pytest.skip("not a git checkout")
-    files = [f for f in tracked.stdout.split() if re.search(hook["files"], f)]
-    assert len(files) >= 5, files
+    assert "files" not in hook and "python" in hook["types_or"], hook
+    files = [f for f in tracked.stdout.split() if f.endswith(".py")]
+    assert len(files) >= 100, files
     run = subprocess.run(
-        [str(ruff), "format", "--check", *files], cwd=ROOT, capture_output=True, text=True
+        [str(ruff), "format", "--check", "--force-exclude", *files],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stdout + run.stderr

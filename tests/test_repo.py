@@ -22,7 +22,9 @@ CONDA_NAMES = {"torch": "pytorch"}  # pip name -> conda name where they differ
 
 
 def _tools_exercises():
-    spec = importlib.util.spec_from_file_location("tools_exercises", ROOT / "tools" / "exercises.py")
+    spec = importlib.util.spec_from_file_location(
+        "tools_exercises", ROOT / "tools" / "exercises.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -37,7 +39,9 @@ def _git_files() -> list[str]:
 
 def test_no_notebook_is_tracked():
     tracked = [f for f in _git_files() if f.endswith(".ipynb")]
-    assert tracked == [], f"notebooks are generated from book/*.md and must not be committed: {tracked}"
+    assert tracked == [], (
+        f"notebooks are generated from book/*.md and must not be committed: {tracked}"
+    )
 
 
 def test_every_chapter_is_paired_myst_markdown():
@@ -62,7 +66,10 @@ def _requirement_names(reqs: list[str]) -> dict[str, str]:
 def test_environment_yml_mirrors_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pip_reqs = _requirement_names(project["dependencies"] + project["optional-dependencies"]["dev"])
-    expected = {CONDA_NAMES.get(n, n): spec.replace(n, CONDA_NAMES.get(n, n), 1) for n, spec in pip_reqs.items()}
+    expected = {
+        CONDA_NAMES.get(n, n): spec.replace(n, CONDA_NAMES.get(n, n), 1)
+        for n, spec in pip_reqs.items()
+    }
     conda = {}
     text = (ROOT / "environment.yml").read_text()
     for line in text.split("dependencies:", 1)[1].splitlines():
@@ -98,7 +105,11 @@ def test_generator_replaces_solutions_with_hints():
     exec(student, namespace)
     with pytest.raises(NotImplementedError, match="Exercise 9.1"):
         namespace["f"](1)
-    for broken in ("    # BEGIN SOLUTION\n", "    # END SOLUTION\n", "# BEGIN SOLUTION\n# BEGIN SOLUTION\n"):
+    for broken in (
+        "    # BEGIN SOLUTION\n",
+        "    # END SOLUTION\n",
+        "# BEGIN SOLUTION\n# BEGIN SOLUTION\n",
+    ):
         with pytest.raises(tool.MarkerError):
             tool.student_source(broken)
 
@@ -107,14 +118,18 @@ def test_staleness_check_notices_an_edited_solution(tmp_path, monkeypatch):
     tool = _tools_exercises()
     src = tmp_path / "exercises"
     (src / "student").mkdir(parents=True)
-    (src / "ex99_demo.py").write_text("def f():\n    # BEGIN SOLUTION Exercise 99.1: hint\n    return 1\n    # END SOLUTION\n")
+    (src / "ex99_demo.py").write_text(
+        "def f():\n    # BEGIN SOLUTION Exercise 99.1: hint\n    return 1\n    # END SOLUTION\n"
+    )
     monkeypatch.setattr(tool, "ROOT", tmp_path)
     monkeypatch.setattr(tool, "SOURCE", src)
     monkeypatch.setattr(tool, "STUDENT", src / "student")
     assert tool.stale_copies()  # missing copy
     assert tool.main([]) == 0
     assert tool.stale_copies() == []
-    (src / "ex99_demo.py").write_text("def f():\n    # BEGIN SOLUTION Exercise 99.1: new hint\n    return 1\n    # END SOLUTION\n")
+    (src / "ex99_demo.py").write_text(
+        "def f():\n    # BEGIN SOLUTION Exercise 99.1: new hint\n    return 1\n    # END SOLUTION\n"
+    )
     assert tool.stale_copies() and tool.main(["--check"]) == 1
 
 
@@ -128,10 +143,28 @@ def test_grading_tests_fail_on_the_student_copy(name):
     """The grading tests of each exercise module reject the untouched student copy."""
     tests = sorted((ROOT / "exercises" / "tests").glob(f"test_{name}*.py"))
     assert tests, f"exercises/{name}.py has no grading tests exercises/tests/test_{name}.py"
-    env = {**os.environ, "EQUILIB_EXERCISES_DIR": str(ROOT / "exercises" / "student"), "EQUILIB_FAST": "1"}
+    env = {
+        **os.environ,
+        "EQUILIB_EXERCISES_DIR": str(ROOT / "exercises" / "student"),
+        "EQUILIB_FAST": "1",
+    }
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist", *map(str, tests)],
-        cwd=ROOT, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            *map(str, tests),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert run.returncode != 0, f"the grading tests of {name} pass on the student copy"
     assert "NotImplementedError" in run.stdout, run.stdout[-2000:]
@@ -141,5 +174,7 @@ def test_ruff_is_clean():
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     if not Path(ruff).exists():
         pytest.skip("ruff is not installed")
-    run = subprocess.run([ruff, "check", "--no-cache", str(ROOT)], cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run(
+        [ruff, "check", "--no-cache", str(ROOT)], cwd=ROOT, capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stdout[-3000:]

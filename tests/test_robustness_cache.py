@@ -51,8 +51,13 @@ def test_a_foreign_pickle_in_the_cache_is_named_and_recomputed(tmp_path, monkeyp
 
 def test_cache_round_trips_tensors_numpy_and_containers(tmp_path, monkeypatch):
     monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path))
-    value = {"state": {"w": torch.arange(3.0)}, "hist": [1.0, 2.0], "np": np.arange(4),
-             "scalar": np.float64(0.25), "t": (1, "a", None)}
+    value = {
+        "state": {"w": torch.arange(3.0)},
+        "hist": [1.0, 2.0],
+        "np": np.arange(4),
+        "scalar": np.float64(0.25),
+        "t": (1, "a", None),
+    }
     cached("rt", {}, lambda: value)
     back = cached("rt", {}, lambda: pytest.fail("recomputed"))
     assert torch.equal(back["state"]["w"], value["state"]["w"])

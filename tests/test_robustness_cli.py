@@ -14,13 +14,13 @@ from equilib import discover
 from equilib.__main__ import main
 from equilib.cache import FolderBusy, claim_folder
 
-TINY = ["--fast", "--epochs", "2", "--n-train", "120", "--n-test", "20", "--width", "2",
-        "--quiet"]
+TINY = ["--fast", "--epochs", "2", "--n-train", "120", "--n-test", "20", "--width", "2", "--quiet"]
 
 
 def _discover(out, *extra):
-    return main(["discover", "--task", "digits", "--objective", "map", "--out", str(out),
-                 *TINY, *extra])
+    return main(
+        ["discover", "--task", "digits", "--objective", "map", "--out", str(out), *TINY, *extra]
+    )
 
 
 def _snapshot(folder):
@@ -71,19 +71,29 @@ def test_a_live_lock_refuses_a_second_run(tmp_path, capsys):
 
 
 def test_two_processes_cannot_both_claim_a_folder(tmp_path):
-    code = ("import sys; from equilib.cache import claim_folder, FolderBusy\n"
-            "try:\n"
-            "    with claim_folder(sys.argv[1]):\n"
-            "        print('claimed', flush=True); sys.stdin.readline()\n"
-            "except FolderBusy:\n"
-            "    print('busy', flush=True)\n")
-    first = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys; from equilib.cache import claim_folder, FolderBusy\n"
+        "try:\n"
+        "    with claim_folder(sys.argv[1]):\n"
+        "        print('claimed', flush=True); sys.stdin.readline()\n"
+        "except FolderBusy:\n"
+        "    print('busy', flush=True)\n"
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert first.stdout.readline().strip() == "claimed"
-        second = subprocess.run([sys.executable, "-c", code, str(tmp_path)],
-                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.stdout.strip() == "busy"
     finally:
         first.communicate("\n", timeout=120)  # the first run ends: its lock goes
@@ -114,8 +124,22 @@ def test_a_diverged_run_writes_no_result(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "d" / "result.json").exists()
     assert not (tmp_path / "d" / ".equilib.lock").exists()
     monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path / "cache"))
-    rc = main(["compare", "--task", "digits", "--models", "conv", "--objectives", "map",
-               "--out", str(tmp_path / "c"), *TINY, "--lr", "1e30"])
+    rc = main(
+        [
+            "compare",
+            "--task",
+            "digits",
+            "--models",
+            "conv",
+            "--objectives",
+            "map",
+            "--out",
+            str(tmp_path / "c"),
+            *TINY,
+            "--lr",
+            "1e30",
+        ]
+    )
     assert rc == 2 and "diverged" in capsys.readouterr().err
     assert not list((tmp_path / "cache").glob("*.pt"))  # nothing cached
     assert not (tmp_path / "c" / "results.json").exists()
@@ -127,8 +151,9 @@ class _Interrupted(Exception):
 
 @pytest.mark.slow
 def test_a_resumed_run_keeps_the_whole_layer_history(tmp_path, monkeypatch):
-    config = discover.default_config(True, task="digits", objective="map", epochs=3,
-                                     n_train=120, n_test=20, width=2)
+    config = discover.default_config(
+        True, task="digits", objective="map", epochs=3, n_train=120, n_test=20, width=2
+    )
     whole = discover.run(config, progress=False, checkpoint=tmp_path / "a" / "checkpoint.pt")
     real_fit = discover.fit
 

@@ -29,10 +29,12 @@ def _cifar(path, batch, protocol=pickle.DEFAULT_PROTOCOL):
 
 def _good_batch(n=4, seed=0):
     rng = np.random.default_rng(seed)
-    return {b"batch_label": b"testing batch 1 of 1",
-            b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-            b"labels": [int(v) for v in rng.integers(0, 10, size=n)],
-            b"filenames": [b"x%d.png" % i for i in range(n)]}
+    return {
+        b"batch_label": b"testing batch 1 of 1",
+        b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        b"labels": [int(v) for v in rng.integers(0, 10, size=n)],
+        b"filenames": [b"x%d.png" % i for i in range(n)],
+    }
 
 
 def test_crafted_cifar_batch_is_refused_without_running_code(tmp_path):
@@ -54,20 +56,22 @@ def test_real_cifar_layout_loads_under_every_protocol(tmp_path, protocol):
     _cifar(tmp_path / "test_batch", batch, protocol)
     X, y = load_cifar10(tmp_path, split="test")
     assert X.shape == (4, 3, 32, 32) and y.tolist() == batch[b"labels"]
-    assert np.array_equal((X.reshape(4, -1).numpy() * 255).round().astype(np.uint8),
-                          batch[b"data"])
+    assert np.array_equal((X.reshape(4, -1).numpy() * 255).round().astype(np.uint8), batch[b"data"])
 
 
-@pytest.mark.parametrize("batch, message", [
-    ({b"data": np.zeros((5, 3072), np.uint8), b"labels": [0, 1]}, "5 images but labels"),
-    ({b"data": np.full((2, 3072), 1000, np.int64), b"labels": [0, 1]}, r"\[0, 255\].*1000"),
-    ({b"data": np.full((2, 3072), -1, np.int64), b"labels": [0, 1]}, r"\[0, 255\]"),
-    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "integers"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 18]}, r"\[0, 9\].*18"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, -100]}, r"\[0, 9\]"),
-    ([1, 2, 3], "holds a list"),
-    ({b"labels": [0]}, "no data/labels"),
-])
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        ({b"data": np.zeros((5, 3072), np.uint8), b"labels": [0, 1]}, "5 images but labels"),
+        ({b"data": np.full((2, 3072), 1000, np.int64), b"labels": [0, 1]}, r"\[0, 255\].*1000"),
+        ({b"data": np.full((2, 3072), -1, np.int64), b"labels": [0, 1]}, r"\[0, 255\]"),
+        ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "integers"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 18]}, r"\[0, 9\].*18"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, -100]}, r"\[0, 9\]"),
+        ([1, 2, 3], "holds a list"),
+        ({b"labels": [0]}, "no data/labels"),
+    ],
+)
 def test_malformed_cifar_batch_is_refused_naming_the_file(tmp_path, batch, message):
     _cifar(tmp_path / "test_batch", batch)
     with pytest.raises(ValueError, match=message) as info:
@@ -86,8 +90,11 @@ def test_corrupt_cifar_batch_names_the_file(tmp_path):
 
 
 def _idx(array):
-    return (bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-            + array.tobytes())
+    return (
+        bytes([0, 0, 0x08, array.ndim])
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.tobytes()
+    )
 
 
 def test_truncated_idx_header_names_the_file(tmp_path):

@@ -14,7 +14,9 @@ from oracles import load_course
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("argv", [["check", "abc"], ["check", "1x"], ["check", "01", "--timeout", "0"]])
+@pytest.mark.parametrize(
+    "argv", [["check", "abc"], ["check", "1x"], ["check", "01", "--timeout", "0"]]
+)
 def test_check_with_a_bad_argument_is_a_usage_error(argv, capsys):
     course = load_course()
     course.setup = lambda *a, **k: pytest.fail("set-up must not run on a usage error")
@@ -36,8 +38,10 @@ def test_check_passes_a_time_limit_to_pytest(tmp_path, monkeypatch):
         return 0
 
     monkeypatch.setattr(course, "run", fake_run)
-    for argv, limit in ((["check", "1"], str(course.GRADING_TIMEOUT)),
-                        (["check", "01", "--timeout", "7"], "7")):
+    for argv, limit in (
+        (["check", "1"], str(course.GRADING_TIMEOUT)),
+        (["check", "01", "--timeout", "7"], "7"),
+    ):
         with pytest.raises(SystemExit) as info:
             course.main([*argv, "--dir", str(tmp_path)])
         assert info.value.code == 0
@@ -50,14 +54,37 @@ def test_an_endless_loop_in_an_exercise_fails_naming_the_exercise(tmp_path):
     pytest.importorskip("pytest_timeout")
     source = (ROOT / "exercises" / "ex01_groups.py").read_text()
     (tmp_path / "ex01_groups.py").write_text(
-        source + "\n\ndef d4_compose(a, b):\n    while True:\n        pass\n")
-    env = dict(os.environ, EQUILIB_EXERCISES_DIR=str(tmp_path), EQUILIB_FAST="1",
-               MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+        source + "\n\ndef d4_compose(a, b):\n    while True:\n        pass\n"
+    )
+    env = dict(
+        os.environ,
+        EQUILIB_EXERCISES_DIR=str(tmp_path),
+        EQUILIB_FAST="1",
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS="1",
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         "--timeout", "5", "exercises/tests/test_ex01_groups.py", "-k",
-         "test_1_1_d4_compose_matches_equilib"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "--timeout",
+            "5",
+            "exercises/tests/test_ex01_groups.py",
+            "-k",
+            "test_1_1_d4_compose_matches_equilib",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "exercise ex01_groups" in out and "did not finish within 5 s" in out, out

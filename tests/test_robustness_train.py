@@ -21,8 +21,12 @@ def _data(n=48, seed=0):
 
 
 def _loader(X, y, shuffle=True):
-    return DataLoader(TensorDataset(X, y), batch_size=16, shuffle=shuffle,
-                      generator=torch.Generator().manual_seed(0) if shuffle else None)
+    return DataLoader(
+        TensorDataset(X, y),
+        batch_size=16,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(0) if shuffle else None,
+    )
 
 
 def _model():
@@ -34,10 +38,19 @@ def test_a_huge_learning_rate_stops_with_the_epoch_and_the_tensor(tmp_path):
     X, y = _data()
     ckpt = tmp_path / "checkpoint.pt"
     seen = []
-    with pytest.raises(train.TrainingDiverged,
-                       match=r"epoch 1: .*weight tensor '1\.weight'") as info:
-        train.fit(_model(), _loader(X, y), epochs=3, lr=1e30, optimizer="sgd", progress=False,
-                  checkpoint=ckpt, callback=lambda e, h, m: seen.append(e))
+    with pytest.raises(
+        train.TrainingDiverged, match=r"epoch 1: .*weight tensor '1\.weight'"
+    ) as info:
+        train.fit(
+            _model(),
+            _loader(X, y),
+            epochs=3,
+            lr=1e30,
+            optimizer="sgd",
+            progress=False,
+            checkpoint=ckpt,
+            callback=lambda e, h, m: seen.append(e),
+        )
     assert "nan" in str(info.value).lower() or "inf" in str(info.value).lower()
     assert not ckpt.exists() and seen == []  # nothing of the diverged epoch was kept
 
@@ -48,8 +61,16 @@ def test_one_nan_pixel_stops_training():
     with pytest.raises(train.TrainingDiverged, match=r"epoch 1: the training loss is nan"):
         train.fit(_model(), _loader(X, y), epochs=2, lr=1e-2, progress=False)
     with pytest.raises(train.TrainingDiverged, match="epoch 1"):
-        train.fit(_model(), _loader(X, y), objective="marglik", epochs=2, burn_in=0,
-                  marglik_every=1, hyper_steps=2, progress=False)
+        train.fit(
+            _model(),
+            _loader(X, y),
+            objective="marglik",
+            epochs=2,
+            burn_in=0,
+            marglik_every=1,
+            hyper_steps=2,
+            progress=False,
+        )
 
 
 def test_divergence_after_good_epochs_keeps_the_last_good_checkpoint(tmp_path):
@@ -63,8 +84,15 @@ def test_divergence_after_good_epochs_keeps_the_last_good_checkpoint(tmp_path):
                 m[1].bias[0] = float("inf")
 
     with pytest.raises(train.TrainingDiverged, match=r"epoch 3: .*'1\.(weight|bias)'"):
-        train.fit(model, _loader(X, y), epochs=4, lr=1e-2, progress=False, checkpoint=ckpt,
-                  callback=poison)
+        train.fit(
+            model,
+            _loader(X, y),
+            epochs=4,
+            lr=1e-2,
+            progress=False,
+            checkpoint=ckpt,
+            callback=poison,
+        )
     assert train.load_checkpoint(ckpt)["epoch"] == 2
 
 
@@ -87,8 +115,17 @@ def test_float_labels_are_refused():
 @pytest.mark.parametrize("epochs, burn_in", [(2, 5), (3, 3)])
 def test_marglik_shorter_than_the_burn_in_still_refits_after_the_last_epoch(epochs, burn_in):
     X, y = _data()
-    h = train.fit(_model(), _loader(X, y), objective="marglik", epochs=epochs, burn_in=burn_in,
-                  marglik_every=2, hyper_steps=5, prior_precision=1.0, progress=False)
+    h = train.fit(
+        _model(),
+        _loader(X, y),
+        objective="marglik",
+        epochs=epochs,
+        burn_in=burn_in,
+        marglik_every=2,
+        hyper_steps=5,
+        prior_precision=1.0,
+        progress=False,
+    )
     assert math.isfinite(h.log_marglik[-1])
     assert all(math.isnan(v) for v in h.log_marglik[:-1])
     assert h.prior_precision[-1] != h.prior_precision[0]  # the precisions did move
@@ -101,8 +138,7 @@ def test_checkpoint_with_the_tag_but_missing_keys_is_named(tmp_path):
         train.load_checkpoint(path)
     X, y = _data()
     with pytest.raises(ValueError, match="incomplete"):
-        train.fit(_model(), _loader(X, y), epochs=2, progress=False, checkpoint=path,
-                  resume=True)
+        train.fit(_model(), _loader(X, y), epochs=2, progress=False, checkpoint=path, resume=True)
 
 
 @pytest.mark.parametrize("content", [b"garbage, not a torch file", b"\x80\x02}q\x00."])
@@ -135,8 +171,7 @@ def test_nan_outputs_on_the_test_data_are_not_an_accuracy():
     with pytest.raises(ValueError, match="outputs on the evaluated data contain NaN"):
         train.evaluate(_model(), _loader(Xte, y, shuffle=False))
     with pytest.raises(ValueError, match="NaN"):
-        train.fit(_model(), _loader(X, y), _loader(Xte, y, shuffle=False), epochs=1,
-                  progress=False)
+        train.fit(_model(), _loader(X, y), _loader(Xte, y, shuffle=False), epochs=1, progress=False)
 
 
 def test_checkpoint_with_entries_of_the_wrong_kind_is_named(tmp_path):
@@ -148,5 +183,4 @@ def test_checkpoint_with_entries_of_the_wrong_kind_is_named(tmp_path):
     state["epoch"] = 1.5
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"checkpoint.pt.*damaged.*'settings'.*'epoch'"):
-        train.fit(_model(), _loader(X, y), epochs=2, progress=False, checkpoint=path,
-                  resume=True)
+        train.fit(_model(), _loader(X, y), epochs=2, progress=False, checkpoint=path, resume=True)

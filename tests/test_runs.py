@@ -80,9 +80,13 @@ def test_code_fingerprint_changes_with_the_code_and_nothing_else(tmp_path):
     files = ("run.py", "pkg")
     assert len(cache.code_fingerprint(files, root=a)) == 16
     assert cache.code_fingerprint(files, root=a) != cache.code_fingerprint(files, root=b)
-    assert cache.code_fingerprint(("run.py",), root=a) == cache.code_fingerprint(("run.py",), root=b)
+    assert cache.code_fingerprint(("run.py",), root=a) == cache.code_fingerprint(
+        ("run.py",), root=b
+    )
     assert cache.with_code({"x": 1}, ("cache.py",)) == {
-        "x": 1, "code": cache.code_fingerprint(("cache.py",))}
+        "x": 1,
+        "code": cache.code_fingerprint(("cache.py",)),
+    }
     with pytest.raises(FileNotFoundError, match="missing.py"):
         cache.code_fingerprint(("missing.py",), root=a)
 
@@ -92,8 +96,9 @@ def test_discover_and_runs_share_one_fingerprint():
 
     assert discover.code_fingerprint() == cache.code_fingerprint(discover.CODE_FILES)
     config = discover.default_config(True)
-    job_key = runs.Job("discover", discover._config_key(config), discover._run_entry,
-                       code=discover.CODE_FILES).key
+    job_key = runs.Job(
+        "discover", discover._config_key(config), discover._run_entry, code=discover.CODE_FILES
+    ).key
     assert job_key == discover.cache_entry(config), "run_many and run_cached share entries"
 
 
@@ -101,8 +106,13 @@ def test_build_trained_rebuilds_the_model_each_training_function_builds():
     from equilib.degree.training import experiment_config
 
     torch.manual_seed(0)
-    config = {"model": "gconv-c4", "width": 2, "transforms": ["rotation"], "init_width": 0.5,
-              "dcfg": experiment_config("rotated", width=2)}
+    config = {
+        "model": "gconv-c4",
+        "width": 2,
+        "transforms": ["rotation"],
+        "init_width": 0.5,
+        "dcfg": experiment_config("rotated", width=2),
+    }
     x = torch.rand(3, 1, 16, 16)
     for kind in runs.KINDS:
         trained = runs.new_model(kind, config, 4).eval()

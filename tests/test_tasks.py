@@ -67,8 +67,9 @@ def test_same_digits_same_quadrants_across_tasks():
 
 
 def test_random_test_quadrants_and_larger_canvas():
-    Xtr, ytr, Xte, yte = tasks.make_task("quadrant", 40, 40, seed=0, canvas=24,
-                                         test_all_quadrants=False)
+    Xtr, ytr, Xte, yte = tasks.make_task(
+        "quadrant", 40, 40, seed=0, canvas=24, test_all_quadrants=False
+    )
     assert Xte.shape == (40, 1, 24, 24)
     assert torch.equal(yte // 10, torch.tensor([_quadrant_of_mass(x) for x in Xte]))
 
@@ -100,8 +101,9 @@ def test_mnist_from_local_idx_files(tmp_path):
         imgs[:, 6:22, 10:18] = rng.integers(1, 255, size=(n, 16, 8), dtype=np.uint8)
         _write_idx(tmp_path / f"{split}-images-idx3-ubyte", imgs)
         _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n).astype(np.uint8))
-    Xtr, ytr, Xte, yte = tasks.make_task("quadrant", n_train=20, n_test=5, source="mnist",
-                                         root=tmp_path, digit_size=14)
+    Xtr, ytr, Xte, yte = tasks.make_task(
+        "quadrant", n_train=20, n_test=5, source="mnist", root=tmp_path, digit_size=14
+    )
     assert Xtr.shape == (20, 1, 28, 28) and Xte.shape == (20, 1, 28, 28)
     assert torch.equal(ytr // 10, torch.tensor([_quadrant_of_mass(x) for x in Xtr]))
     with pytest.raises(ValueError, match="MNIST has 30"):

@@ -25,8 +25,10 @@ def make_data(n=48, d=12, k=3, seed=0):
 def loaders(X, y, seed=0, batch_size=16):
     ds = TensorDataset(X, y)
     g = torch.Generator().manual_seed(seed)
-    return (DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g),
-            DataLoader(ds, batch_size=64, shuffle=False))
+    return (
+        DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g),
+        DataLoader(ds, batch_size=64, shuffle=False),
+    )
 
 
 def small_model(seed=0):
@@ -50,8 +52,10 @@ class DenseLaplace:
         H = 0.0
         nll = 0.0
         for x, y in loader:
+
             def f(ps, xi):
                 return functional_call(self.model, ps, (xi[None],))[0]
+
             for xi, yi in zip(x, y):
                 J = jacrev(f)(params, xi)
                 Jm = torch.cat([J[n].reshape(3, -1) for n in self.names], 1).double()
@@ -66,8 +70,12 @@ class DenseLaplace:
     def log_marginal_likelihood(self, prior_precision):
         d = torch.cat([pp.expand(s) for pp, s in zip(prior_precision.double(), self.sizes)])
         P = self.H + torch.diag(d)
-        return (-self.nll - 0.5 * (d * self.theta**2).sum()
-                - 0.5 * torch.logdet(P) + 0.5 * d.log().sum())
+        return (
+            -self.nll
+            - 0.5 * (d * self.theta**2).sum()
+            - 0.5 * torch.logdet(P)
+            + 0.5 * d.log().sum()
+        )
 
 
 def test_prior_penalty_matches_closed_form():
@@ -131,14 +139,24 @@ def _stop_at(k):
     def cb(epoch, history, model):
         if epoch == k:
             raise Stop
+
     return cb
 
 
 @pytest.mark.parametrize("objective", ["map", "marglik"])
 def test_resume_is_exact(tmp_path, objective):
     X, y = make_data()
-    kw = dict(objective=objective, epochs=5, lr=0.02, burn_in=1, marglik_every=2, hyper_steps=5,
-              laplace=DenseLaplace, progress=False, seed=1)
+    kw = dict(
+        objective=objective,
+        epochs=5,
+        lr=0.02,
+        burn_in=1,
+        marglik_every=2,
+        hyper_steps=5,
+        laplace=DenseLaplace,
+        progress=False,
+        seed=1,
+    )
     tr, te = loaders(X, y)
     m_full = small_model()
     h_full = train.fit(m_full, tr, te, **kw)
@@ -179,8 +197,14 @@ def test_mismatched_or_corrupt_checkpoint_is_refused_and_left_intact(tmp_path):
         train.fit(small_model(), tr, epochs=2, checkpoint=bad, resume=True, progress=False)
     assert bad.read_bytes() == before[: len(before) // 2]
     with pytest.raises(FileNotFoundError):
-        train.fit(small_model(), tr, epochs=2, checkpoint=tmp_path / "none.pt", resume=True,
-                  progress=False)
+        train.fit(
+            small_model(),
+            tr,
+            epochs=2,
+            checkpoint=tmp_path / "none.pt",
+            resume=True,
+            progress=False,
+        )
 
 
 def test_bad_arguments():
@@ -200,8 +224,20 @@ def test_marglik_steps_raise_the_evidence_and_history_matches_oracle():
     X, y = make_data()
     tr, te = loaders(X, y)
     m = small_model()
-    h = train.fit(m, tr, te, objective="marglik", epochs=6, lr=0.02, burn_in=2, marglik_every=2,
-                  hyper_steps=30, hyper_lr=0.1, laplace=DenseLaplace, progress=False)
+    h = train.fit(
+        m,
+        tr,
+        te,
+        objective="marglik",
+        epochs=6,
+        lr=0.02,
+        burn_in=2,
+        marglik_every=2,
+        hyper_steps=30,
+        hyper_lr=0.1,
+        laplace=DenseLaplace,
+        progress=False,
+    )
     refits = [e for e, v in zip(h.epoch, h.log_marglik) if not math.isnan(v)]
     assert refits == [4, 6]
     # the time of each epoch's update is recorded on exactly the refit epochs
@@ -257,8 +293,9 @@ def test_curvature_loader_reads_every_example_once_in_order():
     ds = TensorDataset(X, y)
     part = DataLoader(ds, batch_size=8, sampler=torch.utils.data.SubsetRandomSampler(range(10)))
     dropped = DataLoader(ds, batch_size=16, drop_last=True)
-    with_replacement = DataLoader(ds, batch_size=8, sampler=torch.utils.data.RandomSampler(
-        ds, replacement=True))
+    with_replacement = DataLoader(
+        ds, batch_size=8, sampler=torch.utils.data.RandomSampler(ds, replacement=True)
+    )
     plain_list = [(X[:16], y[:16])]
     for loader in (part, dropped, with_replacement, plain_list):
         assert train.curvature_loader_for(loader, 20) is loader
@@ -272,8 +309,19 @@ def test_curvature_batch_size_changes_only_the_rounding_of_the_evidence():
     for size in (None, 5, 48):
         tr, te = loaders(X, y)  # the same shuffling in every run
         m = small_model()
-        h = train.fit(m, tr, te, objective="marglik", epochs=6, lr=0.02, burn_in=2,
-                      marglik_every=2, hyper_steps=5, progress=False, curvature_batch_size=size)
+        h = train.fit(
+            m,
+            tr,
+            te,
+            objective="marglik",
+            epochs=6,
+            lr=0.02,
+            burn_in=2,
+            marglik_every=2,
+            hyper_steps=5,
+            progress=False,
+            curvature_batch_size=size,
+        )
         runs.append(h)
     ref = runs[0]
     first = ref.log_marglik.index(next(v for v in ref.log_marglik if not math.isnan(v)))

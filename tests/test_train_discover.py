@@ -60,14 +60,33 @@ def test_config_validation_lists_valid_names():
 
 
 def _fake_result():
-    layers = [{"name": "block0", "paths": {"fc": {"prior_precision": 100.0, "weight_norm": 0.1},
-                                           "conv": {"prior_precision": 2.0, "weight_norm": 3.0}}},
-              {"name": "block1", "paths": {"fc": {"prior_precision": 1.0, "weight_norm": 5.0},
-                                           "conv": {"prior_precision": 4.0, "weight_norm": 1.0}}}]
+    layers = [
+        {
+            "name": "block0",
+            "paths": {
+                "fc": {"prior_precision": 100.0, "weight_norm": 0.1},
+                "conv": {"prior_precision": 2.0, "weight_norm": 3.0},
+            },
+        },
+        {
+            "name": "block1",
+            "paths": {
+                "fc": {"prior_precision": 1.0, "weight_norm": 5.0},
+                "conv": {"prior_precision": 4.0, "weight_norm": 1.0},
+            },
+        },
+    ]
     hist = [None, layers]
-    return {"task": "digits", "model": "f-fc+conv", "objective": "marglik", "test_accuracy": 0.9,
-            "layers": layers, "layers_history": hist, "config": {"n_train": 10},
-            "history": {"epoch": [1, 2], "log_marglik": [None, -20.0], "test_acc": [0.5, 0.9]}}
+    return {
+        "task": "digits",
+        "model": "f-fc+conv",
+        "objective": "marglik",
+        "test_accuracy": 0.9,
+        "layers": layers,
+        "layers_history": hist,
+        "config": {"n_train": 10},
+        "history": {"epoch": [1, 2], "log_marglik": [None, -20.0], "test_acc": [0.5, 0.9]},
+    }
 
 
 def test_structure_arrays_and_over_epochs():
@@ -98,8 +117,9 @@ def test_effective_dimensions_per_path_sum_the_laplace_per_tensor_values():
 
     torch.manual_seed(0)
     m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=3, width=2)
-    loader = DataLoader(TensorDataset(torch.rand(24, 1, 8, 8), torch.randint(0, 3, (24,))),
-                        batch_size=12)
+    loader = DataLoader(
+        TensorDataset(torch.rand(24, 1, 8, 8), torch.randint(0, 3, (24,))), batch_size=12
+    )
     names = [n for n, _ in m.named_parameters()]
     delta = torch.linspace(0.5, 5.0, len(names), dtype=torch.float64)
     eff = discover.effective_dimensions(m, loader, delta)
@@ -123,8 +143,9 @@ def test_hessian_setting_reaches_the_laplace_of_the_refits(monkeypatch):
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(discover, "KronLaplace", Recording)
-    config = discover.default_config(True, hessian="mc", epochs=2, burn_in=0, marglik_every=1,
-                                     n_train=40, n_test=20)
+    config = discover.default_config(
+        True, hessian="mc", epochs=2, burn_in=0, marglik_every=1, n_train=40, n_test=20
+    )
     result = discover.run(config, progress=False)
     assert seen == ["mc", "mc"]  # one refit after each epoch
     assert result["update_seconds"] > 0 and result["epoch_seconds"] > 0
@@ -133,9 +154,17 @@ def test_hessian_setting_reaches_the_laplace_of_the_refits(monkeypatch):
 def test_history_from_older_records_and_bad_fields():
     from equilib.train import History
 
-    old = {"param_names": ["w"], "epoch": [1], "train_loss": [0.5], "train_acc": [0.9],
-           "test_acc": [0.8], "log_marglik": [-3.0], "prior_precision": [[1.0]], "lr": [0.1],
-           "seconds": [2.0]}
+    old = {
+        "param_names": ["w"],
+        "epoch": [1],
+        "train_loss": [0.5],
+        "train_acc": [0.9],
+        "test_acc": [0.8],
+        "log_marglik": [-3.0],
+        "prior_precision": [[1.0]],
+        "lr": [0.1],
+        "seconds": [2.0],
+    }
     h = History.from_dict(old)
     assert h.seconds == [2.0] and h.update_seconds == [] and h.step_seconds == []
     with pytest.raises(ValueError, match="unknown fields"):
@@ -147,8 +176,10 @@ def test_strides_setting_builds_that_many_blocks_and_keys_the_cache():
     assert config.strides == (1, 2, 2)
     model = discover.build_model(config, (1, 16, 16))
     assert [b.stride for b in model.blocks] == [1, 2, 2]
-    assert len(discover.build_model(discover.default_config(True, strides=[2, 2]),
-                                    (1, 16, 16)).blocks) == 2
+    assert (
+        len(discover.build_model(discover.default_config(True, strides=[2, 2]), (1, 16, 16)).blocks)
+        == 2
+    )
     with pytest.raises(ValueError, match="strides must be positive ints"):
         discover.default_config(strides=[2, 0])
     with pytest.raises(ValueError, match="divisible"):
@@ -204,9 +235,19 @@ def test_project_u_grad_removes_the_radial_part_only():
 def test_factored_training_loss_falls_and_flattens():
     """The MAP training loss of F-FC+CONV on the quadrant task no longer rises after a few
     epochs (the scale of U handed to V after every step made V, and the prior term, grow)."""
-    cfg = discover.default_config(True, task="quadrant", model="f-fc+conv", objective="map",
-                                  epochs=20, n_train=600, n_test=20, width=8, batch_size=32,
-                                  lr=1e-2, lr_min=1e-3)
+    cfg = discover.default_config(
+        True,
+        task="quadrant",
+        model="f-fc+conv",
+        objective="map",
+        epochs=20,
+        n_train=600,
+        n_test=20,
+        width=8,
+        batch_size=32,
+        lr=1e-2,
+        lr_min=1e-3,
+    )
     res = discover.run(cfg, progress=False)
     loss = res["history"]["train_loss"]
     # handing the norm to V after every step, this run's loss rose from epoch 3 to 5800
@@ -240,16 +281,29 @@ def test_cache_entry_rebuilds_the_run_and_map_ignores_the_evidence_schedule():
     a = discover.cache_entry(discover.default_config(True, objective="map", hyper_steps=7))
     b = discover.cache_entry(discover.default_config(True, objective="map", hyper_steps=3))
     assert a == b  # MAP never reads the evidence schedule: one entry
-    assert discover.cache_entry(discover.default_config(True, seed=1)) != \
-        discover.cache_entry(discover.default_config(True, seed=2))
+    assert discover.cache_entry(discover.default_config(True, seed=1)) != discover.cache_entry(
+        discover.default_config(True, seed=2)
+    )
 
 
 def test_run_many_in_worker_processes_equals_runs_here(tmp_path, monkeypatch):
     monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path / "workers"))
-    configs = {s: discover.default_config(True, task="quadrant", model="f-fc+conv",
-                                          objective="marglik", epochs=2, burn_in=1,
-                                          marglik_every=1, hyper_steps=2, n_train=40, n_test=10,
-                                          seed=s) for s in (0, 1)}
+    configs = {
+        s: discover.default_config(
+            True,
+            task="quadrant",
+            model="f-fc+conv",
+            objective="marglik",
+            epochs=2,
+            burn_in=1,
+            marglik_every=1,
+            hyper_steps=2,
+            n_train=40,
+            n_test=10,
+            seed=s,
+        )
+        for s in (0, 1)
+    }
     parallel = discover.run_many(configs, workers=2, progress=False)
     monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path / "here"))
     for s, config in configs.items():

@@ -13,13 +13,28 @@ from equilib.widgets import priors as wp
 
 def _result():
     def layers(v_fc, n_fc):
-        return [{"name": "block0", "paths": {"fc": {"prior_precision": v_fc, "weight_norm": n_fc},
-                                             "conv": {"prior_precision": 1.0, "weight_norm": 2.0}}}]
-    return {"task": "digits", "model": "f-fc+conv", "objective": "marglik",
-            "config": {"n_train": 100},
-            "history": {"epoch": [1, 2, 3], "test_acc": [0.2, 0.5, 0.7],
-                        "log_marglik": [None, -150.0, -120.0]},
-            "layers_history": [None, layers(10.0, 1.0), layers(1000.0, 0.01)]}
+        return [
+            {
+                "name": "block0",
+                "paths": {
+                    "fc": {"prior_precision": v_fc, "weight_norm": n_fc},
+                    "conv": {"prior_precision": 1.0, "weight_norm": 2.0},
+                },
+            }
+        ]
+
+    return {
+        "task": "digits",
+        "model": "f-fc+conv",
+        "objective": "marglik",
+        "config": {"n_train": 100},
+        "history": {
+            "epoch": [1, 2, 3],
+            "test_acc": [0.2, 0.5, 0.7],
+            "log_marglik": [None, -150.0, -120.0],
+        },
+        "layers_history": [None, layers(10.0, 1.0), layers(1000.0, 0.01)],
+    }
 
 
 def test_prior_explorer_state_reads_the_epoch():

@@ -29,8 +29,12 @@ def _rand(*shape, seed=0):
 
 def _digitlike(n=16, seed=0):
     """A smooth blob in the middle of an empty (B=2, C=1, n, n) canvas."""
-    small = F.interpolate(_rand(2, 1, n // 4, n // 4, seed=seed), size=(n // 2, n // 2),
-                          mode="bilinear", align_corners=False)
+    small = F.interpolate(
+        _rand(2, 1, n // 4, n // 4, seed=seed),
+        size=(n // 2, n // 2),
+        mode="bilinear",
+        align_corners=False,
+    )
     x = torch.zeros(2, 1, n, n, dtype=torch.float64)
     x[..., n // 4 : n // 4 + n // 2, n // 4 : n // 4 + n // 2] = small
     return x

@@ -68,8 +68,9 @@ def test_connectivity_and_feature_map_explorers(shown):
     n = len(shown)
     _move_first_slider(box)
     _check(shown, n)
-    box = wc.feature_map_explorer({"conv": build("conv", (1, 16, 16), width=4)},
-                                  torch.randn(2, 1, 16, 16))
+    box = wc.feature_map_explorer(
+        {"conv": build("conv", (1, 16, 16), width=4)}, torch.randn(2, 1, 16, 16)
+    )
     n = len(shown)
     _move_first_slider(box)
     _check(shown, n)
@@ -99,14 +100,24 @@ def test_prior_explorer(shown):
     from equilib.widgets import priors as wp
 
     def layers(v):
-        return [{"name": "block0", "paths": {"fc": {"prior_precision": v, "weight_norm": 1.0},
-                                             "conv": {"prior_precision": 1.0,
-                                                      "weight_norm": 2.0}}}]
+        return [
+            {
+                "name": "block0",
+                "paths": {
+                    "fc": {"prior_precision": v, "weight_norm": 1.0},
+                    "conv": {"prior_precision": 1.0, "weight_norm": 2.0},
+                },
+            }
+        ]
 
-    result = {"task": "digits", "model": "f-fc+conv", "objective": "marglik",
-              "config": {"n_train": 10},
-              "history": {"epoch": [1, 2], "test_acc": [0.5, 0.7], "log_marglik": [-9.0, -8.0]},
-              "layers_history": [layers(1.0), layers(10.0)]}
+    result = {
+        "task": "digits",
+        "model": "f-fc+conv",
+        "objective": "marglik",
+        "config": {"n_train": 10},
+        "history": {"epoch": [1, 2], "test_acc": [0.5, 0.7], "log_marglik": [-9.0, -8.0]},
+        "layers_history": [layers(1.0), layers(10.0)],
+    }
     box = wp.prior_explorer({"digits": result})
     n = len(shown)
     box.children[0].children[1].value = 1

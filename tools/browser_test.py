@@ -127,10 +127,18 @@ def start_lab(root: Path, out: Path, port: int, token: str, fast: bool) -> subpr
         ),
     }
     cmd = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
-        f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-        "--ServerApp.open_browser=False", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
-        "jupyterlab.NeverCheckForUpdate",
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.open_browser=False",
+        "--LabApp.news_url=",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
@@ -246,7 +254,6 @@ def move_slider_and_check(page, out: Path, timeout: float) -> str:
     raise CheckFailed(f"moving the slider {label!r} did not change the figure in {timeout:.0f} s")
 
 
-
 @contextmanager
 def screenshot_on_failure(page, path: Path):
     """Save a full-page screenshot to ``path`` if the block raises, then re-raise."""
@@ -259,6 +266,7 @@ def screenshot_on_failure(page, path: Path):
             pass
         raise
 
+
 def run_browser(url: str, nb_name: str, chromium: str, out: Path, timeout: float) -> None:
     try:
         from playwright.sync_api import sync_playwright
@@ -267,8 +275,13 @@ def run_browser(url: str, nb_name: str, chromium: str, out: Path, timeout: float
             "the pip package 'playwright' is missing: pip install playwright "
             "(never 'playwright install': the browser is Debian's chromium)"
         ) from err
-    n_code = len([c for c in json.loads((out / "root" / nb_name).read_text())["cells"]
-                  if c["cell_type"] == "code"])
+    n_code = len(
+        [
+            c
+            for c in json.loads((out / "root" / nb_name).read_text())["cells"]
+            if c["cell_type"] == "code"
+        ]
+    )
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -279,7 +292,9 @@ def run_browser(url: str, nb_name: str, chromium: str, out: Path, timeout: float
                 page.goto(url, wait_until="domcontentloaded")
                 page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
                 accept_kernel_dialog(page, wait_s=10)
-                page.get_by_text("Kernel status: Idle").first.wait_for(state="attached", timeout=120_000)
+                page.get_by_text("Kernel status: Idle").first.wait_for(
+                    state="attached", timeout=120_000
+                )
                 page.screenshot(path=str(out / "opened.png"))
                 say(f"running all {n_code} code cells")
                 page.get_by_role("menuitem", name="Run", exact=True).click()
@@ -297,6 +312,7 @@ def run_browser(url: str, nb_name: str, chromium: str, out: Path, timeout: float
         finally:
             browser.close()
 
+
 # --- the HTML edition ------------------------------------------------------------------------
 
 HTML_DIR = ROOT / "build" / "html"
@@ -311,7 +327,9 @@ def default_page(html_dir: Path) -> str:
         )
 
     def formulas(page: Path) -> int:
-        return len(re.findall(r'class="math[ "]', page.read_text(encoding="utf-8", errors="replace")))
+        return len(
+            re.findall(r'class="math[ "]', page.read_text(encoding="utf-8", errors="replace"))
+        )
 
     return max(built, key=lambda page: (formulas(page), page.name)).stem
 
@@ -377,41 +395,55 @@ def check_html_page(html_dir: Path, page_name: str, chromium: str, out: Path) ->
             page = context.new_page()
             page.set_default_timeout(60_000)
             with screenshot_on_failure(page, out / "html-failure.png"):
-                say(f"opening {page_file.relative_to(ROOT) if page_file.is_relative_to(ROOT) else page_file}")
+                say(
+                    f"opening {page_file.relative_to(ROOT) if page_file.is_relative_to(ROOT) else page_file}"
+                )
                 page.goto(page_file.as_uri(), wait_until="load")
                 if page.locator("main .math").count() == 0:
                     raise CheckFailed(f"{page_name} has no formula to check: pick a page with math")
                 try:
                     page.wait_for_function(
                         "() => window.MathJax && MathJax.startup && MathJax.startup.promise",
-                        timeout=30_000)
+                        timeout=30_000,
+                    )
                 except Exception as err:  # noqa: BLE001 - Playwright's timeout, reported plainly
                     raise CheckFailed(
                         f"MathJax did not start on {page_name} within 30 s (requests refused: "
-                        f"{sorted(set(remote))})") from err
+                        f"{sorted(set(remote))})"
+                    ) from err
                 page.evaluate("() => MathJax.startup.promise")
                 page.wait_for_function(
-                    "() => Array.from(document.querySelectorAll('main img')).every(i => i.complete)")
+                    "() => Array.from(document.querySelectorAll('main img')).every(i => i.complete)"
+                )
                 facts = page.evaluate(PAGE_CHECKS_JS)
                 page.screenshot(path=str(out / "html-page.png"))
-                for selector, shot in (("main div.math", "html-math.png"),
-                                       ("main .cell_output img", "html-figure.png"),
-                                       ("main p:has-text('A widget: here the figure')",
-                                        "html-widget.png")):
+                for selector, shot in (
+                    ("main div.math", "html-math.png"),
+                    ("main .cell_output img", "html-figure.png"),
+                    ("main p:has-text('A widget: here the figure')", "html-widget.png"),
+                ):
                     first = page.locator(selector).first
                     if first.count():
                         first.evaluate("e => e.scrollIntoView({block: 'center'})")
                         page.screenshot(path=str(out / shot))
                 broken = [i["src"] for i in facts["images"] if not i["width"]]
-                say(f"{page_name}: {facts['typeset']}/{facts['maths']} formulas typeset, "
+                say(
+                    f"{page_name}: {facts['typeset']}/{facts['maths']} formulas typeset, "
                     f"{len(facts['images'])} figures ({len(broken)} broken), "
-                    f"{facts['searchBoxes']} search box(es), {len(remote)} network requests")
+                    f"{facts['searchBoxes']} search box(es), {len(remote)} network requests"
+                )
                 if facts["typeset"] != facts["maths"]:
-                    raise CheckFailed(f"only {facts['typeset']} of {facts['maths']} formulas typeset")
+                    raise CheckFailed(
+                        f"only {facts['typeset']} of {facts['maths']} formulas typeset"
+                    )
                 if facts["texErrors"]:
-                    raise CheckFailed(f"MathJax shows {facts['texErrors']} TeX error(s) on {page_name}")
+                    raise CheckFailed(
+                        f"MathJax shows {facts['texErrors']} TeX error(s) on {page_name}"
+                    )
                 if facts["rawDollars"]:
-                    raise CheckFailed(f"{facts['rawDollars']} raw '$$' left in the text of {page_name}")
+                    raise CheckFailed(
+                        f"{facts['rawDollars']} raw '$$' left in the text of {page_name}"
+                    )
                 if not facts["images"]:
                     raise CheckFailed(f"{page_name} shows no figure")
                 if broken:
@@ -423,7 +455,9 @@ def check_html_page(html_dir: Path, page_name: str, chromium: str, out: Path) ->
                 page.goto(f"{(html_dir / 'search.html').as_uri()}?{query}", wait_until="load")
                 hits = page.locator("#search-results li, ul.search li")
                 hits.first.wait_for(timeout=30_000)
-                links = hits.locator("a").evaluate_all("els => els.map(e => e.getAttribute('href'))")
+                links = hits.locator("a").evaluate_all(
+                    "els => els.map(e => e.getAttribute('href'))"
+                )
                 page.screenshot(path=str(out / "html-search.png"))
                 say(f"searching {word!r}: {hits.count()} results")
                 if not any(page_name in (h or "") for h in links):
@@ -459,8 +493,10 @@ def lab_part(args, chromium: str, out: Path) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     if status == 0:
-        say(f"OK: {args.chapter} ran in JupyterLab, its widgets redraw, no errors "
-            f"({time.time() - t0:.0f} s; screenshots in {out})")
+        say(
+            f"OK: {args.chapter} ran in JupyterLab, its widgets redraw, no errors "
+            f"({time.time() - t0:.0f} s; screenshots in {out})"
+        )
     return status
 
 
@@ -494,25 +530,48 @@ def html_part(args, chromium: str, out: Path) -> int:
 
     status = checked(check, out)
     if status == 0:
-        say(f"OK: {page}.html offline shows typeset formulas, its figures and a working search "
-            f"({time.time() - t0:.0f} s; screenshots in {out})")
+        say(
+            f"OK: {page}.html offline shows typeset formulas, its figures and a working search "
+            f"({time.time() - t0:.0f} s; screenshots in {out})"
+        )
     return status
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--parts", nargs="+", choices=["lab", "html"], default=None,
-                    help="what to test (default: lab, and html when build/html exists)")
-    ap.add_argument("--chapter", default=DEFAULT_CHAPTER,
-                    help=f"lab: chapter file stem under book/ (default {DEFAULT_CHAPTER})")
-    ap.add_argument("--html-dir", default=str(HTML_DIR),
-                    help="html: the built HTML edition (default build/html)")
-    ap.add_argument("--page", default=None,
-                    help="html: chapter page to open (default: the one with the most formulas)")
-    ap.add_argument("--out", default=str(ROOT / "build" / "browser"),
-                    help="folder for screenshots, logs and the scratch notebook")
-    ap.add_argument("--timeout", type=float, default=600.0,
-                    help="lab: seconds allowed for running all cells (default 600)")
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["lab", "html"],
+        default=None,
+        help="what to test (default: lab, and html when build/html exists)",
+    )
+    ap.add_argument(
+        "--chapter",
+        default=DEFAULT_CHAPTER,
+        help=f"lab: chapter file stem under book/ (default {DEFAULT_CHAPTER})",
+    )
+    ap.add_argument(
+        "--html-dir",
+        default=str(HTML_DIR),
+        help="html: the built HTML edition (default build/html)",
+    )
+    ap.add_argument(
+        "--page",
+        default=None,
+        help="html: chapter page to open (default: the one with the most formulas)",
+    )
+    ap.add_argument(
+        "--out",
+        default=str(ROOT / "build" / "browser"),
+        help="folder for screenshots, logs and the scratch notebook",
+    )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="lab: seconds allowed for running all cells (default 600)",
+    )
     ap.add_argument("--chromium", default=None, help="path of the chromium binary")
     ap.add_argument("--full", action="store_true", help="lab: run the chapter without FAST mode")
     args = ap.parse_args(argv)
@@ -523,8 +582,10 @@ def main(argv: list[str] | None = None) -> int:
         if (Path(args.html_dir) / "index.html").exists():
             parts.append("html")
         else:
-            say(f"no HTML edition in {args.html_dir}: its check is skipped "
-                "(build it with `python3 course.py html`)")
+            say(
+                f"no HTML edition in {args.html_dir}: its check is skipped "
+                "(build it with `python3 course.py html`)"
+            )
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     try:

@@ -113,7 +113,7 @@ def widget_outputs(model_id: str, state: dict, seen: set | None = None) -> list[
                 shown.append(_stream(out["name"], out["text"]))
     for child in st.get("children", []):
         if isinstance(child, str) and child.startswith("IPY_MODEL_"):
-            shown += widget_outputs(child[len("IPY_MODEL_"):], state, seen)
+            shown += widget_outputs(child[len("IPY_MODEL_") :], state, seen)
     return shown
 
 
@@ -171,8 +171,12 @@ def page_notebook(nb):
                 continue
             shown = widget_outputs(view.get("model_id", ""), state)
             if shown:  # a widget that shows nothing (a progress bar) leaves nothing on the page
-                outputs.append(nbformat.v4.new_output(
-                    "display_data", data={"text/markdown": WIDGET_NOTE, "text/plain": WIDGET_NOTE}))
+                outputs.append(
+                    nbformat.v4.new_output(
+                        "display_data",
+                        data={"text/markdown": WIDGET_NOTE, "text/plain": WIDGET_NOTE},
+                    )
+                )
                 outputs += shown
         cell.outputs = outputs
     page.metadata.pop("widgets", None)
@@ -221,6 +225,7 @@ def execute_one(src: str, out_dir: str, fast: bool, timeout: int) -> dict:
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3"})
     t0 = time.time()
     error = None
+
     # The outputs are all in once the last cell has run: the kernel is stopped at once then,
     # never waited for.
     class Client(NotebookClient):
@@ -231,8 +236,12 @@ def execute_one(src: str, out_dir: str, fast: bool, timeout: int) -> dict:
             return kc
 
     client = Client(
-        nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
-        shutdown_kernel="immediate", resources={"metadata": {"path": str(BOOK)}},
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        store_widget_state=True,
+        shutdown_kernel="immediate",
+        resources={"metadata": {"path": str(BOOK)}},
     )
     # A bound on the whole chapter too: nbclient has been seen here to wait on, long after a
     # chapter's last cell had run, with the kernel idle.
@@ -258,8 +267,9 @@ def execute_one(src: str, out_dir: str, fast: bool, timeout: int) -> dict:
         first = ANSI.sub("", str(err)).strip().splitlines()
         error = "\n".join(first[-12:]) or type(err).__name__
     except asyncio.TimeoutError:
-        ran = sum(bool(c.get("metadata", {}).get("execution")) for c in nb.cells
-                  if c.cell_type == "code")
+        ran = sum(
+            bool(c.get("metadata", {}).get("execution")) for c in nb.cells if c.cell_type == "code"
+        )
         n_code = sum(c.cell_type == "code" for c in nb.cells)
         error = f"the chapter did not finish within {limit} s ({ran} of {n_code} code cells ran)"
     seconds = time.time() - t0
@@ -276,8 +286,10 @@ def execute(srcs: list[Path], out_dir: Path, fast: bool, jobs: int, timeout: int
 
     def report(r: dict) -> None:
         results.append(r)
-        say(f"{r['name']}: {r['seconds']:.0f} s{' FAILED' if r['error'] else ''} "
-            f"(all done by {time.time() - t0:.0f} s)")
+        say(
+            f"{r['name']}: {r['seconds']:.0f} s{' FAILED' if r['error'] else ''} "
+            f"(all done by {time.time() - t0:.0f} s)"
+        )
 
     if jobs == 1 or len(work) == 1:
         for w in work:
@@ -300,8 +312,14 @@ def executed_results(srcs: list[Path], nb_dir: Path) -> list[dict]:
             raise FileNotFoundError(f"{path} is missing: run without --no-execute first")
         nb = nbformat.read(path, as_version=4)
         meta = nb.metadata.get("equilib", {})
-        results.append({"name": src.stem, "title": title_of(nb),
-                        "seconds": meta.get("seconds", 0.0), "error": meta.get("error")})
+        results.append(
+            {
+                "name": src.stem,
+                "title": title_of(nb),
+                "seconds": meta.get("seconds", 0.0),
+                "error": meta.get("error"),
+            }
+        )
     return results
 
 
@@ -367,7 +385,9 @@ def stage(nb_dir: Path, names: list[str], src_dir: Path) -> int:
         page = page_notebook(nbformat.read(nb_dir / f"{name}.ipynb", as_version=4))
         snapshots += sum(
             o.get("metadata", {}).get("equilib", {}).get("widget_snapshot", False)
-            for c in page.cells if c.cell_type == "code" for o in c.outputs
+            for c in page.cells
+            if c.cell_type == "code"
+            for o in c.outputs
         )
         nbformat.write(page, src_dir / f"{name}.ipynb")
     return snapshots
@@ -376,9 +396,18 @@ def stage(nb_dir: Path, names: list[str], src_dir: Path) -> int:
 # --- step 3: render and check ----------------------------------------------------------------
 
 CDN_HOSTS = (
-    "cdn.jsdelivr.net", "unpkg.com", "cdnjs.cloudflare.com", "fonts.googleapis.com",
-    "fonts.gstatic.com", "cdn.mathjax.org", "polyfill.io", "code.jquery.com",
-    "plausible.io", "googletagmanager.com", "google-analytics.com", "thebe.readthedocs.io",
+    "cdn.jsdelivr.net",
+    "unpkg.com",
+    "cdnjs.cloudflare.com",
+    "fonts.googleapis.com",
+    "fonts.gstatic.com",
+    "cdn.mathjax.org",
+    "polyfill.io",
+    "code.jquery.com",
+    "plausible.io",
+    "googletagmanager.com",
+    "google-analytics.com",
+    "thebe.readthedocs.io",
 )
 _REMOTE_ATTR = re.compile(
     r"<(?:script|link|img|iframe|source|audio|video|embed|object)\b[^>]*?"
@@ -386,7 +415,9 @@ _REMOTE_ATTR = re.compile(
     flags=re.I,
 )
 _REMOTE_CSS = re.compile(r"(?:@import\s+|url\(\s*)[\"']?((?:https?:)?//[^\"')\s]+)", flags=re.I)
-_CDN = re.compile(r"(?:https?:)?//(?:[\w-]+\.)*(?:" + "|".join(map(re.escape, CDN_HOSTS)) + r")[^\"'\s)]*")
+_CDN = re.compile(
+    r"(?:https?:)?//(?:[\w-]+\.)*(?:" + "|".join(map(re.escape, CDN_HOSTS)) + r")[^\"'\s)]*"
+)
 
 
 def remote_resources(text: str, kind: str = "html") -> list[str]:
@@ -457,7 +488,10 @@ def offline_problems(html_dir: Path) -> list[str]:
 
 # Sphinx warnings that mean a link of the book leads nowhere: they fail the build.
 BROKEN_REFERENCE = (
-    "xref_missing", "undefined label", "unknown document", "nonexisting document",
+    "xref_missing",
+    "undefined label",
+    "unknown document",
+    "nonexisting document",
     "reference target not found",
 )
 
@@ -465,9 +499,20 @@ BROKEN_REFERENCE = (
 def render(src_dir: Path, html_dir: Path, log: Path) -> int:
     """``jupyter-book build`` of the staged book; the pages end up in ``html_dir``."""
     work = src_dir.parent / "jupyter-book"
-    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build",
-           str(src_dir), "--config", str(CONFIG), "--toc", str(src_dir / "_toc.yml"),
-           "--path-output", str(work), "--all"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from jupyter_book.cli.main import main; main()",
+        "build",
+        str(src_dir),
+        "--config",
+        str(CONFIG),
+        "--toc",
+        str(src_dir / "_toc.yml"),
+        "--path-output",
+        str(work),
+        "--all",
+    ]
     env = {**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
     with open(log, "w") as fh:
         code = subprocess.call(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
@@ -489,8 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full", action="store_true", help="execute without FAST mode")
     ap.add_argument("--jobs", type=int, default=1, help="chapters executed at once (default 1)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell")
-    ap.add_argument("--no-execute", action="store_true",
-                    help="render the notebooks of an earlier run in build/notebooks as they are")
+    ap.add_argument(
+        "--no-execute",
+        action="store_true",
+        help="render the notebooks of an earlier run in build/notebooks as they are",
+    )
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error("--jobs must be at least 1")
@@ -532,9 +580,17 @@ def main(argv: list[str] | None = None) -> int:
     for ln in warnings:
         say(ln)
     broken_refs = [ln for ln in warnings if any(k in ln for k in BROKEN_REFERENCE)]
-    (html_dir / "build.json").write_text(json.dumps(
-        {"fast": fast, "execute_s": round(t_exec, 1), "render_s": round(t_render, 1),
-         "chapters": results}, indent=1))
+    (html_dir / "build.json").write_text(
+        json.dumps(
+            {
+                "fast": fast,
+                "execute_s": round(t_exec, 1),
+                "render_s": round(t_render, 1),
+                "chapters": results,
+            },
+            indent=1,
+        )
+    )
     problems = []
     failed = [r for r in results if r["error"]]
     for r in failed:
@@ -548,8 +604,11 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("no search index (searchindex.js)")
     if not (html_dir / "_static" / "mathjax" / "tex-chtml.js").exists():
         problems.append("MathJax is not served from _static/mathjax")
-    raw = {r["name"]: raw_display_math((html_dir / f"{r['name']}.html").read_text())
-           for r in results if (html_dir / f"{r['name']}.html").exists()}
+    raw = {
+        r["name"]: raw_display_math((html_dir / f"{r['name']}.html").read_text())
+        for r in results
+        if (html_dir / f"{r['name']}.html").exists()
+    }
     raw = {name: n for name, n in raw.items() if n}
     if raw:
         problems.append(f"'$$' left as text, not typeset, in {raw}")
@@ -558,9 +617,11 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("resources loaded from the network:\n  " + "\n  ".join(remote[:20]))
     for p in problems:
         say(f"FAILED: {p}")
-    say(f"{'FAILED' if problems else 'OK'}: {len(results)} chapters, {len(warnings)} Sphinx "
+    say(
+        f"{'FAILED' if problems else 'OK'}: {len(results)} chapters, {len(warnings)} Sphinx "
         f"warnings; executing {t_exec:.0f} s, rendering {t_render:.0f} s; open "
-        f"{html_dir / 'index.html'}")
+        f"{html_dir / 'index.html'}"
+    )
     return 1 if problems else 0
 
 

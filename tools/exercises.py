@@ -44,7 +44,7 @@ def with_notice(body: str, notice: str) -> str:
     if lines and lines[0].rstrip("\n") == "# ---":
         end = next((i for i in range(1, len(lines)) if lines[i].rstrip("\n") == "# ---"), None)
         if end is not None:
-            rest = "".join(lines[end + 1:]).lstrip("\n")
+            rest = "".join(lines[end + 1 :]).lstrip("\n")
             return "".join(lines[: end + 1]) + "\n" + notice + rest
     return notice + body
 
@@ -61,7 +61,9 @@ def student_source(text: str, name: str = "<exercise>") -> str:
         begin, end = BEGIN.match(line.rstrip("\n")), END.match(line.rstrip("\n"))
         if begin:
             if inside is not None:
-                raise MarkerError(f"{name}:{number}: BEGIN SOLUTION inside the block opened at line {inside}")
+                raise MarkerError(
+                    f"{name}:{number}: BEGIN SOLUTION inside the block opened at line {inside}"
+                )
             inside = number
             hint = begin.group("hint") or "replace this line with your solution"
             out.append(f"{begin.group('indent')}raise NotImplementedError({hint!r})\n")
@@ -105,7 +107,9 @@ def stale_copies() -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if stale")
     args = parser.parse_args(argv)
     if args.check:

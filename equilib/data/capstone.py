@@ -42,8 +42,10 @@ class CapstoneData:
     _symmetry: str = field(default="", repr=False)
 
     def __repr__(self) -> str:
-        return (f"CapstoneData(train={tuple(self.Xtr.shape)}, test={tuple(self.Xte.shape)}, "
-                f"n_classes={self.n_classes}, seed={self.seed}, symmetry=<hidden>)")
+        return (
+            f"CapstoneData(train={tuple(self.Xtr.shape)}, test={tuple(self.Xte.shape)}, "
+            f"n_classes={self.n_classes}, seed={self.seed}, symmetry=<hidden>)"
+        )
 
 
 def _hidden_choice(seed: int) -> str:
@@ -92,14 +94,16 @@ def make_capstone(
     keep = y < N_CLASSES
     X, y = X[keep], y[keep]
     if n_train < 1 or n_test < 1 or n_train + n_test > len(X):
-        raise ValueError(f"need n_train, n_test >= 1 with n_train + n_test <= {len(X)}; "
-                         f"got {n_train}, {n_test}")
+        raise ValueError(
+            f"need n_train, n_test >= 1 with n_train + n_test <= {len(X)}; got {n_train}, {n_test}"
+        )
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(X), generator=g)
     X, y = X[perm[: n_train + n_test]], y[perm[: n_train + n_test]]
     X = _transform(X, symmetry, canvas, g)
-    return CapstoneData(X[:n_train], y[:n_train], X[n_train:], y[n_train:], seed, N_CLASSES,
-                        symmetry)
+    return CapstoneData(
+        X[:n_train], y[:n_train], X[n_train:], y[n_train:], seed, N_CLASSES, symmetry
+    )
 
 
 def check_answer(answer) -> str:
@@ -108,8 +112,10 @@ def check_answer(answer) -> str:
     Raises ``TypeError`` for a non-string and ``ValueError`` for an unknown name.
     """
     if not isinstance(answer, str):
-        raise TypeError(f"the answer must be a string, one of {list(SYMMETRIES)}; "
-                        f"got {type(answer).__name__} {answer!r}")
+        raise TypeError(
+            f"the answer must be a string, one of {list(SYMMETRIES)}; "
+            f"got {type(answer).__name__} {answer!r}"
+        )
     name = answer.strip().lower()
     if name not in SYMMETRIES:
         raise ValueError(f"unknown answer {answer!r}; answer with one of {list(SYMMETRIES)}")
@@ -119,12 +125,16 @@ def check_answer(answer) -> str:
 def grade(data: CapstoneData, answer) -> bool:
     """Whether ``answer`` names the hidden symmetry of ``data`` (after ``check_answer``)."""
     if not isinstance(data, CapstoneData):
-        raise TypeError(f"data must be a CapstoneData from make_capstone, got {type(data).__name__}")
+        raise TypeError(
+            f"data must be a CapstoneData from make_capstone, got {type(data).__name__}"
+        )
     return check_answer(answer) == data._symmetry
 
 
 def reveal(data: CapstoneData) -> str:
     """The hidden symmetry of ``data``."""
     if not isinstance(data, CapstoneData):
-        raise TypeError(f"data must be a CapstoneData from make_capstone, got {type(data).__name__}")
+        raise TypeError(
+            f"data must be a CapstoneData from make_capstone, got {type(data).__name__}"
+        )
     return data._symmetry

@@ -87,7 +87,9 @@ def make_loader(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(TensorDataset(X, y), batch_size=batch_size, shuffle=shuffle, generator=generator)
+    return DataLoader(
+        TensorDataset(X, y), batch_size=batch_size, shuffle=shuffle, generator=generator
+    )
 
 
 def load(name: str, **kwargs):

@@ -74,8 +74,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if code not in _IDX_DTYPES:
         raise ValueError(f"{path}: unknown IDX element type 0x{code:02x}")
     if len(data) < 4 + 4 * ndim:
-        raise ValueError(f"{path}: truncated IDX header (needs {4 + 4 * ndim} bytes for "
-                         f"{ndim} dimensions, the file has {len(data)})")
+        raise ValueError(
+            f"{path}: truncated IDX header (needs {4 + 4 * ndim} bytes for "
+            f"{ndim} dimensions, the file has {len(data)})"
+        )
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[code])
     expected = int(np.prod(dims)) * dtype.itemsize
@@ -111,8 +113,9 @@ def load_mnist(root: str | os.PathLike | None = None, split: str = "train"):
             f"{images.shape} and {labels.shape}"
         )
     if images.dtype != np.uint8:
-        raise ValueError(f"MNIST {split}: expected unsigned-byte images (IDX type 0x08), got "
-                         f"{images.dtype}")
+        raise ValueError(
+            f"MNIST {split}: expected unsigned-byte images (IDX type 0x08), got {images.dtype}"
+        )
     _check_labels(labels, 10, f"MNIST {split} labels ({lab_name})")
     X = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     return X, torch.from_numpy(labels.astype(np.int64))
@@ -123,8 +126,10 @@ def _check_labels(labels: np.ndarray, n_classes: int, what: str) -> None:
     if labels.dtype.kind not in "iu":
         raise ValueError(f"{what}: labels must be integers, got dtype {labels.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"{what}: labels must lie in [0, {n_classes - 1}], found values from "
-                         f"{labels.min()} to {labels.max()}")
+        raise ValueError(
+            f"{what}: labels must lie in [0, {n_classes - 1}], found values from "
+            f"{labels.min()} to {labels.max()}"
+        )
 
 
 def _latin1_encode(text, encoding="latin1"):
@@ -168,12 +173,26 @@ def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as fh:
             batch = _CifarUnpickler(fh, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, UnicodeDecodeError, OverflowError, MemoryError) as e:
-        raise ValueError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}: {e})") from e
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        UnicodeDecodeError,
+        OverflowError,
+        MemoryError,
+    ) as e:
+        raise ValueError(
+            f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}: {e})"
+        ) from e
     if not isinstance(batch, dict):
-        raise ValueError(f"{path} is not a CIFAR-10 batch: it holds a {type(batch).__name__}, "
-                         "expected a dict with data and labels entries")
+        raise ValueError(
+            f"{path} is not a CIFAR-10 batch: it holds a {type(batch).__name__}, "
+            "expected a dict with data and labels entries"
+        )
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if data is None or labels is None:
@@ -187,11 +206,14 @@ def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.dtype.kind not in "iu":
         raise ValueError(f"{path}: pixels must be integers in [0, 255], got dtype {data.dtype}")
     if data.size and (data.min() < 0 or data.max() > 255):
-        raise ValueError(f"{path}: pixels must lie in [0, 255], found values from {data.min()} "
-                         f"to {data.max()}")
+        raise ValueError(
+            f"{path}: pixels must lie in [0, 255], found values from {data.min()} to {data.max()}"
+        )
     if labels.ndim != 1 or len(labels) != len(data):
-        raise ValueError(f"{path}: {len(data)} images but labels of shape {labels.shape}; "
-                         "expected one label per image")
+        raise ValueError(
+            f"{path}: {len(data)} images but labels of shape {labels.shape}; "
+            "expected one label per image"
+        )
     _check_labels(labels, 10, str(path))
     return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
@@ -209,7 +231,9 @@ def load_cifar10(root: str | os.PathLike | None = None, split: str = "train"):
     names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
     if split not in names:
         raise ValueError(f"split must be one of {sorted(names)}, got {split!r}")
-    folder = data_root(root, "cifar10", "the cifar-10-batches-py files (data_batch_1..5, test_batch)")
+    folder = data_root(
+        root, "cifar10", "the cifar-10-batches-py files (data_batch_1..5, test_batch)"
+    )
     xs, ys = [], []
     for name in names[split]:
         path = folder / name

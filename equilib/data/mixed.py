@@ -197,4 +197,7 @@ def make_degree_task(
         return (*make_double_digits(n_train, n_test, "c4", "upright", size, digit, seed=seed), 100)
     kind = {"upright": "upright", "rotated": "c4", "partial": "c2"}[name]
     exclude = PARTIAL_EXCLUDED if name == "partial" else ()
-    return (*make_rotated_digits(n_train, n_test, kind, size, digit, seed=seed, exclude=exclude), 10)
+    return (
+        *make_rotated_digits(n_train, n_test, kind, size, digit, seed=seed, exclude=exclude),
+        10,
+    )

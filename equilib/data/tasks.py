@@ -45,7 +45,9 @@ def quadrant_corners(canvas: int, size: int) -> torch.Tensor:
             f"need an even canvas at least twice the digit size; got canvas={canvas}, size={size}"
         )
     off = (half - size) // 2
-    return torch.tensor([[off, off], [off, half + off], [half + off, off], [half + off, half + off]])
+    return torch.tensor(
+        [[off, off], [off, half + off], [half + off, off], [half + off, half + off]]
+    )
 
 
 def place_in_quadrants(X: torch.Tensor, quadrants: torch.Tensor, canvas: int) -> torch.Tensor:
@@ -55,7 +57,9 @@ def place_in_quadrants(X: torch.Tensor, quadrants: torch.Tensor, canvas: int) ->
     """
     quadrants = torch.as_tensor(quadrants, dtype=torch.int64)
     if quadrants.shape != (len(X),) or (len(X) and (quadrants.min() < 0 or quadrants.max() > 3)):
-        raise ValueError(f"quadrants must be {len(X)} integers in 0..3, got {tuple(quadrants.shape)}")
+        raise ValueError(
+            f"quadrants must be {len(X)} integers in 0..3, got {tuple(quadrants.shape)}"
+        )
     corners = quadrant_corners(canvas, X.shape[-1])
     return place_on_canvas(X, canvas, corners[quadrants])
 

@@ -27,25 +27,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from equilib.data.mixed import DEGREE_TASKS
     from equilib.degree.training import LAMBDA_OBJECTIVES, MODEL_KINDS
 
-    parser.add_argument("--data", required=True, choices=DEGREE_TASKS,
-                        help="upright digits, all of C4, half turns only (partial: the subgroup "
-                             "{0, 180} of C4, digits other than 6 and 9), or double digits (left "
-                             "C4-rotated, right upright; 100 classes)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        choices=DEGREE_TASKS,
+        help="upright digits, all of C4, half turns only (partial: the subgroup "
+        "{0, 180} of C4, digits other than 6 and 9), or double digits (left "
+        "C4-rotated, right upright; 100 classes)",
+    )
     parser.add_argument("--seed", type=_nonneg_int, default=0, help="seed (default 0)")
-    parser.add_argument("--out", required=True, help="output folder (created if needed); one "
-                        "that already holds a result is refused unless --overwrite is given")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the result.json and lambda.png already in --out")
-    parser.add_argument("--fast", action="store_true",
-                        help="shrunken data, width and epochs (also EQUILIB_FAST=1)")
-    parser.add_argument("--device", choices=["cpu", "cuda"],
-                        help="where to compute (default: cuda if available, else cpu)")
-    parser.add_argument("--model", choices=MODEL_KINDS, default="partial",
-                        help="partial (learned lambda, default), gcnn (lambda frozen uniform), "
-                             "cnn (trivial group) or fc+conv")
-    parser.add_argument("--lambda-objective", choices=LAMBDA_OBJECTIVES, default="kl",
-                        help="learn lambda with the KL regularisers (default) or by the Laplace "
-                             "marginal likelihood")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder (created if needed); one "
+        "that already holds a result is refused unless --overwrite is given",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the result.json and lambda.png already in --out",
+    )
+    parser.add_argument(
+        "--fast", action="store_true", help="shrunken data, width and epochs (also EQUILIB_FAST=1)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="where to compute (default: cuda if available, else cpu)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=MODEL_KINDS,
+        default="partial",
+        help="partial (learned lambda, default), gcnn (lambda frozen uniform), "
+        "cnn (trivial group) or fc+conv",
+    )
+    parser.add_argument(
+        "--lambda-objective",
+        choices=LAMBDA_OBJECTIVES,
+        default="kl",
+        help="learn lambda with the KL regularisers (default) or by the Laplace "
+        "marginal likelihood",
+    )
     parser.add_argument("--epochs", type=_positive_int, help="training epochs")
     parser.add_argument("--n-train", type=_positive_int, help="training images")
     parser.add_argument("--share", action="store_true", help="one lambda shared by all layers")
@@ -67,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
     with claim_folder(out):
         present = [name for name in ("result.json", "lambda.png") if (out / name).exists()]
         if present and not getattr(args, "overwrite", False):
-            raise ValueError(f"{str(out)!r} already holds a result ({', '.join(present)}); pass "
-                             "--overwrite to replace it, or another --out")
+            raise ValueError(
+                f"{str(out)!r} already holds a result ({', '.join(present)}); pass "
+                "--overwrite to replace it, or another --out"
+            )
         return _train_and_write(args)
 
 
@@ -101,8 +126,15 @@ def _train_and_write(args: argparse.Namespace) -> int:
         overrides["share"] = True
     kind = getattr(args, "model", "partial")
     print(f"degree: {args.data} / {kind} on {device}{' (fast)' if fast else ''}", file=sys.stderr)
-    result = run_experiment(args.data, kind=kind, seed=args.seed, fast=fast, device=device,
-                            progress=not getattr(args, "quiet", False), **overrides)
+    result = run_experiment(
+        args.data,
+        kind=kind,
+        seed=args.seed,
+        fast=fast,
+        device=device,
+        progress=not getattr(args, "quiet", False),
+        **overrides,
+    )
     result["device"] = str(device)
     atomic_write_text(out / "result.json", json.dumps(result, indent=1))
     wrote = [out / "result.json"]

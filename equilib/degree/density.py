@@ -178,12 +178,16 @@ class GroupDensity(nn.Module):
             dtype = torch.get_default_dtype()
         angles = torch.as_tensor(angles, dtype=torch.float64)
         if angles.ndim != 1 or angles.numel() < 1:
-            raise ValueError(f"angles must be a non-empty 1-D tensor, got shape {tuple(angles.shape)}")
+            raise ValueError(
+                f"angles must be a non-empty 1-D tensor, got shape {tuple(angles.shape)}"
+            )
         if flips is None:
             flips = torch.zeros(angles.numel(), dtype=torch.long)
         flips = torch.as_tensor(flips, dtype=torch.long)
         if flips.shape != angles.shape:
-            raise ValueError(f"flips must have the shape of angles {tuple(angles.shape)}, got {tuple(flips.shape)}")
+            raise ValueError(
+                f"flips must have the shape of angles {tuple(angles.shape)}, got {tuple(flips.shape)}"
+            )
         if not isinstance(band_limit, int) or isinstance(band_limit, bool) or band_limit < 0:
             raise ValueError(f"band_limit must be a non-negative int, got {band_limit!r}")
         max_l = N // 2
@@ -301,7 +305,9 @@ class GroupDensity(nn.Module):
         """KL(self || other) on the shared grid; ``other`` a GroupDensity or grid values (|H|,)."""
         if isinstance(other, GroupDensity):
             if other.order != self.order:
-                raise ValueError(f"densities on different grids: {self.order} vs {other.order} elements")
+                raise ValueError(
+                    f"densities on different grids: {self.order} vs {other.order} elements"
+                )
             logq = torch.log_softmax(other.logits(), dim=0)
         else:
             _check_density(other, "other")
@@ -317,7 +323,11 @@ class GroupDensity(nn.Module):
         return z.max() - z[0]
 
     def extra_repr(self) -> str:
-        kind = ("O(2)" if self.continuous else "D") if self.has_flips else ("SO(2)" if self.continuous else "C")
+        kind = (
+            ("O(2)" if self.continuous else "D")
+            if self.has_flips
+            else ("SO(2)" if self.continuous else "C")
+        )
         return f"group={kind}, N={self.N}, band_limit={self.band_limit}"
 
 

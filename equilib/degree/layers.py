@@ -46,9 +46,13 @@ def make_group(name: str) -> Group:
 
 def _check_weights(w: torch.Tensor, order: int) -> torch.Tensor:
     if not isinstance(w, torch.Tensor):
-        raise TypeError(f"weights must be a torch.Tensor of shape ({order},), got {type(w).__name__}")
+        raise TypeError(
+            f"weights must be a torch.Tensor of shape ({order},), got {type(w).__name__}"
+        )
     if w.shape != (order,):
-        raise ValueError(f"weights must have shape ({order},) (one per group element), got {tuple(w.shape)}")
+        raise ValueError(
+            f"weights must have shape ({order},) (one per group element), got {tuple(w.shape)}"
+        )
     if bool((w < 0).any()):
         raise ValueError("weights must be non-negative (a density over the group)")
     total = w.sum()
@@ -80,11 +84,19 @@ class _PartialBase(nn.Module):
         self.register_buffer("perm", torch.tensor(perms, dtype=torch.long))  # (|H|, |H|)
         self._kernel_override = None  # a kernel to use instead of K_lambda (per-example GGN)
 
-    def _init_kernel(self, in_channels, out_channels, kernel_size, padding_mode, bias, shape, fan_in):
+    def _init_kernel(
+        self, in_channels, out_channels, kernel_size, padding_mode, bias, shape, fan_in
+    ):
         """Store the sizes, an unconstrained He-normal kernel of ``shape`` and a zero bias (C',)."""
         if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd (a centre pixel to rotate about), got {kernel_size}")
-        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+            raise ValueError(
+                f"kernel_size must be odd (a centre pixel to rotate about), got {kernel_size}"
+            )
+        self.in_channels, self.out_channels, self.kernel_size = (
+            in_channels,
+            out_channels,
+            kernel_size,
+        )
         self.padding_mode = check_padding_mode(padding_mode, PADDING_MODES, type(self).__name__)
         std = math.sqrt(2.0 * self.group.order / fan_in)
         self.weight = nn.Parameter(torch.randn(shape) * std)
@@ -153,8 +165,15 @@ class PartialLiftingConv(_PartialBase):
         super().__init__(group, density, band_limit)
         G = self.group.order
         shape = (out_channels, G, in_channels, kernel_size, kernel_size)
-        self._init_kernel(in_channels, out_channels, kernel_size, padding_mode, bias, shape,
-                          fan_in=in_channels * kernel_size**2)
+        self._init_kernel(
+            in_channels,
+            out_channels,
+            kernel_size,
+            padding_mode,
+            bias,
+            shape,
+            fan_in=in_channels * kernel_size**2,
+        )
 
     def transformed_kernels(self, K: torch.Tensor | None = None) -> torch.Tensor:
         K = self.weight if K is None else K
@@ -165,7 +184,9 @@ class PartialLiftingConv(_PartialBase):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
         Cp, G, C, k, _ = self.weight.shape
         return self._conv(x, self.effective_weight(weights).reshape(Cp * G, C, k, k))
 
@@ -191,8 +212,15 @@ class PartialGroupConv(_PartialBase):
         super().__init__(group, density, band_limit)
         G = self.group.order
         shape = (out_channels, G, in_channels, G, kernel_size, kernel_size)
-        self._init_kernel(in_channels, out_channels, kernel_size, padding_mode, bias, shape,
-                          fan_in=in_channels * G * kernel_size**2)
+        self._init_kernel(
+            in_channels,
+            out_channels,
+            kernel_size,
+            padding_mode,
+            bias,
+            shape,
+            fan_in=in_channels * G * kernel_size**2,
+        )
 
     def transformed_kernels(self, K: torch.Tensor | None = None) -> torch.Tensor:
         K = self.weight if K is None else K
@@ -209,4 +237,6 @@ class PartialGroupConv(_PartialBase):
                 f"expected x of shape (B, {self.in_channels}, {G}, H, W), got {tuple(x.shape)}"
             )
         Cp, _, C, _, k, _ = self.weight.shape
-        return self._conv(x.flatten(1, 2), self.effective_weight(weights).reshape(Cp * G, C * G, k, k))
+        return self._conv(
+            x.flatten(1, 2), self.effective_weight(weights).reshape(Cp * G, C * G, k, k)
+        )

@@ -78,7 +78,9 @@ def orbit_structure(layer) -> tuple[torch.Tensor, torch.Tensor]:
     return orbits, M
 
 
-def orbit_logdet(w: torch.Tensor, M: torch.Tensor, d_orbits: torch.Tensor, delta: float) -> torch.Tensor:
+def orbit_logdet(
+    w: torch.Tensor, M: torch.Tensor, d_orbits: torch.Tensor, delta: float
+) -> torch.Tensor:
     """sum_orbits log det(C^T diag(d_o) C + delta I) with C = sum_h w_h M_h.
 
     w: (|H|,) averaging weights; M: (|H|, |H|, |H|); d_orbits: (n_orbits, |H|) >= 0.
@@ -93,7 +95,9 @@ def _partial_layers(model):
     return [m for m in model.modules() if isinstance(m, (PartialLiftingConv, PartialGroupConv))]
 
 
-def diag_ggn_effective(model, X: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+def diag_ggn_effective(
+    model, X: torch.Tensor, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
     """MC estimate of the GGN diagonal w.r.t. every partial layer's effective kernel, summed over X.
 
     One label per example is sampled from the model's softmax; d = sum_n (grad_W log p(y~_n|x_n))^2.
@@ -119,7 +123,9 @@ def diag_ggn_effective(model, X: torch.Tensor, generator: torch.Generator | None
 
     out = [torch.zeros_like(k) for k in kernels]
     for start in range(0, len(X), 64):
-        g = vmap(grad(loss), in_dims=(None, 0, 0))(kernels, X[start:start + 64], y[start:start + 64])
+        g = vmap(grad(loss), in_dims=(None, 0, 0))(
+            kernels, X[start : start + 64], y[start : start + 64]
+        )
         for acc, gi in zip(out, g):
             acc += gi.detach().square().sum(0)
     return out
@@ -135,8 +141,18 @@ class MarglikLambda:
     (the log Occam factor, <= 0) and ``log_marglik`` = -nll + log_occam.
     """
 
-    def __init__(self, model, train_loader, n_data: int, subset: int = 256, steps: int = 10,
-                 lr: float = 0.05, prior_precision: float = 1.0, align: float = 5.0, seed: int = 0):
+    def __init__(
+        self,
+        model,
+        train_loader,
+        n_data: int,
+        subset: int = 256,
+        steps: int = 10,
+        lr: float = 0.05,
+        prior_precision: float = 1.0,
+        align: float = 5.0,
+        seed: int = 0,
+    ):
         self.model, self.loader, self.n = model, train_loader, n_data
         self.steps, self.delta, self.align = steps, float(prior_precision), align
         self.layers = _partial_layers(model)

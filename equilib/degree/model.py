@@ -24,8 +24,16 @@ from equilib.degree.layers import (
     make_group,
 )
 
-__all__ = ["PartialGCNN", "BLOCK_NAMES", "build", "MODEL_KINDS", "degree_regulariser", "partial_layers",
-           "layer_entropies", "layer_densities"]
+__all__ = [
+    "PartialGCNN",
+    "BLOCK_NAMES",
+    "build",
+    "MODEL_KINDS",
+    "degree_regulariser",
+    "partial_layers",
+    "layer_entropies",
+    "layer_densities",
+]
 
 #: the names of a ``PartialGCNN``'s blocks, in depth order (keys of its lambdas and entropies)
 BLOCK_NAMES = ("lift", "gconv1", "gconv2", "gconv3")
@@ -67,20 +75,29 @@ class PartialGCNN(nn.Module):
         def dens():
             return shared if share else GroupDensity.for_group(group, L, gain=gain)
 
-        self.group, self.share, self.in_shape, self.pool = group, share, tuple(in_shape), tuple(pool)
-        self.blocks = nn.ModuleList([
-            PartialLiftingConv(C, width, 5, group, density=dens()),
-            PartialGroupConv(width, width, 3, group, density=dens()),
-            PartialGroupConv(width, width, 3, group, density=dens()),
-            PartialGroupConv(width, 2 * width, 3, group, density=dens()),
-        ])
+        self.group, self.share, self.in_shape, self.pool = (
+            group,
+            share,
+            tuple(in_shape),
+            tuple(pool),
+        )
+        self.blocks = nn.ModuleList(
+            [
+                PartialLiftingConv(C, width, 5, group, density=dens()),
+                PartialGroupConv(width, width, 3, group, density=dens()),
+                PartialGroupConv(width, width, 3, group, density=dens()),
+                PartialGroupConv(width, 2 * width, 3, group, density=dens()),
+            ]
+        )
         feat = 2 * width * pool[0] * pool[1]
         self.head = nn.Sequential(nn.Linear(feat, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature maps before the group max: (B, 2*width, |H|, H/2, W/2)."""
         if x.ndim != 4 or tuple(x.shape[1:]) != self.in_shape:
-            raise ValueError(f"expected x of shape (B, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected x of shape (B, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}"
+            )
         lift, *gconvs = self.blocks
         h = F.relu(lift(x))
         B, C, G, Hh, Ww = h.shape
@@ -103,9 +120,18 @@ class PartialGCNN(nn.Module):
 MODEL_KINDS = ("partial", "gcnn", "cnn", "fc+conv")
 
 
-def build(kind: str, in_shape=(1, 16, 16), n_classes: int = 10, *, width: int = 8, group="C4",
-          band_limit: int | None = None, share: bool = False, gain: float = 1.0,
-          pool: tuple[int, int] = (1, 1)) -> nn.Module:
+def build(
+    kind: str,
+    in_shape=(1, 16, 16),
+    n_classes: int = 10,
+    *,
+    width: int = 8,
+    group="C4",
+    band_limit: int | None = None,
+    share: bool = False,
+    gain: float = 1.0,
+    pool: tuple[int, int] = (1, 1),
+) -> nn.Module:
     """The untrained model of one kind of the degree experiments: ``(B, C, H, W) -> (B, K)``.
 
     ``partial``: a ``PartialGCNN`` whose lambdas learn; ``gcnn``: the same with every lambda
@@ -121,8 +147,16 @@ def build(kind: str, in_shape=(1, 16, 16), n_classes: int = 10, *, width: int = 
         return build_zoo("fc+conv", in_shape=tuple(in_shape), n_classes=n_classes, width=width)
     if kind == "cnn":
         return PartialGCNN(in_shape, n_classes, width=2 * width, group="C1", pool=pool)
-    model = PartialGCNN(in_shape, n_classes, width=width, group=group, band_limit=band_limit,
-                        share=share, pool=pool, gain=gain)
+    model = PartialGCNN(
+        in_shape,
+        n_classes,
+        width=width,
+        group=group,
+        band_limit=band_limit,
+        share=share,
+        pool=pool,
+        gain=gain,
+    )
     if kind == "gcnn":
         for _, d in model.named_modules():
             if hasattr(d, "coefficients"):
@@ -135,8 +169,11 @@ def partial_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
     A ``PartialGCNN``'s blocks are named by ``BLOCK_NAMES``, other layers by their module name.
     """
-    named = {f"blocks.{i}": n for i, n in enumerate(BLOCK_NAMES)} if isinstance(
-        model, PartialGCNN) else {}
+    named = (
+        {f"blocks.{i}": n for i, n in enumerate(BLOCK_NAMES)}
+        if isinstance(model, PartialGCNN)
+        else {}
+    )
     out = []
     for name, mod in model.named_modules():
         if isinstance(mod, (PartialLiftingConv, PartialGroupConv)):
@@ -159,7 +196,9 @@ def layer_entropies(model: nn.Module) -> list[dict]:
         ]
 
 
-def degree_regulariser(model: nn.Module, kl_uniform: float = 3.0, kl_prev: float = 3.0, align: float = 5.0):
+def degree_regulariser(
+    model: nn.Module, kl_uniform: float = 3.0, kl_prev: float = 3.0, align: float = 5.0
+):
     """kl_uniform KL(lambda_1 || U) + kl_prev sum_l KL(lambda_l || sg lambda_{l-1}) + align sum_l A_l.
 
     A_l = max_h logit_l(h) - logit_l(e). A density shared by several layers counts once.
@@ -182,4 +221,3 @@ def degree_regulariser(model: nn.Module, kl_uniform: float = 3.0, kl_prev: float
         total = total + kl_prev * d.kl(prev.density().detach()) + align * d.alignment()
         prev = d
     return total
-

@@ -62,7 +62,9 @@ def train_degree(
     from equilib.train import count_examples, fit
 
     if lambda_objective not in LAMBDA_OBJECTIVES:
-        raise ValueError(f"unknown lambda_objective {lambda_objective!r}; expected one of {list(LAMBDA_OBJECTIVES)}")
+        raise ValueError(
+            f"unknown lambda_objective {lambda_objective!r}; expected one of {list(LAMBDA_OBJECTIVES)}"
+        )
     if len(reg_weights) != 3:
         raise ValueError(f"reg_weights must be (kl_uniform, kl_prev, align), got {reg_weights!r}")
     n = count_examples(train_loader)
@@ -77,8 +79,15 @@ def train_degree(
     elif has_lambda and lambda_objective == "marglik":
         from equilib.degree.marglik import MarglikLambda
 
-        hook = MarglikLambda(model, train_loader, n_data=n, subset=marglik_subset,
-                             steps=marglik_steps, lr=marglik_lr, seed=seed)
+        hook = MarglikLambda(
+            model,
+            train_loader,
+            n_data=n,
+            subset=marglik_subset,
+            steps=marglik_steps,
+            lr=marglik_lr,
+            seed=seed,
+        )
         hook.freeze()
 
     def callback(epoch, history, m):
@@ -87,8 +96,18 @@ def train_degree(
         lambdas.append({k: v.tolist() for k, v in layer_densities(m).items()})
 
     try:
-        history = fit(model, train_loader, test_loader, epochs=epochs, lr=lr, extra_loss=extra,
-                      device=device, seed=seed, progress=progress, callback=callback)
+        history = fit(
+            model,
+            train_loader,
+            test_loader,
+            epochs=epochs,
+            lr=lr,
+            extra_loss=extra,
+            device=device,
+            seed=seed,
+            progress=progress,
+            callback=callback,
+        )
     finally:
         if hook is not None:
             hook.unfreeze()
@@ -115,11 +134,23 @@ def _entropy(values) -> float:
 def experiment_config(data: str, fast: bool = False, **overrides) -> dict:
     """Settings of one run: data sizes, epochs, width, learning rate (FAST shrinks them)."""
     cfg = {
-        "data": data, "n_train": 1000, "n_test": 500, "size": 16, "digit": 12,
-        "epochs": 12, "width": 8, "lr": 2e-3, "batch_size": 32,
-        "group": "C4", "band_limit": None, "share": False, "gain": 30.0,
-        "reg_weights": (3.0, 3.0, 5.0), "lambda_objective": "kl",
-        "marglik_subset": 128, "marglik_steps": 5,
+        "data": data,
+        "n_train": 1000,
+        "n_test": 500,
+        "size": 16,
+        "digit": 12,
+        "epochs": 12,
+        "width": 8,
+        "lr": 2e-3,
+        "batch_size": 32,
+        "group": "C4",
+        "band_limit": None,
+        "share": False,
+        "gain": 30.0,
+        "reg_weights": (3.0, 3.0, 5.0),
+        "lambda_objective": "kl",
+        "marglik_subset": 128,
+        "marglik_steps": 5,
     }
     if data == "partial":
         cfg.update(n_test=400)  # 1436 source digits without 6 and 9
@@ -140,13 +171,28 @@ def build_model(kind: str, in_shape, n_classes: int, cfg: dict) -> torch.nn.Modu
     """``equilib.degree.model.build`` with the model settings of an experiment config (a thin
     adapter): ``width``, ``group``, ``band_limit``, ``share``, ``gain``, and pooling to
     ``(1, 2)`` cells for double digits (left and right kept apart), else ``(1, 1)``."""
-    return build(kind, in_shape, n_classes, width=cfg["width"], group=cfg["group"],
-                 band_limit=cfg["band_limit"], share=cfg["share"], gain=cfg["gain"],
-                 pool=(1, 2) if cfg["data"] == "double" else (1, 1))
+    return build(
+        kind,
+        in_shape,
+        n_classes,
+        width=cfg["width"],
+        group=cfg["group"],
+        band_limit=cfg["band_limit"],
+        share=cfg["share"],
+        gain=cfg["gain"],
+        pool=(1, 2) if cfg["data"] == "double" else (1, 1),
+    )
 
 
-def run_experiment(data: str, kind: str = "partial", seed: int = 0, fast: bool = False,
-                   device=None, progress: bool = False, **overrides) -> dict:
+def run_experiment(
+    data: str,
+    kind: str = "partial",
+    seed: int = 0,
+    fast: bool = False,
+    device=None,
+    progress: bool = False,
+    **overrides,
+) -> dict:
     """Build data variant ``data`` and model ``kind``, train, and return a JSON-friendly result.
 
     Result keys: ``config``, ``kind``, ``test_accuracy``, ``train_accuracy``, ``seconds``,
@@ -161,17 +207,27 @@ def run_experiment(data: str, kind: str = "partial", seed: int = 0, fast: bool =
         raise ValueError(f"unknown model kind {kind!r}; valid kinds are {list(MODEL_KINDS)}")
     cfg = experiment_config(data, fast, **overrides)
     Xtr, ytr, Xte, yte, nc = make_degree_task(
-        data, cfg["n_train"], cfg["n_test"], size=cfg["size"], digit=cfg["digit"], seed=seed)
+        data, cfg["n_train"], cfg["n_test"], size=cfg["size"], digit=cfg["digit"], seed=seed
+    )
     equilib.seed_everything(seed)
     model = build_model(kind, tuple(Xtr.shape[1:]), nc, cfg)
     train = make_loader(Xtr, ytr, cfg["batch_size"], shuffle=True, seed=seed)
     test = make_loader(Xte, yte, 256, shuffle=False)
     t0 = time.perf_counter()
-    out = train_degree(model, train, test, epochs=cfg["epochs"], lr=cfg["lr"],
-                       reg_weights=tuple(cfg["reg_weights"]),
-                       lambda_objective=cfg["lambda_objective"], marglik_subset=cfg["marglik_subset"],
-                       marglik_steps=cfg["marglik_steps"], device=device, seed=seed,
-                       progress=progress)
+    out = train_degree(
+        model,
+        train,
+        test,
+        epochs=cfg["epochs"],
+        lr=cfg["lr"],
+        reg_weights=tuple(cfg["reg_weights"]),
+        lambda_objective=cfg["lambda_objective"],
+        marglik_subset=cfg["marglik_subset"],
+        marglik_steps=cfg["marglik_steps"],
+        device=device,
+        seed=seed,
+        progress=progress,
+    )
     seconds = time.perf_counter() - t0
     hist = out["history"]
     return {
@@ -181,8 +237,11 @@ def run_experiment(data: str, kind: str = "partial", seed: int = 0, fast: bool =
         "test_accuracy": float(hist["test_acc"][-1]),
         "train_accuracy": float(hist["train_acc"][-1]),
         "seconds": seconds,
-        "layers": [{"name": n, "entropy": float(h)} for n, h in zip(out["layers"], out["entropies"][-1])]
-        if kind != "fc+conv" else [],
+        "layers": [
+            {"name": n, "entropy": float(h)} for n, h in zip(out["layers"], out["entropies"][-1])
+        ]
+        if kind != "fc+conv"
+        else [],
         "lambdas": out["lambdas"],
         "entropies": out["entropies"],
         "history": hist,
@@ -209,17 +268,26 @@ def data_elements(data: str, group="C4") -> list[int] | None:
     out = []
     for i, (a, f) in enumerate(zip(angles.tolist(), flips.tolist())):
         deg = math.degrees(a) % 360
-        if f == 0 and any(abs(deg - t) < 1e-3 or abs(deg - t - 360) < 1e-3 for t in TASK_ANGLES[data]):
+        if f == 0 and any(
+            abs(deg - t) < 1e-3 or abs(deg - t - 360) < 1e-3 for t in TASK_ANGLES[data]
+        ):
             out.append(i)
     return out
 
 
-def job_config(data: str, kind: str = "partial", seed: int = 0, fast: bool = False, **overrides) -> dict:
+def job_config(
+    data: str, kind: str = "partial", seed: int = 0, fast: bool = False, **overrides
+) -> dict:
     """Every setting of one run in one dict (``run_config``'s argument and a complete cache key):
     ``experiment_config(data, fast, **overrides)`` plus ``kind``, ``seed`` and ``fast``."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; valid kinds are {list(MODEL_KINDS)}")
-    return {**experiment_config(data, fast, **overrides), "kind": kind, "seed": seed, "fast": bool(fast)}
+    return {
+        **experiment_config(data, fast, **overrides),
+        "kind": kind,
+        "seed": seed,
+        "fast": bool(fast),
+    }
 
 
 def run_config(config: dict) -> dict:
@@ -233,5 +301,6 @@ def run_config(config: dict) -> dict:
         if key not in cfg:
             raise ValueError(f"config needs {key!r}; got the keys {sorted(cfg)}")
     data, kind, seed, fast = cfg.pop("data"), cfg.pop("kind"), cfg.pop("seed"), cfg.pop("fast")
-    return run_experiment(data, kind, seed=seed, fast=bool(fast), device=equilib.default_device(),
-                          **cfg)
+    return run_experiment(
+        data, kind, seed=seed, fast=bool(fast), device=equilib.default_device(), **cfg
+    )

@@ -73,13 +73,17 @@ def conv_patches(x: torch.Tensor, kernel_size, stride, padding, padding_mode: st
     B, C, H, W = x.shape
     Ho, Wo = (H - kh) // sh + 1, (W - kw) // sw + 1
     # kh*kw strided slices instead of F.unfold (im2col), which is slow on CPU
-    cols = [x[:, :, i : i + sh * (Ho - 1) + 1 : sh, j : j + sw * (Wo - 1) + 1 : sw]
-            for i in range(kh) for j in range(kw)]
+    cols = [
+        x[:, :, i : i + sh * (Ho - 1) + 1 : sh, j : j + sw * (Wo - 1) + 1 : sw]
+        for i in range(kh)
+        for j in range(kw)
+    ]
     return torch.stack(cols, dim=2).reshape(B, C * kh * kw, Ho * Wo)
 
 
-def basis_patches(x: torch.Tensor, basis: torch.Tensor, kernel_size, stride, padding,
-                  padding_mode: str) -> torch.Tensor:
+def basis_patches(
+    x: torch.Tensor, basis: torch.Tensor, kernel_size, stride, padding, padding_mode: str
+) -> torch.Tensor:
     """Input patches of a conv projected on a filter basis, without forming the patches.
 
     ``basis: (M, kh*kw)``; returns (B, L, C*M) with entry ``[b, l, c*M + m] =
@@ -179,10 +183,11 @@ def __getattr__(name: str):
 
 
 _MOVED = {
-    **dict.fromkeys(("LIKELIHOODS", "HESSIANS", "nll_sum", "output_hessian_sqrt",
-                     "check_targets"), "equilib.laplace.output_hessian"),
-    **dict.fromkeys(("Recorder", "backprop_rows", "per_example_grads"),
-                    "equilib.laplace.backprop"),
+    **dict.fromkeys(
+        ("LIKELIHOODS", "HESSIANS", "nll_sum", "output_hessian_sqrt", "check_targets"),
+        "equilib.laplace.output_hessian",
+    ),
+    **dict.fromkeys(("Recorder", "backprop_rows", "per_example_grads"), "equilib.laplace.backprop"),
 }
 
 
@@ -202,8 +207,9 @@ def _linear_outputs(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
     return g.reshape(K, B, -1, 1, g.shape[-1])
 
 
-register_primitive(Primitive("linear", (nn.Linear,), _linear_inputs, _linear_outputs,
-                             "torch.nn.Linear"))
+register_primitive(
+    Primitive("linear", (nn.Linear,), _linear_inputs, _linear_outputs, "torch.nn.Linear")
+)
 
 
 def _conv2d_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -225,9 +231,17 @@ def _check_conv2d(m: nn.Module, name: str) -> None:
         )
 
 
-register_primitive(Primitive("conv2d", (nn.Conv2d,), _conv2d_inputs, _conv_outputs,
-                             "torch.nn.Conv2d (groups=1, dilation=1)", check=_check_conv2d,
-                             patch_basis=lambda m: None))
+register_primitive(
+    Primitive(
+        "conv2d",
+        (nn.Conv2d,),
+        _conv2d_inputs,
+        _conv_outputs,
+        "torch.nn.Conv2d (groups=1, dilation=1)",
+        check=_check_conv2d,
+        patch_basis=lambda m: None,
+    )
+)
 
 
 def _grouped_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -244,8 +258,15 @@ def _grouped_outputs(m: nn.Module, g: torch.Tensor) -> torch.Tensor:
     return g.reshape(K, B, -1, G, g.shape[-1])
 
 
-register_primitive(Primitive("grouped", (enn.GroupedLinear,), _grouped_inputs, _grouped_outputs,
-                             "equilib.nn.GroupedLinear"))
+register_primitive(
+    Primitive(
+        "grouped",
+        (enn.GroupedLinear,),
+        _grouped_inputs,
+        _grouped_outputs,
+        "equilib.nn.GroupedLinear",
+    )
+)
 
 
 def _basisconv_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -256,8 +277,16 @@ def _basisconv_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return a.unsqueeze(2)
 
 
-register_primitive(Primitive("basisconv", (enn.BasisConv2d,), _basisconv_inputs, _conv_outputs,
-                             "equilib.nn.BasisConv2d", patch_basis=lambda m: m.basis))
+register_primitive(
+    Primitive(
+        "basisconv",
+        (enn.BasisConv2d,),
+        _basisconv_inputs,
+        _conv_outputs,
+        "equilib.nn.BasisConv2d",
+        patch_basis=lambda m: m.basis,
+    )
+)
 
 
 def _rotconv_rows(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -282,8 +311,15 @@ def _rotconv_rows(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows, 1).reshape(B, -1, 1, rows[0].shape[-1])
 
 
-register_primitive(Primitive("rotconv", (enn.LiftingConvCN,), _rotconv_rows, _conv_outputs,
-                             "equilib.nn.LiftingConvCN / GroupConvCN"))
+register_primitive(
+    Primitive(
+        "rotconv",
+        (enn.LiftingConvCN,),
+        _rotconv_rows,
+        _conv_outputs,
+        "equilib.nn.LiftingConvCN / GroupConvCN",
+    )
+)
 
 
 def _partial_inputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -321,9 +357,17 @@ def _partial_types() -> tuple[type, ...]:
     return (PartialLiftingConv, PartialGroupConv)
 
 
-register_primitive(Primitive("partialconv", _partial_types, _partial_inputs, _partial_outputs,
-                             "equilib.degree PartialLiftingConv / PartialGroupConv (Full and "
-                             "Diag only)", param_grad=_partial_param_grad, kronecker=False))
+register_primitive(
+    Primitive(
+        "partialconv",
+        _partial_types,
+        _partial_inputs,
+        _partial_outputs,
+        "equilib.degree PartialLiftingConv / PartialGroupConv (Full and Diag only)",
+        param_grad=_partial_param_grad,
+        kronecker=False,
+    )
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,8 +449,9 @@ def inspect_model(model: nn.Module) -> tuple[list[ParamInfo], list[LayerInfo]]:
             if id(p) not in order:  # shared with an earlier module: counted there
                 continue
             idx, full = order.pop(id(p))
-            params[idx] = ParamInfo(idx, full, mname, primitive.kind, pname, p.numel(),
-                                    tuple(p.shape))
+            params[idx] = ParamInfo(
+                idx, full, mname, primitive.kind, pname, p.numel(), tuple(p.shape)
+            )
             setattr(layer, pname, idx)
         if layer.weight is not None or layer.bias is not None:
             layers.append(layer)
@@ -428,8 +473,10 @@ def layer_output_rows(layer: LayerInfo, g: torch.Tensor) -> torch.Tensor:
 
 def layer_inputs(layers: list[LayerInfo], batch: int) -> list[list[torch.Tensor]]:
     """Input rows of every recorded call: per layer, a list over calls of a: (B, R, G, D_in)."""
-    return [[fold_copies(layer, layer_input_rows(layer, x), batch, 0) for x, _, _ in layer.calls]
-            for layer in layers]
+    return [
+        [fold_copies(layer, layer_input_rows(layer, x), batch, 0) for x, _, _ in layer.calls]
+        for layer in layers
+    ]
 
 
 def fold_copies(layer: LayerInfo, t: torch.Tensor, batch: int, axis: int) -> torch.Tensor:

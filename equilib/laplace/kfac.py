@@ -31,8 +31,14 @@ def torus_conv(module: torch.nn.Module) -> bool:
     else:
         return False
     kh, kw = module.kernel_size
-    return (plain and module.padding_mode == "circular" and kh % 2 == 1 and kw % 2 == 1
-            and tuple(module.stride) == (1, 1) and tuple(module.padding) == (kh // 2, kw // 2))
+    return (
+        plain
+        and module.padding_mode == "circular"
+        and kh % 2 == 1
+        and kw % 2 == 1
+        and tuple(module.stride) == (1, 1)
+        and tuple(module.padding) == (kh // 2, kw // 2)
+    )
 
 
 def torus_patch_gram(x: torch.Tensor, kernel_size) -> torch.Tensor:

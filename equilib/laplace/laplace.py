@@ -102,14 +102,24 @@ class BaseLaplace:
         self.generator = generator
         self.vectorize = bool(vectorize)
         if bottleneck not in (None, "auto") and bottleneck not in dict(model.named_modules()):
-            raise ValueError(f"bottleneck must be None, 'auto' or a submodule name of the model, "
-                             f"got {bottleneck!r}")
+            raise ValueError(
+                f"bottleneck must be None, 'auto' or a submodule name of the model, "
+                f"got {bottleneck!r}"
+            )
         self.bottleneck = bottleneck
         self.params, self.layers = inspect_model(model)
         self.backend = CurvatureBackend(
-            model, self.layers, likelihood, hessian, generator=generator,
-            vectorize=self.vectorize, bottleneck=bottleneck, blockwise=self._blockwise,
-            strided=self._strided, input_rows=self._input_rows, loss_dtype=logdet_dtype,
+            model,
+            self.layers,
+            likelihood,
+            hessian,
+            generator=generator,
+            vectorize=self.vectorize,
+            bottleneck=bottleneck,
+            blockwise=self._blockwise,
+            strided=self._strided,
+            input_rows=self._input_rows,
+            loss_dtype=logdet_dtype,
         )
         self.param_names = [p.name for p in self.params]
         first = next(p for p in model.parameters() if p.requires_grad)
@@ -214,8 +224,9 @@ class BaseLaplace:
                         self._accumulate(batch.inputs, grads, first == 0)
         finally:
             self.model.train(was_training)
-        checks.raise_problems(lambda: self.backend.where_nonfinite(
-            self._to_model(b[0]) for b in loader))
+        checks.raise_problems(
+            lambda: self.backend.where_nonfinite(self._to_model(b[0]) for b in loader)
+        )
         self.n_data, self.n_outputs = checks.n_data, checks.n_outputs
         self.loss = loss
         with torch.no_grad():
@@ -242,8 +253,11 @@ class BaseLaplace:
 
     def _check_finite(self, tensor: torch.Tensor, index: int | None, what: str) -> None:
         if not bool(torch.isfinite(tensor).all()):
-            where = f"parameter {self.params[index].name!r} (module " \
-                f"{self.params[index].module_name!r})" if index is not None else "the model"
+            where = (
+                f"parameter {self.params[index].name!r} (module {self.params[index].module_name!r})"
+                if index is not None
+                else "the model"
+            )
             raise ValueError(f"the curvature ({what}) of {where} contains NaN or inf")
 
     # subclasses
@@ -369,23 +383,30 @@ class _EigenLaplace(BaseLaplace):
         # log det P and exactly 1 to the posterior trace term.
         lams = [lam.reshape(-1).to(self.logdet_dtype) for lam in lams]
         self._lams = [lam[lam > 0] for lam in lams]
-        self._n_zero = torch.tensor([lam.numel() - pos.numel() for lam, pos in
-                                     zip(lams, self._lams)], device=self.device,
-                                    dtype=self.logdet_dtype)
+        self._n_zero = torch.tensor(
+            [lam.numel() - pos.numel() for lam, pos in zip(lams, self._lams)],
+            device=self.device,
+            dtype=self.logdet_dtype,
+        )
 
     @property
     def log_det_posterior_precision(self) -> torch.Tensor:
         """log det P = sum_i log(lambda_i / (sigma^2 T) + delta_{l(i)})."""
         self._check_fitted()
         h, delta = self._H_factor, self._delta()
-        positive = torch.stack([torch.log(h * lam + delta[i]).sum()
-                                for i, lam in enumerate(self._lams)])
+        positive = torch.stack(
+            [torch.log(h * lam + delta[i]).sum() for i, lam in enumerate(self._lams)]
+        )
         return (positive + self._n_zero * torch.log(delta)).sum()
 
     def _posterior_trace_terms(self) -> torch.Tensor:
         h, delta = self._H_factor, self._delta()
-        return torch.stack([(delta[i] / (h * lam + delta[i])).sum()
-                            for i, lam in enumerate(self._lams)]) + self._n_zero
+        return (
+            torch.stack(
+                [(delta[i] / (h * lam + delta[i])).sum() for i, lam in enumerate(self._lams)]
+            )
+            + self._n_zero
+        )
 
 
 class KronLaplace(_EigenLaplace):
@@ -476,8 +497,12 @@ class DiagLaplace(_EigenLaplace):
         for li, layer in enumerate(self.layers):
             if not inputs[li] or grads[li] is None:
                 continue
-            if (len(inputs[li]) == 1 and inputs[li][0].shape[1] == 1 and layer.weight is not None
-                    and layer.primitive.param_grad is None):
+            if (
+                len(inputs[li]) == 1
+                and inputs[li][0].shape[1] == 1
+                and layer.weight is not None
+                and layer.primitive.param_grad is None
+            ):
                 a, g = inputs[li][0][:, 0], grads[li][0][:, :, 0]  # one row per example:
                 g2 = g**2  # the diagonal of sum (g a^T)^2 factorises
                 self._add(layer.weight, torch.einsum("kbgo,bgi->goi", g2, a**2).reshape(-1))
@@ -543,8 +568,9 @@ class FullLaplace(BaseLaplace):
         return 2 * torch.log(torch.diagonal(Lc)).sum()
 
     def _posterior_trace_terms(self) -> torch.Tensor:
-        Sigma_diag = torch.diagonal(torch.cholesky_inverse(
-            torch.linalg.cholesky(self.posterior_precision)))
+        Sigma_diag = torch.diagonal(
+            torch.cholesky_inverse(torch.linalg.cholesky(self.posterior_precision))
+        )
         idx = torch.repeat_interleave(
             torch.arange(self.n_tensors, device=self.device), self._numel_t.long()
         )
@@ -552,8 +578,14 @@ class FullLaplace(BaseLaplace):
         return per.index_add(0, idx, Sigma_diag) * self._delta()
 
 
-def Laplace(model: nn.Module, likelihood: str, *, subset_of_weights: str = "all",
-            hessian_structure: str = "kron", **kwargs) -> BaseLaplace:
+def Laplace(
+    model: nn.Module,
+    likelihood: str,
+    *,
+    subset_of_weights: str = "all",
+    hessian_structure: str = "kron",
+    **kwargs,
+) -> BaseLaplace:
     """Factory like laplace-torch's: ``Laplace(model, likelihood, subset_of_weights="all",
     hessian_structure="kron", **kwargs)`` with ``hessian_structure`` in {'full', 'diag',
     'kron'}; ``kwargs`` go to the class (``sigma_noise``, ``prior_precision``, ...).

@@ -60,8 +60,9 @@ def blr_posterior(Phi: torch.Tensor, y: torch.Tensor, prior_precision=1.0, sigma
     return m, P
 
 
-def evidence_terms(Phi: torch.Tensor, y: torch.Tensor, prior_precision=1.0,
-                   sigma_noise=1.0) -> dict:
+def evidence_terms(
+    Phi: torch.Tensor, y: torch.Tensor, prior_precision=1.0, sigma_noise=1.0
+) -> dict:
     """The log evidence and its two parts: ``{"log_evidence", "data_fit", "occam",
     "effective_dimensions"}`` (scalars; differentiable in the hyperparameters).
 
@@ -84,8 +85,9 @@ def evidence_terms(Phi: torch.Tensor, y: torch.Tensor, prior_precision=1.0,
     }
 
 
-def log_evidence(Phi: torch.Tensor, y: torch.Tensor, prior_precision=1.0,
-                 sigma_noise=1.0) -> torch.Tensor:
+def log_evidence(
+    Phi: torch.Tensor, y: torch.Tensor, prior_precision=1.0, sigma_noise=1.0
+) -> torch.Tensor:
     """log p(y) = log N(y; 0, sigma^2 I + Phi Phi^T / delta), via the posterior (see module)."""
     return evidence_terms(Phi, y, prior_precision, sigma_noise)["log_evidence"]
 
@@ -103,8 +105,9 @@ def circulant_design(X: torch.Tensor) -> torch.Tensor:
     return X[:, (i.unsqueeze(1) - i.unsqueeze(0)) % n].reshape(-1, n)
 
 
-def linear_model_evidence(X: torch.Tensor, Y: torch.Tensor, model: str, prior_precision=1.0,
-                          sigma_noise=1.0) -> dict:
+def linear_model_evidence(
+    X: torch.Tensor, Y: torch.Tensor, model: str, prior_precision=1.0, sigma_noise=1.0
+) -> dict:
     """Evidence terms of a linear map R^n -> R^n on cyclic signals, X, Y: (N, n).
 
     ``model="fc"``: unconstrained Y = X W^T, n^2 weights (independent outputs, so the terms are

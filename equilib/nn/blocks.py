@@ -30,9 +30,14 @@ PATH_NAMES = ("fc", "conv", "gconv")
 
 #: kinds of path ``make_path`` builds, and the block path name each one is stored under
 PATH_KINDS = {
-    "fc": "fc", "f-fc": "fc", "s-fc": "fc",
-    "conv": "conv", "s-conv": "conv",
-    "gconv": "gconv", "lift-c4": "gconv", "gconv-c4": "gconv",
+    "fc": "fc",
+    "f-fc": "fc",
+    "s-fc": "fc",
+    "conv": "conv",
+    "s-conv": "conv",
+    "gconv": "gconv",
+    "lift-c4": "gconv",
+    "gconv-c4": "gconv",
 }
 
 
@@ -40,8 +45,14 @@ def _half(n: int) -> int:
     return max(1, (n + 1) // 2)
 
 
-def make_path(kind: str, in_shape, out_channels: int, stride: int = 1, kernel_size: int = 3,
-              padding_mode: str = "circular") -> nn.Module:
+def make_path(
+    kind: str,
+    in_shape,
+    out_channels: int,
+    stride: int = 1,
+    kernel_size: int = 3,
+    padding_mode: str = "circular",
+) -> nn.Module:
     """Build one path of a block mapping ``(C, H, W)`` (or ``(C, 4, H, W)``) to ``out_channels``.
 
     Kinds (``PATH_KINDS``): ``fc`` (``ImageLinear`` to ``(C', H/s, W/s)``), ``f-fc``
@@ -65,13 +76,18 @@ def make_path(kind: str, in_shape, out_channels: int, stride: int = 1, kernel_si
     if kind == "f-fc":
         return FactoredLinear((C, H, W), out_shape)
     if kind == "s-fc":
-        return SparseFactoredLinear((C, H, W), out_shape, anchors_in=(_half(H), _half(W)),
-                                    anchors_out=(_half(out_shape[1]), _half(out_shape[2])))
+        return SparseFactoredLinear(
+            (C, H, W),
+            out_shape,
+            anchors_in=(_half(H), _half(W)),
+            anchors_out=(_half(out_shape[1]), _half(out_shape[2])),
+        )
     if kind == "conv":
         return conv2d(C, out_channels, kernel_size, padding_mode=padding_mode)
     if kind == "s-conv":
-        return SparseConv2d(C, out_channels, kernel_size + 2, anchors=kernel_size,
-                            padding_mode=padding_mode)
+        return SparseConv2d(
+            C, out_channels, kernel_size + 2, anchors=kernel_size, padding_mode=padding_mode
+        )
     if kind == "gconv":
         return RotationPooledConv2d(C, out_channels, kernel_size, padding_mode=padding_mode)
     if kind == "lift-c4":
@@ -99,8 +115,13 @@ class SoftBlock(nn.Module):
     ``PATH_NAMES``); ``path_outputs(x)`` returns every path's contribution at the output size.
     """
 
-    def __init__(self, paths: dict[str, nn.Module], stride: int = 1, striding: str = "polyphase",
-                 activation: bool = True):
+    def __init__(
+        self,
+        paths: dict[str, nn.Module],
+        stride: int = 1,
+        striding: str = "polyphase",
+        activation: bool = True,
+    ):
         super().__init__()
         if not isinstance(paths, dict) or not paths:
             raise ValueError("SoftBlock needs a non-empty dict of paths {name: module}")
@@ -125,9 +146,11 @@ class SoftBlock(nn.Module):
         full = [n for n, y in raw.items() if y.shape[-2:] == (H, W)]
         for n, y in raw.items():
             if n not in full and y.shape[-2:] != (H // self.stride, W // self.stride):
-                raise ValueError(f"path {n!r} gave spatial size {tuple(y.shape[-2:])}; expected "
-                                 f"{(H, W)} (strided by the block) or "
-                                 f"{(H // self.stride, W // self.stride)}")
+                raise ValueError(
+                    f"path {n!r} gave spatial size {tuple(y.shape[-2:])}; expected "
+                    f"{(H, W)} (strided by the block) or "
+                    f"{(H // self.stride, W // self.stride)}"
+                )
         if full:
             total = _combine([raw[n] for n in full], mean=False)
             phase = None

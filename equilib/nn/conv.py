@@ -42,8 +42,12 @@ def _check_kernel(kernel_size) -> int:
 
 # padding modes by their ``nn.Conv2d`` names, and the name ``F.pad`` gives each
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
-_F_PAD = {"zeros": "constant", "circular": "circular", "reflect": "reflect",
-          "replicate": "replicate"}
+_F_PAD = {
+    "zeros": "constant",
+    "circular": "circular",
+    "reflect": "reflect",
+    "replicate": "replicate",
+}
 
 
 def check_padding_mode(mode, valid=PADDING_MODES, who: str = "padding_mode") -> str:
@@ -75,9 +79,9 @@ def _wrap(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
     """The periodic extension of ``x: (..., H, W)`` by ``ph`` rows and ``pw`` columns per side."""
     H, W = x.shape[-2:]
     if pw > 0:
-        x = torch.cat([x[..., W - pw:], x, x[..., :pw]], dim=-1)
+        x = torch.cat([x[..., W - pw :], x, x[..., :pw]], dim=-1)
     if ph > 0:
-        x = torch.cat([x[..., H - ph:, :], x, x[..., :ph, :]], dim=-2)
+        x = torch.cat([x[..., H - ph :, :], x, x[..., :ph, :]], dim=-2)
     return x
 
 
@@ -90,14 +94,14 @@ def _fold(g: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
     """
     H, W = g.shape[-2] - 2 * ph, g.shape[-1] - 2 * pw
     if ph > 0:  # bottom strip -> top rows, top strip -> bottom rows
-        out = g[..., ph:ph + H, :].clone()
-        out[..., :ph, :] += g[..., ph + H:, :]
-        out[..., H - ph:, :] += g[..., :ph, :]
+        out = g[..., ph : ph + H, :].clone()
+        out[..., :ph, :] += g[..., ph + H :, :]
+        out[..., H - ph :, :] += g[..., :ph, :]
         g = out
     if pw > 0:  # right strip -> left columns, left strip -> right columns
-        out = g[..., pw:pw + W].clone()
-        out[..., :pw] += g[..., pw + W:]
-        out[..., W - pw:] += g[..., :pw]
+        out = g[..., pw : pw + W].clone()
+        out[..., :pw] += g[..., pw + W :]
+        out[..., W - pw :] += g[..., :pw]
         g = out
     return g
 
@@ -169,12 +173,19 @@ class CircularConv2d(nn.Conv2d):
         if self.padding_mode != "circular":
             return super()._conv_forward(input, weight, bias)
         ph, pw = self.padding
-        return nn.functional.conv2d(circular_pad(input, ph, pw), weight, bias, self.stride,
-                                    0, self.dilation, self.groups)
+        return nn.functional.conv2d(
+            circular_pad(input, ph, pw), weight, bias, self.stride, 0, self.dilation, self.groups
+        )
 
 
-def conv2d(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-           padding_mode: str = "circular", bias: bool = True) -> nn.Conv2d:
+def conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 3,
+    stride: int = 1,
+    padding_mode: str = "circular",
+    bias: bool = True,
+) -> nn.Conv2d:
     """A ``k x k`` ``nn.Conv2d`` with 'same' padding ``k // 2``, He-normal weights, zero bias.
 
     ``x: (B, C, H, W) -> (B, C', H/stride, W/stride)``. ``padding_mode``: ``"circular"`` (exact
@@ -185,8 +196,15 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int = 3, stride: in
     check_padding_mode(padding_mode, PADDING_MODES, "conv2d")
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
-    conv = CircularConv2d(in_channels, out_channels, k, stride=stride, padding=k // 2,
-                     padding_mode=padding_mode, bias=bias)
+    conv = CircularConv2d(
+        in_channels,
+        out_channels,
+        k,
+        stride=stride,
+        padding=k // 2,
+        padding_mode=padding_mode,
+        bias=bias,
+    )
     nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")  # std sqrt(2 / (C k^2))
     if bias:
         nn.init.zeros_(conv.bias)
@@ -203,9 +221,16 @@ class BasisConv2d(nn.Module):
     sparsified convolution S-CONV (see ``equilib.nn.sparse``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
-                 basis: torch.Tensor, bias: bool = True, stride: int = 1,
-                 padding_mode: str = "circular"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        basis: torch.Tensor,
+        bias: bool = True,
+        stride: int = 1,
+        padding_mode: str = "circular",
+    ):
         super().__init__()
         k = _check_kernel(kernel_size)
         if not isinstance(basis, torch.Tensor) or basis.ndim != 2 or basis.shape[1] != k * k:
@@ -231,25 +256,30 @@ class BasisConv2d(nn.Module):
 
     def effective_weight(self) -> torch.Tensor:
         """The effective filter ``(C', C, k, k)``: ``(weight @ basis)`` reshaped."""
-        return (self.weight @ self.basis).view(self.out_channels, self.in_channels,
-                                               *self.kernel_size)
+        return (self.weight @ self.basis).view(
+            self.out_channels, self.in_channels, *self.kernel_size
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"BasisConv2d expects input (B, {self.in_channels}, H, W), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"BasisConv2d expects input (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
         p = self.padding[0]
         if self.padding_mode == "zeros":
             pad = p
         else:
             x, pad = pad2d(x, p, p, self.padding_mode), 0
-        return nn.functional.conv2d(x, self.effective_weight(), self.bias, stride=self.stride,
-                                    padding=pad)
+        return nn.functional.conv2d(
+            x, self.effective_weight(), self.bias, stride=self.stride, padding=pad
+        )
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"basis=({self.basis.shape[0]}, {self.basis.shape[1]}), stride={self.stride}, "
-                f"padding_mode={self.padding_mode!r}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"basis=({self.basis.shape[0]}, {self.basis.shape[1]}), stride={self.stride}, "
+            f"padding_mode={self.padding_mode!r}"
+        )
 
 
 def _check_stride_input(x: torch.Tensor, stride: int) -> None:

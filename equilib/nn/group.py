@@ -46,8 +46,10 @@ def _quarter_steps(N: int) -> int:
 
 def _check_odd(k) -> int:
     if not isinstance(k, int) or k < 1 or k % 2 == 0:
-        raise ValueError(f"rotation-equivariant convs need an odd kernel_size >= 1 (a filter "
-                         f"with a centre pixel), got {k!r}")
+        raise ValueError(
+            f"rotation-equivariant convs need an odd kernel_size >= 1 (a filter "
+            f"with a centre pixel), got {k!r}"
+        )
     return k
 
 
@@ -59,15 +61,27 @@ class LiftingConv2d(nn.Module):
     axis. Requires square inputs.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, N: int = 4,
-                 padding_mode: str = "circular", bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        N: int = 4,
+        padding_mode: str = "circular",
+        bias: bool = True,
+    ):
         super().__init__()
         check_padding_mode(padding_mode, PADDING_MODES, type(self).__name__)
         self._q = _quarter_steps(N)
         self.N = N
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.conv = conv2d(in_channels * self._group_in(), out_channels, _check_odd(kernel_size),
-                           padding_mode=padding_mode, bias=bias)
+        self.conv = conv2d(
+            in_channels * self._group_in(),
+            out_channels,
+            _check_odd(kernel_size),
+            padding_mode=padding_mode,
+            bias=bias,
+        )
 
     def _group_in(self) -> int:
         return 1
@@ -78,8 +92,10 @@ class LiftingConv2d(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"{type(self).__name__} expects square input (B, {self.in_channels}, "
-                             f"H, H), got {tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expects square input (B, {self.in_channels}, "
+                f"H, H), got {tuple(x.shape)}"
+            )
 
     def lifted(self, x: torch.Tensor) -> torch.Tensor:
         """The lifted feature map ``(B, C', N, H, W)``."""
@@ -111,10 +127,16 @@ class GroupConv2d(LiftingConv2d):
         return torch.rot90(torch.roll(x, -g, dims=2), -g * self._q, dims=(-2, -1))
 
     def _check(self, x: torch.Tensor) -> None:
-        if (x.ndim != 5 or x.shape[1] != self.in_channels or x.shape[2] != self.N
-                or x.shape[-1] != x.shape[-2]):
-            raise ValueError(f"GroupConv2d expects square input (B, {self.in_channels}, {self.N},"
-                             f" H, H), got {tuple(x.shape)}")
+        if (
+            x.ndim != 5
+            or x.shape[1] != self.in_channels
+            or x.shape[2] != self.N
+            or x.shape[-1] != x.shape[-2]
+        ):
+            raise ValueError(
+                f"GroupConv2d expects square input (B, {self.in_channels}, {self.N},"
+                f" H, H), got {tuple(x.shape)}"
+            )
 
 
 class GroupPool(nn.Module):
@@ -153,8 +175,9 @@ class RotationPooledConv2d(LiftingConv2d):
 # ------------------------------------------------------------------ C_N by filter rotation
 
 
-def rotation_interpolation_matrix(kernel_size: int, angle: float,
-                                  dtype=torch.float64) -> torch.Tensor:
+def rotation_interpolation_matrix(
+    kernel_size: int, angle: float, dtype=torch.float64
+) -> torch.Tensor:
     """The ``(k*k, k*k)`` matrix ``R`` that rotates a ``k x k`` filter by ``angle`` (radians).
 
     ``vec(rot(w)) = R @ vec(w)``, counter-clockwise like ``torch.rot90(w, 1, dims=(-2, -1))``,
@@ -189,19 +212,29 @@ class LiftingConvCN(nn.Module):
     'Same' padding ``k // 2`` in ``padding_mode`` (one of ``PADDING_MODES``; others raise).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, N: int = 8,
-                 padding_mode: str = "circular", bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        N: int = 8,
+        padding_mode: str = "circular",
+        bias: bool = True,
+    ):
         super().__init__()
         if not isinstance(N, int) or N < 1:
             raise ValueError(f"N must be a positive int, got {N!r}")
         k = _check_odd(kernel_size)
         self.N, self.k, self.in_channels, self.out_channels = N, k, in_channels, out_channels
         self.padding_mode = check_padding_mode(padding_mode, PADDING_MODES, type(self).__name__)
-        rots = torch.stack([rotation_interpolation_matrix(k, 2 * math.pi * g / N) for g in range(N)])
+        rots = torch.stack(
+            [rotation_interpolation_matrix(k, 2 * math.pi * g / N) for g in range(N)]
+        )
         self.register_buffer("rotations", rots.float())  # (N, k*k, k*k)
         fan_in = in_channels * self._group_in() * k * k
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels * self._group_in(), k, k)
-                                   / math.sqrt(fan_in))
+        self.weight = nn.Parameter(
+            torch.randn(out_channels, in_channels * self._group_in(), k, k) / math.sqrt(fan_in)
+        )
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def _group_in(self) -> int:
@@ -218,8 +251,9 @@ class LiftingConvCN(nn.Module):
 
     def _check(self, x):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"{type(self).__name__} expects (B, {self.in_channels}, H, W), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expects (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
@@ -238,8 +272,10 @@ class LiftingConvCN(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.k}, N={self.N}, "
-                f"padding_mode={self.padding_mode!r}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.k}, N={self.N}, "
+            f"padding_mode={self.padding_mode!r}"
+        )
 
 
 class GroupConvCN(LiftingConvCN):
@@ -254,5 +290,6 @@ class GroupConvCN(LiftingConvCN):
 
     def _check(self, x):
         if x.ndim != 5 or x.shape[1] != self.in_channels or x.shape[2] != self.N:
-            raise ValueError(f"GroupConvCN expects (B, {self.in_channels}, {self.N}, H, W), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"GroupConvCN expects (B, {self.in_channels}, {self.N}, H, W), got {tuple(x.shape)}"
+            )

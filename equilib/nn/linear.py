@@ -49,15 +49,26 @@ class GroupedLinear(nn.Module):
         init_std: float | None = None,
     ):
         super().__init__()
-        for name, v in (("groups", groups), ("in_features", in_features),
-                        ("out_features", out_features)):
+        for name, v in (
+            ("groups", groups),
+            ("in_features", in_features),
+            ("out_features", out_features),
+        ):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"GroupedLinear needs a positive int {name}, got {v!r}")
         self.groups, self.in_features, self.out_features = groups, in_features, out_features
         if basis is not None:
-            if not isinstance(basis, torch.Tensor) or basis.ndim != 2 or basis.shape[1] != in_features:
-                got = tuple(basis.shape) if isinstance(basis, torch.Tensor) else type(basis).__name__
-                raise ValueError(f"basis must be a tensor (M, in_features={in_features}), got {got}")
+            if (
+                not isinstance(basis, torch.Tensor)
+                or basis.ndim != 2
+                or basis.shape[1] != in_features
+            ):
+                got = (
+                    tuple(basis.shape) if isinstance(basis, torch.Tensor) else type(basis).__name__
+                )
+                raise ValueError(
+                    f"basis must be a tensor (M, in_features={in_features}), got {got}"
+                )
             if basis.shape[0] < 1:
                 raise ValueError("basis must have at least one row (M >= 1)")
             self.register_buffer("basis", basis.detach().clone().float())
@@ -74,8 +85,9 @@ class GroupedLinear(nn.Module):
             else:
                 # least-squares weights whose effective W has i.i.d.-like entries of size std
                 target = torch.randn(groups, out_features, in_features) * std
-                sol = torch.linalg.lstsq(self.basis.T.double(), target.reshape(-1, in_features)
-                                         .T.double()).solution
+                sol = torch.linalg.lstsq(
+                    self.basis.T.double(), target.reshape(-1, in_features).T.double()
+                ).solution
                 self.weight.copy_(sol.T.reshape(groups, out_features, m).float())
 
     def effective_weight(self) -> torch.Tensor:
@@ -95,8 +107,10 @@ class GroupedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         m = "" if self.basis is None else f", basis=({self.basis.shape[0]}, {self.in_features})"
-        return (f"groups={self.groups}, in_features={self.in_features}, "
-                f"out_features={self.out_features}, bias={self.bias is not None}{m}")
+        return (
+            f"groups={self.groups}, in_features={self.in_features}, "
+            f"out_features={self.out_features}, bias={self.bias is not None}{m}"
+        )
 
 
 class ImageLinear(nn.Module):
@@ -145,8 +159,14 @@ class FactoredLinear(nn.Module):
     ``V = v @ basis_out`` (``v`` then has ``M_y`` outputs, interpolated to ``Y`` positions).
     """
 
-    def __init__(self, in_shape, out_shape, bias: bool = True,
-                 basis_in: torch.Tensor | None = None, basis_out: torch.Tensor | None = None):
+    def __init__(
+        self,
+        in_shape,
+        out_shape,
+        bias: bool = True,
+        basis_in: torch.Tensor | None = None,
+        basis_out: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.in_shape = check_shape(in_shape, "in_shape")
         self.out_shape = check_shape(out_shape, "out_shape")
@@ -154,8 +174,12 @@ class FactoredLinear(nn.Module):
         Co, Ho, Wo = self.out_shape
         X, Y = H * W, Ho * Wo
         if basis_out is not None:
-            if not isinstance(basis_out, torch.Tensor) or basis_out.ndim != 2 \
-                    or basis_out.shape[1] != Y or basis_out.shape[0] < 1:
+            if (
+                not isinstance(basis_out, torch.Tensor)
+                or basis_out.ndim != 2
+                or basis_out.shape[1] != Y
+                or basis_out.shape[0] < 1
+            ):
                 got = tuple(basis_out.shape) if isinstance(basis_out, torch.Tensor) else basis_out
                 raise ValueError(f"basis_out must be a tensor (M_y, Y={Y}), got {got}")
             self.register_buffer("basis_out", basis_out.detach().clone().float())
@@ -168,8 +192,9 @@ class FactoredLinear(nn.Module):
         if basis_out is not None:
             with torch.no_grad():  # make the effective V (not v) have entries of size sqrt(2/C)
                 target = torch.randn(Co, Y, C) * math.sqrt(2 / C)
-                sol = torch.linalg.lstsq(self.basis_out.T.double(),
-                                         target.permute(1, 0, 2).reshape(Y, -1).double()).solution
+                sol = torch.linalg.lstsq(
+                    self.basis_out.T.double(), target.permute(1, 0, 2).reshape(Y, -1).double()
+                ).solution
                 self.v.weight.copy_(sol.reshape(n_out, Co, C).permute(1, 0, 2).float())
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,8 +27,9 @@ __all__ = ["anchor_grid", "rbf_basis", "SparseConv2d", "SparseFactoredLinear"]
 
 
 def _grid(h: int, w: int) -> torch.Tensor:
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64),
-                            torch.arange(w, dtype=torch.float64), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
     return torch.stack([ys, xs], -1).reshape(-1, 2)
 
 
@@ -38,8 +39,10 @@ def _check_anchors(size: tuple[int, int], anchors) -> tuple[int, int]:
         raise ValueError(f"anchors must be an int or a pair of ints (per axis), got {anchors!r}")
     for n, m in zip(size, a):
         if m < 1 or m > n:
-            raise ValueError(f"anchors per axis must be between 1 and the grid size {size} "
-                             f"(at least one anchor, so the layer keeps parameters), got {a}")
+            raise ValueError(
+                f"anchors per axis must be between 1 and the grid size {size} "
+                f"(at least one anchor, so the layer keeps parameters), got {a}"
+            )
     return a
 
 
@@ -50,16 +53,23 @@ def anchor_grid(size: tuple[int, int], anchors) -> torch.Tensor:
     """
     h, w = size
     mh, mw = _check_anchors((h, w), anchors)
-    ay = torch.linspace(0, h - 1, mh, dtype=torch.float64) if mh > 1 else \
-        torch.tensor([(h - 1) / 2], dtype=torch.float64)
-    ax = torch.linspace(0, w - 1, mw, dtype=torch.float64) if mw > 1 else \
-        torch.tensor([(w - 1) / 2], dtype=torch.float64)
+    ay = (
+        torch.linspace(0, h - 1, mh, dtype=torch.float64)
+        if mh > 1
+        else torch.tensor([(h - 1) / 2], dtype=torch.float64)
+    )
+    ax = (
+        torch.linspace(0, w - 1, mw, dtype=torch.float64)
+        if mw > 1
+        else torch.tensor([(w - 1) / 2], dtype=torch.float64)
+    )
     ys, xs = torch.meshgrid(ay, ax, indexing="ij")
     return torch.stack([ys, xs], -1).reshape(-1, 2)
 
 
-def rbf_basis(size: tuple[int, int], anchors, lengthscale: float | None = None,
-              noise: float = 1e-6) -> torch.Tensor:
+def rbf_basis(
+    size: tuple[int, int], anchors, lengthscale: float | None = None, noise: float = 1e-6
+) -> torch.Tensor:
     """RBF interpolation basis ``Psi = (K_ZZ + noise I)^-1 K_Z,grid``: ``(M, h*w)`` float32.
 
     ``size = (h, w)``: the grid; ``anchors``: per-axis count (int or pair); ``lengthscale``:
@@ -90,15 +100,30 @@ class SparseConv2d(BasisConv2d):
     ``C'C M`` with ``M = anchors^2`` (``anchors = k``: anchors on every filter tap).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 anchors=None, lengthscale: float | None = None, bias: bool = True,
-                 stride: int = 1, padding_mode: str = "circular"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        anchors=None,
+        lengthscale: float | None = None,
+        bias: bool = True,
+        stride: int = 1,
+        padding_mode: str = "circular",
+    ):
         if not isinstance(kernel_size, int) or kernel_size < 1:
             raise ValueError(f"kernel_size must be a positive int, got {kernel_size!r}")
         anchors = kernel_size if anchors is None else anchors
         basis = rbf_basis((kernel_size, kernel_size), anchors, lengthscale)
-        super().__init__(in_channels, out_channels, kernel_size, basis, bias=bias, stride=stride,
-                         padding_mode=padding_mode)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            basis,
+            bias=bias,
+            stride=stride,
+            padding_mode=padding_mode,
+        )
         self.anchors = _check_anchors((kernel_size, kernel_size), anchors)
 
 
@@ -110,14 +135,25 @@ class SparseFactoredLinear(FactoredLinear):
     Weights: ``C'C(M_x + M_y)``.
     """
 
-    def __init__(self, in_shape, out_shape, anchors_in=None, anchors_out=None,
-                 bias: bool = True, lengthscale: float | None = None):
+    def __init__(
+        self,
+        in_shape,
+        out_shape,
+        anchors_in=None,
+        anchors_out=None,
+        bias: bool = True,
+        lengthscale: float | None = None,
+    ):
         C, H, W = check_shape(in_shape, "in_shape")
         Co, Ho, Wo = check_shape(out_shape, "out_shape")
         anchors_in = (H, W) if anchors_in is None else anchors_in
         anchors_out = (Ho, Wo) if anchors_out is None else anchors_out
-        super().__init__(in_shape, out_shape, bias=bias,
-                         basis_in=rbf_basis((H, W), anchors_in, lengthscale),
-                         basis_out=rbf_basis((Ho, Wo), anchors_out, lengthscale))
+        super().__init__(
+            in_shape,
+            out_shape,
+            bias=bias,
+            basis_in=rbf_basis((H, W), anchors_in, lengthscale),
+            basis_out=rbf_basis((Ho, Wo), anchors_out, lengthscale),
+        )
         self.anchors_in = _check_anchors((H, W), anchors_in)
         self.anchors_out = _check_anchors((Ho, Wo), anchors_out)

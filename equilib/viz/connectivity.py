@@ -139,8 +139,9 @@ def block_outputs(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]
 
 
 @torch.no_grad()
-def feature_map_response(model: torch.nn.Module, x: torch.Tensor, group: Group, g,
-                         fmap: bool = False) -> dict:
+def feature_map_response(
+    model: torch.nn.Module, x: torch.Tensor, group: Group, g, fmap: bool = False
+) -> dict:
     """Feature maps of every block for ``x`` and ``g.x``, and their equivariance errors.
 
     Returns ``{"x", "gx", "f_x": [...], "f_gx": [...], "g_fx": [...], "errors": [...]}`` where
@@ -157,13 +158,23 @@ def feature_map_response(model: torch.nn.Module, x: torch.Tensor, group: Group, 
             s = x.shape[-1] // a.shape[-1]
             ga = torch.roll(a, (g[0] // s, g[1] // s), dims=(-2, -1))
             h, w = a.shape[-2:]
-            err = min(float((b - torch.roll(a, (i, j), dims=(-2, -1))).norm())
-                      for i in range(h) for j in range(w))
+            err = min(
+                float((b - torch.roll(a, (i, j), dims=(-2, -1))).norm())
+                for i in range(h)
+                for j in range(w)
+            )
         else:
             ga = group.act_fmap(g, a) if fmap else group.act(g, a)
             err = float((b - ga).norm())
         g_fx.append(ga)
         errors.append(err / max(float(a.norm()), 1e-30))
-    return {"x": x, "gx": gx, "f_x": f_x, "f_gx": f_gx, "g_fx": g_fx, "errors": errors,
-            "sizes": [tuple(a.shape[1:]) for a in f_x], "numel": [math.prod(a.shape[1:])
-                                                                  for a in f_x]}
+    return {
+        "x": x,
+        "gx": gx,
+        "f_x": f_x,
+        "f_gx": f_gx,
+        "g_fx": g_fx,
+        "errors": errors,
+        "sizes": [tuple(a.shape[1:]) for a in f_x],
+        "numel": [math.prod(a.shape[1:]) for a in f_x],
+    }

@@ -70,9 +70,14 @@ def presence_gaps(result: Mapping, epoch: int = -1) -> dict[str, float]:
     return out
 
 
-def draw_lambdas(lambdas: Mapping[str, Sequence[float]], fig=None, title: str = "",
-                 N: int | None = None, rmax: float | None = None,
-                 present: Sequence[int] | None = None):
+def draw_lambdas(
+    lambdas: Mapping[str, Sequence[float]],
+    fig=None,
+    title: str = "",
+    N: int | None = None,
+    rmax: float | None = None,
+    present: Sequence[int] | None = None,
+):
     """Polar plots of lambda(h) per layer: bars at the group's angles, the uniform density dashed.
 
     ``lambdas``: {layer name: (|H|,) values}. Draws into ``fig`` (a new figure if None).
@@ -108,12 +113,17 @@ def draw_lambdas(lambdas: Mapping[str, Sequence[float]], fig=None, title: str = 
         ax.set_yticklabels([])
         ax.set_xticks([2 * math.pi * k / n for k in range(n)] if n <= 8 else ax.get_xticks())
         if n <= 8:
-            ax.set_xticklabels([f"{round(360 * k / n)}\N{DEGREE SIGN}" for k in range(n)], fontsize=7)
+            ax.set_xticklabels(
+                [f"{round(360 * k / n)}\N{DEGREE SIGN}" for k in range(n)], fontsize=7
+            )
         ax.tick_params(pad=0)
         ax.set_title(name, fontsize=9)
     handles = []
     if present is not None:
-        handles += [Patch(color="C0", label="in the data"), Patch(color="0.6", label="not in the data")]
+        handles += [
+            Patch(color="C0", label="in the data"),
+            Patch(color="0.6", label="not in the data"),
+        ]
     if N is not None and any(len(v) == 2 * N for v in lambdas.values()):
         handles.append(Patch(color="C1", label="flip"))
     handles.append(plt.Line2D([], [], color="k", ls="--", lw=0.8, label="uniform (lambda = 1)"))

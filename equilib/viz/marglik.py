@@ -28,8 +28,10 @@ __all__ = [
 def degree_scan(x, y, degrees, prior_precision=1.0, sigma_noise=0.1) -> dict:
     """Evidence, data fit and Occam term of polynomial models: arrays over ``degrees``."""
     out = {"degree": np.asarray(list(degrees))}
-    rows = [evidence_terms(polynomial_features(x, int(d)), y, prior_precision, sigma_noise)
-            for d in degrees]
+    rows = [
+        evidence_terms(polynomial_features(x, int(d)), y, prior_precision, sigma_noise)
+        for d in degrees
+    ]
     for key in rows[0]:
         out[key] = np.array([float(r[key]) for r in rows])
     return out
@@ -148,7 +150,10 @@ def plot_kron_vs_dense(dense, kron, title: str = "", axes=None):
     dense = np.asarray(dense.detach().cpu())
     kron = np.asarray(kron.detach().cpu())
     vmax = max(float(np.abs(dense).max()), float(np.abs(kron).max())) or 1.0
-    for ax, mat, name in ((axes[0], dense, "exact GGN block"), (axes[1], kron, r"KFAC $B \otimes A$")):
+    for ax, mat, name in (
+        (axes[0], dense, "exact GGN block"),
+        (axes[1], kron, r"KFAC $B \otimes A$"),
+    ):
         im = ax.imshow(mat, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
         ax.set_title(f"{name} {title}", fontsize=9)
         ax.set_xlabel("weight index")

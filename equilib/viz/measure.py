@@ -63,8 +63,15 @@ def draw_attribution(results: Mapping[str, object], title: str = "", ax=None):
         ax.bar(xs, list(row.values()), width=width, label=model)
         for xpos, value in zip(xs, row.values()):
             if value == 0.0:  # an exact zero has no bar to see: say so
-                ax.annotate("0", (xpos, 0.0), xytext=(0, 2), textcoords="offset points",
-                            ha="center", va="bottom", fontsize=7)
+                ax.annotate(
+                    "0",
+                    (xpos, 0.0),
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
     ax.set_xlabel("layer (hooked module); other: between the layers; total: whole network")
@@ -75,8 +82,13 @@ def draw_attribution(results: Mapping[str, object], title: str = "", ax=None):
     return ax.figure
 
 
-def draw_error_curves(values: Sequence[float], curves: Mapping[str, torch.Tensor], xlabel: str,
-                      ax=None, marks: Sequence[float] = ()):
+def draw_error_curves(
+    values: Sequence[float],
+    curves: Mapping[str, torch.Tensor],
+    xlabel: str,
+    ax=None,
+    marks: Sequence[float] = (),
+):
     """Lines of invariance error against the transformation parameter, one per model."""
     import matplotlib.pyplot as plt
 

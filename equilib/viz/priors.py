@@ -11,8 +11,16 @@ import math
 
 import numpy as np
 
-__all__ = ["path_names", "structure_arrays", "structure_over_epochs", "evidence_curve",
-           "plot_structure", "plot_precision_history", "plot_evidence", "plot_losses"]
+__all__ = [
+    "path_names",
+    "structure_arrays",
+    "structure_over_epochs",
+    "evidence_curve",
+    "plot_structure",
+    "plot_precision_history",
+    "plot_evidence",
+    "plot_losses",
+]
 
 PATH_COLOURS = {"fc": "tab:orange", "conv": "tab:blue", "gconv": "tab:green"}
 
@@ -42,8 +50,13 @@ def structure_arrays(layers: list[dict]) -> dict:
             if p in layer["paths"]:
                 prec[i, b] = layer["paths"][p]["prior_precision"]
                 norm[i, b] = layer["paths"][p]["weight_norm"]
-    return {"blocks": [layer["name"] for layer in layers], "paths": paths,
-            "prior_precision": prec, "prior_variance": 1.0 / prec, "weight_norm": norm}
+    return {
+        "blocks": [layer["name"] for layer in layers],
+        "paths": paths,
+        "prior_precision": prec,
+        "prior_variance": 1.0 / prec,
+        "weight_norm": norm,
+    }
 
 
 def structure_over_epochs(result: dict, key: str = "prior_precision") -> dict:
@@ -68,8 +81,11 @@ def evidence_curve(result: dict) -> tuple[np.ndarray, np.ndarray]:
     """Epochs and log marginal likelihood per datum at the epochs where it was computed."""
     h = result["history"]
     n = result["config"]["n_train"]
-    pairs = [(e, v / n) for e, v in zip(h["epoch"], h["log_marglik"])
-             if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    pairs = [
+        (e, v / n)
+        for e, v in zip(h["epoch"], h["log_marglik"])
+        if v is not None and not (isinstance(v, float) and math.isnan(v))
+    ]
     if not pairs:
         return np.zeros(0), np.zeros(0)
     e, v = zip(*pairs)
@@ -77,8 +93,10 @@ def evidence_curve(result: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _title(result: dict) -> str:
-    return (f"{result['task']}: {result['model']} by {result['objective']} "
-            f"(test acc. {100 * result['test_accuracy']:.1f}%)")
+    return (
+        f"{result['task']}: {result['model']} by {result['objective']} "
+        f"(test acc. {100 * result['test_accuracy']:.1f}%)"
+    )
 
 
 def plot_structure(result: dict, axes=None):
@@ -100,12 +118,20 @@ def plot_structure(result: dict, axes=None):
     w = 0.8 / max(len(s["paths"]), 1)
     for i, p in enumerate(s["paths"]):
         colour = PATH_COLOURS.get(p)
-        axes[0].bar(x + (i - (len(s["paths"]) - 1) / 2) * w, s["prior_variance"][i], w,
-                    label=p, color=colour)
-        axes[1].bar(x + (i - (len(s["paths"]) - 1) / 2) * w, s["weight_norm"][i], w,
-                    label=p, color=colour)
+        axes[0].bar(
+            x + (i - (len(s["paths"]) - 1) / 2) * w,
+            s["prior_variance"][i],
+            w,
+            label=p,
+            color=colour,
+        )
+        axes[1].bar(
+            x + (i - (len(s["paths"]) - 1) / 2) * w, s["weight_norm"][i], w, label=p, color=colour
+        )
     values = np.asarray(s["prior_variance"], dtype=float)
-    if values.size and np.nanmin(values) == np.nanmax(values):  # one value (MAP): a decade around it
+    if values.size and np.nanmin(values) == np.nanmax(
+        values
+    ):  # one value (MAP): a decade around it
         axes[0].set_ylim(values.flat[0] / 10, values.flat[0] * 10)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("prior variance 1/delta")
@@ -152,8 +178,13 @@ def plot_precision_history(result: dict, ax=None):
     styles = ["-", "--", ":", "-."]
     for p, arr in curves.items():
         for b in range(arr.shape[1]):
-            ax.plot(epochs, arr[:, b], styles[b % len(styles)], color=PATH_COLOURS.get(p),
-                    label=f"{p}, block{b}")
+            ax.plot(
+                epochs,
+                arr[:, b],
+                styles[b % len(styles)],
+                color=PATH_COLOURS.get(p),
+                label=f"{p}, block{b}",
+            )
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("prior precision delta")

@@ -19,12 +19,21 @@ from equilib.groups import CyclicShifts, Rotations
 from equilib.viz.connectivity import feature_map_response, layer_matrix, unit_weights
 from equilib.widgets._figure import show_in, widget_figure
 
-__all__ = ["draw_unit_weights", "connectivity_explorer", "draw_feature_maps",
-           "feature_map_explorer"]
+__all__ = [
+    "draw_unit_weights",
+    "connectivity_explorer",
+    "draw_feature_maps",
+    "feature_map_explorer",
+]
 
 
-def draw_unit_weights(weights: torch.Tensor, out_pos: tuple[int, int] | None = None, ax=None,
-                      title: str = "", in_channel: int | None = None):
+def draw_unit_weights(
+    weights: torch.Tensor,
+    out_pos: tuple[int, int] | None = None,
+    ax=None,
+    title: str = "",
+    in_channel: int | None = None,
+):
     """Draw the weights ``(C, H, W)`` of one output unit as an image over input positions.
 
     Channels are summed unless ``in_channel`` picks one; ``out_pos`` (row, col in input
@@ -39,8 +48,15 @@ def draw_unit_weights(weights: torch.Tensor, out_pos: tuple[int, int] | None = N
     m = max(float(img.abs().max()), 1e-12)
     ax.imshow(img.numpy(), cmap="RdBu_r", vmin=-m, vmax=m)
     if out_pos is not None:
-        ax.plot([out_pos[1]], [out_pos[0]], marker="s", markersize=10, markerfacecolor="none",
-                markeredgecolor="k", markeredgewidth=1.5)
+        ax.plot(
+            [out_pos[1]],
+            [out_pos[0]],
+            marker="s",
+            markersize=10,
+            markerfacecolor="none",
+            markeredgecolor="k",
+            markeredgewidth=1.5,
+        )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=9)
@@ -87,12 +103,17 @@ def connectivity_explorer(layers: Mapping[str, tuple[torch.nn.Module, tuple[int,
         s = H // Ho
         fig.clf()
         ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
-        draw_unit_weights(unit_weights(M, (C, H, W), unit), (row.value * s, col.value * s), ax1,
-                          f"{pick.value}: weights of unit {(ch.value, row.value, col.value)}")
+        draw_unit_weights(
+            unit_weights(M, (C, H, W), unit),
+            (row.value * s, col.value * s),
+            ax1,
+            f"{pick.value}: weights of unit {(ch.value, row.value, col.value)}",
+        )
         fig.colorbar(ax1.images[0], ax=ax1, shrink=0.8, label="weight (own scale)")
         m = max(float(M.abs().max()), 1e-12)
-        im = ax2.imshow(M.numpy(), cmap="RdBu_r", vmin=-m, vmax=m, aspect="auto",
-                        interpolation="nearest")
+        im = ax2.imshow(
+            M.numpy(), cmap="RdBu_r", vmin=-m, vmax=m, aspect="auto", interpolation="nearest"
+        )
         fig.colorbar(im, ax=ax2, label="weight")
         ax2.axhline(unit, color="k", lw=0.8)
         ax2.set_title(f"layer matrix {tuple(M.shape)} (row {unit} marked)", fontsize=9)
@@ -127,9 +148,13 @@ def draw_feature_maps(resp: dict, block: int, channel: int = 0, fig=None, title:
         t = t[0, channel].detach().float().cpu()
         return t[0] if t.ndim == 3 else t
 
-    panels = [("x", resp["x"][0].mean(0)), ("g.x", resp["gx"][0].mean(0)),
-              ("f(x)", img(resp["f_x"][block])), ("f(g.x)", img(resp["f_gx"][block])),
-              ("g.f(x)", img(resp["g_fx"][block]))]
+    panels = [
+        ("x", resp["x"][0].mean(0)),
+        ("g.x", resp["gx"][0].mean(0)),
+        ("f(x)", img(resp["f_x"][block])),
+        ("f(g.x)", img(resp["f_gx"][block])),
+        ("g.f(x)", img(resp["g_fx"][block])),
+    ]
     inputs = torch.stack([t.detach().float().cpu() for _, t in panels[:2]])
     features = torch.stack([t.detach().float().cpu() for _, t in panels[2:]])
     for i, (ax, (name, t)) in enumerate(zip(axes, panels)):
@@ -141,8 +166,9 @@ def draw_feature_maps(resp: dict, block: int, channel: int = 0, fig=None, title:
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{title}  block {block}, channel {channel}: relative error "
-                 f"{resp['errors'][block]:.2e}")
+    fig.suptitle(
+        f"{title}  block {block}, channel {channel}: relative error {resp['errors'][block]:.2e}"
+    )
     fig.tight_layout()
     fig.colorbar(im, ax=list(axes[2:]), shrink=0.8, label="feature value")
     return fig
@@ -176,9 +202,11 @@ def feature_map_explorer(models: Mapping[str, torch.nn.Module], x: torch.Tensor)
         is_shift = kind.value == "shift"
         dy.layout.display = dx.layout.display = "" if is_shift else "none"
         k.layout.display = "none" if is_shift else ""
-        group, g = (CyclicShifts(H, W), (dy.value, dx.value)) if is_shift else (Rotations(4), k.value)
+        group, g = (
+            (CyclicShifts(H, W), (dy.value, dx.value)) if is_shift else (Rotations(4), k.value)
+        )
         fmap = getattr(model, "N", 1) > 1 and not is_shift
-        resp = feature_map_response(model, x[index.value:index.value + 1], group, g, fmap=fmap)
+        resp = feature_map_response(model, x[index.value : index.value + 1], group, g, fmap=fmap)
         channel.max = resp["sizes"][block.value][0] - 1
         draw_feature_maps(resp, block.value, channel.value, fig, title=pick.value)
         show_in(out, fig)
@@ -186,5 +214,11 @@ def feature_map_explorer(models: Mapping[str, torch.nn.Module], x: torch.Tensor)
     for w in (pick, kind, dy, dx, k, block, channel, index):
         w.observe(update, names="value")
     update()
-    return widgets.VBox([widgets.HBox([pick, kind, index]), widgets.HBox([dy, dx, k]),
-                         widgets.HBox([block, channel]), out])
+    return widgets.VBox(
+        [
+            widgets.HBox([pick, kind, index]),
+            widgets.HBox([dy, dx, k]),
+            widgets.HBox([block, channel]),
+            out,
+        ]
+    )

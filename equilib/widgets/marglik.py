@@ -16,8 +16,9 @@ from equilib.widgets._figure import show_in, widget_figure
 __all__ = ["evidence_explorer_state", "evidence_explorer"]
 
 
-def evidence_explorer_state(x, y, degree: int, log_delta: float, sigma_noise: float = 0.1,
-                            n_grid: int = 200) -> dict:
+def evidence_explorer_state(
+    x, y, degree: int, log_delta: float, sigma_noise: float = 0.1, n_grid: int = 200
+) -> dict:
     """Posterior mean / std on a grid and the evidence terms of one (degree, delta) choice."""
     delta = float(np.exp(log_delta))
     Phi = polynomial_features(x, degree)
@@ -34,8 +35,7 @@ def evidence_explorer(x, y, sigma_noise: float = 0.1, max_degree: int = 10):
     import ipywidgets as widgets
 
     degree = widgets.IntSlider(value=3, min=0, max=max_degree, description="degree")
-    log_delta = widgets.FloatSlider(value=0.0, min=-4, max=4, step=0.25,
-                                    description="log delta")
+    log_delta = widgets.FloatSlider(value=0.0, min=-4, max=4, step=0.25, description="log delta")
     out = widgets.Output()
     fig = widget_figure((6, 3.5))
 
@@ -43,17 +43,24 @@ def evidence_explorer(x, y, sigma_noise: float = 0.1, max_degree: int = 10):
         s = evidence_explorer_state(x, y, degree.value, log_delta.value, sigma_noise)
         fig.clf()
         ax = fig.subplots()
-        ax.fill_between(s["grid"], s["mean"] - 2 * s["std"], s["mean"] + 2 * s["std"],
-                        alpha=0.2, label="predictive mean +- 2 std")
+        ax.fill_between(
+            s["grid"],
+            s["mean"] - 2 * s["std"],
+            s["mean"] + 2 * s["std"],
+            alpha=0.2,
+            label="predictive mean +- 2 std",
+        )
         ax.plot(s["grid"], s["mean"], label="posterior mean")
         ax.plot(np.asarray(x), np.asarray(y), "k.", label="data")
         ax.set_ylim(float(y.min()) - 1, float(y.max()) + 1)
         ax.set_xlabel("x")
         ax.set_ylabel("y")
         ax.legend(fontsize=7, loc="lower right")
-        ax.set_title(f"log evidence {s['log_evidence']:.1f} = data fit {s['data_fit']:.1f}"
-                     f" + log Occam {s['occam']:.1f}   (gamma = {s['effective_dimensions']:.1f})",
-                     fontsize=9)
+        ax.set_title(
+            f"log evidence {s['log_evidence']:.1f} = data fit {s['data_fit']:.1f}"
+            f" + log Occam {s['occam']:.1f}   (gamma = {s['effective_dimensions']:.1f})",
+            fontsize=9,
+        )
         fig.tight_layout()
         show_in(out, fig)
 

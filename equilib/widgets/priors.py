@@ -21,8 +21,14 @@ import torch
 
 from equilib.widgets._figure import show_in, widget_figure
 
-__all__ = ["prior_explorer_state", "prior_explorer", "rebuild_model", "block_input_shapes",
-           "trained_layer_maps", "trained_connectivity_explorer"]
+__all__ = [
+    "prior_explorer_state",
+    "prior_explorer",
+    "rebuild_model",
+    "block_input_shapes",
+    "trained_layer_maps",
+    "trained_connectivity_explorer",
+]
 
 
 def prior_explorer_state(result: dict, epoch: int) -> dict:
@@ -36,18 +42,29 @@ def prior_explorer_state(result: dict, epoch: int) -> dict:
 
     epochs = result["history"]["epoch"]
     if epoch not in epochs:
-        raise ValueError(f"epoch {epoch} was not recorded; this run has epochs {epochs[0]}..{epochs[-1]}")
+        raise ValueError(
+            f"epoch {epoch} was not recorded; this run has epochs {epochs[0]}..{epochs[-1]}"
+        )
     i = epochs.index(epoch)
     layers = result["layers_history"][i]
     if layers is None:
         raise ValueError(f"epoch {epoch} was trained before a resume; its weights were not kept")
     s = structure_arrays(layers)
     n = result["config"]["n_train"]
-    ml = [(e, v / n) for e, v in zip(epochs[: i + 1], result["history"]["log_marglik"][: i + 1])
-          if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return {"blocks": s["blocks"], "paths": s["paths"], "prior_variance": s["prior_variance"],
-            "weight_norm": s["weight_norm"], "test_acc": result["history"]["test_acc"][i],
-            "log_marglik_epochs": [e for e, _ in ml], "log_marglik": [v for _, v in ml]}
+    ml = [
+        (e, v / n)
+        for e, v in zip(epochs[: i + 1], result["history"]["log_marglik"][: i + 1])
+        if v is not None and not (isinstance(v, float) and math.isnan(v))
+    ]
+    return {
+        "blocks": s["blocks"],
+        "paths": s["paths"],
+        "prior_variance": s["prior_variance"],
+        "weight_norm": s["weight_norm"],
+        "test_acc": result["history"]["test_acc"][i],
+        "log_marglik_epochs": [e for e, _ in ml],
+        "log_marglik": [v for _, v in ml],
+    }
 
 
 def _draw_state(fig, state: dict, title: str, ylim_var=None, ylim_norm=None) -> None:
@@ -107,8 +124,10 @@ def prior_explorer(results: Mapping[str, dict]):
         r = results[pick.value]
         s = prior_explorer_state(r, epoch.value)
         ml = f", log p(D)/N {s['log_marglik'][-1]:.3f}" if s["log_marglik"] else ""
-        title = (f"{pick.value}: {r['model']} by {r['objective']}, epoch {epoch.value}: "
-                 f"test acc. {100 * s['test_acc']:.1f}%{ml}")
+        title = (
+            f"{pick.value}: {r['model']} by {r['objective']}, epoch {epoch.value}: "
+            f"test acc. {100 * s['test_acc']:.1f}%{ml}"
+        )
         _draw_state(fig, s, title, *_limits(r))
         fig.tight_layout()
         show_in(out, fig)

@@ -17,7 +17,11 @@ from equilib.widgets._figure import show_in, widget_figure
 __all__ = ["draw_response", "transform_explorer"]
 
 _PANELS = [
-    ("x", "x"), ("gx", "g.x"), ("f_gx", "f(g.x)"), ("g_fx", "g.f(x)"), ("diff", "difference")
+    ("x", "x"),
+    ("gx", "g.x"),
+    ("f_gx", "f(g.x)"),
+    ("g_fx", "g.f(x)"),
+    ("diff", "difference"),
 ]
 
 

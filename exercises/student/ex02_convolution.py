@@ -57,8 +57,12 @@ if __name__ == "__main__":
     x = torch.randn(1, 1, 5, 5)
     M = conv_matrix(w, 5, 5)
     y_conv = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="circular"), w)
-    print("matrix shape", tuple(M.shape), "max error",
-          float((M @ x.flatten() - y_conv.flatten()).abs().max()))
+    print(
+        "matrix shape",
+        tuple(M.shape),
+        "max error",
+        float((M @ x.flatten() - y_conv.flatten()).abs().max()),
+    )
 
 # %% [markdown]
 # ## Exercise 2.2: circular padding by hand
@@ -100,8 +104,11 @@ if __name__ == "__main__":
     x = torch.randn(2, 3, 8, 8)
     y = polyphase_downsample(x, 2)
     y_shift = polyphase_downsample(torch.roll(x, (1, 0), dims=(-2, -1)), 2)
-    found = any(torch.allclose(y_shift, torch.roll(y, (a, b), dims=(-2, -1)))
-                for a in range(4) for b in range(4))
+    found = any(
+        torch.allclose(y_shift, torch.roll(y, (a, b), dims=(-2, -1)))
+        for a in range(4)
+        for b in range(4)
+    )
     print("output of a shifted input is a shift of the output:", found)
 
 # %% [markdown]
@@ -114,8 +121,9 @@ if __name__ == "__main__":
 
 
 # %%
-def shift_equivariance_error(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                             shifts: Sequence[tuple[int, int]]) -> float:
+def shift_equivariance_error(
+    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, shifts: Sequence[tuple[int, int]]
+) -> float:
     """``max_t |f(shift_t x) - shift_t f(x)| / |f(x)|`` over the given shifts."""
     raise NotImplementedError("Exercise 2.4: see chapter 02, 'Circular versus zero padding': shift then apply f, apply f then shift, and measure the gap relative to f(x)")
 

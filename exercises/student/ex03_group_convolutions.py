@@ -78,8 +78,10 @@ def lifting_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 if __name__ == "__main__":
     C4 = Rotations(4)
     x, w = torch.randn(2, 1, 8, 8), torch.randn(3, 1, 3, 3)
-    print("equivariance error:",
-          equivariance_error(lambda t: lifting_conv(t, w), C4, x, out_action=C4.act_fmap))
+    print(
+        "equivariance error:",
+        equivariance_error(lambda t: lifting_conv(t, w), C4, x, out_action=C4.act_fmap),
+    )
 
 # %% [markdown]
 # ## Exercise 3.3: the C4 group convolution
@@ -102,8 +104,12 @@ def group_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 if __name__ == "__main__":
     C4 = Rotations(4)
     h, w2 = torch.randn(2, 3, 4, 8, 8), torch.randn(2, 3, 4, 3, 3)
-    print("equivariance error:", equivariance_error(
-        lambda t: group_conv(t, w2), C4, h, in_action=C4.act_fmap, out_action=C4.act_fmap))
+    print(
+        "equivariance error:",
+        equivariance_error(
+            lambda t: group_conv(t, w2), C4, h, in_action=C4.act_fmap, out_action=C4.act_fmap
+        ),
+    )
 
 # %% [markdown]
 # ## Exercise 3.4: invariant features

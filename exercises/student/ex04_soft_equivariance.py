@@ -43,8 +43,9 @@ from equilib import nn as enn
 
 
 # %%
-def ffc_forward(x: torch.Tensor, U: torch.Tensor, V: torch.Tensor, bias: torch.Tensor,
-                out_hw: tuple[int, int]) -> torch.Tensor:
+def ffc_forward(
+    x: torch.Tensor, U: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, out_hw: tuple[int, int]
+) -> torch.Tensor:
     """F-FC: ``x: (B, C, H, W)``, ``U: (C', C, X)``, ``V: (C', C, Y)``, ``bias: (C', Y)``."""
     raise NotImplementedError("Exercise 4.1: see chapter 04, 'Cheaper relaxations: factored and sparsified layers': in the double sum, which factor depends on x and which on y? Do the sum that does not involve y first.")
 
@@ -66,8 +67,9 @@ if __name__ == "__main__":
 
 
 # %%
-def rbf_interpolation(Z: torch.Tensor, G: torch.Tensor, lengthscale: float,
-                      noise: float = 1e-6) -> torch.Tensor:
+def rbf_interpolation(
+    Z: torch.Tensor, G: torch.Tensor, lengthscale: float, noise: float = 1e-6
+) -> torch.Tensor:
     """``Psi = (K_ZZ + noise I)^-1 K_ZG``: ``(M, P)`` for anchors ``Z: (M, 2)``, grid ``G: (P, 2)``."""
     raise NotImplementedError("Exercise 4.2: see chapter 04, 'Cheaper relaxations' (sparsified layers): the kernel is needed between every pair of anchors and between every anchor and grid point")
 

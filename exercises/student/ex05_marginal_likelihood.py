@@ -51,7 +51,9 @@ def log_evidence(Phi: torch.Tensor, y: torch.Tensor, delta, sigma) -> torch.Tens
 # %%
 if __name__ == "__main__":
     Phi = torch.randn(20, 3, dtype=torch.float64)
-    y = Phi @ torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64) + 0.1 * torch.randn(20, dtype=torch.float64)
+    y = Phi @ torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64) + 0.1 * torch.randn(
+        20, dtype=torch.float64
+    )
     print("log evidence:", float(log_evidence(Phi, y, 1.0, 0.1)))
 
 # %% [markdown]
@@ -109,7 +111,9 @@ if __name__ == "__main__":
     X = torch.randn(30, 6, dtype=torch.float64)
     w = torch.randn(6, dtype=torch.float64)
     Y = (circulant_design(X) @ w).reshape(30, 6) + 0.3 * torch.randn(30, 6, dtype=torch.float64)
-    print("log p(Y | CONV) - log p(Y | FC) on symmetric data:", float(conv_minus_fc(X, Y, 1.0, 0.3)))
+    print(
+        "log p(Y | CONV) - log p(Y | FC) on symmetric data:", float(conv_minus_fc(X, Y, 1.0, 0.3))
+    )
 
 # %% [markdown]
 # ## Exercise 5.4: how noisy are the data? The evidence decides

@@ -45,8 +45,13 @@ from torch.nn import functional as F
 
 
 # %%
-def map_objective(logits: torch.Tensor, y: torch.Tensor, params: list[torch.Tensor],
-                  delta: torch.Tensor, n_data: int) -> torch.Tensor:
+def map_objective(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    params: list[torch.Tensor],
+    delta: torch.Tensor,
+    n_data: int,
+) -> torch.Tensor:
     """``mean CE(logits, y) + 1/2 sum_l delta_l |theta_l|^2 / N``; logits (B, K), y (B,)."""
     raise NotImplementedError("Exercise 7.1: see chapter 07, 'One precision per tensor, learned during training': the negative log joint is a data term and one Gaussian prior term per tensor, all divided by N")
 
@@ -54,8 +59,9 @@ def map_objective(logits: torch.Tensor, y: torch.Tensor, params: list[torch.Tens
 # %%
 if __name__ == "__main__":
     theta = [torch.ones(2, 3, requires_grad=True)]
-    loss = map_objective(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]), theta, torch.tensor([10.0]),
-                         5)
+    loss = map_objective(
+        torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]), theta, torch.tensor([10.0]), 5
+    )
     loss.backward()
     print("loss", float(loss), "(log 3 + 1/2 * 10 * 6 / 5 =", math.log(3) + 6.0, ")")
     print("gradient of theta = delta * theta / N:", theta[0].grad[0, 0].item())
@@ -109,8 +115,10 @@ if __name__ == "__main__":
     A, B = a.T @ a / 50, b.T @ b
     for scale in (1.0, 0.1):
         theta = scale * torch.randn(3, 4)
-        print(f"|theta|^2 = {float(theta.pow(2).sum()):.3f}: "
-              f"delta = {evidence_optimal_precision(A, B, theta):.3f}")
+        print(
+            f"|theta|^2 = {float(theta.pow(2).sum()):.3f}: "
+            f"delta = {evidence_optimal_precision(A, B, theta):.3f}"
+        )
 
 # %% [markdown]
 # ## Exercise 7.4: hyperparameter steps on the evidence
@@ -142,5 +150,9 @@ if __name__ == "__main__":
     la = KronLaplace(model, "classification").fit(DataLoader(TensorDataset(X, y), batch_size=32))
     d0 = torch.ones(4, dtype=torch.float64)
     d1 = hyper_steps(la, d0, 50, 0.1, 64)
-    print("log evidence before", float(la.log_marginal_likelihood(d0)), "after",
-          float(la.log_marginal_likelihood(d1)))
+    print(
+        "log evidence before",
+        float(la.log_marginal_likelihood(d0)),
+        "after",
+        float(la.log_marginal_likelihood(d1)),
+    )

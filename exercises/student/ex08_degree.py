@@ -114,4 +114,7 @@ def orbit_complexity(w: torch.Tensor, d: torch.Tensor, delta: float) -> torch.Te
 if __name__ == "__main__":
     d = torch.tensor([5.0, 1.0, 3.0, 2.0], dtype=torch.float64)
     print("uniform:", float(orbit_complexity(torch.full((4,), 0.25, dtype=torch.float64), d, 1.0)))
-    print("identity:", float(orbit_complexity(torch.tensor([1.0, 0, 0, 0], dtype=torch.float64), d, 1.0)))
+    print(
+        "identity:",
+        float(orbit_complexity(torch.tensor([1.0, 0, 0, 0], dtype=torch.float64), d, 1.0)),
+    )

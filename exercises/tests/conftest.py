@@ -37,8 +37,11 @@ def load_exercise(name: str, folder: Path | None = None):
 
 def _timed_out(call) -> bool:
     """Whether the phase ended in pytest-timeout's failure (its signal method fails the test)."""
-    return (call.excinfo is not None and call.excinfo.errisinstance(pytest.fail.Exception)
-            and "Timeout" in str(call.excinfo.value))
+    return (
+        call.excinfo is not None
+        and call.excinfo.errisinstance(pytest.fail.Exception)
+        and "Timeout" in str(call.excinfo.value)
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)

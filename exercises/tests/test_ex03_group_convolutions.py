@@ -22,11 +22,17 @@ def test_3_1_rotated_filters(mod):
     assert tuple(out.shape) == (4, 2, 3, 5, 5), f"expected (4, C', C, k, k), got {tuple(out.shape)}"
     torch.testing.assert_close(out[0], w, msg="entry 0 is the filter itself (no turn)")
     # a quarter turn maps the top-right tap to the top-left (counter-clockwise)
-    torch.testing.assert_close(out[1][..., 0, 0], w[..., 0, 4],
-                               msg="entry 1 should be turned counter-clockwise, as chapter 03's rot")
+    torch.testing.assert_close(
+        out[1][..., 0, 0],
+        w[..., 0, 4],
+        msg="entry 1 should be turned counter-clockwise, as chapter 03's rot",
+    )
     for g in range(4):
-        torch.testing.assert_close(out[(g + 1) % 4], torch.rot90(out[g], 1, dims=(-2, -1)),
-                                   msg="each entry is the previous one turned by a quarter turn")
+        torch.testing.assert_close(
+            out[(g + 1) % 4],
+            torch.rot90(out[g], 1, dims=(-2, -1)),
+            msg="each entry is the previous one turned by a quarter turn",
+        )
 
 
 def test_3_2_lifting_conv_matches_equilib(mod):
@@ -35,15 +41,21 @@ def test_3_2_lifting_conv_matches_equilib(mod):
     with torch.no_grad():
         layer.conv.weight.copy_(w)
         expect = layer(x)
-    torch.testing.assert_close(mod.lifting_conv(x, w), expect, rtol=1e-4, atol=1e-5,
-                               msg="y[:, :, g] should be the convolution with the filter turned by g")
+    torch.testing.assert_close(
+        mod.lifting_conv(x, w),
+        expect,
+        rtol=1e-4,
+        atol=1e-5,
+        msg="y[:, :, g] should be the convolution with the filter turned by g",
+    )
 
 
 def test_3_2_lifting_conv_is_equivariant(mod):
     x, w = _rand(2, 1, 10, 10, seed=2), _rand(2, 1, 5, 5, seed=3)
     f = lambda t: mod.lifting_conv(t, w)  # noqa: E731
     assert equivariance_error(f, C4, x, out_action=C4.act_fmap) < 1e-5, (
-        "turning the input should act on the output by the regular representation")
+        "turning the input should act on the output by the regular representation"
+    )
 
 
 def test_3_3_group_conv_matches_equilib(mod):
@@ -52,23 +64,33 @@ def test_3_3_group_conv_matches_equilib(mod):
     with torch.no_grad():
         layer.conv.weight.copy_(w.reshape(2, 12, 3, 3))
         expect = layer(x)
-    torch.testing.assert_close(mod.group_conv(x, w), expect, rtol=1e-4, atol=1e-5,
-                               msg="the output differs from chapter 03's group convolution")
+    torch.testing.assert_close(
+        mod.group_conv(x, w),
+        expect,
+        rtol=1e-4,
+        atol=1e-5,
+        msg="the output differs from chapter 03's group convolution",
+    )
     f = lambda t: mod.group_conv(t, w)  # noqa: E731
     assert equivariance_error(f, C4, x, in_action=C4.act_fmap, out_action=C4.act_fmap) < 1e-5, (
-        "the group convolution should commute with the regular representation")
+        "the group convolution should commute with the regular representation"
+    )
 
 
 def test_3_4_invariant_features(mod):
     y = _rand(2, 3, 4, 6, 6, seed=6)
-    torch.testing.assert_close(mod.invariant_features(y), y.amax(dim=2).mean(dim=(-2, -1)),
-                               msg="expected the maximum over orientations, then the mean over space")
+    torch.testing.assert_close(
+        mod.invariant_features(y),
+        y.amax(dim=2).mean(dim=(-2, -1)),
+        msg="expected the maximum over orientations, then the mean over space",
+    )
     lift = enn.LiftingConv2d(1, 3, 3)
     x = _rand(3, 1, 8, 8, seed=7)
     f = lambda t: mod.invariant_features(torch.relu(lift(t)))  # noqa: E731
     assert invariance_error(f, C4, x) < 1e-5, "the features change when the input is turned"
     assert invariance_error(f, CyclicShifts(8, 8), x, elements=[(1, 0), (3, 5)]) < 1e-5, (
-        "the features change when the input is shifted")
+        "the features change when the input is shifted"
+    )
 
 
 def _invariant_dimension(k):
@@ -83,15 +105,24 @@ def test_3_5_rotation_invariant_basis(mod, k):
     basis = mod.rotation_invariant_basis(k).double()
     n = _invariant_dimension(k)
     assert basis.ndim == 3 and tuple(basis.shape[1:]) == (k, k), (
-        f"expected a tensor (n, {k}, {k}), got {tuple(basis.shape)}")
+        f"expected a tensor (n, {k}, {k}), got {tuple(basis.shape)}"
+    )
     for w in basis:
-        torch.testing.assert_close(torch.rot90(w, 1), w, msg="a basis filter changes under a quarter turn")
+        torch.testing.assert_close(
+            torch.rot90(w, 1), w, msg="a basis filter changes under a quarter turn"
+        )
     gram = basis.flatten(1) @ basis.flatten(1).T
-    torch.testing.assert_close(gram, torch.eye(len(basis), dtype=torch.float64), atol=1e-10, rtol=0,
-                               msg="the basis filters should be orthonormal as vectors of k*k numbers")
+    torch.testing.assert_close(
+        gram,
+        torch.eye(len(basis), dtype=torch.float64),
+        atol=1e-10,
+        rtol=0,
+        msg="the basis filters should be orthonormal as vectors of k*k numbers",
+    )
     assert len(basis) == n, (
         f"k={k}: you found {len(basis)} independent rotation-invariant filters; are there more (or "
-        "fewer)? Count the groups of taps that a quarter turn moves among each other")
+        "fewer)? Count the groups of taps that a quarter turn moves among each other"
+    )
     # any combination gives a plain convolution that commutes with quarter turns
     coef = torch.randn(len(basis), generator=torch.Generator().manual_seed(k), dtype=torch.float64)
     w = (coef[:, None, None] * basis).sum(0)[None, None]

@@ -24,8 +24,13 @@ def test_4_1_ffc_forward_matches_factored_linear(mod):
         expect = layer(x)
         got = mod.ffc_forward(x, U, V, layer.v.bias, (3, 2))
     assert tuple(got.shape) == (4, 2, 3, 2), f"expected (B, C', H', W'), got {tuple(got.shape)}"
-    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5,
-                               msg="the output differs from chapter 04's factored FC layer")
+    torch.testing.assert_close(
+        got,
+        expect,
+        rtol=1e-5,
+        atol=1e-5,
+        msg="the output differs from chapter 04's factored FC layer",
+    )
 
 
 def test_4_1_ffc_forward_matches_the_effective_weight(mod):
@@ -33,8 +38,13 @@ def test_4_1_ffc_forward_matches_the_effective_weight(mod):
     x = _rand(5, 3, 2, 3, seed=4)
     W = torch.einsum("dcy,dcx->dycx", V, U).reshape(8, 18)  # materialised only in the test
     expect = (x.reshape(5, 18) @ W.T + b.reshape(-1)).view(5, 2, 2, 2)
-    torch.testing.assert_close(mod.ffc_forward(x, U, V, b, (2, 2)), expect, rtol=1e-5, atol=1e-5,
-                               msg="the output differs from the FC layer with the effective weight V U")
+    torch.testing.assert_close(
+        mod.ffc_forward(x, U, V, b, (2, 2)),
+        expect,
+        rtol=1e-5,
+        atol=1e-5,
+        msg="the output differs from the FC layer with the effective weight V U",
+    )
 
 
 def test_4_2_rbf_interpolation_matches_equilib(mod):
@@ -46,15 +56,25 @@ def test_4_2_rbf_interpolation_matches_equilib(mod):
         ls = max((h - 1) / (a[0] - 1), (w - 1) / (a[1] - 1))
         Psi = mod.rbf_interpolation(Z, G, ls, 1e-6)
         assert tuple(Psi.shape) == (len(Z), h * w)
-        torch.testing.assert_close(Psi.float(), enn.rbf_basis(size, anchors), rtol=1e-4,
-                                   atol=1e-5, msg="Psi differs from the sparsified layer's basis")
+        torch.testing.assert_close(
+            Psi.float(),
+            enn.rbf_basis(size, anchors),
+            rtol=1e-4,
+            atol=1e-5,
+            msg="Psi differs from the sparsified layer's basis",
+        )
 
 
 def test_4_2_rbf_interpolates_anchor_values(mod):
     Z = torch.tensor([[0.0, 0.0], [0.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
     Psi = mod.rbf_interpolation(Z, Z, 1.0, 1e-10)  # evaluated at the anchors: identity
-    torch.testing.assert_close(Psi, torch.eye(3, dtype=torch.float64), atol=1e-6, rtol=0,
-                               msg="evaluated at the anchors, the interpolation returns the anchor values")
+    torch.testing.assert_close(
+        Psi,
+        torch.eye(3, dtype=torch.float64),
+        atol=1e-6,
+        rtol=0,
+        msg="evaluated at the anchors, the interpolation returns the anchor values",
+    )
 
 
 @pytest.mark.parametrize("padding_mode", ["circular", "zeros"])
@@ -66,9 +86,14 @@ def test_4_3_conv_as_fc(mod, padding_mode):
     assert isinstance(fc, enn.ImageLinear), f"expected an ImageLinear, got {type(fc).__name__}"
     x = _rand(4, 2, 5, 6, seed=5)
     with torch.no_grad():
-        torch.testing.assert_close(fc(x), conv(x), rtol=1e-5, atol=1e-5,
-                                   msg=f"the FC layer computes another function than the conv "
-                                   f"({padding_mode} padding, with bias)")
+        torch.testing.assert_close(
+            fc(x),
+            conv(x),
+            rtol=1e-5,
+            atol=1e-5,
+            msg=f"the FC layer computes another function than the conv "
+            f"({padding_mode} padding, with bias)",
+        )
 
 
 @pytest.mark.parametrize("name", ["fc+conv", "f-fc+conv", "gconv-c4", "fc+conv+gconv"])
@@ -81,4 +106,5 @@ def test_4_4_path_weight_norms(mod, name):
         assert set(g) == set(e), f"block {b}: expected the paths {sorted(e)}, got {sorted(g)}"
         for k in e:
             assert g[k] == pytest.approx(e[k], rel=1e-5), (
-                f"block {b}, path {k!r}: the norm should cover all of the path's weights and biases")
+                f"block {b}, path {k!r}: the norm should cover all of the path's weights and biases"
+            )

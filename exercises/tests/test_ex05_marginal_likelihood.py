@@ -23,7 +23,9 @@ def _data(seed=0, N=25, D=4):
 def _gaussian_evidence(Phi, y, delta, sigma):
     """log N(y; 0, sigma^2 I + Phi Phi^T / delta) by torch.distributions (independent of equilib)."""
     cov = sigma**2 * torch.eye(len(y), dtype=DT) + Phi @ Phi.T / delta
-    return float(torch.distributions.MultivariateNormal(torch.zeros(len(y), dtype=DT), cov).log_prob(y))
+    return float(
+        torch.distributions.MultivariateNormal(torch.zeros(len(y), dtype=DT), cov).log_prob(y)
+    )
 
 
 def test_5_1_log_evidence(mod):
@@ -33,15 +35,19 @@ def test_5_1_log_evidence(mod):
         got = float(mod.log_evidence(Phi, y, delta, sigma))
         assert abs(got - expected) < 1e-8, (
             f"delta={delta}, sigma={sigma}: got {got:.6f}, but the marginal density of y in "
-            f"chapter 05 gives {expected:.6f}")
+            f"chapter 05 gives {expected:.6f}"
+        )
     # differentiable in log delta: compare with finite differences
     ld = torch.tensor(0.4, dtype=DT, requires_grad=True)
     (grad,) = torch.autograd.grad(mod.log_evidence(Phi, y, ld.exp(), 0.3), ld)
     eps = 1e-6
-    fd = (float(mod.log_evidence(Phi, y, math.exp(0.4 + eps), 0.3))
-          - float(mod.log_evidence(Phi, y, math.exp(0.4 - eps), 0.3))) / (2 * eps)
+    fd = (
+        float(mod.log_evidence(Phi, y, math.exp(0.4 + eps), 0.3))
+        - float(mod.log_evidence(Phi, y, math.exp(0.4 - eps), 0.3))
+    ) / (2 * eps)
     assert abs(float(grad) - fd) < 1e-5, (
-        "the gradient in delta is wrong or missing: keep the computation in torch, differentiable")
+        "the gradient in delta is wrong or missing: keep the computation in torch, differentiable"
+    )
 
 
 def test_5_2_fit_and_occam(mod):
@@ -49,9 +55,11 @@ def test_5_2_fit_and_occam(mod):
     fit, occam = mod.fit_and_occam(Phi, y, 0.7, 0.4)
     t = evidence_terms(Phi, y, 0.7, 0.4)
     assert abs(float(fit + occam) - _gaussian_evidence(Phi, y, 0.7, 0.4)) < 1e-8, (
-        "data fit + log Occam factor should add up to the log evidence")
+        "data fit + log Occam factor should add up to the log evidence"
+    )
     assert abs(float(fit) - float(t["data_fit"])) < 1e-8, (
-        "the data fit is the log likelihood of y at the posterior mean")
+        "the data fit is the log likelihood of y at the posterior mean"
+    )
     assert abs(float(occam) - float(t["occam"])) < 1e-8, "the log Occam factor is off"
 
 
@@ -59,14 +67,19 @@ def test_5_2_best_degree(mod):
     g = torch.Generator().manual_seed(2)
     x = torch.rand(40, generator=g, dtype=DT) * 2 - 1
     for coeffs in ([0.5, -1.0], [0.2, 1.0, -2.0, 0.0, 1.5]):
-        y = sum(c * x**k for k, c in enumerate(coeffs)) + 0.05 * torch.randn(40, generator=g,
-                                                                               dtype=DT)
-        ev = [float(evidence_terms(polynomial_features(x, d), y, 1.0, 0.05)["log_evidence"])
-              for d in range(9)]
+        y = sum(c * x**k for k, c in enumerate(coeffs)) + 0.05 * torch.randn(
+            40, generator=g, dtype=DT
+        )
+        ev = [
+            float(evidence_terms(polynomial_features(x, d), y, 1.0, 0.05)["log_evidence"])
+            for d in range(9)
+        ]
         best = max(range(9), key=ev.__getitem__)
         got = mod.best_degree(x, y, 8, 1.0, 0.05)
-        assert got == best, f"data from a degree-{len(coeffs) - 1} polynomial: you chose degree {got}, " \
+        assert got == best, (
+            f"data from a degree-{len(coeffs) - 1} polynomial: you chose degree {got}, "
             f"the evidence prefers {best}"
+        )
 
 
 def test_5_3_circulant_design(mod):
@@ -78,9 +91,11 @@ def test_5_3_circulant_design(mod):
         w = torch.randn(7, generator=torch.Generator().manual_seed(10 + seed), dtype=DT)
         # the circular convolution y[i] = sum_j w[j] x[(i - j) mod n], by the FFT
         expect = torch.fft.ifft(torch.fft.fft(X, dim=1) * torch.fft.fft(w)).real
-        torch.testing.assert_close((Phi @ w).reshape(5, 7), expect,
-                                   msg="(Phi @ w).reshape(N, n) is not the circular convolution "
-                                   "of each signal with w")
+        torch.testing.assert_close(
+            (Phi @ w).reshape(5, 7),
+            expect,
+            msg="(Phi @ w).reshape(N, n) is not the circular convolution of each signal with w",
+        )
 
 
 def test_5_3_conv_minus_fc(mod):
@@ -88,12 +103,15 @@ def test_5_3_conv_minus_fc(mod):
     X = torch.randn(20, 6, generator=g, dtype=DT)
     W = torch.randn(6, 6, generator=g, dtype=DT)
     Y = X @ W.T + 0.3 * torch.randn(20, 6, generator=g, dtype=DT)
-    expected = (linear_model_evidence(X, Y, "conv", 1.0, 0.3)["log_evidence"]
-                - linear_model_evidence(X, Y, "fc", 1.0, 0.3)["log_evidence"])
+    expected = (
+        linear_model_evidence(X, Y, "conv", 1.0, 0.3)["log_evidence"]
+        - linear_model_evidence(X, Y, "fc", 1.0, 0.3)["log_evidence"]
+    )
     got = float(mod.conv_minus_fc(X, Y, 1.0, 0.3))
     assert abs(got - float(expected)) < 1e-7, (
         f"got {got:.4f}; expected the CONV evidence minus the FC evidence of chapter 05, "
-        f"{float(expected):.4f}")
+        f"{float(expected):.4f}"
+    )
 
 
 @pytest.mark.parametrize("delta, noise, seed", [(1.0, 0.2, 5), (0.05, 1.0, 6), (20.0, 0.05, 7)])
@@ -109,4 +127,5 @@ def test_5_4_evidence_optimal_noise(mod, delta, noise, seed):
         other = _gaussian_evidence(Phi, y, delta, sigma * factor)
         assert other <= best + 1e-9, (
             f"sigma = {sigma:.5f} is not the optimum: sigma = {sigma * factor:.5f} has a larger "
-            f"evidence ({other:.6f} > {best:.6f})")
+            f"evidence ({other:.6f} > {best:.6f})"
+        )

@@ -20,18 +20,21 @@ def _psd(n, rank, seed):
 def test_6_1_kron_logdet(mod):
     for (m, k, rank), delta, scale in (((4, 3, 4), 0.5, 1.0), ((5, 4, 2), 2.0, 0.3)):
         A, B = _psd(m, rank, 0), _psd(k, rank, 1)
-        dense = torch.linalg.slogdet(scale * torch.kron(B, A) + delta * torch.eye(m * k,
-                                                                                  dtype=DT))[1]
+        dense = torch.linalg.slogdet(scale * torch.kron(B, A) + delta * torch.eye(m * k, dtype=DT))[
+            1
+        ]
         got = float(mod.kron_logdet(A, B, scale, delta))
         assert abs(got - float(dense)) < 1e-9, (
             f"kron_logdet(A, B, scale={scale}, delta={delta}) = {got:.8f}, but the dense "
-            f"log-determinant is {float(dense):.8f}")
+            f"log-determinant is {float(dense):.8f}"
+        )
 
 
 def _net(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(),
-                         nn.Linear(5, 3)).to(DT)
+    return nn.Sequential(
+        nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)
+    ).to(DT)
 
 
 @pytest.mark.parametrize("C", [2, 3, 6])
@@ -42,9 +45,13 @@ def test_6_2_softmax_hessian_root(mod, C):
     L = mod.softmax_hessian_root(p)
     assert tuple(L.shape) == (5, C, C), f"expected (N, C, C) = (5, {C}, {C}), got {tuple(L.shape)}"
     Lam = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
-    torch.testing.assert_close(L @ L.transpose(1, 2), Lam, atol=1e-12, rtol=1e-9,
-                               msg="L[n] @ L[n].T should be the cross-entropy Hessian "
-                               "diag(p_n) - p_n p_n^T of chapter 06")
+    torch.testing.assert_close(
+        L @ L.transpose(1, 2),
+        Lam,
+        atol=1e-12,
+        rtol=1e-9,
+        msg="L[n] @ L[n].T should be the cross-entropy Hessian diag(p_n) - p_n p_n^T of chapter 06",
+    )
 
 
 @pytest.mark.parametrize("index", [0, 2, 4])
@@ -55,7 +62,9 @@ def test_6_2_linear_kfac_factors(mod, index):
     A, B = mod.linear_kfac_factors(net, net[index], X)
     la = KronLaplace(net, "classification").fit([(X, y)])
     A_ref, B_ref = la.factors[f"{index}.weight"]
-    torch.testing.assert_close(A, A_ref[0], msg="A should be the mean outer product of the layer's inputs")
+    torch.testing.assert_close(
+        A, A_ref[0], msg="A should be the mean outer product of the layer's inputs"
+    )
     torch.testing.assert_close(B, B_ref[0], msg="B differs from chapter 06's KFAC output factor")
     assert not net[index]._forward_hooks, "remove the hook when done"
 
@@ -76,9 +85,11 @@ def test_6_3_effective_dimensions_and_mackay(mod):
         lam = torch.linalg.eigvalsh(0.5 * torch.kron(B[0], A[0])).clamp_min(0)  # dense, here only
         dense = float((lam / (lam + delta[i])).sum())
         assert abs(float(g) - dense) < 1e-8, (
-            f"{name}: got {float(g):.6f} effective parameters, the dense curvature gives {dense:.6f}")
+            f"{name}: got {float(g):.6f} effective parameters, the dense curvature gives {dense:.6f}"
+        )
         assert abs(float(g) - float(gamma[i])) < 1e-8
         w = dict(net.named_parameters())[name]
         new = mod.mackay_update(A[0], B[0], w, 0.5, float(delta[i]))
         assert abs(float(new) - float(gamma[i] / w.detach().pow(2).sum())) < 1e-8, (
-            f"{name}: MacKay's update is not chapter 05's fixed point for this block")
+            f"{name}: MacKay's update is not chapter 05's fixed point for this block"
+        )

@@ -19,18 +19,22 @@ NAME = "ex07_layerwise"
 
 def test_7_1_map_objective_value_and_gradient(mod):
     g = torch.Generator().manual_seed(0)
-    params = [torch.randn(3, 4, generator=g, requires_grad=True),
-              torch.randn(5, generator=g, requires_grad=True)]
+    params = [
+        torch.randn(3, 4, generator=g, requires_grad=True),
+        torch.randn(5, generator=g, requires_grad=True),
+    ]
     delta = torch.tensor([2.0, 0.3])
     logits, y = torch.randn(6, 4, generator=g), torch.tensor([0, 1, 2, 3, 0, 1])
     got = mod.map_objective(logits, y, params, delta, 7)
     expect = F.cross_entropy(logits, y) + train.prior_penalty(params, delta, 7)
     assert torch.allclose(got, expect), (
-        "expected the mean cross-entropy plus each tensor's Gaussian prior term, divided by N")
+        "expected the mean cross-entropy plus each tensor's Gaussian prior term, divided by N"
+    )
     got.backward()
     for d, p in zip(delta, params):  # the prior's gradient is a weight decay delta * theta / N
         assert torch.allclose(p.grad, d * p.detach() / 7), (
-            "the gradient in each tensor should be a weight decay delta_l * theta_l / N")
+            "the gradient in each tensor should be a weight decay delta_l * theta_l / N"
+        )
 
 
 def test_7_2_path_precision_matches_layer_structure(mod):
@@ -41,21 +45,28 @@ def test_7_2_path_precision_matches_layer_structure(mod):
     layers = discover.layer_structure(m, delta)
     for b in range(3):
         for path in ("fc", "conv"):
-            idx = [i for i, (n, _) in enumerate(named)
-                   if n.startswith(f"blocks.{b}.paths.{path}.") and n.endswith("weight")]
-            got = mod.path_precision([float(delta[i]) for i in idx],
-                                     [named[i][1].numel() for i in idx])
+            idx = [
+                i
+                for i, (n, _) in enumerate(named)
+                if n.startswith(f"blocks.{b}.paths.{path}.") and n.endswith("weight")
+            ]
+            got = mod.path_precision(
+                [float(delta[i]) for i in idx], [named[i][1].numel() for i in idx]
+            )
             assert got == pytest.approx(layers[b]["paths"][path]["prior_precision"]), (
-                f"block {b}, path {path}: not the precision chapter 07's tables report")
+                f"block {b}, path {path}: not the precision chapter 07's tables report"
+            )
     assert mod.path_precision([3.0], [17]) == pytest.approx(3.0), "one tensor: its own precision"
     assert mod.path_precision([2.0, 2.0, 2.0], [4, 9, 1]) == pytest.approx(2.0), (
-        "tensors that share one precision: that precision")
+        "tensors that share one precision: that precision"
+    )
     # the summary gives the path the same total prior variance as its tensors' priors
     deltas, sizes = [0.5, 8.0, 40.0], [30, 5, 100]
     one = mod.path_precision(deltas, sizes)
     total = sum(n / d for n, d in zip(sizes, deltas))
     assert sum(sizes) / one == pytest.approx(total), (
-        "with the summary precision on every weight, the path's total prior variance changes")
+        "with the summary precision on every weight, the path's total prior variance changes"
+    )
 
 
 def _dense_objective(A, B, theta, delta):
@@ -80,18 +91,22 @@ def test_7_3_evidence_optimal_precision(mod, m, k, scale, seed):
         other = _dense_objective(A, B, theta, delta * factor)
         assert other <= best + 1e-9, (
             f"delta = {delta:.5g} is not the optimum: delta = {delta * factor:.5g} gives a larger "
-            f"evidence ({other:.8f} > {best:.8f})")
+            f"evidence ({other:.8f} > {best:.8f})"
+        )
 
 
 def test_7_3_smaller_weights_get_a_larger_precision(mod):
     g = torch.Generator().manual_seed(4)
-    a, b = torch.randn(8, 4, generator=g, dtype=torch.float64), torch.randn(3, 3, generator=g,
-                                                                         dtype=torch.float64)
+    a, b = (
+        torch.randn(8, 4, generator=g, dtype=torch.float64),
+        torch.randn(3, 3, generator=g, dtype=torch.float64),
+    )
     A, B = a.T @ a / 8, b @ b.T
     theta = torch.randn(3, 4, generator=g, dtype=torch.float64)
     deltas = [mod.evidence_optimal_precision(A, B, s * theta) for s in (1.0, 0.3, 0.1)]
     assert deltas[0] < deltas[1] < deltas[2], (
-        f"shrinking the weights should raise the precision the evidence picks, got {deltas}")
+        f"shrinking the weights should raise the precision the evidence picks, got {deltas}"
+    )
 
 
 def test_7_4_hyper_steps_match_the_training_loop_and_raise_the_evidence(mod):
@@ -104,10 +119,12 @@ def test_7_4_hyper_steps_match_the_training_loop_and_raise_the_evidence(mod):
     got = mod.hyper_steps(la, d0, 30, 0.1, 64)
     assert not got.requires_grad, "return the new precisions detached from the graph"
     assert float(la.log_marginal_likelihood(got)) > float(la.log_marginal_likelihood(d0)), (
-        "the steps should raise the evidence")
+        "the steps should raise the evidence"
+    )
     # the training loop's update with the same fitted curvature is the reference
     log_delta = d0.log().clone().requires_grad_(True)
     opt = torch.optim.Adam([log_delta], lr=0.1)
     train._marglik_update(model, loader, log_delta, opt, 30, 64, lambda m, d: la)
     assert torch.allclose(got, log_delta.detach().exp(), rtol=1e-6), (
-        "not the steps of chapter 07's training loop (Adam on log delta of -log evidence / N)")
+        "not the steps of chapter 07's training loop (Adam on log delta of -log evidence / N)"
+    )

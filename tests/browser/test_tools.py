@@ -23,24 +23,50 @@ def _widget_notebook(html):
     view = {"model_id": "box", "version_major": 2, "version_minor": 0}
     cell.outputs = [
         nbformat.v4.new_output("stream", name="stdout", text="before\n"),
-        nbformat.v4.new_output("display_data", data={html.WIDGET_VIEW: view, "text/plain": "VBox()"}),
+        nbformat.v4.new_output(
+            "display_data", data={html.WIDGET_VIEW: view, "text/plain": "VBox()"}
+        ),
     ]
     progress = nbformat.v4.new_code_cell("train()")
-    progress.outputs = [nbformat.v4.new_output("display_data", data={
-        html.WIDGET_VIEW: {"model_id": "bar"}, "text/plain": "  0%|          | 0/40"})]
-    nb.cells = [cell, progress, nbformat.v4.new_markdown_cell(
-        "# 99. Title\n\nAs in [chapter 05](05-marginal-likelihood.md#the-evidence), "
-        "[its notes](notes.md) and [a paper](https://example.org/01-a.md).")]
-    nb.metadata["widgets"] = {html.WIDGET_STATE: {"state": {
-        "box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_s", "IPY_MODEL_o"]}},
-        "s": {"model_name": "IntSliderModel", "state": {"value": 3}},
-        "bar": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_p"]}},
-        "p": {"model_name": "FloatProgressModel", "state": {"value": 40}},
-        "o": {"model_name": "OutputModel", "state": {"outputs": [
-            {"output_type": "display_data", "data": {"image/png": "iVBORw0KGgo=",
-                                                     "text/plain": "<Figure>"}},
-            {"output_type": "stream", "name": "stdout", "text": "hello"}]}},
-    }}}
+    progress.outputs = [
+        nbformat.v4.new_output(
+            "display_data",
+            data={html.WIDGET_VIEW: {"model_id": "bar"}, "text/plain": "  0%|          | 0/40"},
+        )
+    ]
+    nb.cells = [
+        cell,
+        progress,
+        nbformat.v4.new_markdown_cell(
+            "# 99. Title\n\nAs in [chapter 05](05-marginal-likelihood.md#the-evidence), "
+            "[its notes](notes.md) and [a paper](https://example.org/01-a.md)."
+        ),
+    ]
+    nb.metadata["widgets"] = {
+        html.WIDGET_STATE: {
+            "state": {
+                "box": {
+                    "model_name": "VBoxModel",
+                    "state": {"children": ["IPY_MODEL_s", "IPY_MODEL_o"]},
+                },
+                "s": {"model_name": "IntSliderModel", "state": {"value": 3}},
+                "bar": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_p"]}},
+                "p": {"model_name": "FloatProgressModel", "state": {"value": 40}},
+                "o": {
+                    "model_name": "OutputModel",
+                    "state": {
+                        "outputs": [
+                            {
+                                "output_type": "display_data",
+                                "data": {"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"},
+                            },
+                            {"output_type": "stream", "name": "stdout", "text": "hello"},
+                        ]
+                    },
+                },
+            }
+        }
+    }
     return nb
 
 
@@ -68,7 +94,8 @@ def test_page_notebook_shows_each_widget_as_its_last_figures():
 def test_chapter_links_point_at_the_rendered_notebooks():
     html = load("build_html")
     assert html.link_chapter_notebooks("[a](./01-x-y.md) [b](<02-z.md>) `03-q.md`") == (
-        "[a](./01-x-y.ipynb) [b](<02-z.ipynb>) `03-q.md`")
+        "[a](./01-x-y.ipynb) [b](<02-z.ipynb>) `03-q.md`"
+    )
 
 
 def test_chapter_selection_and_errors():
@@ -99,7 +126,8 @@ def test_stage_writes_pages_and_refuses_a_stale_table_of_contents(tmp_path, monk
         nbformat.write(_widget_notebook(html), nb_dir / f"{name}.ipynb")
     assert html.stage(nb_dir, names, tmp_path / "src") == 2  # one figure per notebook
     assert sorted(p.name for p in (tmp_path / "src").iterdir()) == sorted(
-        [f"{n}.ipynb" for n in names] + ["_toc.yml"])
+        [f"{n}.ipynb" for n in names] + ["_toc.yml"]
+    )
     assert html.toc_files((tmp_path / "src" / "_toc.yml").read_text()) == names
     toc = tmp_path / "_toc.yml"
     toc.write_text(html.toc_for(names))  # a table of contents that forgot chapters
@@ -110,8 +138,10 @@ def test_stage_writes_pages_and_refuses_a_stale_table_of_contents(tmp_path, monk
 
 def test_raw_display_math_counts_dollars_outside_code():
     html = load("build_html")
-    page = ('<p>so $$ x^2 $$ stays raw</p><pre>echo $$</pre><code>"$$"</code>'
-            '<div class="math notranslate nohighlight">\\[x^2\\]</div>')
+    page = (
+        '<p>so $$ x^2 $$ stays raw</p><pre>echo $$</pre><code>"$$"</code>'
+        '<div class="math notranslate nohighlight">\\[x^2\\]</div>'
+    )
     assert html.raw_display_math(page) == 2
     assert html.raw_display_math('<PRE class="x">$$\n$$</PRE><p>fine</p>') == 0
 
@@ -145,9 +175,11 @@ def test_offline_problems_reads_the_pages_and_the_files_they_load(tmp_path):
     (tmp_path / "_static" / "used.js").write_text('load("https://unpkg.com/x@1/x.js")')
     (tmp_path / "_static" / "unused.js").write_text('load("https://unpkg.com/y@1/y.js")')
     (tmp_path / "_static" / "math.js").write_text(
-        'r.url="https://cdn.jsdelivr.net/npm/speech-rule-engine@"+r.VERSION')
+        'r.url="https://cdn.jsdelivr.net/npm/speech-rule-engine@"+r.VERSION'
+    )
     (tmp_path / "01-a.html").write_text(
-        '<script src="_static/used.js?v=1"></script><script src="_static/math.js"></script>')
+        '<script src="_static/used.js?v=1"></script><script src="_static/math.js"></script>'
+    )
     assert html.offline_problems(tmp_path) == ["_static/used.js: https://unpkg.com/x@1/x.js"]
     (tmp_path / "_static" / "used.js").write_text("// local only")
     assert html.offline_problems(tmp_path) == []
@@ -161,15 +193,20 @@ def test_book_extension_drops_remote_scripts_and_thebe_from_pages():
         ext = load("book_extension")
     finally:
         sys.path.remove(str(ROOT / "tools"))
-    kept = [_JavaScript("_static/doctools.js"), _JavaScript("mathjax/tex-chtml.js"),
-            _JavaScript(None, body="let toggleHintShow = 'Click to show';")]
+    kept = [
+        _JavaScript("_static/doctools.js"),
+        _JavaScript("mathjax/tex-chtml.js"),
+        _JavaScript(None, body="let toggleHintShow = 'Click to show';"),
+    ]
     scripts = kept + [
         _JavaScript("https://unpkg.com/thebe@0.8.2/lib/index.js"),
         _JavaScript(None, body='const THEBE_JS_URL = "https://unpkg.com/thebe@0.8.2/lib/index.js"'),
         _JavaScript("_static/sphinx-thebe.js"),
     ]
-    styles = [_CascadingStyleSheet("_static/pygments.css"),
-              _CascadingStyleSheet("//fonts.googleapis.com/css?family=Lato")]
+    styles = [
+        _CascadingStyleSheet("_static/pygments.css"),
+        _CascadingStyleSheet("//fonts.googleapis.com/css?family=Lato"),
+    ]
     context = {"script_files": scripts, "css_files": styles}
     ext.drop_remote_assets(None, "01-a", "page.html", context, None)
     assert context["script_files"] is scripts and scripts == kept
@@ -189,7 +226,9 @@ def test_browser_test_opens_the_built_page_with_the_most_formulas(tmp_path):
         bt.default_page(tmp_path)
     math = '<span class="math notranslate nohighlight">\\(x\\)</span>'
     (tmp_path / "01-a.html").write_text("<title>01. Symmetry</title>" + math)
-    (tmp_path / "02-b.html").write_text("<title>02. Convolution and shifts &#8212; Learning symmetry from data</title>" + 3 * math)
+    (tmp_path / "02-b.html").write_text(
+        "<title>02. Convolution and shifts &#8212; Learning symmetry from data</title>" + 3 * math
+    )
     (tmp_path / "03-c.html").write_text('<div class="mathematics">no formula</div>')
     (tmp_path / "search.html").write_text(9 * math)
     assert bt.default_page(tmp_path) == "02-b"
@@ -206,5 +245,8 @@ def test_course_html_and_browser_pass_every_argument_to_their_tool(monkeypatch):
     course.main(["html", "--full", "--chapters", "01", "05"])
     course.main(["browser", "--parts", "html"])
     course.main(["html"])
-    assert seen == [("html", ["--full", "--chapters", "01", "05"]),
-                    ("browser", ["--parts", "html"]), ("html", [])]
+    assert seen == [
+        ("html", ["--full", "--chapters", "01", "05"]),
+        ("browser", ["--parts", "html"]),
+        ("html", []),
+    ]
