@@ -3,10 +3,12 @@
 Every model is ``blocks`` (an ``nn.ModuleList`` of ``equilib.nn.SoftBlock``), a global pooling
 (max over space, and over the rotation axis for ``gconv-c4``; ``pool="mean"`` averages over
 space instead) and a small MLP ``head``.
-Blocks stride by ``(2, 2, 1, 1, ...)`` with shift-equivariant (polyphase) striding, biases start
-at zero and there is no BatchNorm. Because of the global spatial pooling, a model whose blocks are
-all equivariant to cyclic shifts is *invariant* to them (up to the polyphase phase), so a pure
-CONV model cannot tell in which quadrant a digit sits, while an FC path can encode position.
+Blocks stride by ``(2, 2, 1, 1, ...)`` with shift-equivariant (polyphase) striding, or with
+max pooling (``striding="max"``, equivariant to shifts by multiples of the total stride: what
+chapter 07's discovery runs use), biases start at zero and there is no BatchNorm. Because of the
+global spatial pooling, a model whose blocks are all equivariant to cyclic shifts is *invariant*
+to them (up to the polyphase phase), so a pure CONV model cannot tell in which quadrant a digit
+sits, while an FC path can encode position.
 
 Names (``MODEL_NAMES``) and the paths of each block:
 
