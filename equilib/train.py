@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 
 import torch
 from torch import nn
@@ -361,21 +362,12 @@ def fit(
     with :class:`TrainingDiverged`, naming the epoch and the tensor, before that epoch is
     recorded, checkpointed or passed to ``callback``.
     """
-    _check_fit_args(
-        objective=objective,
-        optimizer=optimizer,
-        schedule=schedule,
-        epochs=epochs,
-        lr=lr,
-        lr_min=lr_min,
-        marglik_every=marglik_every,
-        burn_in=burn_in,
-        hyper_steps=hyper_steps,
-        hyper_lr=hyper_lr,
-        checkpoint=checkpoint,
-        resume=resume,
-        curvature_batch_size=curvature_batch_size,
-    )
+    settings = dict(
+        objective=objective, epochs=epochs, lr=lr, lr_min=lr_min, schedule=schedule,
+        optimizer=optimizer, marglik_every=marglik_every, burn_in=burn_in,
+        hyper_steps=hyper_steps, hyper_lr=hyper_lr,
+    )  # fmt: skip
+    _check_fit_args(settings, checkpoint, resume, curvature_batch_size)
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
     named = trainable_parameters(model)
@@ -383,34 +375,11 @@ def fit(
         raise ValueError("the model has no trainable parameters")
     params = [p for _, p in named]
     n_data = count_examples(train_loader)
-    laplace = _default_laplace if laplace is None else laplace
-    curvature_loader = curvature_loader_for(train_loader, curvature_batch_size)
+    settings.update(params=[(n, list(p.shape)) for n, p in named], n_data=n_data, run_info=run_info)
     log_delta = expand_prior_precision(prior_precision, len(params)).log().to(device)
     log_delta.requires_grad_(objective == "marglik")
-    # the fused step updates every tensor in one kernel per tensor, several times faster than
-    # the default per-tensor loop on CPU (benchmarks/bench_train.py)
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    opt = (
-        torch.optim.Adam(params, lr=lr, fused=fused)
-        if optimizer == "adam"
-        else torch.optim.SGD(params, lr=lr, momentum=0.9)
-    )
+    opt = _optimizer(optimizer, params, lr)
     hyper_opt = torch.optim.Adam([log_delta], lr=hyper_lr) if objective == "marglik" else None
-    settings = {
-        "params": [(n, list(p.shape)) for n, p in named],
-        "objective": objective,
-        "epochs": epochs,
-        "lr": lr,
-        "lr_min": lr_min,
-        "schedule": schedule,
-        "optimizer": optimizer,
-        "marglik_every": marglik_every,
-        "burn_in": burn_in,
-        "hyper_steps": hyper_steps,
-        "hyper_lr": hyper_lr,
-        "n_data": n_data,
-        "run_info": run_info,
-    }
     if resume:
         history, start_epoch = _resume(
             checkpoint, settings, model, opt, log_delta, hyper_opt, train_loader
@@ -422,92 +391,58 @@ def fit(
             reparametrize(model)
     lr_at, step = _lr_schedule(train_loader, schedule, epochs, start_epoch, lr, lr_min)
     elapsed = history.seconds[-1] if history.seconds else 0.0
+    # the two steps of Algorithm 1, and the checkpoint, with everything fixed bound in
+    map_steps = partial(
+        _train_epoch, model, train_loader, opt, params, log_delta, n_data, lr=lr, lr_at=lr_at,
+        extra_loss=extra_loss, project=project, reparametrize=reparametrize,
+    )  # fmt: skip
+    curvature_loader = curvature_loader_for(train_loader, curvature_batch_size)
+    evidence_steps = partial(
+        _marglik_update, model, curvature_loader, log_delta, hyper_opt, hyper_steps, n_data,
+        _default_laplace if laplace is None else laplace,
+    )  # fmt: skip
+    save = partial(
+        write_checkpoint, checkpoint, settings=settings, model=model, optimizer=opt,
+        log_prior_precision=log_delta, hyper_optimizer=hyper_opt, loader=train_loader,
+    )  # fmt: skip
 
-    with _progress(
-        progress, epochs, start_epoch, objective, test_loader is not None, n_data
-    ) as advance:
+    has_test = test_loader is not None
+    with _progress(progress, epochs, start_epoch, objective, has_test, n_data) as advance:
         for epoch in range(start_epoch + 1, epochs + 1):
             t0 = time.perf_counter()
             # MAP steps: one pass over the data with the prior precisions held fixed
-            stats, t_train = _timed(
-                device,
-                _train_epoch,
-                model,
-                train_loader,
-                opt,
-                params,
-                log_delta,
-                n_data,
-                epoch,
-                step,
-                lr,
-                lr_at,
-                extra_loss,
-                project,
-                reparametrize,
-            )
+            stats, t_train = _timed(device, map_steps, epoch, step)
             step = stats.step
             _check_finite_state(epoch, stats.loss_sum, named)
             # every marglik_every epochs after the burn-in, and after the last epoch (also when
             # the run ends before the burn-in does): refit the curvature, then the hyper-steps
-            log_ml, t_hyper = float("nan"), 0.0
-            if objective == "marglik" and (
-                epoch == epochs or (epoch > burn_in and (epoch - burn_in) % marglik_every == 0)
-            ):
-                log_ml, t_hyper = _timed(
-                    device,
-                    _marglik_update,
-                    model,
-                    curvature_loader,
-                    log_delta,
-                    hyper_opt,
-                    hyper_steps,
-                    n_data,
-                    laplace,
-                )
+            log_ml, t_hyper = math.nan, 0.0
+            if objective == "marglik" and _refit_after(epoch, epochs, burn_in, marglik_every):
+                log_ml, t_hyper = _timed(device, evidence_steps)
                 _check_finite_state(epoch, stats.loss_sum, named, log_delta.detach(), log_ml)
-            test_acc = (
-                evaluate(model, test_loader, device)[1] if test_loader is not None else float("nan")
-            )
+            test_acc = evaluate(model, test_loader, device)[1] if has_test else math.nan
             elapsed += time.perf_counter() - t0
             _record_epoch(
                 history, epoch, stats, test_acc, log_ml, log_delta, elapsed, t_train, t_hyper
             )
             if checkpoint is not None:
-                write_checkpoint(
-                    checkpoint,
-                    settings=settings,
-                    epoch=epoch,
-                    model=model,
-                    optimizer=opt,
-                    log_prior_precision=log_delta,
-                    hyper_optimizer=hyper_opt,
-                    history=history.to_dict(),
-                    loader=train_loader,
-                )
+                save(epoch=epoch, history=history.to_dict())
             advance(history)
             if callback is not None:
                 callback(epoch, history, model)
     return history
 
 
-def _check_fit_args(
-    *,
-    objective,
-    optimizer,
-    schedule,
-    epochs,
-    lr,
-    lr_min,
-    marglik_every,
-    burn_in,
-    hyper_steps,
-    hyper_lr,
-    checkpoint,
-    resume,
-    curvature_batch_size,
-) -> None:
+def _check_fit_args(settings: dict, checkpoint, resume, curvature_batch_size) -> None:
     """Refuse :func:`fit` arguments outside their range, naming the argument and what it got."""
+    objective, optimizer, schedule = (
+        settings["objective"],
+        settings["optimizer"],
+        settings["schedule"],
+    )
+    epochs, lr, lr_min, hyper_lr = (settings[k] for k in ("epochs", "lr", "lr_min", "hyper_lr"))
+    marglik_every, burn_in = settings["marglik_every"], settings["burn_in"]
+    hyper_steps = settings["hyper_steps"]
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVES)}")
     if optimizer not in OPTIMIZERS:
@@ -533,6 +468,21 @@ def _check_fit_args(
         raise ValueError(
             f"curvature_batch_size must be a positive int or None, got {curvature_batch_size!r}"
         )
+
+
+def _refit_after(epoch: int, epochs: int, burn_in: int, every: int) -> bool:
+    """Whether the evidence steps follow epoch ``epoch`` (1-based): every ``every`` epochs after
+    the burn-in, and after the last epoch."""
+    return epoch == epochs or (epoch > burn_in and (epoch - burn_in) % every == 0)
+
+
+def _optimizer(name: str, params: list, lr: float) -> torch.optim.Optimizer:
+    """Adam (fused: one kernel per tensor, several times faster than the per-tensor loop on CPU,
+    benchmarks/bench_train.py) or SGD with momentum 0.9."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused)
 
 
 def _is_int(value) -> bool:
