@@ -367,7 +367,9 @@ def fit(
         optimizer=optimizer, marglik_every=marglik_every, burn_in=burn_in,
         hyper_steps=hyper_steps, hyper_lr=hyper_lr,
     )  # fmt: skip
-    _check_fit_args(settings, checkpoint, resume, curvature_batch_size)
+    _check_fit_args(
+        **settings, checkpoint=checkpoint, resume=resume, curvature_batch_size=curvature_batch_size
+    )
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
     named = trainable_parameters(model)
@@ -433,16 +435,11 @@ def fit(
     return history
 
 
-def _check_fit_args(settings: dict, checkpoint, resume, curvature_batch_size) -> None:
+def _check_fit_args(
+    *, objective, optimizer, schedule, epochs, lr, lr_min, marglik_every, burn_in, hyper_steps,
+    hyper_lr, checkpoint, resume, curvature_batch_size,
+) -> None:  # fmt: skip
     """Refuse :func:`fit` arguments outside their range, naming the argument and what it got."""
-    objective, optimizer, schedule = (
-        settings["objective"],
-        settings["optimizer"],
-        settings["schedule"],
-    )
-    epochs, lr, lr_min, hyper_lr = (settings[k] for k in ("epochs", "lr", "lr_min", "hyper_lr"))
-    marglik_every, burn_in = settings["marglik_every"], settings["burn_in"]
-    hyper_steps = settings["hyper_steps"]
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVES)}")
     if optimizer not in OPTIMIZERS:
