@@ -522,11 +522,11 @@ def cache_entry(config: Config) -> dict:
     return with_code(_config_key(config), CODE_FILES)
 
 
-def _run_entry(entry: dict) -> dict:
+def _run_entry(entry: dict, device=None) -> dict:
     """Run the configuration of a cache entry (less ``code``), keeping the weights (a worker
     process's job)."""
     config = Config(**{k: v for k, v in entry.items() if k != "code"})
-    return run(config, progress=False, keep_model=True)
+    return run(config, device=device, progress=False, keep_model=True)
 
 
 def run_cached(
@@ -551,9 +551,11 @@ def run_many(
 ) -> dict:
     """``{key: result}`` for ``{key: Config}``: cached runs loaded, the others trained.
 
-    On the CPU the missing runs train side by side in ``workers`` processes (default: up to
-    two, one PyTorch thread each; ``EQUILIB_WORKERS`` overrides), printing what starts and
-    finishes; on a GPU they run here, one after the other.
+    The missing runs train side by side in ``workers`` processes, printing what starts and
+    finishes: on the CPU, one PyTorch thread each, by default up to two; on a GPU, every
+    process on that device, by default up to four (one of these small models keeps a GPU
+    mostly idle, waiting for the Python that launches its kernels). ``EQUILIB_WORKERS``
+    overrides the default; with one worker the runs go one after the other in this process.
     """
     import os
 
@@ -561,8 +563,10 @@ def run_many(
 
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if workers is None:
-        workers = int(os.environ.get("EQUILIB_WORKERS", min(2, os.cpu_count() or 1)))
-    if dev.type != "cpu" or workers == 1:
+        cores = os.cpu_count() or 1
+        default = min(2, cores) if dev.type == "cpu" else min(4, cores)
+        workers = int(os.environ.get("EQUILIB_WORKERS", default))
+    if workers == 1:
         out = {}
         for key, config in configs.items():
             if progress:
@@ -578,7 +582,13 @@ def run_many(
         for key in configs
     }
     jobs = {
-        names[key]: Job("discover", _config_key(c), _run_entry, code=CODE_FILES)
+        names[key]: Job(
+            "discover",
+            _config_key(c),
+            _run_entry,
+            code=CODE_FILES,
+            device=None if dev.type == "cpu" else str(dev),
+        )
         for key, c in configs.items()
     }
     done = run_jobs(jobs, workers=workers, progress=progress)

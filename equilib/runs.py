@@ -79,12 +79,15 @@ RUN_CODE = (
 @dataclass(frozen=True)
 class Job:
     """One cached run: ``fn(config)`` computes it; ``name`` and :attr:`key` (``config`` plus
-    the fingerprint of the library files ``code``) are its cache entry."""
+    the fingerprint of the library files ``code``) are its cache entry. With a ``device``
+    (``"cuda"``, say), ``fn(config, device=device)`` computes it there; the device is not part
+    of the key, since the same configuration gives the same run on any device up to rounding."""
 
     name: str
     config: dict = field(hash=False)
-    fn: Callable[[dict], object] = field(hash=False)
+    fn: Callable[..., object] = field(hash=False)
     code: tuple[str, ...] = field(default=RUN_CODE, hash=False)
+    device: str | None = field(default=None, hash=False)
 
     @property
     def key(self) -> dict:
@@ -104,6 +107,18 @@ class Job:
         if isinstance(self.code, str) or not all(isinstance(f, str) for f in self.code):
             raise TypeError(f"a job's code must be a sequence of file names, got {self.code!r}")
         object.__setattr__(self, "code", tuple(self.code))
+        if self.device is not None:
+            if not isinstance(self.device, (str, torch.device)):
+                raise TypeError(
+                    f"a job's device must be a string such as 'cuda', got {self.device!r}"
+                )
+            object.__setattr__(self, "device", str(torch.device(self.device)))
+
+    def compute(self):
+        """Run ``fn`` (on :attr:`device` if one is set)."""
+        if self.device is None:
+            return self.fn(self.config)
+        return self.fn(self.config, device=self.device)
 
 
 def _is_cached(job: Job) -> bool:
@@ -117,7 +132,7 @@ def _init_worker() -> None:
 def _run_one(job: Job):
     """``(result, wall seconds, CPU seconds of this process)`` of one job."""
     start, cpu = time.time(), time.process_time()
-    result = cached(job.name, job.key, lambda: job.fn(job.config))
+    result = cached(job.name, job.key, job.compute)
     return result, time.time() - start, time.process_time() - cpu
 
 
@@ -144,7 +159,7 @@ def run_jobs(jobs: Mapping[str, Job], workers: int = 2, progress: bool = True) -
     todo = []
     for key, job in jobs.items():
         if _is_cached(job):
-            results[key] = cached(job.name, job.key, lambda job=job: job.fn(job.config))
+            results[key] = cached(job.name, job.key, job.compute)
             say(f"  {key}: loaded from the cache")
         else:
             todo.append(key)

@@ -110,3 +110,21 @@ def test_marglik_training_run_agrees_with_cpu():
     torch.testing.assert_close(
         torch.tensor(h_gpu.log_marglik), torch.tensor(h_cpu.log_marglik), rtol=1e-8, atol=1e-8
     )
+
+
+def test_run_many_trains_its_runs_side_by_side_on_the_gpu(tmp_path, monkeypatch):
+    """Worker processes train on the GPU: the results match a CPU run of the same settings."""
+    from equilib import discover
+
+    monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path))
+    configs = {
+        objective: discover.default_config(
+            True, model="f-fc+conv", objective=objective, epochs=8, n_train=400, n_test=200
+        )
+        for objective in ("map", "marglik")
+    }
+    on_gpu = discover.run_many(configs, device="cuda", workers=2, progress=False)
+    for objective, config in configs.items():
+        on_cpu = discover.run(config, progress=False)
+        assert on_gpu[objective]["test_accuracy"] > 0.6, "8 epochs reach well above chance"
+        assert abs(on_gpu[objective]["test_accuracy"] - on_cpu["test_accuracy"]) <= 0.03

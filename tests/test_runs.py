@@ -27,6 +27,27 @@ def test_jobs_run_in_worker_processes_once_then_load_from_the_cache(tmp_path, mo
     assert capsys.readouterr().out.count("loaded from the cache") == 2
 
 
+def _where(config, device=None):
+    """A job that says on which device it was asked to run."""
+    return {"x": config["x"], "device": device, "pid": os.getpid()}
+
+
+def test_a_job_with_a_device_runs_there_in_its_worker_and_is_keyed_without_it(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path))
+    on_cpu = {f"x={x}": runs.Job("where", {"x": x}, _where, device="cpu") for x in (1, 2)}
+    assert on_cpu["x=1"].key == runs.Job("where", {"x": 1}, _where).key
+    out = runs.run_jobs(on_cpu, workers=2, progress=False)
+    assert [r["device"] for r in out.values()] == ["cpu", "cpu"]
+    assert all(r["pid"] != os.getpid() for r in out.values())
+    # the same configuration without a device is the same cache entry: loaded, not rerun
+    plain = {k: runs.Job("where", {"x": j.config["x"]}, _where) for k, j in on_cpu.items()}
+    assert runs.run_jobs(plain, workers=2, progress=False) == out
+    with pytest.raises(TypeError, match="device must be a string"):
+        runs.Job("where", {"x": 1}, _where, device=0)
+
+
 def test_a_single_missing_job_runs_here(tmp_path, monkeypatch):
     monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path))
     out = runs.run_jobs({"a": runs.Job("square", {"x": 5}, _square)}, workers=2, progress=False)
