@@ -143,3 +143,26 @@ def test_build_trained_rebuilds_the_model_each_training_function_builds():
         if kind == "augerino":  # samples transformations: compare the network behind it
             trained, again = trained.model, again.model
         torch.testing.assert_close(again(x), trained(x))
+
+
+def test_run_many_starts_the_longest_runs_first_and_answers_in_the_callers_order(monkeypatch):
+    from equilib import discover
+
+    configs = {
+        (model, objective): discover.default_config(True, model=model, objective=objective)
+        for model in ("conv", "fc", "f-fc+conv")
+        for objective in ("map", "marglik")
+    }
+    submitted = []
+
+    def fake_run_jobs(jobs, workers, progress):
+        submitted.extend(jobs)
+        return {name: {"name": name} for name in jobs}
+
+    monkeypatch.setattr(runs, "run_jobs", fake_run_jobs)
+    out = discover.run_many(configs, workers=2, progress=False)
+    assert list(out) == list(configs), "results in the order of the configurations"
+    assert [r["name"] for r in out.values()] == [" ".join(k) for k in configs]
+    costs = [discover.expected_cost(configs[tuple(name.split())]) for name in submitted]
+    assert costs == sorted(costs, reverse=True)
+    assert submitted[:3] == ["fc marglik", "f-fc+conv marglik", "conv marglik"]
