@@ -360,12 +360,14 @@ def cmd_discover(args) -> int:
         f"test accuracy {_fmt(100 * result['test_accuracy'], '.1f')}%  ({result['seconds']:.1f} s)"
     )
     ratios = precision_ratios(result["layers"])
-    for layer, r in zip(result["layers"], ratios):
+    outputs = precision_ratios(result["layers"], key="output_precision")
+    for layer, r, o in zip(result["layers"], ratios, outputs):
         parts = ", ".join(
             f"{p}: precision {_fmt(v['prior_precision'])}, |w| {_fmt(v['weight_norm'])}"
             for p, v in layer["paths"].items()
         )
-        extra = "" if r is None else f"  (fc/conv precision ratio {r:.3g})"
+        extra = "" if r is None else f"  (fc/conv precision ratio {r:.3g}"
+        extra += "" if r is None else ")" if o is None else f", of the outputs {o:.3g})"
         print(f"{layer['name']}: {parts}{extra}")
     print(f"wrote {out / 'result.json'} and {out / 'structure.png'}")
     return 0

@@ -31,6 +31,7 @@ from equilib.data.tasks import SOURCES, TASKS, make_task, n_classes
 from equilib.laplace import KronLaplace
 from equilib.laplace.curvature import HESSIANS
 from equilib.nn.conv import STRIDINGS
+from equilib.nn.linear import ImageLinear
 from equilib.train import OBJECTIVES, History, evaluate, fit, trainable_parameters
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
     "make_loaders",
     "layer_structure",
     "precision_ratios",
+    "output_precisions",
+    "probe_inputs",
     "run",
     "run_cached",
     "compare",
@@ -257,6 +260,16 @@ def _path_of(name: str):
     return path_of(name)
 
 
+def _per_tensor(prior_precision, n_tensors: int) -> list[float]:
+    """A scalar or one precision per trainable tensor, as a list of ``n_tensors`` floats."""
+    delta = torch.as_tensor(prior_precision, dtype=torch.float64).flatten().tolist()
+    if len(delta) == 1:
+        delta = delta * n_tensors
+    if len(delta) != n_tensors:
+        raise ValueError(f"need {n_tensors} prior precisions (one per tensor), got {len(delta)}")
+    return delta
+
+
 def layer_structure(model: nn.Module, prior_precision, factor_scale: str = "both") -> list[dict]:
     """Per block, per path: prior precision (harmonic mean over weight tensors) and weight norm.
 
@@ -271,11 +284,7 @@ def layer_structure(model: nn.Module, prior_precision, factor_scale: str = "both
     if factor_scale not in FACTOR_SCALES:
         raise ValueError(f"factor_scale must be one of {list(FACTOR_SCALES)}, got {factor_scale!r}")
     named = trainable_parameters(model)
-    delta = torch.as_tensor(prior_precision, dtype=torch.float64).flatten().tolist()
-    if len(delta) == 1:
-        delta = delta * len(named)
-    if len(delta) != len(named):
-        raise ValueError(f"need {len(named)} prior precisions (one per tensor), got {len(delta)}")
+    delta = _per_tensor(prior_precision, len(named))
     acc: dict[tuple[int, str], list[float]] = {}
     for (name, p), d in zip(named, delta):
         where = _path_of(name)
@@ -322,12 +331,118 @@ def effective_dimensions(model: nn.Module, loader, prior_precision) -> list[dict
     return out
 
 
-def precision_ratios(layers: list[dict], a: str = "fc", b: str = "conv") -> list[float | None]:
-    """Per block, ``prior_precision[a] / prior_precision[b]`` (None where a block lacks a path)."""
+def precision_ratios(
+    layers: list[dict], a: str = "fc", b: str = "conv", key: str = "prior_precision"
+) -> list[float | None]:
+    """Per block, ``key[a] / key[b]`` (None where a block lacks a path or the value).
+
+    ``key``: ``"prior_precision"`` (the weights' precisions) or ``"output_precision"`` (the
+    precisions of the paths' outputs, see :func:`output_precisions`).
+    """
     out = []
     for layer in layers:
         p = layer["paths"]
-        out.append(p[a]["prior_precision"] / p[b]["prior_precision"] if a in p and b in p else None)
+        ok = a in p and b in p and p[a].get(key) is not None and p[b].get(key) is not None
+        out.append(p[a][key] / p[b][key] if ok else None)
+    return out
+
+
+def _counted_weights(path: nn.Module, factor_scale: str) -> list[str]:
+    """The weight tensors of a path that :func:`layer_structure` summarises (biases left out,
+    and a factored path's unit-norm U when its scale lives in V)."""
+    return [
+        n
+        for n, _ in path.named_parameters()
+        if n.endswith("weight") and not (factor_scale == "v" and n.split(".")[-2:-1] == ["u"])
+    ]
+
+
+def _output_entry(var: float, o: torch.Tensor) -> dict:
+    return {
+        "output_precision": 1.0 / var if var > 0 else math.inf,
+        "output_rms": float(o.double().pow(2).mean().sqrt()),
+    }
+
+
+def output_precisions(
+    model: nn.Module,
+    x: torch.Tensor,
+    prior_precision,
+    factor_scale: str = "both",
+    *,
+    probes: int = 8,
+    seed: int = 0,
+    chunk: int = 16,
+) -> list[dict]:
+    """Per block, per path: the precision the prior gives the path's output, and its size.
+
+    A weight's prior precision means little on its own: how much a weight moves the output
+    depends on how the path is parametrised. A factored path ``W = V * U`` computes the same
+    function with ``U`` scaled by ``r`` and ``V`` by ``1 / r``, and ``V``'s precision then
+    scales by ``r^2``; a conv kernel entry multiplies one pixel, a row of ``V`` a projection of
+    the whole image. The prior variance of the path's *output* does not depend on such choices:
+    with the output ``o`` linear in each weight tensor ``theta_l`` (prior ``N(0, 1 / delta_l)``),
+    it is ``sum_l |d o_k / d theta_l|^2 / delta_l`` (the linearised prior, summed over the
+    tensors :func:`layer_structure` summarises), averaged over the outputs ``k`` of the path and
+    over the inputs ``x: (B, C, H, W)``. ``output_precision`` is the inverse of that average: a
+    path with a large one is held near zero by the prior, whatever its parametrisation.
+    ``output_rms`` is the root mean square of the path's output on ``x`` at the current weights
+    (what it does contribute). Each block reads the previous block's output on ``x``.
+
+    The squared Jacobian norms are estimated per input with ``probes`` random sign vectors
+    (``E |J^T v|^2 = |J|_F^2``, seeded by ``seed``; ``chunk`` inputs at a time), except for a
+    dense FC path (``ImageLinear``), where every output's gradient is the input itself. Returns
+    ``[{"name": "block0", "paths": {"fc": {"output_precision", "output_rms"}, ...}}, ...]``.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    if factor_scale not in FACTOR_SCALES:
+        raise ValueError(f"factor_scale must be one of {list(FACTOR_SCALES)}, got {factor_scale!r}")
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+        raise ValueError(f"probes must be a positive int, got {probes!r}")
+    named = trainable_parameters(model)
+    delta = _per_tensor(prior_precision, len(named))
+    delta_of = {name: d for (name, _), d in zip(named, delta)}
+    first = next(model.parameters())
+    h = x.to(device=first.device, dtype=first.dtype)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for b, block in enumerate(model.blocks):
+        paths = {}
+        for pname, path in block.paths.items():
+            counted = [
+                n
+                for n in _counted_weights(path, factor_scale)
+                if f"blocks.{b}.paths.{pname}.{n}" in delta_of
+            ]
+            with torch.no_grad():
+                o = path(h)
+            if isinstance(path, ImageLinear):
+                # every output reads the whole input: |d o_k / d W|^2 = |x|^2, exactly
+                sq = {"linear.weight": float(h.double().flatten(1).pow(2).sum(1).mean())}
+                var = sum(sq[n] / delta_of[f"blocks.{b}.paths.{pname}.{n}"] for n in counted)
+                paths[pname] = _output_entry(var, o)
+                continue
+            params = {n: p.detach() for n, p in path.named_parameters()}
+            buffers = dict(path.named_buffers())
+
+            def dot(weights, xi, v, path=path, params=params, buffers=buffers):
+                o = functional_call(path, ({**params, **weights}, buffers), (xi[None],))
+                return (o[0] * v).sum()
+
+            per_input = vmap(grad(dot), in_dims=(None, 0, 0), chunk_size=chunk)
+            var = 0.0
+            for _ in range(probes):
+                v = (torch.randint(0, 2, o.shape, generator=gen) * 2 - 1).to(o)
+                g = per_input({n: params[n] for n in counted}, h, v)
+                var += sum(
+                    float(g[n].double().pow(2).sum()) / delta_of[f"blocks.{b}.paths.{pname}.{n}"]
+                    for n in counted
+                )
+            paths[pname] = _output_entry(var / (probes * o.numel()), o)
+        out.append({"name": f"block{b}", "paths": paths})
+        with torch.no_grad():
+            h = block(h)
     return out
 
 
@@ -391,6 +506,20 @@ def _resumed_layers_history(
     return saved
 
 
+def probe_inputs(X: torch.Tensor, seed: int, n: int = 128) -> torch.Tensor:
+    """The ``n`` training inputs on which :func:`run` measures the paths' outputs (seeded)."""
+    gen = torch.Generator().manual_seed(seed)
+    return X[torch.randperm(len(X), generator=gen)[:n]]
+
+
+def _with_outputs(layers: list[dict], outputs: list[dict]) -> list[dict]:
+    """:func:`layer_structure`'s entries with :func:`output_precisions`' merged in, per path."""
+    for layer, extra in zip(layers, outputs):
+        for name, values in extra["paths"].items():
+            layer["paths"].setdefault(name, {}).update(values)
+    return layers
+
+
 def run(
     config: Config,
     *,
@@ -405,7 +534,9 @@ def run(
 
     Returns a JSON-ready dict: ``task``, ``model``, ``objective``, ``test_accuracy``,
     ``train_accuracy``, ``log_marglik`` (final, None for MAP), ``seconds``, ``layers`` (see
-    :func:`layer_structure`), ``layers_history`` (the same per epoch), ``history``
+    :func:`layer_structure`; each path also has the ``output_precision`` and ``output_rms`` of
+    :func:`output_precisions` on :func:`probe_inputs`), ``layers_history`` (the structure of
+    :func:`layer_structure` per epoch), ``history``
     (:class:`equilib.train.History` as lists) and ``config``; plus ``state_dict`` (CPU tensors,
     not JSON) if ``keep_model``. With a ``checkpoint``, the per-epoch layer structure is also
     written beside it (:func:`layers_history_path`), so that a resumed run reports every epoch.
@@ -417,10 +548,10 @@ def run(
     in_shape = train_loader.dataset.tensors[0].shape[1:]
     model = build_model(config, in_shape)
     if config.init == "lsuv":
-        gen = torch.Generator().manual_seed(config.seed)
-        X = train_loader.dataset.tensors[0]
         zoo.init_from_data(
-            model, X[torch.randperm(len(X), generator=gen)[:256]], path_std={"fc": config.fc_scale}
+            model,
+            probe_inputs(train_loader.dataset.tensors[0], config.seed, 256),
+            path_std={"fc": config.fc_scale},
         )
     unit_rows = config.factor_scale == "v"
     if unit_rows:
@@ -486,7 +617,15 @@ def run(
         "update_seconds": _mean([t for t in history.update_seconds if t > 0]),
         "n_params": sum(p.numel() for p in model.parameters()),
         "in_shape": list(in_shape),
-        "layers": layer_structure(model, history.prior_precision[-1], config.factor_scale),
+        "layers": _with_outputs(
+            layer_structure(model, history.prior_precision[-1], config.factor_scale),
+            output_precisions(
+                model,
+                probe_inputs(train_loader.dataset.tensors[0], config.seed),
+                history.prior_precision[-1],
+                config.factor_scale,
+            ),
+        ),
         "layers_history": layers_history,
         "history": history.to_dict(),
         "config": config.to_dict(),
@@ -665,19 +804,24 @@ def compare(
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The compare table as Markdown: accuracy, log evidence, per-block fc/conv precision ratio, time."""
+    """The compare table as Markdown: accuracy, log evidence, per-block fc/conv ratios of the
+    weights' and of the outputs' prior precisions (see :func:`output_precisions`), time."""
     lines = [
         "| task | model | objective | test acc. | log p(D)/N | prior prec. fc/conv per block "
-        "| seconds |",
-        "| --- | --- | --- | ---: | ---: | --- | ---: |",
+        "| output prec. fc/conv per block | seconds |",
+        "| --- | --- | --- | ---: | ---: | --- | --- | ---: |",
     ]
     for r in rows:
-        ratios = precision_ratios(r["layers"])
-        ratio = ", ".join("-" if v is None else f"{v:.3g}" for v in ratios)
+        ratio, output = (
+            ", ".join(
+                "-" if v is None else f"{v:.3g}" for v in precision_ratios(r["layers"], key=k)
+            )
+            for k in ("prior_precision", "output_precision")
+        )
         n = r["config"]["n_train"]
         ml = "-" if r.get("log_marglik") is None else f"{r['log_marglik'] / n:.3f}"
         lines.append(
             f"| {r['task']} | {r['model']} | {r['objective']} | "
-            f"{100 * r['test_accuracy']:.1f}% | {ml} | {ratio} | {r['seconds']:.1f} |"
+            f"{100 * r['test_accuracy']:.1f}% | {ml} | {ratio} | {output} | {r['seconds']:.1f} |"
         )
     return "\n".join(lines)

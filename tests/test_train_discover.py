@@ -253,6 +253,87 @@ def test_factored_training_loss_falls_and_flattens():
     # handing the norm to V after every step, this run's loss rose from epoch 3 to 5800
     assert all(b <= a * 1.02 for a, b in zip(loss, loss[1:])), loss
     assert loss[-1] < 0.5 * loss[0], loss
+    # the result measures every path's output at the trained weights
+    for layer in res["layers"]:
+        for path in ("fc", "conv"):
+            v = layer["paths"][path]
+            assert 0 < v["output_precision"] < math.inf and v["output_rms"] > 0, (layer, path)
+    assert all(r > 0 for r in discover.precision_ratios(res["layers"], key="output_precision"))
+
+
+def _exact_output_variances(model, x, delta, factor_scale):
+    """Per block, per path: sum_l mean_k |d o_k / d theta_l|^2 / delta_l from full Jacobians."""
+    names = [n for n, _ in model.named_parameters()]
+    out, h = [], x
+    for b, block in enumerate(model.blocks):
+        row = {}
+        for pname, path in block.paths.items():
+            total = 0.0
+            for n, p in path.named_parameters():
+                if not n.endswith("weight") or (factor_scale == "v" and n == "u.weight"):
+                    continue
+                full = f"blocks.{b}.paths.{pname}.{n}"
+
+                def f(w, n=n, path=path, h=h):
+                    return torch.func.functional_call(path, {n: w}, (h,))
+
+                jac = torch.autograd.functional.jacobian(f, p.detach().clone())
+                n_out = path(h).numel()
+                total += float(jac.double().pow(2).sum()) / n_out / float(delta[names.index(full)])
+            row[pname] = total
+        out.append(row)
+        with torch.no_grad():
+            h = block(h)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "factor_scale"), [("f-fc+conv", "v"), ("f-fc+conv", "both"), ("fc+conv", "both")]
+)
+def test_output_precision_is_the_inverse_prior_variance_of_each_paths_output(name, factor_scale):
+    torch.manual_seed(0)
+    m = build(name, in_shape=(1, 8, 8), n_classes=10, width=2)
+    x = torch.randn(12, 1, 8, 8)
+    delta = torch.linspace(0.5, 4.0, len(list(m.parameters())), dtype=torch.float64)
+    got = discover.output_precisions(m, x, delta, factor_scale, probes=400)
+    exact = _exact_output_variances(m, x, delta, factor_scale)
+    for layer, want in zip(got, exact):
+        assert set(layer["paths"]) == set(want)
+        for path, var in want.items():
+            assert layer["paths"][path]["output_precision"] == pytest.approx(1 / var, rel=0.04)
+    with torch.no_grad():
+        rms = float(m.blocks[0].paths["conv"](x).pow(2).mean().sqrt())
+    assert got[0]["paths"]["conv"]["output_rms"] == pytest.approx(rms)
+    with pytest.raises(ValueError, match="probes"):
+        discover.output_precisions(m, x, delta, probes=0)
+
+
+def test_output_precision_does_not_depend_on_how_a_factored_path_splits_its_scale():
+    """U's rows scaled by r and V by 1 / r give the same function; the precision on V that
+    gives V the same prior in function space is r^2 times larger, and the output precision
+    sees the same prior, while the ratio of the weights' precisions moves by r^2."""
+    torch.manual_seed(0)
+    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=10, width=2)
+    x = torch.randn(8, 1, 8, 8)
+    names = [n for n, _ in m.named_parameters()]
+    before = discover.output_precisions(m, x, 1.0, "v", probes=4, seed=3)
+    r = 3.0
+    with torch.no_grad():
+        for path in discover.zoo.factored_paths(m):
+            path.u.weight.mul_(r)
+            path.v.weight.div_(r)
+    delta = torch.tensor([r**2 if n.endswith(".v.weight") else 1.0 for n in names])
+    after = discover.output_precisions(m, x, delta, "v", probes=4, seed=3)
+    for a, b in zip(before, after):
+        for path in a["paths"]:
+            assert b["paths"][path]["output_precision"] == pytest.approx(
+                a["paths"][path]["output_precision"], rel=1e-5
+            )
+            assert b["paths"][path]["output_rms"] == pytest.approx(
+                a["paths"][path]["output_rms"], rel=1e-5
+            )
+    raw = discover.precision_ratios(discover.layer_structure(m, delta, "v"))
+    assert raw == pytest.approx([r**2] * 3)
 
 
 def test_layer_structure_with_the_scale_in_v_summarises_v_alone():
@@ -306,8 +387,14 @@ def test_run_many_in_worker_processes_equals_runs_here(tmp_path, monkeypatch):
     }
     parallel = discover.run_many(configs, workers=2, progress=False)
     monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path / "here"))
-    for s, config in configs.items():
-        here = discover.run_cached(config, progress=False)
+    # each worker trains on one thread; bit-for-bit equality needs the same thread count here
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here_runs = {s: discover.run_cached(c, progress=False) for s, c in configs.items()}
+    finally:
+        torch.set_num_threads(threads)
+    for s, here in here_runs.items():
         assert here["test_accuracy"] == parallel[s]["test_accuracy"]
         assert here["history"]["prior_precision"] == parallel[s]["history"]["prior_precision"]
         for k, v in here["state_dict"].items():
