@@ -372,7 +372,7 @@ def output_precisions(
     *,
     probes: int = 8,
     seed: int = 0,
-    chunk: int = 16,
+    chunk: int = 64,
 ) -> list[dict]:
     """Per block, per path: the precision the prior gives the path's output, and its size.
 
