@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -100,6 +101,28 @@ def test_structure_arrays_and_over_epochs():
     np.testing.assert_allclose(over["fc"][1], [100.0, 1.0])
     e, v = vp.evidence_curve(r)
     assert e.tolist() == [2] and v.tolist() == [-2.0]
+
+
+def test_output_ratio_array_and_its_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = _fake_result()
+    with_outputs = copy.deepcopy(r)
+    for layer, (fc, conv) in zip(with_outputs["layers"], ((8.0, 2.0), (1.0, 4.0))):
+        layer["paths"]["fc"]["output_precision"] = fc
+        layer["paths"]["conv"]["output_precision"] = conv
+    arr = vp.output_ratio_array([with_outputs, r])
+    np.testing.assert_allclose(arr[0], [4.0, 0.25])
+    assert np.isnan(arr[1]).all()  # a result from before the output precisions: no ratio
+    fig = vp.plot_output_ratios({"a": [with_outputs, with_outputs], "b": [with_outputs]})
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "output precision fc / conv"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["block 0", "block 1"]
+    plt.close(fig)
 
 
 def test_markdown_table_has_one_row_per_result():

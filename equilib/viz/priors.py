@@ -20,6 +20,8 @@ __all__ = [
     "plot_precision_history",
     "plot_evidence",
     "plot_losses",
+    "output_ratio_array",
+    "plot_output_ratios",
 ]
 
 PATH_COLOURS = {"fc": "tab:orange", "conv": "tab:blue", "gconv": "tab:green"}
@@ -208,4 +210,56 @@ def plot_evidence(result: dict, ax=None):
     ax2.plot(h["epoch"], h["test_acc"], color="tab:red", alpha=0.7, label="test accuracy")
     ax2.set_ylabel("test accuracy", color="tab:red")
     ax.set_title(_title(result), fontsize=9)
+    return ax.figure
+
+
+def output_ratio_array(results: list[dict], a: str = "fc", b: str = "conv") -> np.ndarray:
+    """``(runs, blocks)``: per run and block, the ratio of path ``a``'s output precision to path
+    ``b``'s (``equilib.discover.output_precisions``); NaN where a block or run lacks it."""
+    from equilib.discover import precision_ratios
+
+    rows = [precision_ratios(r["layers"], a, b, key="output_precision") for r in results]
+    n = max((len(row) for row in rows), default=0)
+    out = np.full((len(rows), n), np.nan)
+    for i, row in enumerate(rows):
+        for j, v in enumerate(row):
+            if v is not None:
+                out[i, j] = v
+    return out
+
+
+def plot_output_ratios(groups: dict, ax=None, a: str = "fc", b: str = "conv"):
+    """Per block, the fc/conv ratio of the paths' output precisions, one marker per run.
+
+    ``groups``: ``{label: [result, ...]}`` (for example one label per task and objective, one
+    result per seed). Log scale, with the line where both paths have the same prior output
+    variance: above it the prior holds path ``a`` nearer to zero than path ``b``. Returns the
+    matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    width = 0.7 / max(len(groups), 1)
+    n_blocks = 0
+    for g, (label, results) in enumerate(groups.items()):
+        arr = output_ratio_array(results, a, b)
+        n_blocks = max(n_blocks, arr.shape[1])
+        x = np.arange(arr.shape[1]) + (g - (len(groups) - 1) / 2) * width
+        for i, row in enumerate(arr):
+            ax.plot(x, row, "o", color=f"C{g}", alpha=0.8, label=label if i == 0 else None)
+    ax.axhline(1.0, color="0.4", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.set_xticks(range(n_blocks), [f"block {i}" for i in range(n_blocks)])
+    ax.set_ylabel(f"output precision {a} / {b}")
+    ax.text(
+        0.005,
+        1.0,
+        f" above: {a} held nearer zero than {b}",
+        transform=ax.get_yaxis_transform(),
+        va="bottom",
+        fontsize=7,
+        color="0.3",
+    )
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax.figure
