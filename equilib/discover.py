@@ -400,6 +400,9 @@ def output_precisions(
         raise ValueError(f"factor_scale must be one of {list(FACTOR_SCALES)}, got {factor_scale!r}")
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes must be a positive int, got {probes!r}")
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or len(x) == 0:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a non-empty batch of images (B, C, H, W), got {got}")
     named = trainable_parameters(model)
     delta = _per_tensor(prior_precision, len(named))
     delta_of = {name: d for (name, _), d in zip(named, delta)}

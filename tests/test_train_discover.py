@@ -329,6 +329,10 @@ def test_output_precision_is_the_inverse_prior_variance_of_each_paths_output(nam
     assert got[0]["paths"]["conv"]["output_rms"] == pytest.approx(rms)
     with pytest.raises(ValueError, match="probes"):
         discover.output_precisions(m, x, delta, probes=0)
+    with pytest.raises(ValueError, match="non-empty batch"):
+        discover.output_precisions(m, x[:0], delta)
+    with pytest.raises(ValueError, match="one per tensor"):
+        discover.output_precisions(m, x, [1.0, 2.0])
 
 
 def test_output_precision_does_not_depend_on_how_a_factored_path_splits_its_scale():
