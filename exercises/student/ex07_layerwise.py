@@ -156,3 +156,29 @@ if __name__ == "__main__":
         "after",
         float(la.log_marginal_likelihood(d1)),
     )
+
+# %% [markdown]
+# ## Exercise 7.5: the prior variance of a convolution's output
+#
+# Chapter 07 compares a block's paths by the prior variance of their *outputs*, because a
+# weight's precision depends on how its path is parametrised. Take a `k x k` convolution with
+# circular padding (stride 1, no bias) whose kernel entries each have the prior `N(0, 1/delta)`,
+# applied to inputs `x: (B, C, H, W)`. Write `conv_output_prior_variance(x, k, delta)`: the prior
+# variance of one output, averaged over every example, output channel and position, as a float.
+# Derive it before you code: which inputs does one output read, and how many outputs read each
+# input pixel? The result needs no convolution. (For the factored FC path, what plays the role
+# of the patch, and why does the norm given to the rows of `U` change `V`'s precision but not
+# this variance?)
+
+
+# %%
+def conv_output_prior_variance(x: torch.Tensor, k: int, delta: float) -> float:
+    """Mean over outputs of the prior variance of a circular ``k x k`` convolution of ``x``."""
+    raise NotImplementedError("Exercise 7.5: see chapter 07, 'Precisions in the units of the output': an output is linear in the kernel, so its prior variance is a squared gradient norm over delta; count the outputs that read each pixel")
+
+
+# %%
+if __name__ == "__main__":
+    x = torch.rand(16, 3, 8, 8)
+    for k in (1, 3, 5):
+        print(f"k = {k}: prior variance of an output {conv_output_prior_variance(x, k, 2.0):.3f}")

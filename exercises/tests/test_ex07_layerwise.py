@@ -128,3 +128,34 @@ def test_7_4_hyper_steps_match_the_training_loop_and_raise_the_evidence(mod):
     assert torch.allclose(got, log_delta.detach().exp(), rtol=1e-6), (
         "not the steps of chapter 07's training loop (Adam on log delta of -log evidence / N)"
     )
+
+
+def _dense_conv_output_variance(x, k, delta):
+    """Mean over outputs of |d o / d kernel|^2 / delta: each output's patch, from unfold."""
+    pad = k // 2
+    xp = F.pad(x.double(), (pad, pad, pad, pad), mode="circular")
+    patches = F.unfold(xp, k)  # (B, C k^2, H W): what each output position reads
+    return float(patches.pow(2).sum(dim=1).mean() / delta)
+
+
+@pytest.mark.parametrize(
+    "k, delta, shape", [(3, 2.0, (5, 3, 7, 6)), (1, 0.5, (4, 2, 5, 5)), (5, 7.0, (3, 1, 9, 9))]
+)
+def test_7_5_conv_output_prior_variance(mod, k, delta, shape):
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(*shape, generator=g) + 0.5  # images are not centred
+    got = mod.conv_output_prior_variance(x, k, delta)
+    assert isinstance(got, float), f"expected a float, got {type(got).__name__}"
+    assert got == pytest.approx(_dense_conv_output_variance(x, k, delta), rel=1e-9), (
+        "not the prior variance of an output of that convolution, averaged over the outputs"
+    )
+
+
+def test_7_5_matches_the_output_precisions_of_a_conv_path(mod):
+    torch.manual_seed(0)
+    m = build("conv", in_shape=(1, 8, 8), n_classes=10, width=3)
+    x = torch.rand(32, 1, 8, 8)
+    got = discover.output_precisions(m, x, 4.0, probes=64)[0]["paths"]["conv"]
+    assert 1 / mod.conv_output_prior_variance(x, 3, 4.0) == pytest.approx(
+        got["output_precision"], rel=0.05
+    ), "the first block's conv path in discover.output_precisions disagrees"
