@@ -335,6 +335,17 @@ def test_output_precision_is_the_inverse_prior_variance_of_each_paths_output(nam
         discover.output_precisions(m, x, [1.0, 2.0])
 
 
+@pytest.mark.parametrize("name", discover.model_names())
+def test_every_zoo_model_gets_an_output_precision_for_every_path(name):
+    torch.manual_seed(0)
+    m = build(name, in_shape=(1, 8, 8), n_classes=10, width=2)
+    out = discover.output_precisions(m, torch.rand(4, 1, 8, 8), 1.0, probes=2)
+    assert [sorted(layer["paths"]) for layer in out] == [sorted(b.paths) for b in m.blocks]
+    for layer in out:
+        for v in layer["paths"].values():
+            assert 0 < v["output_precision"] < math.inf and v["output_rms"] > 0
+
+
 def test_output_precision_does_not_depend_on_how_a_factored_path_splits_its_scale():
     """U's rows scaled by r and V by 1 / r give the same function; the precision on V that
     gives V the same prior in function space is r^2 times larger, and the output precision
