@@ -366,8 +366,10 @@ def cmd_discover(args) -> int:
             f"{p}: precision {_fmt(v['prior_precision'])}, |w| {_fmt(v['weight_norm'])}"
             for p, v in layer["paths"].items()
         )
-        extra = "" if r is None else f"  (fc/conv precision ratio {r:.3g}"
-        extra += "" if r is None else ")" if o is None else f", of the outputs {o:.3g})"
+        extra = ""
+        if r is not None:
+            of_outputs = "" if o is None else f", of the outputs {o:.3g}"
+            extra = f"  (fc/conv precision ratio {r:.3g}{of_outputs})"
         print(f"{layer['name']}: {parts}{extra}")
     print(f"wrote {out / 'result.json'} and {out / 'structure.png'}")
     return 0

@@ -270,6 +270,12 @@ def _per_tensor(prior_precision, n_tensors: int) -> list[float]:
     return delta
 
 
+def _summarised(name: str, factor_scale: str) -> bool:
+    """Whether a path's tensor counts in its summaries: weights only (no biases), and not a
+    factored path's unit-norm ``u`` when its scale lives in ``v``."""
+    return name.endswith("weight") and not (factor_scale == "v" and name.split(".")[-2:-1] == ["u"])
+
+
 def layer_structure(model: nn.Module, prior_precision, factor_scale: str = "both") -> list[dict]:
     """Per block, per path: prior precision (harmonic mean over weight tensors) and weight norm.
 
@@ -288,9 +294,7 @@ def layer_structure(model: nn.Module, prior_precision, factor_scale: str = "both
     acc: dict[tuple[int, str], list[float]] = {}
     for (name, p), d in zip(named, delta):
         where = _path_of(name)
-        if where is None or not name.endswith("weight"):
-            continue
-        if factor_scale == "v" and name.endswith(".u.weight"):
+        if where is None or not _summarised(name, factor_scale):
             continue
         n, inv, sq = acc.setdefault(where, [0, 0.0, 0.0])
         acc[where] = [n + p.numel(), inv + p.numel() / d, sq + float(p.detach().pow(2).sum())]
@@ -345,16 +349,6 @@ def precision_ratios(
         ok = a in p and b in p and p[a].get(key) is not None and p[b].get(key) is not None
         out.append(p[a][key] / p[b][key] if ok else None)
     return out
-
-
-def _counted_weights(path: nn.Module, factor_scale: str) -> list[str]:
-    """The weight tensors of a path that :func:`layer_structure` summarises (biases left out,
-    and a factored path's unit-norm U when its scale lives in V)."""
-    return [
-        n
-        for n, _ in path.named_parameters()
-        if n.endswith("weight") and not (factor_scale == "v" and n.split(".")[-2:-1] == ["u"])
-    ]
 
 
 def _output_entry(var: float, o: torch.Tensor) -> dict:
@@ -413,18 +407,17 @@ def output_precisions(
     for b, block in enumerate(model.blocks):
         paths = {}
         for pname, path in block.paths.items():
-            counted = [
-                n
-                for n in _counted_weights(path, factor_scale)
-                if f"blocks.{b}.paths.{pname}.{n}" in delta_of
-            ]
+            counted = {  # the summarised tensors of the path, with their precisions
+                n: delta_of[f"blocks.{b}.paths.{pname}.{n}"]
+                for n, _ in path.named_parameters()
+                if _summarised(n, factor_scale) and f"blocks.{b}.paths.{pname}.{n}" in delta_of
+            }
             with torch.no_grad():
                 o = path(h)
             if isinstance(path, ImageLinear):
                 # every output reads the whole input: |d o_k / d W|^2 = |x|^2, exactly
-                sq = {"linear.weight": float(h.double().flatten(1).pow(2).sum(1).mean())}
-                var = sum(sq[n] / delta_of[f"blocks.{b}.paths.{pname}.{n}"] for n in counted)
-                paths[pname] = _output_entry(var, o)
+                sq = float(h.double().flatten(1).pow(2).sum(1).mean())
+                paths[pname] = _output_entry(sum(sq / d for d in counted.values()), o)
                 continue
             params = {n: p.detach() for n, p in path.named_parameters()}
             buffers = dict(path.named_buffers())
@@ -438,10 +431,7 @@ def output_precisions(
             for _ in range(probes):
                 v = (torch.randint(0, 2, o.shape, generator=gen) * 2 - 1).to(o)
                 g = per_input({n: params[n] for n in counted}, h, v)
-                var += sum(
-                    float(g[n].double().pow(2).sum()) / delta_of[f"blocks.{b}.paths.{pname}.{n}"]
-                    for n in counted
-                )
+                var += sum(float(g[n].double().pow(2).sum()) / d for n, d in counted.items())
             paths[pname] = _output_entry(var / (probes * o.numel()), o)
         out.append({"name": f"block{b}", "paths": paths})
         with torch.no_grad():
