@@ -371,6 +371,13 @@ def cmd_discover(args) -> int:
             of_outputs = "" if o is None else f", of the outputs {o:.3g}"
             extra = f"  (fc/conv precision ratio {r:.3g}{of_outputs})"
         print(f"{layer['name']}: {parts}{extra}")
+        without = [
+            f"{p} {_fmt(100 * v['knockout_accuracy'], '.1f')}%"
+            for p, v in layer["paths"].items()
+            if v.get("knockout_accuracy") is not None
+        ]
+        if without:
+            print(f"    test accuracy without one path: {', '.join(without)}")
     print(f"wrote {out / 'result.json'} and {out / 'structure.png'}")
     return 0
 

@@ -46,6 +46,7 @@ __all__ = [
     "layer_structure",
     "precision_ratios",
     "output_precisions",
+    "knockout_accuracies",
     "probe_inputs",
     "run",
     "run_cached",
@@ -439,6 +440,35 @@ def output_precisions(
     return out
 
 
+def knockout_accuracies(model: nn.Module, loader, device=None) -> list[dict]:
+    """Per block, per path: the accuracy on ``loader`` with that path's output set to zero.
+
+    A precision says how hard the prior holds a path near zero; this says whether the trained
+    network needs what the path does. The path's output is replaced by zeros (a forward hook;
+    the weights are not touched) and the other paths of the block are left as they are, so a
+    path the network does not use leaves the accuracy where it was, and one it relies on takes
+    the accuracy down with it. Blocks with a single path get none (removing their only path
+    removes the block). Returns ``[{"name": "block0", "paths": {"fc": {"knockout_accuracy"},
+    ...}}, ...]``; compare with ``equilib.train.evaluate(model, loader)[1]``.
+    """
+
+    def silence(module, args, output):
+        return torch.zeros_like(output)
+
+    out = []
+    for b, block in enumerate(model.blocks):
+        paths = {}
+        if len(block.paths) > 1:
+            for pname, path in block.paths.items():
+                handle = path.register_forward_hook(silence)
+                try:
+                    paths[pname] = {"knockout_accuracy": evaluate(model, loader, device)[1]}
+                finally:
+                    handle.remove()
+        out.append({"name": f"block{b}", "paths": paths})
+    return out
+
+
 def _kron_laplace(model: nn.Module, prior_precision, hessian: str) -> KronLaplace:
     return KronLaplace(model, "classification", prior_precision=prior_precision, hessian=hessian)
 
@@ -505,11 +535,13 @@ def probe_inputs(X: torch.Tensor, seed: int, n: int = 128) -> torch.Tensor:
     return X[torch.randperm(len(X), generator=gen)[:n]]
 
 
-def _with_outputs(layers: list[dict], outputs: list[dict]) -> list[dict]:
-    """:func:`layer_structure`'s entries with :func:`output_precisions`' merged in, per path."""
-    for layer, extra in zip(layers, outputs):
-        for name, values in extra["paths"].items():
-            layer["paths"].setdefault(name, {}).update(values)
+def _merged(layers: list[dict], *more: list[dict]) -> list[dict]:
+    """:func:`layer_structure`'s entries with the per-path values of ``more`` merged in (entries
+    shaped like :func:`output_precisions`' and :func:`knockout_accuracies`')."""
+    for extra in more:
+        for layer, entry in zip(layers, extra):
+            for name, values in entry["paths"].items():
+                layer["paths"].setdefault(name, {}).update(values)
     return layers
 
 
@@ -528,8 +560,9 @@ def run(
     Returns a JSON-ready dict: ``task``, ``model``, ``objective``, ``test_accuracy``,
     ``train_accuracy``, ``log_marglik`` (final, None for MAP), ``seconds``, ``layers`` (see
     :func:`layer_structure`; each path also has the ``output_precision`` and ``output_rms`` of
-    :func:`output_precisions` on :func:`probe_inputs`), ``layers_history`` (the structure of
-    :func:`layer_structure` per epoch), ``history``
+    :func:`output_precisions` on :func:`probe_inputs`, and in blocks of several paths the
+    ``knockout_accuracy`` of :func:`knockout_accuracies` on the test data), ``layers_history``
+    (the structure of :func:`layer_structure` per epoch), ``history``
     (:class:`equilib.train.History` as lists) and ``config``; plus ``state_dict`` (CPU tensors,
     not JSON) if ``keep_model``. With a ``checkpoint``, the per-epoch layer structure is also
     written beside it (:func:`layers_history_path`), so that a resumed run reports every epoch.
@@ -610,7 +643,7 @@ def run(
         "update_seconds": _mean([t for t in history.update_seconds if t > 0]),
         "n_params": sum(p.numel() for p in model.parameters()),
         "in_shape": list(in_shape),
-        "layers": _with_outputs(
+        "layers": _merged(
             layer_structure(model, history.prior_precision[-1], config.factor_scale),
             output_precisions(
                 model,
@@ -618,6 +651,7 @@ def run(
                 history.prior_precision[-1],
                 config.factor_scale,
             ),
+            knockout_accuracies(model, test_loader),
         ),
         "layers_history": layers_history,
         "history": history.to_dict(),

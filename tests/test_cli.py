@@ -105,6 +105,7 @@ def test_discover_writes_result_json_and_png(runs):
         for v in layer["paths"].values():
             assert v["prior_precision"] > 0 and v["weight_norm"] >= 0
             assert v["output_precision"] > 0 and v["output_rms"] > 0
+            assert 0.0 <= v["knockout_accuracy"] <= 1.0
     png = (runs["marglik"] / "structure.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert (runs["marglik"] / "checkpoint.pt").exists()

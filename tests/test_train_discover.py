@@ -282,6 +282,39 @@ def test_factored_training_loss_falls_and_flattens():
             v = layer["paths"][path]
             assert 0 < v["output_precision"] < math.inf and v["output_rms"] > 0, (layer, path)
     assert all(r > 0 for r in discover.precision_ratios(res["layers"], key="output_precision"))
+    # and what each path is worth: the test accuracy without it, never above 1
+    for layer in res["layers"]:
+        assert all(0 <= layer["paths"][p]["knockout_accuracy"] <= 1 for p in ("fc", "conv"))
+
+
+def test_knockout_accuracy_is_the_accuracy_with_the_paths_weights_at_zero():
+    """Silencing a path equals zeroing its weights (a path is linear in them), leaves the model
+    as it was, and a path that carries the prediction costs accuracy when silenced."""
+    torch.manual_seed(0)
+    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=4, width=4)
+    x = torch.randn(64, 1, 8, 8)
+    with torch.no_grad():
+        y = m(x).argmax(-1)  # labels the model gets right: accuracy 1 with every path
+    loader = [(x[:40], y[:40]), (x[40:], y[40:])]
+    state = copy.deepcopy(m.state_dict())
+    got = discover.knockout_accuracies(m, loader)
+    assert [sorted(layer["paths"]) for layer in got] == [["conv", "fc"]] * 3
+    for b, layer in enumerate(got):
+        for pname, v in layer["paths"].items():
+            zeroed = copy.deepcopy(m)
+            with torch.no_grad():
+                for p in zeroed.blocks[b].paths[pname].parameters():
+                    p.zero_()
+                want = float((zeroed(x).argmax(-1) == y).double().mean())
+            assert v["knockout_accuracy"] == pytest.approx(want)
+    assert min(v["knockout_accuracy"] for la in got for v in la["paths"].values()) < 1
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+    with torch.no_grad():
+        assert (m(x).argmax(-1) == y).all(), "a hook stayed on the model"
+    # a block with one path has nothing to knock out
+    conv = build("conv", in_shape=(1, 8, 8), n_classes=4, width=4)
+    assert [la["paths"] for la in discover.knockout_accuracies(conv, loader)] == [{}] * 3
 
 
 def _exact_output_variances(model, x, delta, factor_scale):
