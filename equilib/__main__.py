@@ -78,6 +78,14 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "canvas size must be divisible by their product",
     )
     g.add_argument(
+        "--fc-blocks",
+        type=_nonneg_int,
+        nargs="+",
+        metavar="B",
+        help="give the FC path only to these blocks, counted from 0 (default: every block; "
+        "for models with a path beside it, such as f-fc+conv)",
+    )
+    g.add_argument(
         "--striding",
         choices=STRIDINGS,
         help=f"how blocks stride: max pooling, or polyphase (equivariant to every "
@@ -259,6 +267,7 @@ def _config(args):
         n_test=args.n_test,
         width=args.width,
         strides=args.strides,
+        fc_blocks=args.fc_blocks,
         striding=args.striding,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -402,6 +411,7 @@ def cmd_compare(args) -> int:
         n_test=args.n_test,
         width=args.width,
         strides=args.strides,
+        fc_blocks=args.fc_blocks,
         striding=args.striding,
         batch_size=args.batch_size,
         lr=args.lr,

@@ -81,6 +81,8 @@ class Config:
     n_test: int = 500
     width: int = 16
     strides: tuple[int, ...] | None = None
+    # the blocks that have an FC path (None: every block), for models with another path beside it
+    fc_blocks: tuple[int, ...] | None = None
     # blocks stride by max pooling (equivariant to the shifts by multiples of 4 that move a digit
     # between quadrants); polyphase striding, equivariant to every shift, keeps one pixel of each
     # 2x2 window and left CONV at 94.9% on `digits` and FC at 91.6% on `quadrant` (three seeds)
@@ -142,6 +144,16 @@ class Config:
                     f"strides must be positive ints, one per block, got {self.strides!r}"
                 )
             object.__setattr__(self, "strides", strides)
+        if self.fc_blocks is not None:
+            blocks = tuple(self.fc_blocks)
+            depth = 3 if self.strides is None else len(self.strides)
+            if any(isinstance(b, bool) or not isinstance(b, int) for b in blocks) or not all(
+                0 <= b < depth for b in blocks
+            ):
+                raise ValueError(
+                    f"fc_blocks must be block indices from 0 to {depth - 1}, got {self.fc_blocks!r}"
+                )
+            object.__setattr__(self, "fc_blocks", blocks)
         if self.source not in SOURCES:
             raise ValueError(f"unknown source {self.source!r}; valid sources are {list(SOURCES)}")
         if self.hessian not in HESSIANS:
@@ -208,6 +220,7 @@ def build_model(config: Config, in_shape) -> nn.Module:
         n_classes=n_classes(config.task),
         width=config.width,
         striding=config.striding,
+        fc_blocks=config.fc_blocks,
         **(
             {}
             if config.strides is None

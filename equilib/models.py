@@ -190,6 +190,7 @@ def build(
     hidden: int = 64,
     pooling: str = "max",
     striding: str = "polyphase",
+    fc_blocks=None,
 ) -> SoftNet:
     """Build the named model for inputs ``(B, C, H, W)`` with ``in_shape = (C, H, W)``.
 
@@ -199,7 +200,9 @@ def build(
     Linear(width, hidden) -> ReLU -> Linear(hidden, n_classes), He-normal first layer, zero
     biases. ``striding``: how blocks stride (``equilib.nn.STRIDINGS``): ``"polyphase"`` keeps
     exact equivariance to every cyclic shift, ``"max"`` (max pooling) to shifts by multiples of
-    the total stride, which is all the quadrant tasks move a digit by. Valid names:
+    the total stride, which is all the quadrant tasks move a digit by. ``fc_blocks``: the
+    indices of the blocks that get the model's FC path (default: every block); the others keep
+    the model's other paths, so the model needs one (``f-fc+conv``, not ``f-fc``). Valid names:
     ``MODEL_NAMES``.
     """
     if name not in _SPECS:
@@ -229,6 +232,18 @@ def build(
     if striding not in STRIDINGS:
         raise ValueError(f"striding must be one of {STRIDINGS}, got {striding!r}")
     kinds = _SPECS[name]
+    fc_kinds = [k for k in kinds if k in ("fc", "f-fc", "s-fc")]
+    if fc_blocks is not None:
+        fc_blocks = tuple(fc_blocks)
+        if not all(isinstance(b, int) and 0 <= b < depth for b in fc_blocks):
+            raise ValueError(
+                f"fc_blocks must be block indices from 0 to {depth - 1}, got {fc_blocks!r}"
+            )
+        if not fc_kinds or len(fc_kinds) == len(kinds):
+            raise ValueError(
+                f"fc_blocks needs a model with an FC path and another path beside it; "
+                f"{name!r} has {list(kinds)}"
+            )
     group = name == "gconv-c4"
     if (group or "gconv" in kinds) and H != W:
         raise ValueError(f"rotation models need square inputs, got {H}x{W}")
@@ -237,6 +252,8 @@ def build(
     for i, s in enumerate(strides):
         paths = {}
         for kind in kinds:
+            if kind in fc_kinds and fc_blocks is not None and i not in fc_blocks:
+                continue
             if group:
                 k = "lift-c4" if i == 0 else "gconv-c4"
                 shape = (c, h, w) if i == 0 else (c, 4, h, w)

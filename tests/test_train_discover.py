@@ -125,6 +125,28 @@ def test_output_ratio_array_and_its_figure():
     plt.close(fig)
 
 
+def test_knockout_array_and_its_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = _fake_result()  # test accuracy 0.9
+    measured = copy.deepcopy(r)
+    measured["layers"][0]["paths"]["fc"]["knockout_accuracy"] = 0.9
+    measured["layers"][1]["paths"]["fc"]["knockout_accuracy"] = 0.25
+    arr = vp.knockout_array([measured, r])
+    np.testing.assert_allclose(arr[0], [0.0, 65.0])
+    assert np.isnan(arr[1]).all()  # a result without knockouts: nothing to plot
+    np.testing.assert_allclose(vp.knockout_array([measured], "conv"), [[np.nan, np.nan]])
+    fig = vp.plot_knockouts({"a": [measured, r], "b": [measured]})
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "symlog" and ax.get_ylabel() == "accuracy lost without fc (points)"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["block 0", "block 1"]
+    plt.close(fig)
+
+
 def test_markdown_table_has_one_row_per_result():
     r = dict(_fake_result(), seconds=1.5, log_marglik=-20.0)
     table = discover.markdown_table([r, dict(r, objective="map", log_marglik=None)])
@@ -207,6 +229,31 @@ def test_strides_setting_builds_that_many_blocks_and_keys_the_cache():
         discover.default_config(strides=[2, 0])
     with pytest.raises(ValueError, match="divisible"):
         discover.build_model(discover.default_config(strides=[4, 4, 4]), (1, 16, 16))
+
+
+def test_fc_blocks_setting_gives_the_fc_path_to_those_blocks_only():
+    config = discover.default_config(True, fc_blocks=[0, 2])
+    assert config.fc_blocks == (0, 2)
+    model = discover.build_model(config, (1, 16, 16))
+    assert [sorted(b.paths) for b in model.blocks] == [["conv", "fc"], ["conv"], ["conv", "fc"]]
+    every = discover.build_model(discover.default_config(True), (1, 16, 16))
+    assert [sorted(b.paths) for b in every.blocks] == [["conv", "fc"]] * 3
+    assert discover.cache_entry(config) != discover.cache_entry(discover.default_config(True))
+    # a result's configuration (JSON lists) rebuilds the same model
+    again = discover.Config(**config.to_dict() | {"fc_blocks": [0, 2]})
+    assert again == config
+    for bad in ([3], [-1], [True]):
+        with pytest.raises(ValueError, match="block indices from 0 to 2"):
+            discover.default_config(fc_blocks=bad)
+    with pytest.raises(ValueError, match="block indices from 0 to 1"):
+        discover.default_config(strides=[2, 2], fc_blocks=[2])
+    with pytest.raises(ValueError, match="another path beside it"):
+        build("fc", in_shape=(1, 8, 8), n_classes=4, fc_blocks=(0,))
+    with pytest.raises(ValueError, match="another path beside it"):
+        build("conv", in_shape=(1, 8, 8), n_classes=4, fc_blocks=(0,))
+    # the blocks without an FC path have no fc/conv ratio, and nothing to knock out
+    layers = discover.layer_structure(model, 1.0)
+    assert discover.precision_ratios(layers)[1] is None
 
 
 def _tangent_steps(path, steps: int, update) -> None:

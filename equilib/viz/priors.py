@@ -22,6 +22,8 @@ __all__ = [
     "plot_losses",
     "output_ratio_array",
     "plot_output_ratios",
+    "knockout_array",
+    "plot_knockouts",
 ]
 
 PATH_COLOURS = {"fc": "tab:orange", "conv": "tab:blue", "gconv": "tab:green"}
@@ -213,12 +215,8 @@ def plot_evidence(result: dict, ax=None):
     return ax.figure
 
 
-def output_ratio_array(results: list[dict], a: str = "fc", b: str = "conv") -> np.ndarray:
-    """``(runs, blocks)``: per run and block, the ratio of path ``a``'s output precision to path
-    ``b``'s (``equilib.discover.output_precisions``); NaN where a block or run lacks it."""
-    from equilib.discover import precision_ratios
-
-    rows = [precision_ratios(r["layers"], a, b, key="output_precision") for r in results]
+def _block_array(rows: list[list]) -> np.ndarray:
+    """``(runs, blocks)`` from one list of per-block values per run, None and gaps as NaN."""
     n = max((len(row) for row in rows), default=0)
     out = np.full((len(rows), n), np.nan)
     for i, row in enumerate(rows):
@@ -226,6 +224,29 @@ def output_ratio_array(results: list[dict], a: str = "fc", b: str = "conv") -> n
             if v is not None:
                 out[i, j] = v
     return out
+
+
+def output_ratio_array(results: list[dict], a: str = "fc", b: str = "conv") -> np.ndarray:
+    """``(runs, blocks)``: per run and block, the ratio of path ``a``'s output precision to path
+    ``b``'s (``equilib.discover.output_precisions``); NaN where a block or run lacks it."""
+    from equilib.discover import precision_ratios
+
+    return _block_array(
+        [precision_ratios(r["layers"], a, b, key="output_precision") for r in results]
+    )
+
+
+def knockout_array(results: list[dict], path: str = "fc") -> np.ndarray:
+    """``(runs, blocks)``: the test accuracy each run loses, in points, when ``path`` is silenced
+    in one block (``equilib.discover.knockout_accuracies``); NaN where a block lacks it."""
+    rows = []
+    for r in results:
+        row = []
+        for layer in r["layers"]:
+            v = layer["paths"].get(path, {}).get("knockout_accuracy")
+            row.append(None if v is None else 100 * (r["test_accuracy"] - v))
+        rows.append(row)
+    return _block_array(rows)
 
 
 def plot_output_ratios(groups: dict, ax=None, a: str = "fc", b: str = "conv"):
@@ -261,5 +282,32 @@ def plot_output_ratios(groups: dict, ax=None, a: str = "fc", b: str = "conv"):
         fontsize=7,
         color="0.3",
     )
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return ax.figure
+
+
+def plot_knockouts(groups: dict, ax=None, path: str = "fc"):
+    """Per block, the test accuracy lost when ``path`` is silenced there, one marker per run.
+
+    ``groups``: ``{label: [result, ...]}`` as for :func:`plot_output_ratios`. The axis is
+    linear up to one point and logarithmic above (a path the network does not use costs
+    nothing, one it relies on can cost most of the accuracy). Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    width = 0.7 / max(len(groups), 1)
+    n_blocks = 0
+    for g, (label, results) in enumerate(groups.items()):
+        arr = knockout_array(results, path)
+        n_blocks = max(n_blocks, arr.shape[1])
+        x = np.arange(arr.shape[1]) + (g - (len(groups) - 1) / 2) * width
+        for i, row in enumerate(arr):
+            ax.plot(x, row, "o", color=f"C{g}", alpha=0.8, label=label if i == 0 else None)
+    ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
+    ax.set_yscale("symlog", linthresh=1.0, linscale=0.5)
+    ax.set_xticks(range(n_blocks), [f"block {i}" for i in range(n_blocks)])
+    ax.set_ylabel(f"accuracy lost without {path} (points)")
     ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax.figure
