@@ -297,16 +297,24 @@ def plot_knockouts(groups: dict, ax=None, path: str = "fc"):
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    from matplotlib.ticker import FuncFormatter
+
     width = 0.7 / max(len(groups), 1)
-    n_blocks = 0
+    n_blocks, lowest = 0, 0.0
     for g, (label, results) in enumerate(groups.items()):
         arr = knockout_array(results, path)
         n_blocks = max(n_blocks, arr.shape[1])
+        if np.isfinite(arr).any():
+            lowest = min(lowest, float(np.nanmin(arr)))
         x = np.arange(arr.shape[1]) + (g - (len(groups) - 1) / 2) * width
         for i, row in enumerate(arr):
             ax.plot(x, row, "o", color=f"C{g}", alpha=0.8, label=label if i == 0 else None)
     ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
     ax.set_yscale("symlog", linthresh=1.0, linscale=0.5)
+    # at most every point of accuracy can be lost; below zero, silencing the path helped
+    ax.set_ylim(min(-0.5, 1.5 * lowest), 110)
+    ax.set_yticks([t for t in (-10, -1, 0, 1, 10, 100) if t >= 1.5 * lowest or t >= -0.5])
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xticks(range(n_blocks), [f"block {i}" for i in range(n_blocks)])
     ax.set_ylabel(f"accuracy lost without {path} (points)")
     ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
