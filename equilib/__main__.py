@@ -373,6 +373,11 @@ def cmd_discover(args) -> int:
     for layer, r, o in zip(result["layers"], ratios, outputs):
         parts = ", ".join(
             f"{p}: precision {_fmt(v['prior_precision'])}, |w| {_fmt(v['weight_norm'])}"
+            + (
+                ""
+                if v.get("effective_dimension") is None
+                else f", gamma {v['effective_dimension']:.3g}"
+            )
             for p, v in layer["paths"].items()
         )
         extra = ""

@@ -326,17 +326,19 @@ def layer_structure(model: nn.Module, prior_precision, factor_scale: str = "both
     return blocks
 
 
-def effective_dimensions(model: nn.Module, loader, prior_precision) -> list[dict]:
+def effective_dimensions(
+    model: nn.Module, loader, prior_precision, hessian: str = "ggn"
+) -> list[dict]:
     """Per block, per path: effective dimensions ``gamma`` and parameter count ``n``.
 
-    Fits ``equilib.laplace.KronLaplace`` at the model's weights on ``loader`` with the given
-    per-tensor precisions; ``gamma_l = sum_i lambda_i / (lambda_i + delta_l)`` over the
-    eigenvalues of tensor ``l``'s curvature, summed over the path's tensors (biases included).
-    Returns ``[{"name": "block0", "paths": {"fc": {"gamma": ..., "n": ...}, ...}}, ...]``.
+    Fits ``equilib.laplace.KronLaplace`` (curvature ``hessian``) at the model's weights on
+    ``loader`` with the given per-tensor precisions; ``gamma_l = sum_i lambda_i / (lambda_i +
+    delta_l)`` over the eigenvalues of tensor ``l``'s curvature, summed over the path's tensors
+    (biases included). Unlike a precision, ``gamma`` does not change when a tensor is rescaled
+    together with its precision (the curvature scales the other way). Returns
+    ``[{"name": "block0", "paths": {"fc": {"gamma": ..., "n": ...}, ...}}, ...]``.
     """
-    from equilib.laplace import KronLaplace
-
-    la = KronLaplace(model, "classification", prior_precision=prior_precision).fit(loader)
+    la = _kron_laplace(model, prior_precision, hessian).fit(loader)
     gamma = la.effective_dimensions().detach().cpu().tolist()
     out = [{"name": f"block{b}", "paths": {}} for b in range(len(model.blocks))]
     for (name, p), g in zip(trainable_parameters(model), gamma):
@@ -558,6 +560,20 @@ def _merged(layers: list[dict], *more: list[dict]) -> list[dict]:
     return layers
 
 
+def _effective_entries(model: nn.Module, loader, prior_precision, config: Config) -> list[dict]:
+    """``effective_dimension`` per path for a run trained by the evidence (what its precisions
+    were chosen against), in the shape of :func:`effective_dimensions`; nothing for MAP, and
+    nothing for models with a dense FC path, whose curvature factors are too large to
+    decompose after every run."""
+    if config.objective != "marglik" or any(isinstance(m, ImageLinear) for m in model.modules()):
+        return []
+    eff = effective_dimensions(model, loader, prior_precision, config.hessian)
+    return [
+        {"paths": {p: {"effective_dimension": v["gamma"]} for p, v in layer["paths"].items()}}
+        for layer in eff
+    ]
+
+
 def run(
     config: Config,
     *,
@@ -574,7 +590,9 @@ def run(
     ``train_accuracy``, ``log_marglik`` (final, None for MAP), ``seconds``, ``layers`` (see
     :func:`layer_structure`; each path also has the ``output_precision`` and ``output_rms`` of
     :func:`output_precisions` on :func:`probe_inputs`, and in blocks of several paths the
-    ``knockout_accuracy`` of :func:`knockout_accuracies` on the test data), ``layers_history``
+    ``knockout_accuracy`` of :func:`knockout_accuracies` on the test data, and for runs by the
+    evidence the ``effective_dimension`` of :func:`effective_dimensions` on the training data
+    at the final precisions), ``layers_history``
     (the structure of :func:`layer_structure` per epoch), ``history``
     (:class:`equilib.train.History` as lists) and ``config``; plus ``state_dict`` (CPU tensors,
     not JSON) if ``keep_model``. With a ``checkpoint``, the per-epoch layer structure is also
@@ -665,6 +683,7 @@ def run(
                 config.factor_scale,
             ),
             knockout_accuracies(model, test_loader),
+            _effective_entries(model, train_loader, history.prior_precision[-1], config),
         ),
         "layers_history": layers_history,
         "history": history.to_dict(),

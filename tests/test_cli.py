@@ -106,6 +106,9 @@ def test_discover_writes_result_json_and_png(runs):
             assert v["prior_precision"] > 0 and v["weight_norm"] >= 0
             assert v["output_precision"] > 0 and v["output_rms"] > 0
             assert 0.0 <= v["knockout_accuracy"] <= 1.0
+            assert 0.0 <= v["effective_dimension"]  # the evidence's runs only
+    mp = json.loads((runs["map"] / "result.json").read_text())
+    assert all("effective_dimension" not in v for la in mp["layers"] for v in la["paths"].values())
     png = (runs["marglik"] / "structure.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert (runs["marglik"] / "checkpoint.pt").exists()

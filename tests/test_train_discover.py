@@ -180,6 +180,36 @@ def test_effective_dimensions_per_path_sum_the_laplace_per_tensor_values():
     assert all(v["gamma"] < 1e-3 for layer in huge for v in layer["paths"].values())
 
 
+def test_effective_dimensions_do_not_depend_on_how_a_factored_path_splits_its_scale():
+    """U's rows scaled by r and V by 1 / r, V's precision by r^2 and U's by 1 / r^2: the same
+    function under the same prior, and the same effective dimensions per path."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=3, width=2)
+    loader = DataLoader(
+        TensorDataset(torch.rand(24, 1, 8, 8), torch.randint(0, 3, (24,))), batch_size=12
+    )
+    names = [n for n, _ in m.named_parameters()]
+    delta = torch.linspace(0.5, 5.0, len(names), dtype=torch.float64)
+    before = discover.effective_dimensions(m, loader, delta)
+    r = 3.0
+    with torch.no_grad():
+        for path in discover.zoo.factored_paths(m):
+            path.u.weight.mul_(r)
+            path.v.weight.div_(r)
+    scale = [
+        r**2 if n.endswith(".v.weight") else r**-2 if n.endswith(".u.weight") else 1.0
+        for n in names
+    ]
+    after = discover.effective_dimensions(m, loader, delta * torch.tensor(scale))
+    for a, b in zip(before, after):
+        for path, v in a["paths"].items():
+            assert b["paths"][path]["gamma"] == pytest.approx(v["gamma"], rel=1e-6)
+    mc = discover.effective_dimensions(m, loader, delta, hessian="mc")
+    assert all(0 <= v["gamma"] <= v["n"] for layer in mc for v in layer["paths"].values())
+
+
 def test_hessian_setting_reaches_the_laplace_of_the_refits(monkeypatch):
     seen = []
 
