@@ -592,11 +592,11 @@ def run(
     :func:`output_precisions` on :func:`probe_inputs`, and in blocks of several paths the
     ``knockout_accuracy`` of :func:`knockout_accuracies` on the test data, and for runs by the
     evidence the ``effective_dimension`` of :func:`effective_dimensions` on the training data
-    at the final precisions), ``layers_history``
-    (the structure of :func:`layer_structure` per epoch), ``history``
-    (:class:`equilib.train.History` as lists) and ``config``; plus ``state_dict`` (CPU tensors,
-    not JSON) if ``keep_model``. With a ``checkpoint``, the per-epoch layer structure is also
-    written beside it (:func:`layers_history_path`), so that a resumed run reports every epoch.
+    at the final precisions), ``layers_history`` (the structure of :func:`layer_structure` per
+    epoch), ``history`` (:class:`equilib.train.History` as lists) and ``config``; plus
+    ``state_dict`` (CPU tensors, not JSON) if ``keep_model``. With a ``checkpoint``, the
+    per-epoch layer structure is also written beside it (:func:`layers_history_path`), so that a
+    resumed run reports every epoch.
     A run that diverges raises ``equilib.train.TrainingDiverged`` and returns nothing.
     """
     t0, c0 = time.perf_counter(), time.process_time()

@@ -235,7 +235,9 @@ def build(
     fc_kinds = [k for k in kinds if k in ("fc", "f-fc", "s-fc")]
     if fc_blocks is not None:
         fc_blocks = tuple(fc_blocks)
-        if not all(isinstance(b, int) and 0 <= b < depth for b in fc_blocks):
+        if not all(
+            isinstance(b, int) and not isinstance(b, bool) and 0 <= b < depth for b in fc_blocks
+        ):
             raise ValueError(
                 f"fc_blocks must be block indices from 0 to {depth - 1}, got {fc_blocks!r}"
             )

@@ -282,6 +282,8 @@ def test_fc_blocks_setting_gives_the_fc_path_to_those_blocks_only():
         build("fc", in_shape=(1, 8, 8), n_classes=4, fc_blocks=(0,))
     with pytest.raises(ValueError, match="another path beside it"):
         build("conv", in_shape=(1, 8, 8), n_classes=4, fc_blocks=(0,))
+    with pytest.raises(ValueError, match="block indices"):
+        build("f-fc+conv", in_shape=(1, 8, 8), n_classes=4, fc_blocks=(True,))
     # the blocks without an FC path have no fc/conv ratio, and nothing to knock out
     layers = discover.layer_structure(model, 1.0)
     assert discover.precision_ratios(layers)[1] is None
