@@ -156,10 +156,9 @@ def test_markdown_table_has_one_row_per_result():
     assert "90.0%" in lines[2] and "50, 0.25" in lines[2] and "-2.000" in lines[2]
 
 
-def test_effective_dimensions_per_path_sum_the_laplace_per_tensor_values():
+def _small_model_data_and_precisions():
+    """A small F-FC+CONV, 24 random images with 3 classes, and one precision per tensor."""
     from torch.utils.data import DataLoader, TensorDataset
-
-    from equilib.laplace import KronLaplace
 
     torch.manual_seed(0)
     m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=3, width=2)
@@ -167,7 +166,13 @@ def test_effective_dimensions_per_path_sum_the_laplace_per_tensor_values():
         TensorDataset(torch.rand(24, 1, 8, 8), torch.randint(0, 3, (24,))), batch_size=12
     )
     names = [n for n, _ in m.named_parameters()]
-    delta = torch.linspace(0.5, 5.0, len(names), dtype=torch.float64)
+    return m, loader, names, torch.linspace(0.5, 5.0, len(names), dtype=torch.float64)
+
+
+def test_effective_dimensions_per_path_sum_the_laplace_per_tensor_values():
+    from equilib.laplace import KronLaplace
+
+    m, loader, names, delta = _small_model_data_and_precisions()
     eff = discover.effective_dimensions(m, loader, delta)
     gamma = KronLaplace(m, "classification", prior_precision=delta).fit(loader)
     gamma = gamma.effective_dimensions().detach()
@@ -183,15 +188,7 @@ def test_effective_dimensions_per_path_sum_the_laplace_per_tensor_values():
 def test_effective_dimensions_do_not_depend_on_how_a_factored_path_splits_its_scale():
     """U's rows scaled by r and V by 1 / r, V's precision by r^2 and U's by 1 / r^2: the same
     function under the same prior, and the same effective dimensions per path."""
-    from torch.utils.data import DataLoader, TensorDataset
-
-    torch.manual_seed(0)
-    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=3, width=2)
-    loader = DataLoader(
-        TensorDataset(torch.rand(24, 1, 8, 8), torch.randint(0, 3, (24,))), batch_size=12
-    )
-    names = [n for n, _ in m.named_parameters()]
-    delta = torch.linspace(0.5, 5.0, len(names), dtype=torch.float64)
+    m, loader, names, delta = _small_model_data_and_precisions()
     before = discover.effective_dimensions(m, loader, delta)
     r = 3.0
     with torch.no_grad():
