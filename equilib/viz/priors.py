@@ -249,6 +249,18 @@ def knockout_array(results: list[dict], path: str = "fc") -> np.ndarray:
     return _block_array(rows)
 
 
+def _dots_per_block(ax, arrays: dict) -> None:
+    """One marker per run and block for each ``{label: (runs, blocks) array}``, the labels side
+    by side within each block, and the blocks named on the x axis."""
+    width = 0.7 / max(len(arrays), 1)
+    n_blocks = max((a.shape[1] for a in arrays.values()), default=0)
+    for g, (label, arr) in enumerate(arrays.items()):
+        x = np.arange(arr.shape[1]) + (g - (len(arrays) - 1) / 2) * width
+        for i, row in enumerate(arr):
+            ax.plot(x, row, "o", color=f"C{g}", alpha=0.8, label=label if i == 0 else None)
+    ax.set_xticks(range(n_blocks), [f"block {i}" for i in range(n_blocks)])
+
+
 def plot_output_ratios(groups: dict, ax=None, a: str = "fc", b: str = "conv"):
     """Per block, the fc/conv ratio of the paths' output precisions, one marker per run.
 
@@ -261,17 +273,9 @@ def plot_output_ratios(groups: dict, ax=None, a: str = "fc", b: str = "conv"):
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
-    width = 0.7 / max(len(groups), 1)
-    n_blocks = 0
-    for g, (label, results) in enumerate(groups.items()):
-        arr = output_ratio_array(results, a, b)
-        n_blocks = max(n_blocks, arr.shape[1])
-        x = np.arange(arr.shape[1]) + (g - (len(groups) - 1) / 2) * width
-        for i, row in enumerate(arr):
-            ax.plot(x, row, "o", color=f"C{g}", alpha=0.8, label=label if i == 0 else None)
+    _dots_per_block(ax, {label: output_ratio_array(rs, a, b) for label, rs in groups.items()})
     ax.axhline(1.0, color="0.4", lw=0.8, ls="--")
     ax.set_yscale("log")
-    ax.set_xticks(range(n_blocks), [f"block {i}" for i in range(n_blocks)])
     ax.set_ylabel(f"output precision {a} / {b}")
     ax.text(
         0.005,
@@ -294,28 +298,19 @@ def plot_knockouts(groups: dict, ax=None, path: str = "fc"):
     nothing, one it relies on can cost most of the accuracy). Returns the matplotlib Figure.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
-    from matplotlib.ticker import FuncFormatter
-
-    width = 0.7 / max(len(groups), 1)
-    n_blocks, lowest = 0, 0.0
-    for g, (label, results) in enumerate(groups.items()):
-        arr = knockout_array(results, path)
-        n_blocks = max(n_blocks, arr.shape[1])
-        if np.isfinite(arr).any():
-            lowest = min(lowest, float(np.nanmin(arr)))
-        x = np.arange(arr.shape[1]) + (g - (len(groups) - 1) / 2) * width
-        for i, row in enumerate(arr):
-            ax.plot(x, row, "o", color=f"C{g}", alpha=0.8, label=label if i == 0 else None)
+    arrays = {label: knockout_array(rs, path) for label, rs in groups.items()}
+    _dots_per_block(ax, arrays)
+    lowest = min([0.0] + [float(np.nanmin(a)) for a in arrays.values() if np.isfinite(a).any()])
     ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
     ax.set_yscale("symlog", linthresh=1.0, linscale=0.5)
     # at most every point of accuracy can be lost; below zero, silencing the path helped
     ax.set_ylim(min(-0.5, 1.5 * lowest), 110)
     ax.set_yticks([t for t in (-10, -1, 0, 1, 10, 100) if t >= 1.5 * lowest or t >= -0.5])
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xticks(range(n_blocks), [f"block {i}" for i in range(n_blocks)])
     ax.set_ylabel(f"accuracy lost without {path} (points)")
     ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax.figure
