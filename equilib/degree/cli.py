@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replace the result.json and lambda.png already in --out",
     )
     parser.add_argument(
-        "--fast", action="store_true", help="shrunken data, width and epochs (also EQUILIB_FAST=1)"
+        "--fast", action="store_true", help="shrunken double-digit runs (also EQUILIB_FAST=1)"
     )
     parser.add_argument(
         "--device",
