@@ -132,8 +132,8 @@ def _entropy(values) -> float:
 
 
 def experiment_config(data: str, fast: bool = False, **overrides) -> dict:
-    """Settings of one run: data sizes, epochs, width, learning rate (FAST shrinks the double
-    digits only)."""
+    """Settings of one run: data sizes, epochs, width, learning rate (FAST shortens the double
+    digits' training only)."""
     cfg = {
         "data": data,
         "n_train": 1000,
@@ -158,9 +158,10 @@ def experiment_config(data: str, fast: bool = False, **overrides) -> dict:
     if data == "double":
         cfg.update(n_train=2000, n_test=600, epochs=10)
     if fast and data == "double":
-        # FAST shrinks the double digits only: shorter single-digit runs (600 digits, 10 epochs,
-        # width 6) leave some seeds untrained, a layer's lambda collapsing before the weights fit
-        cfg.update(n_train=1000, n_test=300, epochs=6, width=6)
+        # FAST shortens the double digits only, and only their epochs: shorter single-digit runs
+        # (600 digits, 10 epochs, width 6) leave some seeds untrained, a layer's lambda
+        # collapsing before the weights fit, and 1000 pairs leave all four models near chance
+        cfg.update(epochs=6)
     unknown = set(overrides) - set(cfg)
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)}; valid settings are {sorted(cfg)}")
