@@ -46,8 +46,7 @@ class PartialGCNN(nn.Module):
     ``blocks`` is the ``nn.ModuleList`` of the four partial layers (``BLOCK_NAMES``: lift,
     gconv1, gconv2, gconv3; the ReLUs and the pooling act between them), ``head`` the MLP.
     ``share=True`` uses one density for all layers; ``gain`` is the densities' learning-speed
-    factor (see ``GroupDensity``). H and W must be even (one 2x2 pooling). The head starts
-    as the zoo's (``equilib.models.build``): He-normal first layer, zero biases.
+    factor (see ``GroupDensity``). H and W must be even (one 2x2 pooling).
     """
 
     def __init__(
@@ -92,13 +91,6 @@ class PartialGCNN(nn.Module):
         )
         feat = 2 * width * pool[0] * pool[1]
         self.head = nn.Sequential(nn.Linear(feat, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
-        # as in the model zoo: He-normal first layer, zero biases. With PyTorch's default (a
-        # third of He's variance) the 100-class double digits sat on a plateau near chance for
-        # several epochs in some seeds.
-        nn.init.kaiming_normal_(self.head[0].weight, nonlinearity="relu")
-        for m in self.head:
-            if isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature maps before the group max: (B, 2*width, |H|, H/2, W/2)."""
