@@ -252,15 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args):
-    from equilib import fast_mode
-    from equilib.discover import default_config
-
-    return default_config(
-        args.fast or fast_mode(),
-        task=args.task,
-        model=args.model,
-        objective=args.objective,
+def _training_overrides(args) -> dict:
+    """The settings of the training options (``_add_training_options``) that ``run`` and
+    ``compare`` share, as ``default_config`` overrides (None: the default)."""
+    return dict(
         epochs=args.epochs,
         seed=args.seed,
         n_train=args.n_train,
@@ -281,6 +276,19 @@ def _config(args):
         prior_precision=args.prior_precision,
         source=args.source,
         digit_size=args.digit_size,
+    )
+
+
+def _config(args):
+    from equilib import fast_mode
+    from equilib.discover import default_config
+
+    return default_config(
+        args.fast or fast_mode(),
+        task=args.task,
+        model=args.model,
+        objective=args.objective,
+        **_training_overrides(args),
     )
 
 
@@ -409,28 +417,7 @@ def cmd_compare(args) -> int:
         _check_writable(out)
     device = default_device(args.device)
     fast = args.fast or fast_mode()
-    overrides = dict(
-        epochs=args.epochs,
-        seed=args.seed,
-        n_train=args.n_train,
-        n_test=args.n_test,
-        width=args.width,
-        strides=args.strides,
-        fc_blocks=args.fc_blocks,
-        striding=args.striding,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_min=args.lr_min,
-        burn_in=args.burn_in,
-        marglik_every=args.marglik_every,
-        hyper_steps=args.hyper_steps,
-        hyper_lr=args.hyper_lr,
-        hessian=args.hessian,
-        factor_scale=args.factor_scale,
-        prior_precision=args.prior_precision,
-        source=args.source,
-        digit_size=args.digit_size,
-    )
+    overrides = _training_overrides(args)
     t0 = time.perf_counter()
     rows = compare(
         args.task,
