@@ -301,6 +301,7 @@ def fit(
     lr: float = 1e-3,
     lr_min: float = 0.0,
     schedule: str = "cosine",
+    warmup: int = 0,
     optimizer: str = "adam",
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
     prior_precision=1.0,
@@ -325,7 +326,9 @@ def fit(
     x: (B, ...) batches from the loaders, y: (B,) class indices; ``model(x)``: (B, n_classes).
     MAP step: minimise ``mean_i CE(f(x_i), y_i) + 1/2 sum_l delta_l |theta_l|^2 / N`` (+
     ``extra_loss(model)``) with ``delta`` detached, learning rate cosine-annealed from ``lr`` to
-    ``lr_min`` over all steps. With ``objective="marglik"``, after every epoch ``e`` (1-based)
+    ``lr_min`` over all steps (``schedule="constant"``: ``lr`` throughout), and for the first
+    ``warmup`` epochs multiplied by a ramp that rises linearly from ``1 / steps`` to 1 over their
+    ``steps`` (a start at full rate can leave a network on a plateau for epochs). With ``objective="marglik"``, after every epoch ``e`` (1-based)
     with ``e > burn_in`` and ``(e - burn_in) % marglik_every == 0``, and after the last epoch
     (also when it ends before the burn-in does), ``laplace(model, delta)`` is fit on ``train_loader`` and ``hyper_steps`` Adam steps
     (lr ``hyper_lr``, state kept across refits) minimise ``-log p(D | delta) / N`` over
@@ -368,8 +371,11 @@ def fit(
         hyper_steps=hyper_steps, hyper_lr=hyper_lr,
     )  # fmt: skip
     _check_fit_args(
-        **settings, checkpoint=checkpoint, resume=resume, curvature_batch_size=curvature_batch_size
-    )
+        **settings, warmup=warmup, checkpoint=checkpoint, resume=resume,
+        curvature_batch_size=curvature_batch_size,
+    )  # fmt: skip
+    if warmup:  # absent when 0, so that checkpoints written before the option existed resume
+        settings["warmup"] = warmup
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
     named = trainable_parameters(model)
@@ -391,7 +397,7 @@ def fit(
         torch.manual_seed(seed)
         if reparametrize is not None:
             reparametrize(model)
-    lr_at, step = _lr_schedule(train_loader, schedule, epochs, start_epoch, lr, lr_min)
+    lr_at, step = _lr_schedule(train_loader, schedule, epochs, start_epoch, lr, lr_min, warmup)
     elapsed = history.seconds[-1] if history.seconds else 0.0
     # the two steps of Algorithm 1, and the checkpoint, with everything fixed bound in
     map_steps = partial(
@@ -437,7 +443,7 @@ def fit(
 
 def _check_fit_args(
     *, objective, optimizer, schedule, epochs, lr, lr_min, marglik_every, burn_in, hyper_steps,
-    hyper_lr, checkpoint, resume, curvature_batch_size,
+    hyper_lr, warmup, checkpoint, resume, curvature_batch_size,
 ) -> None:  # fmt: skip
     """Refuse :func:`fit` arguments outside their range, naming the argument and what it got."""
     if objective not in OBJECTIVES:
@@ -453,6 +459,8 @@ def _check_fit_args(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not _is_int(burn_in) or burn_in < 0:
         raise ValueError(f"burn_in must be a non-negative int, got {burn_in!r}")
+    if not _is_int(warmup) or not 0 <= warmup <= epochs:
+        raise ValueError(f"warmup must be an int from 0 to epochs ({epochs}), got {warmup!r}")
     if not (lr > 0 and hyper_lr > 0 and 0 <= lr_min <= lr):
         raise ValueError(
             f"need lr > 0, hyper_lr > 0 and 0 <= lr_min <= lr; got {lr}, {hyper_lr}, {lr_min}"
@@ -501,16 +509,30 @@ def _resume(
 
 
 def _lr_schedule(
-    loader, schedule: str, epochs: int, start_epoch: int, lr: float, lr_min: float
+    loader,
+    schedule: str,
+    epochs: int,
+    start_epoch: int,
+    lr: float,
+    lr_min: float,
+    warmup: int = 0,
 ) -> tuple[Callable[[int], float] | None, int]:
-    """The learning rate as a function of the step (None: ``lr`` throughout, also for a cosine
-    schedule over a loader of unknown length) and the number of steps before ``start_epoch``."""
+    """The learning rate as a function of the step (None: ``lr`` throughout, also over a loader
+    of unknown length, which neither schedule nor warm-up can be spread over) and the number of
+    steps before ``start_epoch``."""
     steps_per_epoch = max(len(loader), 1) if hasattr(loader, "__len__") else None
     step = start_epoch * (steps_per_epoch or 0)
-    if schedule != "cosine" or not steps_per_epoch:
+    if warmup and not steps_per_epoch:
+        raise ValueError("warmup needs a train_loader with a length (epochs of known size)")
+    if not steps_per_epoch or (schedule != "cosine" and not warmup):
         return None, step
-    total = epochs * steps_per_epoch
-    return (lambda s: cosine_lr(s, total, lr, lr_min)), step
+    total, ramp = epochs * steps_per_epoch, warmup * steps_per_epoch
+
+    def lr_at(s: int) -> float:
+        base = cosine_lr(s, total, lr, lr_min) if schedule == "cosine" else lr
+        return base * min(1.0, (s + 1) / ramp) if ramp else base
+
+    return lr_at, step
 
 
 @dataclass

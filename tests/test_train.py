@@ -91,6 +91,25 @@ def test_cosine_lr_endpoints():
     assert train.cosine_lr(10, 10, 1.0, 0.1) == pytest.approx(0.1)
 
 
+def test_warmup_ramps_the_learning_rate_over_its_epochs_then_follows_the_schedule():
+    X, y = make_data()  # 48 examples in batches of 16: 3 steps per epoch
+    tr, _ = loaders(X, y)
+    steps = 3
+    for schedule in ("constant", "cosine"):
+        base = train.fit(small_model(), tr, epochs=4, lr=0.1, lr_min=0.01, schedule=schedule,
+                         progress=False)  # fmt: skip
+        warm = train.fit(small_model(), tr, epochs=4, lr=0.1, lr_min=0.01, schedule=schedule,
+                         warmup=2, progress=False)  # fmt: skip
+        for e in range(4):  # history.lr: the rate of each epoch's last step
+            last = (e + 1) * steps - 1
+            ramp = min(1.0, (last + 1) / (2 * steps))
+            assert warm.lr[e] == pytest.approx(base.lr[e] * ramp)
+        assert warm.lr[0] == pytest.approx(base.lr[0] / 2) and warm.lr[2:] == base.lr[2:]
+        assert warm.train_loss[0] != base.train_loss[0], "smaller first steps train differently"
+    # no warm-up: the cosine schedule exactly as it was
+    assert base.lr == [train.cosine_lr((e + 1) * steps - 1, 4 * steps, 0.1, 0.01) for e in range(4)]
+
+
 def test_map_learns_and_strong_prior_shrinks_weights():
     X, y = make_data()
     tr, te = loaders(X, y)
@@ -218,6 +237,11 @@ def test_bad_arguments():
         train.fit(small_model(), tr, epochs=1, prior_precision=[1.0, 2.0])
     with pytest.raises(ValueError, match="> 0"):
         train.fit(small_model(), tr, epochs=1, prior_precision=-1.0)
+    for bad in (-1, 3, 1.5, True):
+        with pytest.raises(ValueError, match="warmup must be an int from 0 to epochs"):
+            train.fit(small_model(), tr, epochs=2, warmup=bad)
+    with pytest.raises(ValueError, match="warmup needs a train_loader with a length"):
+        train.fit(small_model(), iter(list(tr)), epochs=2, warmup=1, progress=False)
 
 
 def test_marglik_steps_raise_the_evidence_and_history_matches_oracle():
