@@ -328,11 +328,12 @@ def fit(
     ``extra_loss(model)``) with ``delta`` detached, learning rate cosine-annealed from ``lr`` to
     ``lr_min`` over all steps (``schedule="constant"``: ``lr`` throughout), and for the first
     ``warmup`` epochs multiplied by a ramp that rises linearly from ``1 / steps`` to 1 over their
-    ``steps`` (a start at full rate can leave a network on a plateau for epochs). With ``objective="marglik"``, after every epoch ``e`` (1-based)
-    with ``e > burn_in`` and ``(e - burn_in) % marglik_every == 0``, and after the last epoch
-    (also when it ends before the burn-in does), ``laplace(model, delta)`` is fit on ``train_loader`` and ``hyper_steps`` Adam steps
-    (lr ``hyper_lr``, state kept across refits) minimise ``-log p(D | delta) / N`` over
-    ``log delta``. ``laplace`` defaults to ``equilib.laplace.KronLaplace`` for classification.
+    ``steps`` (a start at full rate can leave a network on a plateau for epochs). With
+    ``objective="marglik"``, after every epoch ``e`` (1-based) with ``e > burn_in`` and
+    ``(e - burn_in) % marglik_every == 0``, and after the last epoch (also when it ends before
+    the burn-in does), ``laplace(model, delta)`` is fit on ``train_loader`` and ``hyper_steps``
+    Adam steps (lr ``hyper_lr``, state kept across refits) minimise ``-log p(D | delta) / N``
+    over ``log delta``. ``laplace`` defaults to ``equilib.laplace.KronLaplace`` for classification.
 
     In laplace-torch's ``marglik_training`` the same schedule reads: ``epochs`` is
     ``n_epochs``, ``marglik_every`` is ``marglik_frequency``, ``hyper_steps`` is
