@@ -518,8 +518,8 @@ def _lr_schedule(
     lr_min: float,
     warmup: int = 0,
 ) -> tuple[Callable[[int], float] | None, int]:
-    """The learning rate as a function of the step (None: ``lr`` throughout, also over a loader
-    of unknown length, which neither schedule nor warm-up can be spread over) and the number of
+    """The learning rate as a function of the step (None: ``lr`` throughout, also for a cosine
+    schedule over a loader of unknown length; a warm-up over one is refused) and the number of
     steps before ``start_epoch``."""
     steps_per_epoch = max(len(loader), 1) if hasattr(loader, "__len__") else None
     step = start_epoch * (steps_per_epoch or 0)
