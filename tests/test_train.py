@@ -162,11 +162,12 @@ def _stop_at(k):
     return cb
 
 
-@pytest.mark.parametrize("objective", ["map", "marglik"])
-def test_resume_is_exact(tmp_path, objective):
+@pytest.mark.parametrize("objective,warmup", [("map", 0), ("marglik", 0), ("map", 4)])
+def test_resume_is_exact(tmp_path, objective, warmup):
     X, y = make_data()
     kw = dict(
         objective=objective,
+        warmup=warmup,  # 4: stopped at epoch 3, the resumed run goes on up the same ramp
         epochs=5,
         lr=0.02,
         burn_in=1,
@@ -189,11 +190,14 @@ def test_resume_is_exact(tmp_path, objective):
     m_res = small_model(seed=42)  # different init: the checkpoint restores it
     h_res = train.fit(m_res, tr, te, checkpoint=ck, resume=True, **kw)
     assert h_res.epoch == [1, 2, 3, 4, 5]
+    assert h_res.lr == h_full.lr
     assert h_res.train_loss == h_full.train_loss
     assert h_res.prior_precision == h_full.prior_precision
     for a, b in zip(m_full.parameters(), m_res.parameters()):
         assert torch.equal(a, b)
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
+    with pytest.raises(ValueError, match="warmup"):  # another warm-up is another run
+        train.fit(small_model(), tr, te, checkpoint=ck, resume=True, **{**kw, "warmup": 2})
 
 
 def test_mismatched_or_corrupt_checkpoint_is_refused_and_left_intact(tmp_path):
