@@ -16,7 +16,8 @@ allocated memory is printed too. F-FC+CONV should stay within a small factor of 
 It then times two building blocks against their textbook forms in the same process: circular
 padding (``equilib.nn.circular_pad`` vs ``F.pad(mode="circular")``) and shift-equivariant
 striding (``PolyphaseDownsample``'s single gather vs stacking the ``s*s`` components and
-indexing the chosen one), forward+backward on a feature map of the book's size.
+indexing the chosen one), forward+backward on a feature map of the book's size, and max pooling
+without gradients (``MaxPoolDownsample`` in an evaluation pass vs ``max_pool2d``), forward only.
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ import torch.nn.functional as F
 
 import equilib
 from equilib.models import MODEL_NAMES, build
-from equilib.nn import PolyphaseDownsample, circular_pad, polyphase_components
+from equilib.nn import (
+    MaxPoolDownsample,
+    PolyphaseDownsample,
+    circular_pad,
+    polyphase_components,
+)
 
 SIZES = [((1, 16, 16), 8), ((1, 16, 16), 16), ((1, 24, 24), 16), ((3, 32, 32), 16)]
 
@@ -117,6 +123,21 @@ def _best_time(fn, x: torch.Tensor, reps: int, device) -> float:
     return min(times)
 
 
+def _best_forward(fn, x: torch.Tensor, reps: int, device) -> float:
+    """Best time of ``fn(x)`` alone (call it under ``torch.no_grad``)."""
+    times = []
+    for i in range(reps + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:  # two warm-up calls
+            times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def stacked_polyphase(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
     """The textbook form: stack the s*s components, pick each example's largest."""
     comps = polyphase_components(x, stride)
@@ -141,6 +162,16 @@ def layer_ops(batch: int, reps: int, device) -> None:
         t_ref = _best_time(textbook, x, reps, device)
         t_eq = _best_time(ours, x, reps, device)
         print(f"{name:<26}{1e3 * t_ref:>12.3f}{1e3 * t_eq:>12.3f}{t_ref / t_eq:>10.2f}")
+    # evaluation passes: max pooling without gradients, against max_pool2d on the same input
+    pool = MaxPoolDownsample(2)
+    with torch.no_grad():
+        ours = pool(x)
+        textbook = F.max_pool2d(x.reshape(-1, 1, 24, 24), 2).reshape(ours.shape)
+        assert torch.equal(textbook, ours)
+        t_ref = _best_forward(lambda t: F.max_pool2d(t.reshape(-1, 1, 24, 24), 2), x, reps, device)
+        t_eq = _best_forward(pool, x, reps, device)
+    name = "max pooling by 2, no grad"
+    print(f"{name:<26}{1e3 * t_ref:>12.3f}{1e3 * t_eq:>12.3f}{t_ref / t_eq:>10.2f}  (forward)")
 
 
 def main(argv=None) -> None:

@@ -331,3 +331,31 @@ def test_polyphase_downsample_picks_the_largest_component(shape, stride):
     assert torch.equal(down(x, phase=fixed), x[..., ::stride, ::stride])
     with pytest.raises(ValueError, match="phase must have shape"):
         down(x, phase=fixed[:1])
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_max_pool_without_gradients_gives_max_pool2d_values(stride):
+    torch.manual_seed(stride)
+    x = torch.randn(2, 3, 4, 6 * stride, 3 * stride)
+    x[..., :stride, :] = 0.25  # tied windows, as a blank region of a canvas gives
+    x[0, 0, 0, 0, 0] = float("nan")
+    x[1, 2, 3, -1, -1] = float("inf")
+    x[1, 1, 1, 0, 1] = -float("inf")
+    down = enn.downsample(stride, "max")
+    with torch.no_grad():
+        fast = down(x)
+    H, W = x.shape[-2:]
+    ref = torch.nn.functional.max_pool2d(x.reshape(-1, 1, H, W), stride).reshape(fast.shape)
+    assert torch.equal(fast.isnan(), ref.isnan()) and fast.isnan().sum() == 1
+    assert torch.equal(fast.nan_to_num(), ref.nan_to_num())
+    assert torch.equal(down(x.requires_grad_()).detach().nan_to_num(), ref.nan_to_num())
+    with pytest.raises(ValueError, match="multiples of the stride"):
+        enn.window_maxima(torch.randn(1, 5, 4), 2)
+    with pytest.raises(ValueError, match="positive int"):
+        enn.window_maxima(x, 0)
+
+
+def test_max_pool_gradient_goes_to_one_entry_of_a_tied_window():
+    x = torch.zeros(1, 1, 4, 4, requires_grad=True)  # every window tied
+    enn.downsample(2, "max")(x).sum().backward()
+    assert x.grad.sum() == 4 and x.grad.max() == 1  # one entry per window, as max_pool2d

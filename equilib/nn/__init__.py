@@ -13,6 +13,7 @@ from equilib.nn.conv import (
     conv2d,
     downsample,
     polyphase_components,
+    window_maxima,
 )
 from equilib.nn.group import (
     GroupConv2d,
@@ -38,6 +39,7 @@ __all__ = [
     "LiftingConv2d",
     "LiftingConvCN",
     "MaxPoolDownsample",
+    "window_maxima",
     "PATH_KINDS",
     "PATH_NAMES",
     "PlainDownsample",
