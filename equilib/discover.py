@@ -18,7 +18,6 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, fields
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,7 +31,15 @@ from equilib.laplace import KronLaplace
 from equilib.laplace.curvature import HESSIANS
 from equilib.nn.conv import STRIDINGS
 from equilib.nn.linear import ImageLinear
-from equilib.train import OBJECTIVES, History, evaluate, fit, trainable_parameters
+from equilib.train import (
+    CURVATURE_BATCH_SIZE,
+    OBJECTIVES,
+    History,
+    curvature_loader_for,
+    evaluate,
+    fit,
+    trainable_parameters,
+)
 
 __all__ = [
     "MODELS",
@@ -327,7 +334,7 @@ def layer_structure(model: nn.Module, prior_precision, factor_scale: str = "both
 
 
 def effective_dimensions(
-    model: nn.Module, loader, prior_precision, hessian: str = "ggn"
+    model: nn.Module, loader, prior_precision, hessian: str = "ggn", *, fitted=None
 ) -> list[dict]:
     """Per block, per path: effective dimensions ``gamma`` and parameter count ``n``.
 
@@ -335,10 +342,18 @@ def effective_dimensions(
     ``loader`` with the given per-tensor precisions; ``gamma_l = sum_i lambda_i / (lambda_i +
     delta_l)`` over the eigenvalues of tensor ``l``'s curvature, summed over the path's tensors
     (biases included). Unlike a precision, ``gamma`` does not change when a tensor is rescaled
-    together with its precision (the curvature scales the other way). Returns
+    together with its precision (the curvature scales the other way). ``fitted``: a Laplace
+    approximation of ``model`` already fit at its current weights (such as the last refit of a
+    run by the evidence), whose curvature is used instead of a new pass over ``loader`` (which
+    may then be None); its prior precision is set to ``prior_precision``. Returns
     ``[{"name": "block0", "paths": {"fc": {"gamma": ..., "n": ...}, ...}}, ...]``.
     """
-    la = _kron_laplace(model, prior_precision, hessian).fit(loader)
+    if fitted is None:
+        la = _kron_laplace(model, prior_precision, hessian).fit(loader)
+    else:
+        _check_fitted_here(fitted, model, hessian)
+        la = fitted
+        la.prior_precision = torch.as_tensor(prior_precision, dtype=torch.float64).detach()
     gamma = la.effective_dimensions().detach().cpu().tolist()
     out = [{"name": f"block{b}", "paths": {}} for b in range(len(model.blocks))]
     for (name, p), g in zip(trainable_parameters(model), gamma):
@@ -349,6 +364,29 @@ def effective_dimensions(
         entry["gamma"] += g
         entry["n"] += p.numel()
     return out
+
+
+def _check_fitted_here(fitted, model: nn.Module, hessian: str) -> None:
+    """Refuse a Laplace approximation that is not of ``model``, not fit, of another curvature,
+    or fit at other weights (its per-tensor squared norms no longer match)."""
+    if getattr(fitted, "model", None) is not model:
+        raise ValueError("fitted must be a Laplace approximation of this model")
+    if not getattr(fitted, "_fitted", False):
+        raise ValueError("fitted has not been fit yet: call its fit(loader) first")
+    if fitted.hessian != hessian:
+        raise ValueError(f"fitted uses the curvature {fitted.hessian!r}, not {hessian!r}")
+    with torch.no_grad():
+        now = torch.stack(
+            [
+                p.detach().to(fitted._sqnorm.dtype).pow(2).sum()
+                for _, p in trainable_parameters(model)
+            ]
+        )
+    if now.shape != fitted._sqnorm.shape or not torch.equal(now, fitted._sqnorm.to(now.device)):
+        raise ValueError(
+            "fitted was fit at other weights than the model has now; fit it again (or pass "
+            "fitted=None to fit a new one)"
+        )
 
 
 def precision_ratios(
@@ -560,14 +598,19 @@ def _merged(layers: list[dict], *more: list[dict]) -> list[dict]:
     return layers
 
 
-def _effective_entries(model: nn.Module, loader, prior_precision, config: Config) -> list[dict]:
+def _effective_entries(
+    model: nn.Module, loader, prior_precision, config: Config, fitted=None
+) -> list[dict]:
     """``effective_dimension`` per path for a run trained by the evidence (what its precisions
     were chosen against), in the shape of :func:`effective_dimensions`; nothing for MAP, and
     nothing for models with a dense FC path, whose curvature factors are too large to
-    decompose after every run."""
+    decompose after every run. ``fitted``: the run's last refit, at its final weights."""
     if config.objective != "marglik" or any(isinstance(m, ImageLinear) for m in model.modules()):
         return []
-    eff = effective_dimensions(model, loader, prior_precision, config.hessian)
+    # read in the batches of the refits, so that a run resumed after its last epoch (no refit
+    # left to reuse) reports the same values
+    loader = curvature_loader_for(loader, CURVATURE_BATCH_SIZE)
+    eff = effective_dimensions(model, loader, prior_precision, config.hessian, fitted=fitted)
     return [
         {"paths": {p: {"effective_dimension": v["gamma"]} for p, v in layer["paths"].items()}}
         for layer in eff
@@ -628,6 +671,14 @@ def run(
         if layers_file is not None:
             atomic_write_text(layers_file, json.dumps(_clean(layers_history)))
 
+    # the refits of a run by the evidence end with one at the final weights (fit refits after
+    # its last epoch), whose curvature then gives the effective dimensions without another pass
+    refits: list = []
+
+    def laplace(m, delta):
+        refits[:] = [_kron_laplace(m, delta, config.hessian)]
+        return refits[0]
+
     history = fit(
         model,
         train_loader,
@@ -643,7 +694,7 @@ def run(
         hyper_steps=config.hyper_steps,
         hyper_lr=config.hyper_lr,
         device=device,
-        laplace=partial(_kron_laplace, hessian=config.hessian),
+        laplace=laplace,
         reparametrize=zoo.retract_factors if unit_rows else None,
         project=zoo.project_factor_grads if unit_rows else None,
         checkpoint=checkpoint,
@@ -683,7 +734,13 @@ def run(
                 config.factor_scale,
             ),
             knockout_accuracies(model, test_loader),
-            _effective_entries(model, train_loader, history.prior_precision[-1], config),
+            _effective_entries(
+                model,
+                train_loader,
+                history.prior_precision[-1],
+                config,
+                fitted=refits[0] if refits and refits[0]._fitted else None,
+            ),
         ),
         "layers_history": layers_history,
         "history": history.to_dict(),

@@ -242,6 +242,10 @@ def count_examples(loader) -> int:
         return n
 
 
+# the batches in which fit's curvature refits read the training set, by default
+CURVATURE_BATCH_SIZE = 256
+
+
 def curvature_loader_for(loader, batch_size: int | None):
     """The loader a curvature refit reads: ``loader``'s examples in order, ``batch_size`` at a
     time, when ``loader`` is a ``DataLoader`` that yields its whole dataset once per epoch
@@ -319,7 +323,7 @@ def fit(
     run_info: dict | None = None,
     reparametrize: Callable[[nn.Module], None] | None = None,
     project: Callable[[nn.Module], None] | None = None,
-    curvature_batch_size: int | None = 256,
+    curvature_batch_size: int | None = CURVATURE_BATCH_SIZE,
 ) -> History:
     """Train ``model`` on ``train_loader`` by MAP or by online marginal-likelihood learning.
 

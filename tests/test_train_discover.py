@@ -207,6 +207,30 @@ def test_effective_dimensions_do_not_depend_on_how_a_factored_path_splits_its_sc
     assert all(0 <= v["gamma"] <= v["n"] for layer in mc for v in layer["paths"].values())
 
 
+def test_effective_dimensions_from_a_laplace_fit_at_the_same_weights():
+    from equilib.laplace import KronLaplace
+
+    m, loader, names, delta = _small_model_data_and_precisions()
+    fresh = discover.effective_dimensions(m, loader, delta)
+    fitted = KronLaplace(m, "classification", prior_precision=1.0).fit(loader)
+    reused = discover.effective_dimensions(m, None, delta, fitted=fitted)
+    for a, b in zip(fresh, reused):
+        for path, v in a["paths"].items():
+            assert b["paths"][path]["gamma"] == pytest.approx(v["gamma"], rel=1e-9)
+    assert torch.equal(fitted.prior_precision.cpu(), delta)  # the precisions it was asked for
+    with pytest.raises(ValueError, match="curvature 'ggn', not 'mc'"):
+        discover.effective_dimensions(m, None, delta, hessian="mc", fitted=fitted)
+    other, _, _, _ = _small_model_data_and_precisions()
+    with pytest.raises(ValueError, match="of this model"):
+        discover.effective_dimensions(other, None, delta, fitted=fitted)
+    with pytest.raises(ValueError, match="not been fit"):
+        discover.effective_dimensions(m, None, delta, fitted=KronLaplace(m, "classification"))
+    with torch.no_grad():
+        next(m.parameters()).mul_(1.5)  # the weights move on after the fit
+    with pytest.raises(ValueError, match="other weights"):
+        discover.effective_dimensions(m, None, delta, fitted=fitted)
+
+
 def test_hessian_setting_reaches_the_laplace_of_the_refits(monkeypatch):
     seen = []
 
@@ -220,9 +244,10 @@ def test_hessian_setting_reaches_the_laplace_of_the_refits(monkeypatch):
         True, hessian="mc", epochs=2, burn_in=0, marglik_every=1, n_train=40, n_test=20
     )
     result = discover.run(config, progress=False)
-    # one refit after each epoch, and the effective dimensions reported at the end
-    assert seen == ["mc", "mc", "mc"]
+    # one refit after each epoch; the effective dimensions reported at the end read the last one
+    assert seen == ["mc", "mc"]
     assert result["update_seconds"] > 0 and result["epoch_seconds"] > 0
+    assert all("effective_dimension" in v for la in result["layers"] for v in la["paths"].values())
 
 
 def test_history_from_older_records_and_bad_fields():
