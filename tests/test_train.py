@@ -85,6 +85,41 @@ def test_prior_penalty_matches_closed_form():
     assert torch.allclose(train.prior_penalty(ps, delta, 10), expect)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_data", [7, 1200, 60000])
+def test_prior_grads_by_hand_are_bitwise_autograds(dtype, n_data):
+    g = torch.Generator().manual_seed(n_data)
+    shapes = [(16, 1, 3, 3), (2304, 576), (16,), (40, 64)]
+    ps = [torch.randn(s, generator=g, dtype=dtype).mul(0.1).requires_grad_() for s in shapes]
+    delta = torch.rand(len(ps), generator=g, dtype=dtype).mul(50).add(1e-3)
+    outside = [torch.randn(s, generator=g, dtype=dtype) for s in shapes]  # a loss's gradient
+    for p, o in zip(ps, outside):
+        p.grad = o.clone()
+    ps[2].grad = None  # a tensor the loss does not reach
+    reference = [q.detach().clone().requires_grad_() for q in ps]
+    train.prior_penalty(reference, delta, n_data).backward()
+    train.add_prior_grads(ps, delta, n_data)
+    for i, (p, r, o) in enumerate(zip(ps, reference, outside)):
+        expect = r.grad if i == 2 else o + r.grad
+        assert torch.equal(p.grad, expect), i
+
+
+def test_training_with_the_prior_in_the_graph_or_added_by_hand_is_the_same_run():
+    """fit adds the prior's gradient by hand, except with an extra loss (the penalty then stays
+    in the graph): a zero extra loss must leave the run bitwise unchanged."""
+    X, y = make_data()
+    runs = []
+    for extra in (None, lambda m: torch.zeros(())):
+        model = small_model()
+        h = train.fit(
+            model, loaders(X, y)[0], epochs=3, lr=0.05, prior_precision=[3.0, 0.5, 2.0, 1.0],
+            extra_loss=extra, progress=False,
+        )  # fmt: skip
+        runs.append((h.train_loss, [p.detach().clone() for p in model.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
 def test_cosine_lr_endpoints():
     assert train.cosine_lr(0, 10, 1.0, 0.1) == pytest.approx(1.0)
     assert train.cosine_lr(5, 10, 1.0, 0.1) == pytest.approx(0.55)
