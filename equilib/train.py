@@ -189,6 +189,8 @@ def add_prior_grads(params: list[torch.Tensor], delta: torch.Tensor, n_data: int
     penalty's graph, whose backward pass takes several passes over every weight (for a dense FC
     network about as long as its optimiser step).
     """
+    if not params:
+        return
     with torch.no_grad():
         dtype = params[0].dtype
         unit = torch.ones((), dtype=dtype, device=delta.device)
