@@ -355,6 +355,15 @@ def test_max_pool_without_gradients_gives_max_pool2d_values(stride):
         enn.window_maxima(x, 0)
 
 
+def test_max_pool_forward_mode_derivative_follows_max_pool2d_without_gradients_too():
+    x = torch.zeros(1, 1, 4, 4)  # every window tied: max_pool2d's tangent is its first entry's
+    t = torch.arange(16.0).reshape(1, 1, 4, 4)
+    ref = torch.func.jvp(lambda z: torch.nn.functional.max_pool2d(z, 2), (x,), (t,))[1]
+    with torch.no_grad():
+        got = torch.func.jvp(enn.downsample(2, "max"), (x,), (t,))[1]
+    assert torch.equal(got, ref)
+
+
 def test_max_pool_gradient_goes_to_one_entry_of_a_tied_window():
     x = torch.zeros(1, 1, 4, 4, requires_grad=True)  # every window tied
     enn.downsample(2, "max")(x).sum().backward()

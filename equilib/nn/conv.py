@@ -12,6 +12,7 @@ copy of the unshifted output.
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import nn
 
 __all__ = [
@@ -407,9 +408,10 @@ class MaxPoolDownsample(nn.Module):
     equivariant, but each output keeps the strongest response of its window instead of one of
     its ``s*s`` pixels, which makes the features tolerant to small deformations.
 
-    Without gradients (evaluation, ``torch.no_grad``) the maxima are taken as elementwise maxima
-    of the strided sub-grids, the same values (NaN included) several times faster on the CPU
-    than ``max_pool2d``, which also records where each maximum came from for a backward pass.
+    Without derivatives (evaluation, ``torch.no_grad`` and no forward-mode tangent) the maxima
+    are taken as elementwise maxima of the strided sub-grids, the same values (NaN included)
+    several times faster on the CPU than ``max_pool2d``, which also records where each maximum
+    came from for a backward pass.
     """
 
     def __init__(self, stride: int):
@@ -424,7 +426,7 @@ class MaxPoolDownsample(nn.Module):
             return x
         H, W = x.shape[-2:]
         s = self.stride
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and _forward_ad.unpack_dual(x).tangent is None:
             return window_maxima(x, s)
         out = nn.functional.max_pool2d(x.reshape(-1, 1, H, W), s)
         return out.reshape(*x.shape[:-2], H // s, W // s)
