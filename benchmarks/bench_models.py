@@ -107,30 +107,17 @@ def measure_all(names, in_shape, width: int, batch: int, reps: int, device) -> d
     return {n: c.result() for n, c in cases.items()}
 
 
-def _best_time(fn, x: torch.Tensor, reps: int, device) -> float:
-    """Best time of ``fn(x)`` forward plus a backward pass of ones."""
+def _best_time(fn, x: torch.Tensor, reps: int, device, backward: bool = True) -> float:
+    """Best time of ``fn(x)`` forward plus a backward pass of ones (``backward=False``: the
+    forward alone, to be called under ``torch.no_grad``)."""
     times = []
     for i in range(reps + 2):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         y = fn(x)
-        y.backward(torch.ones_like(y))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:  # two warm-up calls
-            times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def _best_forward(fn, x: torch.Tensor, reps: int, device) -> float:
-    """Best time of ``fn(x)`` alone (call it under ``torch.no_grad``)."""
-    times = []
-    for i in range(reps + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn(x)
+        if backward:
+            y.backward(torch.ones_like(y))
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= 2:  # two warm-up calls
@@ -164,12 +151,12 @@ def layer_ops(batch: int, reps: int, device) -> None:
         print(f"{name:<26}{1e3 * t_ref:>12.3f}{1e3 * t_eq:>12.3f}{t_ref / t_eq:>10.2f}")
     # evaluation passes: max pooling without gradients, against max_pool2d on the same input
     pool = MaxPoolDownsample(2)
+    textbook_pool = lambda t: F.max_pool2d(t.reshape(-1, 1, 24, 24), 2)  # noqa: E731
     with torch.no_grad():
         ours = pool(x)
-        textbook = F.max_pool2d(x.reshape(-1, 1, 24, 24), 2).reshape(ours.shape)
-        assert torch.equal(textbook, ours)
-        t_ref = _best_forward(lambda t: F.max_pool2d(t.reshape(-1, 1, 24, 24), 2), x, reps, device)
-        t_eq = _best_forward(pool, x, reps, device)
+        assert torch.equal(textbook_pool(x).reshape(ours.shape), ours)
+        t_ref = _best_time(textbook_pool, x, reps, device, backward=False)
+        t_eq = _best_time(pool, x, reps, device, backward=False)
     name = "max pooling by 2, no grad"
     print(f"{name:<26}{1e3 * t_ref:>12.3f}{1e3 * t_eq:>12.3f}{t_ref / t_eq:>10.2f}  (forward)")
 
