@@ -368,25 +368,16 @@ def effective_dimensions(
 
 def _check_fitted_here(fitted, model: nn.Module, hessian: str) -> None:
     """Refuse a Laplace approximation that is not of ``model``, not fit, of another curvature,
-    or fit at other weights (its per-tensor squared norms no longer match)."""
+    or fit at other weights."""
     if getattr(fitted, "model", None) is not model:
         raise ValueError("fitted must be a Laplace approximation of this model")
-    if not getattr(fitted, "_fitted", False):
-        raise ValueError("fitted has not been fit yet: call its fit(loader) first")
+    if not fitted.fitted_here:
+        raise ValueError(
+            "fitted has not been fit at the weights the model has now; call its fit(loader) "
+            "(or pass fitted=None to fit a new one)"
+        )
     if fitted.hessian != hessian:
         raise ValueError(f"fitted uses the curvature {fitted.hessian!r}, not {hessian!r}")
-    with torch.no_grad():
-        now = torch.stack(
-            [
-                p.detach().to(fitted._sqnorm.dtype).pow(2).sum()
-                for _, p in trainable_parameters(model)
-            ]
-        )
-    if now.shape != fitted._sqnorm.shape or not torch.equal(now, fitted._sqnorm.to(now.device)):
-        raise ValueError(
-            "fitted was fit at other weights than the model has now; fit it again (or pass "
-            "fitted=None to fit a new one)"
-        )
 
 
 def precision_ratios(
@@ -739,7 +730,7 @@ def run(
                 train_loader,
                 history.prior_precision[-1],
                 config,
-                fitted=refits[0] if refits and refits[0]._fitted else None,
+                fitted=refits[0] if refits and refits[0].fitted_here else None,
             ),
         ),
         "layers_history": layers_history,

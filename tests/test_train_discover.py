@@ -213,6 +213,7 @@ def test_effective_dimensions_from_a_laplace_fit_at_the_same_weights():
     m, loader, names, delta = _small_model_data_and_precisions()
     fresh = discover.effective_dimensions(m, loader, delta)
     fitted = KronLaplace(m, "classification", prior_precision=1.0).fit(loader)
+    assert fitted.fitted_here
     reused = discover.effective_dimensions(m, None, delta, fitted=fitted)
     for a, b in zip(fresh, reused):
         for path, v in a["paths"].items():
@@ -223,11 +224,12 @@ def test_effective_dimensions_from_a_laplace_fit_at_the_same_weights():
     other, _, _, _ = _small_model_data_and_precisions()
     with pytest.raises(ValueError, match="of this model"):
         discover.effective_dimensions(other, None, delta, fitted=fitted)
-    with pytest.raises(ValueError, match="not been fit"):
+    with pytest.raises(ValueError, match="not been fit at the weights"):
         discover.effective_dimensions(m, None, delta, fitted=KronLaplace(m, "classification"))
     with torch.no_grad():
         next(m.parameters()).mul_(1.5)  # the weights move on after the fit
-    with pytest.raises(ValueError, match="other weights"):
+    assert not fitted.fitted_here
+    with pytest.raises(ValueError, match="not been fit at the weights"):
         discover.effective_dimensions(m, None, delta, fitted=fitted)
 
 

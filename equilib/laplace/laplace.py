@@ -229,9 +229,7 @@ class BaseLaplace:
         )
         self.n_data, self.n_outputs = checks.n_data, checks.n_outputs
         self.loss = loss
-        with torch.no_grad():
-            ps = [p for p in self.model.parameters() if p.requires_grad]
-            self._sqnorm = torch.stack([p.detach().to(self.logdet_dtype).pow(2).sum() for p in ps])
+        self._sqnorm = self._weight_sqnorms()
         self._finalize()
         self._fitted = True
         return self
@@ -246,6 +244,22 @@ class BaseLaplace:
     def _to_model(self, X: torch.Tensor) -> torch.Tensor:
         """A batch of inputs on the model's device (floating inputs in its dtype)."""
         return X.to(self.device, dtype=self.dtype if torch.is_floating_point(X) else None)
+
+    def _weight_sqnorms(self) -> torch.Tensor:
+        """Per trainable tensor, its squared norm now: (n_tensors,) in ``logdet_dtype``."""
+        with torch.no_grad():
+            ps = [p for p in self.model.parameters() if p.requires_grad]
+            return torch.stack([p.detach().to(self.logdet_dtype).pow(2).sum() for p in ps])
+
+    @property
+    def fitted_here(self) -> bool:
+        """Whether :meth:`fit` has run and the model's weights are still the ones it was fit at
+        (judged by every tensor's squared norm, exactly; a curvature reused after the weights
+        moved on would describe another point)."""
+        if not self._fitted:
+            return False
+        now = self._weight_sqnorms()
+        return now.shape == self._sqnorm.shape and bool(torch.equal(now, self._sqnorm))
 
     def _check_fitted(self) -> None:
         if not self._fitted:
