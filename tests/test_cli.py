@@ -109,6 +109,8 @@ def test_discover_writes_result_json_and_png(runs):
             assert 0.0 <= v["effective_dimension"]  # the evidence's runs only
     mp = json.loads((runs["map"] / "result.json").read_text())
     assert all("effective_dimension" not in v for la in mp["layers"] for v in la["paths"].values())
+    # a run by the evidence also reports its network retrained at the precisions it chose
+    assert 0.0 <= r["retrained"]["test_accuracy"] <= 1.0 and "retrained" not in mp
     png = (runs["marglik"] / "structure.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert (runs["marglik"] / "checkpoint.pt").exists()
@@ -205,3 +207,12 @@ def test_degree_subcommand_hands_its_options_to_equilib_degree_cli(monkeypatch, 
     with pytest.raises(SystemExit):
         main(["degree", "--help"])
     assert cli.__doc__.strip().splitlines()[0] in capsys.readouterr().out
+
+
+def test_no_retrain_switches_the_retraining_off():
+    from equilib.__main__ import _config, build_parser
+
+    parse = build_parser().parse_args
+    base = ["discover", "--task", "digits", "--out", "x"]
+    assert _config(parse(base)).retrain is True
+    assert _config(parse([*base, "--no-retrain"])).retrain is False

@@ -575,3 +575,52 @@ def test_run_many_in_worker_processes_equals_runs_here(tmp_path, monkeypatch):
         assert here["history"]["prior_precision"] == parallel[s]["history"]["prior_precision"]
         for k, v in here["state_dict"].items():
             torch.testing.assert_close(parallel[s]["state_dict"][k], v, rtol=0, atol=0)
+
+
+def _tiny(**overrides):
+    settings = dict(epochs=2, burn_in=0, marglik_every=1, hyper_steps=3, n_train=40, n_test=20)
+    return discover.default_config(True, task="quadrant", **(settings | overrides))
+
+
+def test_retraining_at_a_fixed_prior_is_the_map_run_of_that_prior():
+    # the same initial weights, batches and steps as a MAP run: bitwise the same network
+    config = _tiny(objective="map", prior_precision=3.0)
+    map_run = discover.run(config, progress=False, keep_model=True)
+    again = discover.retrain(
+        _tiny(), [3.0] * len(map_run["history"]["param_names"]), progress=False
+    )
+    assert again["history"]["train_loss"] == map_run["history"]["train_loss"]
+    assert again["test_accuracy"] == map_run["test_accuracy"]
+    assert again["train_accuracy"] == map_run["train_accuracy"]
+    norms = [[p["weight_norm"] for p in la["paths"].values()] for la in map_run["layers"]]
+    assert [[p["weight_norm"] for p in la["paths"].values()] for la in again["layers"]] == norms
+    with pytest.raises(ValueError, match=r"prior precisions \(one per tensor\)"):
+        discover.retrain(_tiny(), [1.0, 2.0], progress=False)
+
+
+def test_a_run_by_the_evidence_retrains_at_its_final_precisions(monkeypatch):
+    seen = []
+    real = discover.retrain
+
+    def recording(config, prior_precision, **kwargs):
+        seen.append(list(prior_precision))
+        return real(config, prior_precision, **kwargs)
+
+    monkeypatch.setattr(discover, "retrain", recording)
+    result = discover.run(_tiny(), progress=False)
+    assert seen == [result["history"]["prior_precision"][-1]]
+    again = result["retrained"]
+    assert 0 <= again["test_accuracy"] <= 1 and 0 <= again["train_accuracy"] <= 1
+    assert len(again["history"]["train_loss"]) == 2 and again["train_seconds"] > 0
+    assert [la["name"] for la in again["layers"]] == [la["name"] for la in result["layers"]]
+    assert "knockout_accuracy" in again["layers"][0]["paths"]["fc"]
+    assert "retrained" in discover.markdown_table([result])
+    # switched off, and never for MAP, which shares one cache entry whatever the setting says
+    assert "retrained" not in discover.run(_tiny(retrain=False), progress=False)
+    assert "retrained" not in discover.run(_tiny(objective="map"), progress=False)
+    assert discover.cache_entry(_tiny(objective="map", retrain=False)) == discover.cache_entry(
+        _tiny(objective="map")
+    )
+    assert discover.cache_entry(_tiny(retrain=False)) != discover.cache_entry(_tiny())
+    with pytest.raises(ValueError, match="retrain must be True or False"):
+        _tiny(retrain="yes")
