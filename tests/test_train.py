@@ -395,3 +395,26 @@ def test_curvature_batch_size_changes_only_the_rounding_of_the_evidence():
         assert h.log_marglik[first] == pytest.approx(ref.log_marglik[first], rel=1e-6)
         assert h.prior_precision[first] == pytest.approx(ref.prior_precision[first], rel=1e-6)
         assert math.isnan(h.log_marglik[first - 1]) and not math.isnan(h.log_marglik[-1])
+
+
+def test_evaluate_slices_a_sequential_tensor_loader_into_the_same_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    X, y = torch.randn(23, 5), torch.randint(0, 3, (23,))
+    loader = DataLoader(TensorDataset(X, y), batch_size=4)
+    assert isinstance(train._sliced(loader), train.TensorBatches)
+    # the loss is summed batch by batch: the same batches give bitwise the same sums
+    loss, correct = torch.zeros((), dtype=torch.float64), 0
+    with torch.no_grad():
+        for xb, yb in loader:
+            out = model(xb)
+            loss += F.cross_entropy(out, yb, reduction="sum").double()
+            correct += int((out.argmax(-1) == yb).sum())
+    assert train.evaluate(model, loader) == (loss.item() / 23, correct / 23)
+    # other loaders are read as they are
+    shuffled = DataLoader(TensorDataset(X, y), batch_size=4, shuffle=True)
+    assert train._sliced(shuffled) is shuffled
+    dropping = DataLoader(TensorDataset(X, y), batch_size=4, drop_last=True)
+    assert train._sliced(dropping) is dropping
+    plain = [(X[:10], y[:10]), (X[10:], y[10:])]
+    assert train._sliced(plain) is plain

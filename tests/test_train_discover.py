@@ -613,7 +613,7 @@ def test_a_run_by_the_evidence_retrains_at_its_final_precisions(monkeypatch):
     assert 0 <= again["test_accuracy"] <= 1 and 0 <= again["train_accuracy"] <= 1
     assert len(again["history"]["train_loss"]) == 2 and again["train_seconds"] > 0
     assert [la["name"] for la in again["layers"]] == [la["name"] for la in result["layers"]]
-    assert "knockout_accuracy" in again["layers"][0]["paths"]["fc"]
+    assert again["layers"][0]["paths"]["fc"]["weight_norm"] > 0
     assert "retrained" in discover.markdown_table([result])
     # switched off, and never for MAP, which shares one cache entry whatever the setting says
     assert "retrained" not in discover.run(_tiny(retrain=False), progress=False)
@@ -624,3 +624,16 @@ def test_a_run_by_the_evidence_retrains_at_its_final_precisions(monkeypatch):
     assert discover.cache_entry(_tiny(retrain=False)) != discover.cache_entry(_tiny())
     with pytest.raises(ValueError, match="retrain must be True or False"):
         _tiny(retrain="yes")
+
+
+def test_tracking_the_test_accuracy_changes_nothing_but_the_curve():
+    tracked = discover.run(_tiny(retrain=False), progress=False, keep_model=True)
+    once = discover.run(_tiny(retrain=False, track_test=False), progress=False, keep_model=True)
+    assert all(0 <= v <= 1 for v in tracked["history"]["test_acc"])
+    assert once["history"]["test_acc"] == [None, None]  # NaN in the history, None in JSON
+    assert once["test_accuracy"] == tracked["test_accuracy"]
+    assert once["history"]["train_loss"] == tracked["history"]["train_loss"]
+    for k, v in tracked["state_dict"].items():
+        assert torch.equal(once["state_dict"][k], v), k
+    with pytest.raises(ValueError, match="track_test must be True or False"):
+        _tiny(track_test=1)
