@@ -640,6 +640,22 @@ def _initial(config: Config, device=None, data_root=None):
     return train_loader, test_loader, model
 
 
+def _fit_settings(config: Config) -> dict:
+    """The settings of ``equilib.train.fit`` that a run and its retraining share: the schedule,
+    the optimiser, the seed, and for factored paths with their scale in V the steps that keep
+    the rows of U on the unit sphere."""
+    unit_rows = config.factor_scale == "v"
+    return dict(
+        epochs=config.epochs,
+        lr=config.lr,
+        lr_min=config.lr_min,
+        optimizer=config.optimizer,
+        reparametrize=zoo.retract_factors if unit_rows else None,
+        project=zoo.project_factor_grads if unit_rows else None,
+        seed=config.seed,
+    )
+
+
 def retrain(
     config: Config, prior_precision, *, device=None, progress: bool = True, data_root=None
 ) -> dict:
@@ -652,14 +668,13 @@ def retrain(
     its weights a whole schedule at that fixed prior. It starts from the run's initial weights
     and sees the batches in the run's order (the same seed), with the run's settings otherwise.
 
-    Returns ``test_accuracy``, ``train_accuracy``, ``train_seconds``, ``history`` (the
-    training loss per epoch) and ``layers`` (:func:`layer_structure` of the retrained network).
+    Returns ``test_accuracy``, ``train_accuracy``, ``train_seconds``, ``history`` (``epoch``
+    and ``train_loss``, the training loss per epoch) and ``layers`` (:func:`layer_structure` of the retrained network).
     """
     import sys
 
     train_loader, test_loader, model = _initial(config, device, data_root)
     delta = _per_tensor(prior_precision, len(trainable_parameters(model)))
-    unit_rows = config.factor_scale == "v"
     if progress:
         print(
             "retraining from the initial weights by MAP, at the precisions the evidence chose",
@@ -671,22 +686,16 @@ def retrain(
         train_loader,
         None,  # tested once, at the end
         objective="map",
-        epochs=config.epochs,
-        lr=config.lr,
-        lr_min=config.lr_min,
-        optimizer=config.optimizer,
         prior_precision=delta,
         device=device,
-        reparametrize=zoo.retract_factors if unit_rows else None,
-        project=zoo.project_factor_grads if unit_rows else None,
         progress=progress,
-        seed=config.seed,
+        **_fit_settings(config),
     )
     return {
         "test_accuracy": evaluate(model, test_loader)[1],
         "train_accuracy": evaluate(model, train_loader)[1],
         "train_seconds": history.seconds[-1],
-        "history": {"train_loss": history.train_loss},
+        "history": {"epoch": history.epoch, "train_loss": history.train_loss},
         "layers": layer_structure(model, delta, config.factor_scale),
     }
 
@@ -719,7 +728,6 @@ def run(
     t0, c0 = time.perf_counter(), time.process_time()
     train_loader, test_loader, model = _initial(config, device, data_root)
     in_shape = train_loader.dataset.tensors[0].shape[1:]
-    unit_rows = config.factor_scale == "v"
     # the per-epoch structure is kept beside the checkpoint, so a resumed run's history is whole
     layers_file = None if checkpoint is None else layers_history_path(checkpoint)
     layers_history: list = (
@@ -746,10 +754,6 @@ def run(
         train_loader,
         test_loader if config.track_test else None,
         objective=config.objective,
-        epochs=config.epochs,
-        lr=config.lr,
-        lr_min=config.lr_min,
-        optimizer=config.optimizer,
         prior_precision=config.prior_precision,
         marglik_every=config.marglik_every,
         burn_in=config.burn_in,
@@ -757,14 +761,12 @@ def run(
         hyper_lr=config.hyper_lr,
         device=device,
         laplace=laplace,
-        reparametrize=zoo.retract_factors if unit_rows else None,
-        project=zoo.project_factor_grads if unit_rows else None,
         checkpoint=checkpoint,
         resume=resume,
         progress=progress,
-        seed=config.seed,
         callback=record,
         run_info=config.to_dict(),
+        **_fit_settings(config),
     )
     if resume and len(layers_history) < len(history):
         # epochs before the resume: only the precisions are known, not the weight norms
