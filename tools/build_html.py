@@ -454,6 +454,23 @@ INERT_IN_SCRIPTS = ("/npm/speech-rule-engine@", "/npm/sre-mathmaps-ie@", "/npm/w
 _NOT_PROSE = re.compile(r"<(pre|code|script|style)\b.*?</\1>", flags=re.S | re.I)
 
 
+def stderr_outputs(nb) -> list[str]:
+    """``cell N: first line`` for every output a cell wrote to stderr.
+
+    A reader sees these under the cell (a warning from a library, a traceback printed by hand),
+    and so does the page of the chapter: the course should have none.
+    """
+    found = []
+    code_cells = (c for c in nb.cells if c.cell_type == "code")
+    for n, cell in enumerate(code_cells, start=1):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                text = "".join(out.get("text", "")).strip()
+                first = text.splitlines()[0] if text else "(empty)"
+                found.append(f"code cell {n}: {first[:200]}")
+    return found
+
+
 def raw_display_math(page_html: str) -> int:
     """How many ``$$`` a page shows as text (outside code): display math MyST did not parse."""
     return _NOT_PROSE.sub("", page_html).count("$$")
@@ -604,6 +621,17 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("no search index (searchindex.js)")
     if not (html_dir / "_static" / "mathjax" / "tex-chtml.js").exists():
         problems.append("MathJax is not served from _static/mathjax")
+    import nbformat
+
+    for r in results:
+        path = nb_dir / f"{r['name']}.ipynb"
+        if path.exists():
+            written = stderr_outputs(nbformat.read(path, as_version=4))
+            if written:
+                problems.append(
+                    f"{r['name']} writes to stderr, which a reader sees under the cell:\n  "
+                    + "\n  ".join(written)
+                )
     raw = {
         r["name"]: raw_display_math((html_dir / f"{r['name']}.html").read_text())
         for r in results

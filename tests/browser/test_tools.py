@@ -146,6 +146,24 @@ def test_raw_display_math_counts_dollars_outside_code():
     assert html.raw_display_math('<PRE class="x">$$\n$$</PRE><p>fine</p>') == 0
 
 
+def test_stderr_outputs_names_the_cell_and_the_first_line():
+    html = load("build_html")
+    nb = nbformat.v4.new_notebook()
+    quiet = nbformat.v4.new_code_cell("print(1)")
+    quiet.outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    loud = nbformat.v4.new_code_cell("float(t)")
+    loud.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="fine\n"),
+        nbformat.v4.new_output(
+            "stream", name="stderr", text="x.py:16: UserWarning: Converting a tensor\n  more\n"
+        ),
+    ]
+    nb.cells = [nbformat.v4.new_markdown_cell("# T"), quiet, loud]
+    assert html.stderr_outputs(nb) == ["code cell 2: x.py:16: UserWarning: Converting a tensor"]
+    loud.outputs = loud.outputs[:1]
+    assert html.stderr_outputs(nb) == []
+
+
 def test_remote_resources_finds_what_a_page_would_load_from_another_host():
     html = load("build_html")
     page = (
