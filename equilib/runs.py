@@ -28,7 +28,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import torch
@@ -141,8 +141,10 @@ def run_jobs(jobs: Mapping[str, Job], workers: int = 2, progress: bool = True) -
 
     Missing runs go to ``workers`` processes (``spawn``ed, one PyTorch thread each) when there
     are at least two of them and ``workers > 1``; otherwise they run here, one after the other.
-    ``progress`` prints one line per run: loaded from the cache, started, finished (with its
-    wall time and the CPU time of the process that trained it).
+    A run is handed to a process only when one is free, in the order of ``jobs``, so what is
+    printed as started is what is running. ``progress`` prints a line per run when it is
+    loaded from the cache, when it starts and when it finishes (with its wall time and the CPU
+    time of the process that trained it).
     """
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
@@ -176,17 +178,32 @@ def run_jobs(jobs: Mapping[str, Job], workers: int = 2, progress: bool = True) -
         import multiprocessing
 
         k = min(workers, n)
-        say(f"  training {n} runs, {k} at a time: {', '.join(todo)}")
+        say(f"  training {n} runs, {k} at a time")
         ctx = multiprocessing.get_context("spawn")
+        waiting = list(todo)
         with ProcessPoolExecutor(k, mp_context=ctx, initializer=_init_worker) as pool:
-            futures = {pool.submit(_run_one, jobs[key]): key for key in todo}
-            for done, fut in enumerate(as_completed(futures), 1):
-                key = futures[fut]
-                results[key], seconds, cpu = fut.result()
-                say(
-                    f"  {key}: done in {seconds:.0f} s (CPU {cpu:.0f} s; {done}/{n}, "
-                    f"{time.time() - start:.0f} s since the start)"
-                )
+            running: dict = {}
+
+            def start_next() -> None:
+                key = waiting.pop(0)
+                running[pool.submit(_run_one, jobs[key])] = key
+                say(f"  {key}: started ({n - len(waiting)}/{n})")
+
+            for _ in range(k):
+                start_next()
+            done = 0
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in sorted(finished, key=lambda f: todo.index(running[f])):
+                    key = running.pop(fut)
+                    results[key], seconds, cpu = fut.result()
+                    done += 1
+                    say(
+                        f"  {key}: done in {seconds:.0f} s (CPU {cpu:.0f} s; {done}/{n}, "
+                        f"{time.time() - start:.0f} s since the start)"
+                    )
+                    if waiting:
+                        start_next()
     return {key: results[key] for key in jobs}
 
 

@@ -27,6 +27,24 @@ def test_jobs_run_in_worker_processes_once_then_load_from_the_cache(tmp_path, mo
     assert capsys.readouterr().out.count("loaded from the cache") == 2
 
 
+def test_a_run_is_printed_as_started_when_a_process_takes_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path))
+    jobs = {f"x={x}": runs.Job("square", {"x": x}, _square) for x in (2, 3, 4)}
+    out = runs.run_jobs(jobs, workers=2)
+    assert [r["value"] for r in out.values()] == [4, 9, 16]
+    lines = capsys.readouterr().out.splitlines()
+    started = [i for i, ln in enumerate(lines) if ": started" in ln]
+    finished = [i for i, ln in enumerate(lines) if ": done" in ln]
+    assert [lines[i].strip() for i in started] == [
+        "x=2: started (1/3)",
+        "x=3: started (2/3)",
+        "x=4: started (3/3)",
+    ], "in the order of the jobs"
+    assert len(finished) == 3
+    # two processes: the third run starts only once one of the first two has finished
+    assert started[1] < finished[0] < started[2]
+
+
 def _where(config, device=None):
     """A job that says on which device it was asked to run."""
     return {"x": config["x"], "device": device, "pid": os.getpid()}
