@@ -455,7 +455,7 @@ _NOT_PROSE = re.compile(r"<(pre|code|script|style)\b.*?</\1>", flags=re.S | re.I
 
 
 def stderr_outputs(nb) -> list[str]:
-    """``cell N: first line`` for every output a cell wrote to stderr.
+    """``code cell N: its first line`` for every output a code cell wrote to stderr.
 
     A reader sees these under the cell (a warning from a library, a traceback printed by hand),
     and so does the page of the chapter: the course should have none.
