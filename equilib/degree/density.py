@@ -9,9 +9,11 @@ where f in {0, 1} says whether the element contains a reflection (one series per
 2 + 4L real numbers span the functions on O(2) whose irreducible components have frequency
 <= L). On a grid of N rotations the top band is special when L = N/2: sin(L theta) vanishes at
 every grid angle theta = 2 pi k / N, so b_L has no effect on lambda and gets no gradient. It is
-kept for a uniform layout; ``GroupDensity.n_free`` counts the coefficients that do act (2L per
-coset then, N in all for C_N). The density is evaluated on the group's grid of elements without
-sampling,
+kept for a uniform layout. Nor does a constant added to every logit change lambda (the
+normalisation below divides it out): of the a_f0, only their differences between cosets act.
+``GroupDensity.n_free`` counts the directions in coefficient space that do change lambda (N - 1
+for C_N: the densities with mean 1 on N points). The density is evaluated on the group's grid of
+elements without sampling,
 
     lambda(h) = exp(logit(h)) / mean_h' exp(logit(h')),
 
@@ -269,11 +271,12 @@ class GroupDensity(nn.Module):
 
     @property
     def n_free(self) -> int:
-        """Coefficients that change lambda: (2L+1) per coset, less b_L when 2L = N."""
+        """Directions in coefficient space that change lambda: (2L+1) per coset, less b_L when
+        2L = N, less one for the constant that the normalisation divides out."""
         per_coset = 2 * self.band_limit + 1
         if self.band_limit > 0 and 2 * self.band_limit == self.N:
             per_coset -= 1
-        return per_coset * self.coefficients.shape[0]
+        return per_coset * self.coefficients.shape[0] - 1
 
     def logits(self) -> torch.Tensor:
         """Logit on the grid: (|H|,), logit(h) = gain * coefficients[flip(h)] . basis(angle(h))."""
