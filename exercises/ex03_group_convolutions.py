@@ -130,7 +130,7 @@ if __name__ == "__main__":
 # %%
 def invariant_features(y: torch.Tensor) -> torch.Tensor:
     """``(B, C, 4, H, W) -> (B, C)``: max over the orientation axis, mean over space."""
-    # BEGIN SOLUTION Exercise 3.4: see chapter 03, 'The lifting convolution' and chapter 02, 'Pooling to invariance': which axes does a rotation or a shift only permute?
+    # BEGIN SOLUTION Exercise 3.4: see chapter 03, 'The group convolution' (pooling over the group axis) and chapter 02, 'Pooling to invariance': which axes does a rotation or a shift only permute?
     return y.amax(dim=2).mean(dim=(-2, -1))
     # END SOLUTION
 

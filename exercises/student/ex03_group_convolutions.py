@@ -122,7 +122,7 @@ if __name__ == "__main__":
 # %%
 def invariant_features(y: torch.Tensor) -> torch.Tensor:
     """``(B, C, 4, H, W) -> (B, C)``: max over the orientation axis, mean over space."""
-    raise NotImplementedError("Exercise 3.4: see chapter 03, 'The lifting convolution' and chapter 02, 'Pooling to invariance': which axes does a rotation or a shift only permute?")
+    raise NotImplementedError("Exercise 3.4: see chapter 03, 'The group convolution' (pooling over the group axis) and chapter 02, 'Pooling to invariance': which axes does a rotation or a shift only permute?")
 
 
 # %%
