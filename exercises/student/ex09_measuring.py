@@ -65,25 +65,26 @@ if __name__ == "__main__":
 #
 # `translate(x, 0, t)` moves an image right by `t` pixels. Its derivative at `t = 0` is a
 # fixed linear map of `x`, the *generator* of horizontal translations, and for `equilib`'s cubic
-# resampling it is a small stencil along each row. Find that stencil by experiment:
-# differentiate the translation of an image with a single bright pixel with
-# `torch.func.jvp(lambda t: translate(x, 0.0, t), ...)` and read the result. Then write
-# `shift_generator(x)` that applies it with `torch.roll` only (no `translate`, no autograd). Why
-# does every circular convolution commute with it? (The grader checks that too.)
+# resampling it is a small stencil along each row. Find that stencil by experiment: take an image
+# that is zero except for one bright pixel, differentiate its translation with respect to `t` at
+# `t = 0` (exactly, with forward-mode AD as in chapter 09), and see which pixels of the result
+# are not zero and what they hold. Then write `shift_generator(x)` that applies the stencil to
+# any image with `torch.roll` only (no `translate`, no autograd). Why does every circular
+# convolution commute with it? (The grader checks that too.)
 
 
 # %%
 def shift_generator(x: torch.Tensor) -> torch.Tensor:
     """``d/dt translate(x, 0, t)`` at ``t = 0``, with ``torch.roll`` only."""
-    raise NotImplementedError('Exercise 9.2: see chapter 09, section 1 (The Lie derivative): the jvp of a one-pixel image is the stencil, read it off and shift copies of x accordingly')
+    raise NotImplementedError('Exercise 9.2: see chapter 09, section 1 (The Lie derivative) to differentiate a transformation, and section 5 (Aliasing): the generator is itself a circular convolution along each row, whose taps are what the one-pixel image shows')
 
 
 # %%
 if __name__ == "__main__":
     x = torch.rand(1, 1, 6, 6, dtype=torch.float64)
-    t0 = torch.zeros((), dtype=torch.float64)
-    _, d = torch.func.jvp(lambda t: translate(x, 0.0, t), (t0,), (torch.ones_like(t0),))
-    print("largest gap to jvp:", float((d - shift_generator(x)).abs().max()))
+    h = 1e-6
+    d = (translate(x, 0.0, h) - translate(x, 0.0, -h)) / (2 * h)  # central difference in t
+    print("largest gap to a finite difference:", float((d - shift_generator(x)).abs().max()))
 
 # %% [markdown]
 # ## Exercise 9.3: Augerino's reparameterised sample
