@@ -29,7 +29,7 @@ EPILOG = """examples:
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    from equilib.discover import FACTOR_SCALES, Config
+    from equilib.discover import FACTOR_SCALES, INITS, Config
     from equilib.laplace.curvature import HESSIANS
     from equilib.nn.conv import STRIDINGS
 
@@ -136,6 +136,18 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         choices=FACTOR_SCALES,
         help=f"where a factored FC path keeps its scale: in V, with every row of U at "
         f"unit norm, or spread over both factors (default {d.factor_scale})",
+    )
+    g.add_argument(
+        "--fc-scale",
+        type=_positive_float,
+        help=f"initial output scale of the FC paths relative to the conv paths (default "
+        f"{d.fc_scale})",
+    )
+    g.add_argument(
+        "--init",
+        choices=INITS,
+        help=f"initialisation: every path rescaled to unit output variance on a batch, or "
+        f"the zoo's initialisation as built (default {d.init})",
     )
     g.add_argument(
         "--hessian",
@@ -282,6 +294,8 @@ def _training_overrides(args) -> dict:
         retrain=args.retrain,
         hessian=args.hessian,
         factor_scale=args.factor_scale,
+        fc_scale=args.fc_scale,
+        init=args.init,
         prior_precision=args.prior_precision,
         source=args.source,
         digit_size=args.digit_size,

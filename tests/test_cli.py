@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -216,3 +217,25 @@ def test_no_retrain_switches_the_retraining_off():
     base = ["discover", "--task", "digits", "--out", "x"]
     assert _config(parse(base)).retrain is True
     assert _config(parse([*base, "--no-retrain"])).retrain is False
+
+
+def test_every_option_the_ablations_of_chapter_07_name_reaches_the_config():
+    import re
+
+    from equilib.__main__ import _config, build_parser
+
+    parse = build_parser().parse_args
+    base = ["discover", "--task", "digits", "--out", "x"]
+    default = _config(parse(base))
+    assert (default.fc_scale, default.init) == (0.1, "lsuv")
+    changed = _config(parse([*base, "--fc-scale", "0.3", "--init", "default"]))
+    assert (changed.fc_scale, changed.init) == (0.3, "default")
+    for bad in (["--fc-scale", "0"], ["--fc-scale", "-1"], ["--init", "xavier"]):
+        with pytest.raises(SystemExit):
+            parse([*base, *bad])
+    # every "(--option ...)" in the labels of the chapter's ablation table parses
+    chapter = next(Path(__file__).resolve().parents[1].glob("book/07-*.md")).read_text()
+    named = re.findall(r"\((--[a-z-]+(?: [^ ()-][^ ()]*)?(?: --[a-z-]+ [^ ()]+)*)\)", chapter)
+    assert len(named) >= 8, named
+    for options in named:
+        parse([*base, *options.split()])
