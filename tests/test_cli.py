@@ -239,3 +239,9 @@ def test_every_option_the_ablations_of_chapter_07_name_reaches_the_config():
     assert len(named) >= 8, named
     for options in named:
         parse([*base, *options.split()])
+    # and so does every `python -m equilib compare ...` command the chapter names
+    text = " ".join(chapter.split())
+    commands = re.findall(r"`python -m equilib (compare[^`]*)`", text)
+    assert len(commands) >= 4, commands
+    for command in commands:
+        build_parser().parse_args(command.split())
