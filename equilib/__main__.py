@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -328,23 +329,53 @@ def _check_writable(folder: Path) -> None:
 
 
 RUN_FILES = ("result.json", "structure.png", "checkpoint.pt", "checkpoint.layers.json")
+# where --overwrite keeps the run it replaces until the new one has written its result
+STASH = ".replaced-run"
 
 
-def _refuse_or_clear_old_run(out: Path, resume: bool, overwrite: bool) -> None:
-    """A folder holding a run (finished or interrupted) is never started over silently."""
+def _refuse_or_clear_old_run(out: Path, resume: bool, overwrite: bool) -> Path | None:
+    """A folder holding a run (finished or interrupted) is never started over silently.
+
+    With ``overwrite`` the old run's files move to ``out/STASH`` and the folder is returned:
+    :func:`_settle_stash` deletes it once the new run has finished, or puts the old run back if
+    the new one fails. A stash left by a killed ``--overwrite`` holds the run it replaced, so it
+    is kept, and the files beside it (the killed run's) are the ones deleted.
+    """
     if resume and overwrite:
         raise ValueError("--resume continues the run in OUT and --overwrite deletes it: pass one")
     present = [name for name in RUN_FILES if (out / name).exists()]
     if not present or resume:
-        return
+        return None
     if not overwrite:
         what = "a finished run" if "result.json" in present else "an interrupted run"
         raise ValueError(
             f"{str(out)!r} already holds {what} ({', '.join(present)}); pass --resume to "
             "continue it, --overwrite to delete it and start over, or another --out"
         )
-    for name in present:
-        (out / name).unlink()
+    stash = out / STASH
+    if stash.is_dir():
+        for name in present:
+            (out / name).unlink()
+    else:
+        stash.mkdir()
+        for name in present:
+            (out / name).replace(stash / name)
+    return stash
+
+
+def _settle_stash(out: Path, stash: Path | None, finished: bool) -> None:
+    """After an ``--overwrite`` run: drop the replaced run (``finished``) or restore it."""
+    if stash is None or not stash.is_dir():
+        return
+    if finished:
+        shutil.rmtree(stash)
+        return
+    for name in RUN_FILES:
+        if (out / name).exists():
+            (out / name).unlink()
+    for path in stash.iterdir():
+        path.replace(out / path.name)
+    stash.rmdir()
 
 
 def _fmt(value, spec: str = ".3g") -> str:
@@ -377,25 +408,30 @@ def cmd_discover(args) -> int:
     device = default_device(args.device)
     checkpoint = out / "checkpoint.pt"
     with claim_folder(out):  # one run at a time per folder; released at the end
-        _refuse_or_clear_old_run(out, args.resume, args.overwrite)
-        print(
-            f"discover: {config.task} / {config.model} / {config.objective}, {config.epochs} "
-            f"epochs on {device}",
-            file=sys.stderr,
-        )
-        result = run(
-            config,
-            device=device,
-            progress=not args.quiet,
-            checkpoint=checkpoint,
-            resume=args.resume,
-            data_root=args.data_root,
-        )
-        result["device"] = str(device)
-        atomic_write_text(out / "result.json", json.dumps(result, indent=1))
-        fig = plot_structure(result)
-        atomic_savefig(fig, out / "structure.png")
-        plt.close(fig)
+        stash = _refuse_or_clear_old_run(out, args.resume, args.overwrite)
+        finished = False
+        try:
+            print(
+                f"discover: {config.task} / {config.model} / {config.objective}, "
+                f"{config.epochs} epochs on {device}",
+                file=sys.stderr,
+            )
+            result = run(
+                config,
+                device=device,
+                progress=not args.quiet,
+                checkpoint=checkpoint,
+                resume=args.resume,
+                data_root=args.data_root,
+            )
+            result["device"] = str(device)
+            fig = plot_structure(result)
+            atomic_savefig(fig, out / "structure.png")
+            plt.close(fig)
+            atomic_write_text(out / "result.json", json.dumps(result, indent=1))
+            finished = True
+        finally:
+            _settle_stash(out, stash, finished)
     print(
         f"test accuracy {_fmt(100 * result['test_accuracy'], '.1f')}%  ({result['seconds']:.1f} s)"
     )
@@ -490,12 +526,14 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = (
-            f"; continue with the same command and --resume (the checkpoint in {args.out} "
-            "holds the last finished epoch)"
-            if args.command == "discover"
-            else ""
-        )
+        hint = ""
+        if args.command == "discover" and args.overwrite:
+            hint = f"; {args.out} holds the run it was to replace again (--overwrite starts over)"
+        elif args.command == "discover":
+            hint = (
+                f"; continue with the same command and --resume (the checkpoint in {args.out} "
+                "holds the last finished epoch)"
+            )
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
     parser.error(f"unknown command {args.command!r}")

@@ -55,7 +55,7 @@ def test_overwrite_starts_over(tmp_path, capsys):
         os.umask(old_umask)
     result = json.loads((tmp_path / "result.json").read_text())
     assert "old" not in result and len(result["layers_history"]) == 2
-    assert not (tmp_path / ".equilib.lock").exists()
+    assert not (tmp_path / ".equilib.lock").exists() and not (tmp_path / ".replaced-run").exists()
     for name in ("result.json", "structure.png", "checkpoint.pt", "checkpoint.layers.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name  # shareable
 
@@ -212,3 +212,42 @@ def test_an_interrupted_discover_says_how_to_continue(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
     assert not (tmp_path / ".equilib.lock").exists()
+
+
+@pytest.mark.parametrize("failure", [ValueError("no such data"), KeyboardInterrupt()])
+def test_a_failed_overwrite_puts_the_run_it_was_to_replace_back(
+    tmp_path, monkeypatch, capsys, failure
+):
+    (tmp_path / "result.json").write_text('{"test_accuracy": 0.9}')
+    (tmp_path / "structure.png").write_bytes(b"old figure")
+    (tmp_path / "checkpoint.pt").write_bytes(b"old checkpoint")
+    before = _snapshot(tmp_path)
+
+    def fails_after_a_checkpoint(config, *, checkpoint, **kwargs):
+        checkpoint.write_bytes(b"half a new run")
+        raise failure
+
+    monkeypatch.setattr(discover, "run", fails_after_a_checkpoint)
+    assert _discover(tmp_path, "--overwrite") == (
+        130 if isinstance(failure, KeyboardInterrupt) else 2
+    )
+    assert _snapshot(tmp_path) == before  # the old run, whole; no stash, no lock
+    err = capsys.readouterr().err
+    assert ("no such data" in err) if isinstance(failure, ValueError) else ("--overwrite" in err)
+
+
+def test_a_stash_left_by_a_killed_overwrite_is_kept_until_a_run_finishes(tmp_path, monkeypatch):
+    from equilib.__main__ import STASH
+
+    stash = tmp_path / STASH
+    stash.mkdir()
+    (stash / "result.json").write_text('{"test_accuracy": 0.9}')  # the run that was replaced
+    (tmp_path / "checkpoint.pt").write_bytes(b"the killed run's checkpoint")
+
+    def fails(config, **kwargs):
+        raise ValueError("diverged")
+
+    monkeypatch.setattr(discover, "run", fails)
+    assert _discover(tmp_path, "--overwrite") == 2
+    assert json.loads((tmp_path / "result.json").read_text()) == {"test_accuracy": 0.9}
+    assert not (tmp_path / "checkpoint.pt").exists() and not stash.exists()
