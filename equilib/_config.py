@@ -45,7 +45,13 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     choice = device if device is not None else os.environ.get("EQUILIB_DEVICE") or None
     if choice is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(choice)
+    try:
+        dev = torch.device(choice)
+    except (RuntimeError, TypeError):
+        where = "device" if device is not None else "EQUILIB_DEVICE"
+        raise ValueError(
+            f"{where}={choice!r} is not a device; expected 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
             f"device {str(dev)!r} was requested but CUDA is not available here; use 'cpu'"

@@ -669,7 +669,8 @@ def retrain(
     and sees the batches in the run's order (the same seed), with the run's settings otherwise.
 
     Returns ``test_accuracy``, ``train_accuracy``, ``train_seconds``, ``history`` (``epoch``
-    and ``train_loss``, the training loss per epoch) and ``layers`` (:func:`layer_structure` of the retrained network).
+    and ``train_loss``, the training loss per epoch) and ``layers`` (:func:`layer_structure` of
+    the retrained network).
     """
     import sys
 
@@ -899,7 +900,14 @@ def run_many(
     if workers is None:
         cores = os.cpu_count() or 1
         default = min(2, cores) if dev.type == "cpu" else min(4, cores)
-        workers = int(os.environ.get("EQUILIB_WORKERS", default))
+        text = os.environ.get("EQUILIB_WORKERS", str(default))
+        try:
+            workers = int(text)
+        except ValueError:
+            raise ValueError(
+                f"EQUILIB_WORKERS={text!r} is not a number; expected how many runs train at "
+                "once, a positive integer"
+            ) from None
     if workers == 1:
         out = {}
         for key, config in configs.items():

@@ -45,6 +45,23 @@ def test_default_device(monkeypatch):
             equilib.default_device("cuda")
 
 
+def test_a_device_that_does_not_exist_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("EQUILIB_DEVICE", "tpu")
+    with pytest.raises(ValueError, match=r"EQUILIB_DEVICE='tpu' .*'cpu', 'cuda'"):
+        equilib.default_device()
+    with pytest.raises(ValueError, match=r"device='gpu0' .*'cpu', 'cuda'"):
+        equilib.default_device("gpu0")
+
+
+def test_a_worker_count_that_is_not_a_number_is_refused_by_name(monkeypatch):
+    from equilib import discover
+
+    monkeypatch.setenv("EQUILIB_WORKERS", "abc")
+    config = discover.default_config(True, epochs=1)
+    with pytest.raises(ValueError, match="EQUILIB_WORKERS='abc'.*positive integer"):
+        discover.run_many({"a": config, "b": config}, progress=False)
+
+
 def test_cache_computes_once_per_configuration(tmp_path, monkeypatch):
     monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path))
     calls = []
