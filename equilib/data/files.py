@@ -40,8 +40,9 @@ def data_root(root: str | os.PathLike | None, name: str, expected: str) -> Path:
         env = os.environ.get("EQUILIB_DATA")
         if not env:
             raise FileNotFoundError(
-                f"no folder given for {name}: pass root=... or set EQUILIB_DATA to a folder "
-                f"containing {expected}. equilib never downloads data."
+                f"no folder given for {name}: pass the folder holding {expected} (root=... in "
+                f"Python, --data-root on the command line), or set EQUILIB_DATA to a folder whose "
+                f"subfolder {name}/ holds them. equilib never downloads data."
             )
         root = Path(env) / name
     path = Path(root)
