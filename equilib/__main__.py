@@ -403,9 +403,9 @@ def cmd_discover(args) -> int:
 
     _setup(args)
     config = _config(args)
+    device = default_device(args.device)  # a bad device is refused before --out is created
     out = Path(args.out)
     _check_writable(out)
-    device = default_device(args.device)
     checkpoint = out / "checkpoint.pt"
     with claim_folder(out):  # one run at a time per folder; released at the end
         stash = _refuse_or_clear_old_run(out, args.resume, args.overwrite)
@@ -476,10 +476,10 @@ def cmd_compare(args) -> int:
     from equilib.discover import compare, markdown_table, without_weights
 
     _setup(args)
+    device = default_device(args.device)
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_writable(out)
-    device = default_device(args.device)
     fast = args.fast or fast_mode()
     overrides = _training_overrides(args)
     t0 = time.perf_counter()

@@ -251,3 +251,11 @@ def test_a_stash_left_by_a_killed_overwrite_is_kept_until_a_run_finishes(tmp_pat
     assert _discover(tmp_path, "--overwrite") == 2
     assert json.loads((tmp_path / "result.json").read_text()) == {"test_accuracy": 0.9}
     assert not (tmp_path / "checkpoint.pt").exists() and not stash.exists()
+
+
+def test_a_bad_device_is_refused_before_the_output_folder_is_made(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EQUILIB_DEVICE", "tpu")
+    out = tmp_path / "new"
+    assert _discover(out) == 2
+    err = capsys.readouterr().err
+    assert "EQUILIB_DEVICE='tpu'" in err and "'cpu', 'cuda'" in err and not out.exists()
