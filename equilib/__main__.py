@@ -364,11 +364,14 @@ def _refuse_or_clear_old_run(out: Path, resume: bool, overwrite: bool) -> Path |
 
 
 def _settle_stash(out: Path, stash: Path | None, finished: bool) -> None:
-    """After an ``--overwrite`` run: drop the replaced run (``finished``) or restore it."""
-    if stash is None or not stash.is_dir():
-        return
+    """After a run: once it has ``finished``, drop any replaced run left in ``out/STASH`` (also
+    one a killed ``--overwrite`` left before this run resumed); if an ``--overwrite`` run
+    failed, put the run it was to replace (``stash``) back."""
     if finished:
-        shutil.rmtree(stash)
+        if (out / STASH).is_dir():
+            shutil.rmtree(out / STASH)
+        return
+    if stash is None or not stash.is_dir():
         return
     for name in RUN_FILES:
         if (out / name).exists():

@@ -259,3 +259,15 @@ def test_a_bad_device_is_refused_before_the_output_folder_is_made(tmp_path, monk
     assert _discover(out) == 2
     err = capsys.readouterr().err
     assert "EQUILIB_DEVICE='tpu'" in err and "'cpu', 'cuda'" in err and not out.exists()
+
+
+@pytest.mark.slow
+def test_a_run_that_finishes_drops_a_stale_stash(tmp_path):
+    from equilib.__main__ import STASH
+
+    # an --overwrite killed before its first checkpoint leaves only the stash; the next run
+    # into the folder that finishes makes the stashed run obsolete
+    (tmp_path / STASH).mkdir()
+    (tmp_path / STASH / "result.json").write_text('{"test_accuracy": 0.9}')
+    assert _discover(tmp_path) == 0
+    assert (tmp_path / "result.json").exists() and not (tmp_path / STASH).exists()
