@@ -38,6 +38,7 @@ def test_check_passes_a_time_limit_to_pytest(tmp_path, monkeypatch):
         return 0
 
     monkeypatch.setattr(course, "run", fake_run)
+    (tmp_path / "ex01_groups.py").write_text("# a reader's copy\n")
     for argv, limit in (
         (["check", "1"], str(course.GRADING_TIMEOUT)),
         (["check", "01", "--timeout", "7"], "7"),
@@ -48,6 +49,17 @@ def test_check_passes_a_time_limit_to_pytest(tmp_path, monkeypatch):
         cmd = seen["cmd"]
         assert cmd[cmd.index("--timeout") + 1] == limit
         assert any(c.endswith("test_ex01_groups.py") for c in cmd)
+
+
+def test_check_refuses_a_folder_without_the_readers_copy(tmp_path, monkeypatch):
+    course = load_course()
+    monkeypatch.setattr(course, "setup", lambda *a, **k: Path(sys.executable))
+    monkeypatch.setattr(course, "workspace", lambda: None)
+    monkeypatch.setattr(course, "run", lambda *a, **k: pytest.fail("nothing to grade"))
+    for folder, says in ((tmp_path / "missing", "no folder"), (tmp_path, "has no ex01_groups.py")):
+        with pytest.raises(SystemExit) as info:
+            course.main(["check", "01", "--dir", str(folder)])
+        assert says in str(info.value.code) and str(folder) in str(info.value.code)
 
 
 def test_an_endless_loop_in_an_exercise_fails_naming_the_exercise(tmp_path):
