@@ -129,11 +129,23 @@ class Augerino(nn.Module):
             x = rotate(x, theta[:, self.transforms.index("rotation")], mode="cubic")
         return x
 
-    def averaged(self, x: torch.Tensor, n: int, fn=None) -> torch.Tensor:
-        """Mean over ``n`` random transforms of ``fn(augment(x))`` (default ``fn = model``)."""
+    def averaged(
+        self, x: torch.Tensor, n: int, fn=None, eps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean over ``n`` random transforms of ``fn(augment(x))`` (default ``fn = model``).
+
+        ``eps: (n, B, T)`` fixes the samples (the same average for every call), else fresh draws.
+        """
         fn = self.model if fn is None else fn
         rep = x.repeat(n, 1, 1, 1)
-        out = fn(self.augment(rep))
+        if eps is not None:
+            if eps.shape != (n, x.shape[0], len(self.transforms)):
+                raise ValueError(
+                    f"eps must have shape ({n}, {x.shape[0]}, {len(self.transforms)}); "
+                    f"got {tuple(eps.shape)}"
+                )
+            eps = eps.reshape(n * x.shape[0], -1)
+        out = fn(self.augment(rep, eps))
         return out.view(n, x.shape[0], *out.shape[1:]).mean(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

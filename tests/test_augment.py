@@ -204,3 +204,15 @@ def test_marglik_width_grows_on_rotated_digits_and_shrinks_on_six_vs_nine():
     assert widths["rotated"] > 0.5  # the evidence widens the invariance the data support
     assert widths["six-nine"] < 0.5  # ... and narrows it where a turn changes the label
     assert widths["rotated"] > 3 * widths["six-nine"]
+
+
+def test_averaged_with_fixed_samples_is_the_mean_over_those_samples():
+    torch.manual_seed(0)
+    aug = augment.Augerino(nn.Flatten(), transforms=("rotation",), init_width=2.0)
+    x = torch.rand(3, 1, 8, 8)
+    eps = torch.rand(4, 3, 1) - 0.5
+    by_hand = sum(aug.model(aug.augment(x, e)) for e in eps) / 4
+    assert torch.allclose(aug.averaged(x, 4, eps=eps), by_hand, atol=1e-6)
+    assert torch.equal(aug.averaged(x, 4, eps=eps), aug.averaged(x, 4, eps=eps))  # no new draws
+    with pytest.raises(ValueError, match="eps must have shape"):
+        aug.averaged(x, 4, eps=eps[:2])
