@@ -158,14 +158,45 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
+def _differences(saved: dict, now: dict) -> list[str]:
+    """``"name: value here, value in the checkpoint"`` for every setting that differs; a nested
+    dict (the run's own description, e.g. a discover configuration) is compared field by field,
+    so that the message names the field the reader changed, not the dict holding it."""
+    lines = []
+    for key in sorted(set(saved) | set(now), key=str):
+        a, b = saved.get(key, _ABSENT), now.get(key, _ABSENT)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += _differences(a, b)
+        else:
+            lines.append(f"{key}: {_short(b)} here, {_short(a)} in the checkpoint")
+    return lines
+
+
+def _short(value, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "not set"
+
+
+_ABSENT = _Absent()
+
+
 def check_same_run(state: dict, settings: dict, path: str | os.PathLike) -> None:
     """Refuse to resume from ``state`` (read from ``path``) if it was written with other
-    ``settings``, naming the settings that differ."""
+    ``settings``, naming each setting that differs with both values."""
     if state["settings"] != settings:
-        diff = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+        # a setting can be both a training setting and a field of the run's description
+        diff = "; ".join(dict.fromkeys(_differences(state["settings"], settings)))
         raise ValueError(
             f"checkpoint {str(path)!r} was written by a different run "
-            f"(these settings differ: {diff}); not resuming"
+            f"(these settings differ: {diff}); not resuming: resume with the settings of the "
+            "checkpoint, or start the run afresh"
         )
 
 

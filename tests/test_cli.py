@@ -152,7 +152,7 @@ def test_resume_refuses_mismatch_and_corruption_leaving_files_intact(runs, capsy
     rc = main([*base, *TINY, "--lr", "0.5"])
     assert rc == 2 and "different run" in capsys.readouterr().err
     rc = main([*base, *TINY, "--seed", "3"])  # same shapes and optimiser, other data split
-    assert rc == 2 and "run_info" in capsys.readouterr().err
+    assert rc == 2 and "seed: 3 here, 0 in the checkpoint" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
     # resuming a finished run with the same settings reproduces its result
     rc = main([*base, *TINY])

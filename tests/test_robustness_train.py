@@ -184,3 +184,17 @@ def test_checkpoint_with_entries_of_the_wrong_kind_is_named(tmp_path):
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"checkpoint.pt.*damaged.*'settings'.*'epoch'"):
         train.fit(_model(), _loader(X, y), epochs=2, progress=False, checkpoint=path, resume=True)
+
+
+def test_a_refused_resume_names_each_differing_setting_with_both_values():
+    from equilib.checkpoint import check_same_run
+
+    saved = {"lr": 0.001, "warmup": 2, "run_info": {"seed": 0, "task": "digits"}}
+    now = {"lr": 0.001, "run_info": {"seed": 3, "task": "digits"}}
+    with pytest.raises(ValueError) as err:
+        check_same_run({"settings": saved}, now, "ck.pt")
+    text = str(err.value)
+    assert "seed: 3 here, 0 in the checkpoint" in text
+    assert "warmup: not set here, 2 in the checkpoint" in text
+    assert "task" not in text and "lr" not in text and "run_info" not in text
+    check_same_run({"settings": dict(now)}, now, "ck.pt")  # the same settings resume

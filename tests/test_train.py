@@ -242,7 +242,7 @@ def test_mismatched_or_corrupt_checkpoint_is_refused_and_left_intact(tmp_path):
     train.fit(small_model(), tr, epochs=2, checkpoint=ck, progress=False)
     before = ck.read_bytes()
     tr, _ = loaders(X, y)
-    with pytest.raises(ValueError, match="different run.*lr"):
+    with pytest.raises(ValueError, match=r"different run.*lr: 0\.5 here, 0\.001 in the checkpoint"):
         train.fit(small_model(), tr, epochs=2, lr=0.5, checkpoint=ck, resume=True, progress=False)
     other = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     with pytest.raises(ValueError, match="params"):
