@@ -217,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--resume",
         action="store_true",
-        help="continue from OUT/checkpoint.pt (written after every epoch); without "
-        "it, a folder that already holds a run is refused",
+        help="continue from OUT/checkpoint.pt (written after every epoch; a run by the "
+        "evidence also checkpoints its retraining, in OUT/checkpoint.retrain.pt); without it, "
+        "a folder that already holds a run is refused",
     )
     d.add_argument(
         "--overwrite",
@@ -328,7 +329,13 @@ def _check_writable(folder: Path) -> None:
         ) from e
 
 
-RUN_FILES = ("result.json", "structure.png", "checkpoint.pt", "checkpoint.layers.json")
+RUN_FILES = (
+    "result.json",
+    "structure.png",
+    "checkpoint.pt",
+    "checkpoint.layers.json",
+    "checkpoint.retrain.pt",
+)
 # where --overwrite keeps the run it replaces until the new one has written its result
 STASH = ".replaced-run"
 

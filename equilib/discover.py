@@ -552,6 +552,13 @@ def layers_history_path(checkpoint) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".layers.json")
 
 
+def retrain_checkpoint_path(checkpoint) -> Path:
+    """Where :func:`run` checkpoints the retraining of a checkpointed run by the evidence:
+    ``checkpoint.pt`` -> ``checkpoint.retrain.pt`` beside it."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".retrain" + checkpoint.suffix)
+
+
 def _resumed_layers_history(
     layers_file: Path, checkpoint, model: nn.Module, config: Config
 ) -> list:
@@ -657,7 +664,14 @@ def _fit_settings(config: Config) -> dict:
 
 
 def retrain(
-    config: Config, prior_precision, *, device=None, progress: bool = True, data_root=None
+    config: Config,
+    prior_precision,
+    *,
+    device=None,
+    progress: bool = True,
+    data_root=None,
+    checkpoint=None,
+    resume: bool = False,
 ) -> dict:
     """Train the network of ``config`` again from its initial weights, by MAP under the given
     per-tensor ``prior_precision`` (the precisions a run by the evidence ended with).
@@ -667,6 +681,9 @@ def retrain(
     retrained network keeps the structure the evidence found (the same precisions) and gives
     its weights a whole schedule at that fixed prior. It starts from the run's initial weights
     and sees the batches in the run's order (the same seed), with the run's settings otherwise.
+
+    ``checkpoint`` and ``resume`` are those of ``equilib.train.fit``: a retraining that was
+    stopped goes on from its last finished epoch.
 
     Returns ``test_accuracy``, ``train_accuracy``, ``train_seconds``, ``history`` (``epoch``
     and ``train_loss``, the training loss per epoch) and ``layers`` (:func:`layer_structure` of
@@ -690,6 +707,9 @@ def retrain(
         prior_precision=delta,
         device=device,
         progress=progress,
+        checkpoint=checkpoint,
+        resume=resume,
+        run_info={**config.to_dict(), "retrained_at": [float(d) for d in delta]},
         **_fit_settings(config),
     )
     return {
@@ -723,7 +743,9 @@ def run(
     epoch), ``history`` (:class:`equilib.train.History` as lists) and ``config``; plus
     ``state_dict`` (CPU tensors, not JSON) if ``keep_model``. With a ``checkpoint``, the
     per-epoch layer structure is also written beside it (:func:`layers_history_path`), so that a
-    resumed run reports every epoch.
+    resumed run reports every epoch, and the retraining of a run by the evidence has a
+    checkpoint of its own (:func:`retrain_checkpoint_path`), so that resuming a run stopped
+    while it retrained does not start the retraining over.
     A run that diverges raises ``equilib.train.TrainingDiverged`` and returns nothing.
     """
     t0, c0 = time.perf_counter(), time.process_time()
@@ -812,12 +834,15 @@ def run(
         "config": config.to_dict(),
     }
     if config.objective == "marglik" and config.retrain:
+        again = None if checkpoint is None else retrain_checkpoint_path(checkpoint)
         result["retrained"] = retrain(
             config,
             history.prior_precision[-1],
             device=device,
             progress=progress,
             data_root=data_root,
+            checkpoint=again,
+            resume=resume and again is not None and again.exists(),
         )
         result["seconds"] = time.perf_counter() - t0
         result["cpu_seconds"] = time.process_time() - c0

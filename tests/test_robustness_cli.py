@@ -181,6 +181,47 @@ def test_a_resumed_run_keeps_the_whole_layer_history(tmp_path, monkeypatch):
         assert resumed["test_accuracy"] == whole["test_accuracy"]
 
 
+@pytest.mark.slow
+def test_a_run_stopped_while_it_retrains_resumes_the_retraining(tmp_path, monkeypatch):
+    config = discover.default_config(
+        True, task="digits", objective="marglik", epochs=3, n_train=120, n_test=20, width=2,
+        burn_in=1, marglik_every=1, hyper_steps=2,
+    )  # fmt: skip
+    whole = discover.run(config, progress=False)
+    real_fit = discover.fit
+    trained = []  # (objective, epoch) of every epoch trained after the interruption
+
+    def counting_fit(*args, objective, **kwargs):
+        def count(epoch, history, model):
+            trained.append((objective, epoch))
+            if callback is not None:
+                callback(epoch, history, model)
+
+        callback = kwargs.pop("callback", None)
+        return real_fit(*args, objective=objective, callback=count, **kwargs)
+
+    def stopped_retraining(*args, objective, **kwargs):
+        if objective != "map":
+            return real_fit(*args, objective=objective, **kwargs)
+
+        def stop_after_two(epoch, history, model):
+            if epoch == 2:
+                raise _Interrupted
+
+        return real_fit(*args, objective=objective, callback=stop_after_two, **kwargs)
+
+    ckpt = tmp_path / "checkpoint.pt"
+    monkeypatch.setattr(discover, "fit", stopped_retraining)
+    with pytest.raises(_Interrupted):
+        discover.run(config, progress=False, checkpoint=ckpt)
+    assert discover.retrain_checkpoint_path(ckpt).exists()
+    monkeypatch.setattr(discover, "fit", counting_fit)
+    resumed = discover.run(config, progress=False, checkpoint=ckpt, resume=True)
+    assert ("map", 3) in trained and ("map", 1) not in trained and ("map", 2) not in trained
+    assert resumed["retrained"]["test_accuracy"] == whole["retrained"]["test_accuracy"]
+    assert resumed["retrained"]["history"] == whole["retrained"]["history"]
+
+
 def test_degree_refuses_a_folder_holding_a_result_or_in_use(tmp_path, capsys):
     (tmp_path / "result.json").write_text("{}")
     before = _snapshot(tmp_path)
