@@ -138,6 +138,7 @@ def plot_layer_table(table: dict, axes=None):
     for ax in axes:
         ax.set_xticks(pos)
         ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+        ax.set_xlabel("parameter tensor")
     return axes
 
 
@@ -157,6 +158,7 @@ def plot_kron_vs_dense(dense, kron, title: str = "", axes=None):
         im = ax.imshow(mat, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
         ax.set_title(f"{name} {title}", fontsize=9)
         ax.set_xlabel("weight index")
+        ax.set_ylabel("weight index")
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0].figure.colorbar(im, ax=list(axes), label="curvature (one colour scale)", shrink=0.9)
