@@ -262,7 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the table (table.md) and all results (results.json) to this folder",
     )
     c.add_argument("--no-cache", action="store_true", help="recompute even if cached")
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars and no line as each run starts and ends: nothing is printed "
+        "until every run has finished",
+    )
     _add_training_options(c)
 
     g = sub.add_parser(
