@@ -255,14 +255,46 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def count_examples(loader) -> int:
-    """How many examples a loader yields: ``len(loader.dataset)``, else counted by iterating."""
-    try:
-        return len(loader.dataset)
-    except (AttributeError, TypeError):
-        n = sum(int(y.shape[0]) for _, y in loader)
-        if n == 0:
-            raise ValueError("the training loader is empty") from None
-        return n
+    """How many examples ``loader`` yields in one epoch: the ``N`` that divides the prior term.
+
+    A ``DataLoader`` that yields its whole dataset once (see :func:`yields_whole_dataset`) has
+    ``len(loader.dataset)``; one whose sampler has a length (a subset, sampling with
+    replacement) has that many, less those of a dropped last batch; any other loader is
+    counted by iterating it once."""
+    if isinstance(loader, DataLoader):
+        if yields_whole_dataset(loader):
+            n = len(loader.dataset)
+        elif type(loader.batch_sampler) is BatchSampler and hasattr(loader.sampler, "__len__"):
+            n = len(loader.sampler)
+            if loader.drop_last:
+                n -= n % loader.batch_size
+        else:
+            n = None
+        if n is not None:
+            if n == 0:
+                raise ValueError("the training loader yields no examples")
+            return n
+    else:
+        try:
+            return len(loader.dataset)
+        except (AttributeError, TypeError):
+            pass
+    n = sum(int(y.shape[0]) for _, y in loader)
+    if n == 0:
+        raise ValueError("the training loader yields no examples")
+    return n
+
+
+def yields_whole_dataset(loader: DataLoader) -> bool:
+    """Whether a ``DataLoader`` yields every example of its dataset once per epoch: sequential
+    or random sampling without replacement, the standard batching, no dropped batch."""
+    sampler = loader.sampler
+    whole = isinstance(sampler, SequentialSampler) or (
+        isinstance(sampler, RandomSampler)
+        and not sampler.replacement
+        and sampler.num_samples == len(loader.dataset)
+    )
+    return whole and not loader.drop_last and type(loader.batch_sampler) is BatchSampler
 
 
 # the batches in which fit's curvature refits read the training set, by default
@@ -275,13 +307,7 @@ def curvature_loader_for(loader, batch_size: int | None):
     (sequential or random sampling without replacement, no dropped batch); else ``loader``."""
     if batch_size is None or not isinstance(loader, DataLoader):
         return loader
-    sampler = loader.sampler
-    whole = isinstance(sampler, SequentialSampler) or (
-        isinstance(sampler, RandomSampler)
-        and not sampler.replacement
-        and sampler.num_samples == len(loader.dataset)
-    )
-    if not whole or loader.drop_last or type(loader.batch_sampler) is not BatchSampler:
+    if not yields_whole_dataset(loader):
         return loader
     if isinstance(loader.dataset, TensorDataset) and loader.collate_fn is default_collate:
         return TensorBatches(loader.dataset, batch_size)

@@ -198,3 +198,32 @@ def test_a_refused_resume_names_each_differing_setting_with_both_values():
     assert "warmup: not set here, 2 in the checkpoint" in text
     assert "task" not in text and "lr" not in text and "run_info" not in text
     check_same_run({"settings": dict(now)}, now, "ck.pt")  # the same settings resume
+
+
+def test_the_prior_is_divided_by_the_examples_the_loader_yields_not_its_dataset():
+    X, y = _data(n=40)
+    subset = DataLoader(TensorDataset(X, y), batch_size=4, sampler=list(range(10)))
+    own = DataLoader(TensorDataset(X[:10], y[:10]), batch_size=4)
+    assert train.count_examples(subset) == 10
+    dropped = DataLoader(TensorDataset(X, y), batch_size=16, drop_last=True)
+    assert train.count_examples(dropped) == 32
+    repeated = DataLoader(
+        TensorDataset(X, y), batch_size=8, sampler=torch.utils.data.RandomSampler(
+            range(40), replacement=True, num_samples=24))
+    assert train.count_examples(repeated) == 24
+    # training on ten examples of forty weighs the prior as training on those ten alone
+    weights = []
+    for loader in (subset, own):
+        model = _model()
+        train.fit(model, loader, epochs=3, lr=0.05, optimizer="sgd", prior_precision=5.0,
+                  progress=False)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(weights[0], weights[1])
+
+
+def test_a_loader_that_yields_nothing_is_refused():
+    X, y = _data(n=8)
+    with pytest.raises(ValueError, match="no examples"):
+        train.count_examples(DataLoader(TensorDataset(X, y), batch_size=16, drop_last=True))
+    with pytest.raises(ValueError, match="no examples"):
+        train.count_examples([])
