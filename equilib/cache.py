@@ -58,12 +58,35 @@ def cache_dir() -> Path:
     return base / ".cache" / "equilib"
 
 
+def _encode(value):
+    """What a configuration value that JSON cannot hold is keyed by: a tensor or an array by
+    its type, dtype, shape and a hash of its bytes (its printed form rounds and elides, so two
+    configurations that differ in a tenth decimal would share a result), a numpy scalar by its
+    value, anything else by its ``str``."""
+    if isinstance(value, torch.Tensor):
+        kind, dtype = "tensor", str(value.dtype)
+        value = value.detach().cpu().resolve_conj().resolve_neg()
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16: its exact float32 values
+            value = value.float()
+        array = value.contiguous().numpy()
+    elif isinstance(value, np.ndarray):
+        kind, dtype, array = "ndarray", str(value.dtype), np.ascontiguousarray(value)
+    elif isinstance(value, np.generic):
+        return value.item()
+    else:
+        return str(value)
+    digest = hashlib.sha256(array.tobytes()).hexdigest()
+    return {kind: dtype, "shape": list(array.shape), "sha256": digest}
+
+
+def _config_blob(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, default=_encode)
+
+
 def cache_key(name: str, config: dict) -> str:
-    """A file-name-safe key: ``name`` plus a hash of the JSON-encoded configuration."""
-    try:
-        blob = json.dumps(config, sort_keys=True, default=str)
-    except TypeError as err:  # pragma: no cover - default=str makes this rare
-        raise TypeError(f"config must be JSON-serialisable, got {config!r}") from err
+    """A file-name-safe key: ``name`` plus a hash of the JSON-encoded configuration (tensors and
+    arrays in it by their exact contents)."""
+    blob = _config_blob(config)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     return f"{safe}-{digest}"
@@ -239,10 +262,6 @@ def _writable(folder: Path) -> str | None:
 
 
 CACHE_FORMAT = "equilib.cache/1"
-
-
-def _config_blob(config: dict) -> str:
-    return json.dumps(config, sort_keys=True, default=str)
 
 
 def cached(name: str, config: dict, compute: Callable[[], T], refresh: bool = False) -> T:

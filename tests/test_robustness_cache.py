@@ -121,3 +121,20 @@ def test_written_files_get_the_mode_the_umask_allows(tmp_path, monkeypatch):
     finally:
         os.umask(old)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_configurations_holding_tensors_or_arrays_are_keyed_by_their_exact_contents(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path))
+    # printed, these two tensors (and the two long arrays) are the same
+    near = ({"delta": torch.tensor([0.5, 1.0])}, {"delta": torch.tensor([0.50004, 1.0])})
+    long = ({"grid": np.zeros(2000)}, {"grid": np.r_[np.zeros(1000), 1.0, np.zeros(999)]})
+    for first, second in (near, long):
+        assert cached("ev", first, lambda: "first") == "first"
+        assert cached("ev", second, lambda: "second") == "second"
+        assert cached("ev", first, lambda: "again") == "first"
+    # the same values of another dtype are another configuration
+    assert cache_key("ev", {"d": torch.ones(2)}) != cache_key("ev", {"d": torch.ones(2).double()})
+    assert cache_key("ev", {"d": torch.ones(2)}) == cache_key("ev", {"d": torch.ones(2)})
+    assert cache_key("ev", {"n": np.int64(3)}) == cache_key("ev", {"n": 3})
