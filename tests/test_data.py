@@ -125,3 +125,15 @@ def test_cifar10_loader_reads_pickle_batches(tmp_path):
     assert torch.allclose(X[1, 2, 0, :] * 255, torch.from_numpy(data[1, 2048:2080]).float())
     with pytest.raises(FileNotFoundError, match="data_batch_1"):
         load_cifar10(tmp_path, split="train")
+
+
+@pytest.mark.parametrize("scale, shift", [(1.0, 0.0), (255.0, 0.0), (3.0, -1.5)])
+def test_upsampled_images_keep_their_own_range(scale, shift):
+    X = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * scale + shift
+    for size in (8, 13, 16):
+        out = upsample(X, size)
+        assert out.shape == (4, 1, size, size)
+        assert out.min() >= X.min() and out.max() <= X.max()
+        # nothing clipped: the interpolation itself, whatever the range of X
+        plain = torch.nn.functional.interpolate(X, size=(size, size), mode="bilinear")
+        torch.testing.assert_close(out, plain)

@@ -142,3 +142,17 @@ def test_bad_input():
         transform_digits(torch.zeros(2, 1, 8, 8), "partial", theta=-1.0)
     with pytest.raises(ValueError, match="digit <= size"):
         make_rotated_digits(10, 10, "c4", size=8, digit=12)
+
+
+@pytest.mark.parametrize("kind", ["so2", "partial"])
+def test_rotated_images_are_not_clipped_to_the_unit_range(kind):
+    X = upsample(load_digits()[0][:16], 16)
+    g = torch.Generator().manual_seed(0)
+    unit, angles = transform_digits(X, kind, generator=g)
+    scaled, again = transform_digits(255 * X - 40, kind, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(angles, again)
+    # rotation is linear in the image (zeros fill the corners), so nothing is clipped if
+    # rotating 255 X - 40 gives 255 rot(X) - 40 rot(1)
+    assert scaled.min() < -1 and scaled.max() > 200
+    torch.testing.assert_close(scaled + 40 * rotate(torch.ones_like(X), angles), 255 * unit,
+                               atol=1e-3, rtol=1e-4)

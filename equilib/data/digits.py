@@ -30,14 +30,20 @@ def load_digits(size: int | None = None, dtype: torch.dtype = torch.float32):
 
 
 def upsample(X: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize images ``X: (N, C, H, W)`` to ``(N, C, size, size)`` with bilinear interpolation."""
+    """Resize images ``X: (N, C, H, W)`` to ``(N, C, size, size)`` with bilinear interpolation.
+
+    The values stay within the range of ``X`` (bilinear weights are convex; the clamp only
+    removes rounding), whatever that range is: images in [0, 1], standardised or in 0..255."""
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
     if X.ndim != 4:
         raise ValueError(f"expected images of shape (N, C, H, W), got {tuple(X.shape)}")
     if X.shape[-2:] == (size, size):
         return X.clone()
-    return F.interpolate(X, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    out = F.interpolate(X, size=(size, size), mode="bilinear", align_corners=False)
+    if X.numel() == 0:
+        return out
+    return out.clamp(X.min(), X.max())
 
 
 def split(X: torch.Tensor, y: torch.Tensor, n_train: int, n_test: int, seed: int = 0):

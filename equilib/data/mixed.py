@@ -85,7 +85,12 @@ def transform_digits(
         angles = torch.rand(N, generator=generator) * (2 * math.pi)
     else:
         angles = (2 * torch.rand(N, generator=generator) - 1) * theta
-    return rotate(X, angles.to(X.dtype)).clamp(0, 1), angles
+    out = rotate(X, angles.to(X.dtype))
+    if X.numel():
+        # bilinear weights are convex and the corners fill with zeros: the clamp removes
+        # rounding only, within the range of X (and 0), whatever that range is
+        out = out.clamp(X.min().clamp(max=0), X.max().clamp(min=0))
+    return out, angles
 
 
 def _sources(n_train: int, n_test: int, size: int, digit: int, seed: int, exclude=()):
