@@ -154,5 +154,6 @@ def test_rotated_images_are_not_clipped_to_the_unit_range(kind):
     # rotation is linear in the image (zeros fill the corners), so nothing is clipped if
     # rotating 255 X - 40 gives 255 rot(X) - 40 rot(1)
     assert scaled.min() < -1 and scaled.max() > 200
-    torch.testing.assert_close(scaled + 40 * rotate(torch.ones_like(X), angles), 255 * unit,
-                               atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(
+        scaled + 40 * rotate(torch.ones_like(X), angles), 255 * unit, atol=1e-3, rtol=1e-4
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -43,3 +45,48 @@ def test_regression_targets_with_nan_are_refused(cls):
     y[5] = float("inf")
     with pytest.raises(ValueError, match="NaN or inf"):
         cls(model, "regression").fit([(X, y)])
+
+
+@pytest.mark.parametrize(
+    "likelihood, hessian, message",
+    [
+        ("classificaton", "ggn", "likelihood must be one of"),
+        ("classification", "GGN", "hessian must be one of"),
+        ("regresion", "ggn", "likelihood must be one of"),
+    ],
+)
+def test_the_output_hessian_refuses_a_name_it_does_not_know(likelihood, hessian, message):
+    from equilib.laplace.output_hessian import output_hessian_sqrt
+
+    f, y = torch.randn(2, 3), torch.tensor([0, 2])
+    with pytest.raises(ValueError, match=message):
+        output_hessian_sqrt(f, y, likelihood, hessian)
+
+
+def test_the_reference_kfac_refuses_an_unknown_likelihood():
+    from equilib.laplace.reference_kfac import reference_kfac
+
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        reference_kfac(_classifier(), torch.randn(5, 4), likelihood="classificaton")
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float16, torch.bfloat16, "float64"])
+def test_the_evidence_is_computed_in_a_float_precision_or_refused(dtype):
+    with pytest.raises(ValueError, match="logdet_dtype must be torch.float32 or torch.float64"):
+        KronLaplace(_classifier(), logdet_dtype=dtype)
+
+
+def test_the_dense_evidence_of_a_float32_model_holds_at_small_prior_precisions():
+    torch.manual_seed(0)
+    X, y = torch.randn(200, 4), torch.randint(0, 3, (200,))
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    la = FullLaplace(model).fit([(X, y)])
+    reference = FullLaplace(copy.deepcopy(model).double()).fit([(X.double(), y)])
+    assert torch.linalg.eigvalsh(la.H).min() > -1e-9
+    for delta in (1e-4, 1e-6, 1e-8):
+        torch.testing.assert_close(
+            la.log_marginal_likelihood(delta),
+            reference.log_marginal_likelihood(delta),
+            rtol=1e-5,
+            atol=1e-3,
+        )

@@ -208,15 +208,18 @@ def test_the_prior_is_divided_by_the_examples_the_loader_yields_not_its_dataset(
     dropped = DataLoader(TensorDataset(X, y), batch_size=16, drop_last=True)
     assert train.count_examples(dropped) == 32
     repeated = DataLoader(
-        TensorDataset(X, y), batch_size=8, sampler=torch.utils.data.RandomSampler(
-            range(40), replacement=True, num_samples=24))
+        TensorDataset(X, y),
+        batch_size=8,
+        sampler=torch.utils.data.RandomSampler(range(40), replacement=True, num_samples=24),
+    )
     assert train.count_examples(repeated) == 24
     # training on ten examples of forty weighs the prior as training on those ten alone
     weights = []
     for loader in (subset, own):
         model = _model()
-        train.fit(model, loader, epochs=3, lr=0.05, optimizer="sgd", prior_precision=5.0,
-                  progress=False)
+        train.fit(
+            model, loader, epochs=3, lr=0.05, optimizer="sgd", prior_precision=5.0, progress=False
+        )
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(weights[0], weights[1])
 

@@ -39,7 +39,7 @@ from torch import nn
 from equilib.laplace.backprop import CurvatureBackend, per_example_grads
 from equilib.laplace.curvature import inspect_model, layer_inputs
 from equilib.laplace.kfac import KronFactors, kron_layer_inputs
-from equilib.laplace.output_hessian import HESSIANS, LIKELIHOODS, FitChecks
+from equilib.laplace.output_hessian import FitChecks, check_likelihood_and_hessian
 
 __all__ = ["BaseLaplace", "FullLaplace", "DiagLaplace", "KronLaplace", "Laplace"]
 
@@ -88,12 +88,13 @@ class BaseLaplace:
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        if hessian not in HESSIANS:
-            raise ValueError(f"hessian must be one of {HESSIANS}, got {hessian!r}")
+        check_likelihood_and_hessian(likelihood, hessian)
         if not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        if logdet_dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"logdet_dtype must be torch.float32 or torch.float64, got {logdet_dtype!r}"
+            )
         self.model = model
         self.likelihood = likelihood
         self.hessian = hessian
@@ -540,12 +541,18 @@ class DiagLaplace(_EigenLaplace):
 
 
 class FullLaplace(BaseLaplace):
-    """Laplace with the dense GGN ``H = sum_n J_n^T Lambda_n J_n``: (P, P). For small models."""
+    """Laplace with the dense GGN ``H = sum_n J_n^T Lambda_n J_n``: (P, P). For small models.
+
+    ``H`` is summed in ``logdet_dtype``: summed in float32, the rounding of thousands of
+    rank-one terms leaves it with eigenvalues below zero of the order of 1e-5, and the
+    Cholesky factor of the posterior precision fails for small prior precisions."""
 
     _blockwise = False
 
     def _init_curvature(self) -> None:
-        self.H = torch.zeros(self.n_params, self.n_params, device=self.device, dtype=self.dtype)
+        self.H = torch.zeros(
+            self.n_params, self.n_params, device=self.device, dtype=self.logdet_dtype
+        )
         self._offsets = [0]
         for n in self.numels:
             self._offsets.append(self._offsets[-1] + n)
@@ -560,14 +567,14 @@ class FullLaplace(BaseLaplace):
                     G = Gi.new_zeros(Gi.shape[0], Gi.shape[1], self.n_params)
                 G[:, :, self._offsets[idx] : self._offsets[idx + 1]] += Gi
         if G is not None:
-            G = G.reshape(-1, self.n_params)
+            G = G.reshape(-1, self.n_params).to(self.H.dtype)
             self.H += G.transpose(0, 1) @ G
 
     def _finalize(self) -> None:
         for i in range(self.n_tensors):
             block = self.H[self._offsets[i] : self._offsets[i + 1]]
             self._check_finite(block, i, "GGN rows")
-        self._H64 = self.H.to(self.logdet_dtype)
+        self._H64 = self.H
 
     @property
     def posterior_precision(self) -> torch.Tensor:

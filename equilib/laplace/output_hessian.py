@@ -27,6 +27,14 @@ def nll_sum(f: torch.Tensor, y: torch.Tensor, likelihood: str) -> torch.Tensor:
     return 0.5 * (f - y).pow(2).sum()
 
 
+def check_likelihood_and_hessian(likelihood: str, hessian: str = "ggn") -> None:
+    """Refuse a likelihood or an output Hessian this module does not know, naming the known."""
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    if hessian not in HESSIANS:
+        raise ValueError(f"hessian must be one of {HESSIANS}, got {hessian!r}")
+
+
 def output_hessian_sqrt(
     f: torch.Tensor,
     y: torch.Tensor,
@@ -43,6 +51,7 @@ def output_hessian_sqrt(
     regression: L = eps, eps ~ N(0, I)). ``'ef'``: empirical Fisher, K = 1, L = dloss/df at the
     observed label (p - e_y; regression f - y).
     """
+    check_likelihood_and_hessian(likelihood, hessian)
     f = f.detach()
     B, C = f.shape
     if likelihood == "classification":

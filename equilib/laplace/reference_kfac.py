@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equilib.laplace.output_hessian import output_hessian_sqrt
+from equilib.laplace.output_hessian import check_likelihood_and_hessian, output_hessian_sqrt
 from equilib.nn.conv import pad2d
 
 __all__ = ["reference_kfac"]
@@ -44,6 +44,7 @@ def reference_kfac(
     """``{weight name: (A, B)}`` for every ``nn.Linear`` / ``nn.Conv2d`` of ``model`` on the batch
     ``X`` (each layer called once), with the exact output Hessian of ``likelihood`` (unit noise
     for regression; ``y`` is not needed). ``A``: (D_in, D_in), ``B``: (D_out, D_out)."""
+    check_likelihood_and_hessian(likelihood)
     layers = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     seen = {}
 
