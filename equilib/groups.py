@@ -476,13 +476,23 @@ def equivariance_error(
     act_in = _resolve_action(in_action, group, group.act)
     act_out = _resolve_action(out_action, group, group.act)
     fx = f(x)
+    if out_action in (None, "image", "fmap") and fx.ndim <= 2 < x.ndim:
+        raise ValueError(
+            f"f(x) has shape {tuple(fx.shape)} for x of shape {tuple(x.shape)}: a batch of "
+            f"vectors, no image axes for {group!r} to act on. For "
+            "the outputs of a classifier, test invariance: out_action='invariant' (or "
+            "invariance_error)"
+        )
     scale = fx.norm()
     if not torch.isfinite(scale):
         raise ValueError("f(x) contains NaN or inf; cannot measure equivariance")
     if scale == 0:
         scale = torch.ones_like(scale)
+    elements = list(group.elements if elements is None else elements)
+    if not elements:
+        raise ValueError("elements is empty: no group element to test")
     worst = 0.0
-    for g in group.elements if elements is None else elements:
+    for g in elements:
         err = float((f(act_in(g, x)) - act_out(g, fx)).norm() / scale)
         if not math.isfinite(err):  # max(0.0, nan) would be 0.0: "exactly equivariant"
             raise ValueError(

@@ -35,3 +35,23 @@ def test_inf_outputs_raise_too():
     with pytest.raises(ValueError, match="NaN or inf"):
         equivariance_error(f, Rotations(4), x)
     assert equivariance_error(lambda y: y, Rotations(4), x) == 0.0
+
+
+@pytest.mark.parametrize("batch", [10, 7])
+def test_the_logits_of_a_classifier_are_not_rotated_as_an_image(batch):
+    torch.manual_seed(0)
+    weight = torch.randn(36, 10)
+    x = torch.randn(batch, 1, 6, 6)
+
+    def classifier(y):  # (B, 10) logits, as many as the batch has examples when batch = 10
+        return y.flatten(1) @ weight
+
+    with pytest.raises(ValueError, match="no image axes.*out_action='invariant'"):
+        equivariance_error(classifier, Rotations(4), x)
+    assert invariance_error(classifier, Rotations(4), x) > 0.1
+
+
+def test_an_empty_list_of_elements_is_refused():
+    x = torch.randn(2, 1, 6, 6)
+    with pytest.raises(ValueError, match="elements is empty"):
+        equivariance_error(lambda y: y, Rotations(4), x, elements=[])
