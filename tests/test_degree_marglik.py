@@ -102,3 +102,50 @@ def test_marglik_update_moves_only_lambda():
         assert changed == n.endswith("coefficients"), n
         if n.endswith("coefficients"):
             assert not p.requires_grad  # stays out of the MAP optimiser
+
+
+def _tiny_loader():
+    X, y = torch.randn(16, 1, 8, 8), torch.randint(3, (16,))
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=8)
+
+
+def test_a_gcnn_keeps_its_uniform_lambda_under_either_objective():
+    from equilib.degree.model import build, layer_densities
+    from equilib.degree.training import train_degree
+
+    for objective in ("kl", "marglik"):
+        torch.manual_seed(0)
+        model = build("gcnn", (1, 8, 8), 3, width=2)
+        out = train_degree(
+            model, _tiny_loader(), epochs=1, lambda_objective=objective, marglik_subset=16
+        )
+        for name, lam in layer_densities(model).items():
+            torch.testing.assert_close(lam, torch.ones_like(lam), msg=f"{objective}: {name}")
+        assert all(
+            not layer.density.coefficients.requires_grad for _, layer in partial_layers(model)
+        )
+        assert out["marglik"] is None  # nothing to learn, no evidence steps taken
+
+
+def test_a_model_whose_lambdas_are_all_frozen_is_refused_by_the_evidence_hook():
+    model = PartialGCNN((1, 8, 8), 3, width=2)
+    for _, layer in partial_layers(model):
+        layer.density.coefficients.requires_grad_(False)
+    with pytest.raises(ValueError, match="frozen"):
+        MarglikLambda(model, _tiny_loader(), n_data=16, subset=16)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"subset": 0}, "subset must be a positive integer"),
+        ({"prior_precision": 0.0}, "prior_precision must be a positive number"),
+        ({"prior_precision": -1.0}, "prior_precision must be a positive number"),
+        ({"lr": 0}, "lr must be a positive number"),
+    ],
+)
+def test_the_evidence_hook_refuses_settings_it_cannot_use(kwargs, message):
+    model = PartialGCNN((1, 8, 8), 3, width=2)
+    with pytest.raises(ValueError, match=message):
+        MarglikLambda(model, _tiny_loader(), n_data=16, **kwargs)

@@ -153,6 +153,13 @@ class MarglikLambda:
         align: float = 5.0,
         seed: int = 0,
     ):
+        for name, value in (("n_data", n_data), ("subset", subset), ("steps", steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(prior_precision, (int, float)) and prior_precision > 0):
+            raise ValueError(f"prior_precision must be a positive number, got {prior_precision!r}")
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
         self.model, self.loader, self.n = model, train_loader, n_data
         self.steps, self.delta, self.align = steps, float(prior_precision), align
         self.layers = _partial_layers(model)
@@ -160,7 +167,12 @@ class MarglikLambda:
             raise ValueError("model has no partial group-conv layers")
         self.structure = [orbit_structure(layer) for layer in self.layers]
         self.densities = list({id(layer.density): layer.density for layer in self.layers}.values())
-        self.opt = torch.optim.Adam([d.coefficients for d in self.densities], lr=lr)
+        # a density whose coefficients are frozen (a G-CNN's uniform lambda) stays as it is:
+        # it enters the evidence, but only the others are learned
+        self.learned = [d for d in self.densities if d.coefficients.requires_grad]
+        if not self.learned:
+            raise ValueError("every lambda of the model is frozen: there is nothing to learn")
+        self.opt = torch.optim.Adam([d.coefficients for d in self.learned], lr=lr)
         xs, ys = [], []
         for x, y in train_loader:
             xs.append(x)
@@ -173,11 +185,12 @@ class MarglikLambda:
 
     def freeze(self) -> None:
         """Take the coefficients out of the MAP optimiser (``fit`` trains requires_grad params)."""
-        for d in self.densities:
+        for d in self.learned:
             d.coefficients.requires_grad_(False)
 
     def unfreeze(self) -> None:
-        for d in self.densities:
+        """Give the learned coefficients back their gradients (the frozen stay frozen)."""
+        for d in self.learned:
             d.coefficients.requires_grad_(True)
 
     def complexity(self, ggn: list[torch.Tensor]) -> torch.Tensor:

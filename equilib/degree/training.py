@@ -21,7 +21,13 @@ import time
 
 import torch
 
-from equilib.degree.model import MODEL_KINDS, build, degree_regulariser, layer_densities
+from equilib.degree.model import (
+    MODEL_KINDS,
+    build,
+    degree_regulariser,
+    layer_densities,
+    partial_layers,
+)
 
 __all__ = [
     "train_degree",
@@ -70,7 +76,8 @@ def train_degree(
     if len(reg_weights) != 3:
         raise ValueError(f"reg_weights must be (kl_uniform, kl_prev, align), got {reg_weights!r}")
     n = count_examples(train_loader)
-    has_lambda = any(True for _ in layer_densities(model))
+    # only a lambda that can change needs an objective (a G-CNN's stays uniform)
+    has_lambda = any(layer.density.coefficients.requires_grad for _, layer in partial_layers(model))
     lambdas = [{k: v.tolist() for k, v in layer_densities(model).items()}]
 
     extra = None
