@@ -325,16 +325,41 @@ def init_from_data(
     ``path_std`` overrides the target per path name in blocks of several paths (``{"fc": 0.1}``
     starts FC paths small). Returns the factors ``s``, per block, per path.
     """
-    path_std = path_std or {}
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not all(hasattr(block, "paths") for block in blocks):
+        raise TypeError(
+            "init_from_data scales the paths of a model built by equilib.models.build (blocks "
+            f"with paths); got {type(model).__name__}"
+        )
+    if not torch.is_tensor(x) or x.ndim != 4 or len(x) == 0:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"x must be a non-empty batch of images (B, C, H, W), got {shape}")
+    if not torch.isfinite(x).all():
+        raise ValueError("x contains NaN or inf: the scales it gives would be too")
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        return _scale_paths(model, blocks, x, target_std, path_std or {})
+    except ValueError:
+        model.load_state_dict(saved)  # a refused batch leaves the model as it was
+        raise
+
+
+def _scale_paths(model, blocks, x, target_std, path_std) -> list[list[float]]:
     scales = []
     h = x
-    for block in model.blocks:
+    for b, block in enumerate(blocks):
         row = []
         for name, path in block.paths.items():
             weights = [p for n, p in path.named_parameters() if n.endswith("weight")]
             out = path(h)
             want = path_std.get(name, target_std) if len(block.paths) > 1 else target_std
-            s = float(want / out.std().clamp_min(1e-12))
+            spread = out.std()
+            if not spread > 1e-8 * max(1.0, float(out.abs().max())):
+                raise ValueError(
+                    f"the output of the {name!r} path of block {b} is constant on x (std "
+                    f"{float(spread):.3g}): x cannot set its scale (are the images blank?)"
+                )
+            s = float(want / spread)
             for w in weights:
                 w.mul_(s ** (1.0 / len(weights)))
             row.append(s)

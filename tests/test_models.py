@@ -209,3 +209,25 @@ def test_every_model_of_the_book_is_a_block_model():
     assert all(isinstance(b, PathBlock) for b in zoo.blocks)
     assert not any(isinstance(b, PathBlock) for b in partial.blocks)
     assert not isinstance(torch.nn.Linear(2, 2), BlockModel)
+
+
+def test_init_from_data_refuses_what_cannot_set_a_scale():
+    from equilib.degree.model import PartialGCNN
+    from equilib.models import init_from_data
+
+    torch.manual_seed(0)
+    m = build("conv", in_shape=(1, 8, 8), n_classes=4, width=4)
+    before = [p.detach().clone() for p in m.parameters()]
+    with pytest.raises(ValueError, match="constant on x.*blank"):
+        init_from_data(m, torch.zeros(8, 1, 8, 8))
+    x = torch.rand(8, 1, 8, 8)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        init_from_data(m, x)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        init_from_data(m, torch.rand(8, 64))
+    # nothing was scaled before the refusal
+    for p, q in zip(before, m.parameters()):
+        assert torch.equal(p, q.detach())
+    with pytest.raises(TypeError, match="built by equilib.models.build"):
+        init_from_data(PartialGCNN(), torch.rand(2, 1, 16, 16))
