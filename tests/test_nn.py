@@ -368,3 +368,18 @@ def test_max_pool_gradient_goes_to_one_entry_of_a_tied_window():
     x = torch.zeros(1, 1, 4, 4, requires_grad=True)  # every window tied
     enn.downsample(2, "max")(x).sum().backward()
     assert x.grad.sum() == 4 and x.grad.max() == 1  # one entry per window, as max_pool2d
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda k: enn.conv2d(1, 2, k),
+        lambda k: enn.BasisConv2d(1, 2, k, torch.randn(3, k * k)),
+        lambda k: enn.SparseConv2d(1, 1, k, anchors=2),
+    ],
+)
+def test_an_even_kernel_which_would_change_the_image_size_is_refused(make):
+    assert make(3)(torch.randn(2, 1, 8, 8)).shape[-2:] == (8, 8)
+    for k in (2, 4):
+        with pytest.raises(ValueError, match="kernel_size must be odd"):
+            make(k)

@@ -35,9 +35,14 @@ __all__ = [
 
 
 def _check_kernel(kernel_size) -> int:
-    if not isinstance(kernel_size, int) or kernel_size < 1:
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
         raise ValueError(
             f"kernel_size must be a positive int (a k x k filter with k >= 1), got {kernel_size!r}"
+        )
+    if kernel_size % 2 == 0:
+        raise ValueError(
+            f"kernel_size must be odd, got {kernel_size}: 'same' padding k // 2 keeps the image "
+            "size only for a filter centred on its pixel"
         )
     return kernel_size
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from equilib.nn.conv import BasisConv2d
+from equilib.nn.conv import BasisConv2d, _check_kernel
 from equilib.nn.linear import FactoredLinear, check_shape
 
 __all__ = ["anchor_grid", "rbf_basis", "SparseConv2d", "SparseFactoredLinear"]
@@ -111,8 +111,7 @@ class SparseConv2d(BasisConv2d):
         stride: int = 1,
         padding_mode: str = "circular",
     ):
-        if not isinstance(kernel_size, int) or kernel_size < 1:
-            raise ValueError(f"kernel_size must be a positive int, got {kernel_size!r}")
+        _check_kernel(kernel_size)
         anchors = kernel_size if anchors is None else anchors
         basis = rbf_basis((kernel_size, kernel_size), anchors, lengthscale)
         super().__init__(
