@@ -32,6 +32,7 @@ from torch import nn
 
 from equilib import measure
 from equilib.groups import rotate
+from equilib.train import TrainingDiverged
 
 __all__ = [
     "TRANSFORMS",
@@ -170,6 +171,15 @@ def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     return last
 
 
+def _check_data(X: torch.Tensor, y: torch.Tensor) -> None:
+    if X.ndim != 4 or y.ndim != 1 or len(X) != len(y):
+        raise ValueError(f"need X (N, C, H, W) and y (N,); got {tuple(X.shape)}, {tuple(y.shape)}")
+    if len(X) == 0:
+        raise ValueError("X and y hold no examples")
+    if not torch.isfinite(X).all():
+        raise ValueError("X contains NaN or inf")
+
+
 def augmentation_log_marglik(
     aug: Augerino, X: torch.Tensor, y: torch.Tensor, prior_precision: float | torch.Tensor = 1.0
 ) -> torch.Tensor:
@@ -179,8 +189,12 @@ def augmentation_log_marglik(
     ``prior_precision``; the network's weights enter at their current values. The output layer
     must be the model's last ``nn.Linear`` and must produce the logits.
     """
-    if X.ndim != 4 or y.ndim != 1 or len(X) != len(y):
-        raise ValueError(f"need X (N, C, H, W) and y (N,); got {tuple(X.shape)}, {tuple(y.shape)}")
+    _check_data(X, y)
+    delta = torch.as_tensor(prior_precision)
+    if delta.numel() != 1 or not bool(torch.isfinite(delta)) or not bool(delta > 0):
+        raise ValueError(
+            f"prior_precision must be a positive finite number, got {prior_precision!r}"
+        )
     _, head = _last_linear(aug.model)
     feats: dict = {}
     handle = head.register_forward_hook(lambda m, inp, out: feats.__setitem__("phi", inp[0]))
@@ -238,8 +252,18 @@ def train_augmentation(
     """
     if objective not in ("augerino", "marglik"):
         raise ValueError(f"objective must be 'augerino' or 'marglik'; got {objective!r}")
-    if X.ndim != 4 or len(X) != len(y):
-        raise ValueError(f"need X (N, C, H, W) and y (N,); got {tuple(X.shape)}, {tuple(y.shape)}")
+    _check_data(X, y)
+    for name, value in (
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("marglik_every", marglik_every),
+        ("marglik_subset", marglik_subset),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for name, value in (("lr", lr), ("width_lr", width_lr), ("prior_precision", prior_precision)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
     device = next(aug.model.parameters()).device
     X, y = X.to(device), y.to(device)
     g = torch.Generator().manual_seed(seed)
@@ -281,7 +305,13 @@ def train_augmentation(
                     neg.backward()
                     opt_w.step()
             total += float(loss.detach()) * len(idx)
-        hist["width"].append(aug.widths())
+        widths = aug.widths()
+        if not (math.isfinite(total) and all(math.isfinite(w) for w in widths.values())):
+            raise TrainingDiverged(
+                f"training diverged in epoch {len(hist['loss']) + 1}: loss {total / N:.4g}, "
+                f"widths {widths}; lower the learning rates"
+            )
+        hist["width"].append(widths)
         hist["loss"].append(total / N)
         hist["prior_precision"].append(float(log_delta.detach().exp()))
     aug.eval()

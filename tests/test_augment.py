@@ -216,3 +216,46 @@ def test_averaged_with_fixed_samples_is_the_mean_over_those_samples():
     assert torch.equal(aug.averaged(x, 4, eps=eps), aug.averaged(x, 4, eps=eps))  # no new draws
     with pytest.raises(ValueError, match="eps must have shape"):
         aug.averaged(x, 4, eps=eps[:2])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"prior_precision": 0.0}, "prior_precision must be a positive number"),
+        ({"prior_precision": -1.0}, "prior_precision must be a positive number"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"marglik_every": 0}, "marglik_every must be a positive integer"),
+        ({"epochs": 0}, "epochs must be a positive integer"),
+        ({"lr": float("nan")}, "lr must be a positive number"),
+    ],
+)
+def test_training_settings_it_cannot_use_are_refused(kwargs, message):
+    aug = augment.Augerino(small_net(2), ("rotation",))
+    X, y = torch.rand(4, 1, 16, 16), torch.zeros(4).long()
+    with pytest.raises(ValueError, match=message):
+        augment.train_augmentation(aug, X, y, objective="marglik", **kwargs)
+
+
+def test_the_evidence_of_an_augmentation_needs_a_positive_precision_and_data():
+    torch.manual_seed(0)
+    aug = augment.Augerino(small_net(2), ("rotation",))
+    X, y = torch.rand(4, 1, 16, 16), torch.zeros(4).long()
+    assert math.isfinite(float(augment.augmentation_log_marglik(aug, X, y, 0.5)))
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="prior_precision must be a positive finite"):
+            augment.augmentation_log_marglik(aug, X, y, bad)
+    with pytest.raises(ValueError, match="no examples"):
+        augment.augmentation_log_marglik(aug, X[:0], y[:0])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        augment.train_augmentation(aug, X * float("nan"), y, epochs=1)
+
+
+def test_a_diverging_augmentation_run_stops_instead_of_reporting_nan_widths():
+    torch.manual_seed(0)
+    aug = augment.Augerino(small_net(2), ("rotation",))
+    X, y = torch.rand(8, 1, 16, 16), torch.tensor([0, 1] * 4)
+    with torch.no_grad():
+        aug.model[-1].weight.mul_(1e30)  # logits of 1e30: the loss overflows
+        aug.model[-1].weight.mul_(1e30)
+    with pytest.raises(augment.TrainingDiverged, match="epoch 1"):
+        augment.train_augmentation(aug, X, y, epochs=2, lr=1.0)
