@@ -636,7 +636,9 @@ def _train_epoch(
     seen = 0
     delta = log_delta.detach().exp().to(params[0].dtype)
     cur_lr = lr
-    for x, y_in in loader:
+    for i, (x, y_in) in enumerate(loader):
+        if len(y_in) == 0:
+            raise ValueError(f"batch {i} of the training loader holds no examples")
         x, y = x.to(device), y_in.to(device)
         if lr_at is not None:
             cur_lr = lr_at(step)

@@ -90,3 +90,13 @@ def test_the_dense_evidence_of_a_float32_model_holds_at_small_prior_precisions()
             rtol=1e-5,
             atol=1e-3,
         )
+
+
+@pytest.mark.parametrize("cls", [KronLaplace, DiagLaplace, FullLaplace])
+@pytest.mark.parametrize("where", [0, 1])
+def test_an_empty_batch_is_named(cls, where):
+    X, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    batches = [(X, y)]
+    batches.insert(where, (X[:0], y[:0]))
+    with pytest.raises(ValueError, match=f"batch {where} of the loader holds no examples"):
+        cls(_classifier()).fit(batches)

@@ -230,3 +230,10 @@ def test_a_loader_that_yields_nothing_is_refused():
         train.count_examples(DataLoader(TensorDataset(X, y), batch_size=16, drop_last=True))
     with pytest.raises(ValueError, match="no examples"):
         train.count_examples([])
+
+
+def test_an_empty_batch_in_training_is_named_not_reported_as_divergence():
+    X, y = _data(n=16)
+    batches = [(X, y), (X[:0], y[:0])]
+    with pytest.raises(ValueError, match="batch 1 of the training loader holds no examples"):
+        train.fit(_model(), batches, epochs=1, progress=False)

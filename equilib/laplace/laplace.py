@@ -237,9 +237,11 @@ class BaseLaplace:
 
     def _batches(self, loader: Iterable):
         """The (X, y) batches of ``loader`` on the model's device."""
-        for batch in loader:
+        for i, batch in enumerate(loader):
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                 raise TypeError("the loader must yield (X, y) batches")
+            if len(batch[0]) == 0:
+                raise ValueError(f"batch {i} of the loader holds no examples")
             yield self._to_model(batch[0]), batch[1].to(self.device)
 
     def _to_model(self, X: torch.Tensor) -> torch.Tensor:
