@@ -66,6 +66,12 @@ def _check_image(x: torch.Tensor, square: bool = False, what: str = "x") -> None
 def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """Cyclically shift images down by ``dy`` and right by ``dx`` pixels. ``x: (..., H, W)``."""
     _check_image(x)
+    for name, d in (("dy", dy), ("dx", dx)):
+        if isinstance(d, bool) or int(d) != d:
+            raise ValueError(
+                f"{name} must be a whole number of pixels, got {d!r} (sub-pixel shifts: "
+                "equilib.measure.translate interpolates)"
+            )
     return torch.roll(x, shifts=(int(dy), int(dx)), dims=(-2, -1))
 
 

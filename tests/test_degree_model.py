@@ -131,3 +131,17 @@ def test_command_line_writes_result_and_png(tmp_path):
     assert (tmp_path / "lambda.png").stat().st_size > 1000
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "sideways", "--out", str(tmp_path)])
+
+
+def test_group_names_and_pool_sizes_it_cannot_build_are_refused():
+    from equilib.degree.layers import make_group
+
+    with pytest.raises(ValueError, match="unknown group ''"):
+        make_group("")
+    for pool in ((0, 0), (1, 9), (2,), (1.5, 1)):
+        with pytest.raises(ValueError, match="pool must be"):
+            PartialGCNN((1, 16, 16), 3, width=2, pool=pool)
+    assert PartialGCNN((1, 16, 16), 3, width=2, pool=(8, 8))(torch.rand(2, 1, 16, 16)).shape == (
+        2,
+        3,
+    )

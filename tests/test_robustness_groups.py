@@ -55,3 +55,14 @@ def test_an_empty_list_of_elements_is_refused():
     x = torch.randn(2, 1, 6, 6)
     with pytest.raises(ValueError, match="elements is empty"):
         equivariance_error(lambda y: y, Rotations(4), x, elements=[])
+
+
+def test_a_shift_by_a_fraction_of_a_pixel_is_refused_not_truncated():
+    from equilib.groups import shift
+
+    x = torch.randn(1, 1, 4, 4)
+    assert torch.equal(shift(x, 1.0, -2), torch.roll(x, (1, -2), dims=(-2, -1)))
+    with pytest.raises(ValueError, match="dy must be a whole number of pixels"):
+        shift(x, 0.6, 0)
+    with pytest.raises(ValueError, match="dx must be a whole number of pixels"):
+        shift(x, 0, 1.5)

@@ -33,6 +33,8 @@ def make_group(name: str) -> Group:
     if not isinstance(name, str):
         raise TypeError(f"group name must be a string like 'C4', 'D4' or 'SO2-16', got {name!r}")
     try:
+        if not name:
+            raise ValueError
         if name.upper().startswith("SO2-"):
             return SO2Grid(int(name[4:]))
         if name[0].upper() == "C":

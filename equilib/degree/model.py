@@ -67,6 +67,16 @@ class PartialGCNN(nn.Module):
         C, H, W = in_shape
         if H % 2 or W % 2:
             raise ValueError(f"H and W must be even for the 2x2 pooling, got {H}x{W}")
+        if (
+            len(tuple(pool)) != 2
+            or not all(isinstance(p, int) and not isinstance(p, bool) for p in pool)
+            or not 1 <= pool[0] <= H // 2
+            or not 1 <= pool[1] <= W // 2
+        ):
+            raise ValueError(
+                f"pool must be (rows, columns) of cells, each between 1 and the pooled feature "
+                f"map's size {H // 2}x{W // 2}, got {pool!r}"
+            )
         group = make_group(group) if isinstance(group, str) else group
         _, _, n_rot, _ = group_angles_flips(group)
         L = n_rot // 2 if band_limit is None else band_limit
