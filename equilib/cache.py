@@ -150,19 +150,38 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
 
     The rename is atomic, so ``path`` holds either its previous content or the complete new
-    one, never a half-written file; on an error the temporary file is removed. The file gets
-    the mode the umask allows (0644 under umask 022), as a plain ``open`` would give it.
+    one, never a half-written file; on an error the temporary file is removed. The new content
+    reaches the disk before the rename (``fsync``), so a power cut cannot leave ``path``
+    renamed but empty. The file gets the mode the umask allows (0644 under umask 022), as a
+    plain ``open`` would give it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temp(path)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable, where the system allows opening a folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_save(obj, path: str | os.PathLike) -> Path:

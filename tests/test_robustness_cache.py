@@ -138,3 +138,19 @@ def test_configurations_holding_tensors_or_arrays_are_keyed_by_their_exact_conte
     assert cache_key("ev", {"d": torch.ones(2)}) != cache_key("ev", {"d": torch.ones(2).double()})
     assert cache_key("ev", {"d": torch.ones(2)}) == cache_key("ev", {"d": torch.ones(2)})
     assert cache_key("ev", {"n": np.int64(3)}) == cache_key("ev", {"n": 3})
+
+
+def test_an_atomic_write_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    import equilib.cache as cache_module
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        cache_module.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1]
+    )
+    monkeypatch.setattr(
+        cache_module.os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b))[1]
+    )
+    atomic_write_text(tmp_path / "result.json", "{}")
+    assert events[:2] == ["fsync", "rename"]
+    assert (tmp_path / "result.json").read_text() == "{}"
