@@ -272,26 +272,36 @@ def positive_seconds(text: str) -> int:
     return int(text)
 
 
-def cmd_check(args) -> None:
-    py = setup()
-    workspace()
-    chapter = args.chapter
-    tests = sorted((EXERCISES / "tests").glob(f"test_ex{chapter}_*.py"))
-    if not tests:
-        valid = sorted({p.name[7:9] for p in (EXERCISES / "tests").glob("test_ex*_*.py")})
-        sys.exit(f"no exercises for chapter {chapter}; chapters with exercises: {', '.join(valid)}")
-    folder = Path(args.dir).resolve() if args.dir else WORKSPACE
-    expected = sorted(p.name for p in (EXERCISES / "student").glob(f"ex{chapter}_*.py"))
-    if not folder.is_dir():
-        sys.exit(
-            f"no folder {folder}: --dir names the folder that holds your {', '.join(expected)}"
-        )
+def _check_copies(folder: Path, expected: list[str]) -> None:
+    """Exit with a message unless ``folder`` holds every file of ``expected``."""
     missing = [name for name in expected if not (folder / name).is_file()]
     if missing:
         sys.exit(
             f"{folder} has no {', '.join(missing)}: grading reads your copy of the exercises "
             "from there (python3 course.py lab makes one in book/my-exercises)"
         )
+
+
+def cmd_check(args) -> None:
+    # the arguments are checked first: a refusal builds no environment and creates no folder
+    chapter = args.chapter
+    tests = sorted((EXERCISES / "tests").glob(f"test_ex{chapter}_*.py"))
+    if not tests:
+        valid = sorted({p.name[7:9] for p in (EXERCISES / "tests").glob("test_ex*_*.py")})
+        sys.exit(f"no exercises for chapter {chapter}; chapters with exercises: {', '.join(valid)}")
+    expected = sorted(p.name for p in (EXERCISES / "student").glob(f"ex{chapter}_*.py"))
+    if args.dir:
+        folder = Path(args.dir).resolve()
+        if not folder.is_dir():
+            sys.exit(
+                f"no folder {folder}: --dir names the folder that holds your {', '.join(expected)}"
+            )
+        _check_copies(folder, expected)
+    py = setup()
+    if not args.dir:
+        folder = WORKSPACE
+        workspace()  # the reader's copies, made once
+        _check_copies(folder, expected)
     say(f"grading your work in {folder}")
     env = {"EQUILIB_EXERCISES_DIR": str(folder), "EQUILIB_FAST": "1", "MPLBACKEND": "Agg"}
     # each test has a time limit (pytest-timeout, in the dev extra): a loop that never ends

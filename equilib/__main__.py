@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from equilib._argtypes import nonneg_int as _nonneg_int
+from equilib._argtypes import out_folder as _out_folder
 from equilib._argtypes import positive_float as _positive_float
 from equilib._argtypes import positive_int as _positive_int
 from equilib.cache import atomic_savefig, atomic_write_text, claim_folder
@@ -30,12 +31,14 @@ EPILOG = """examples:
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    from equilib.discover import FACTOR_SCALES, INITS, Config
+    from equilib.discover import FACTOR_SCALES, FAST, INITS, Config
     from equilib.laplace.curvature import HESSIANS
     from equilib.nn.conv import STRIDINGS
 
     d = Config()
-    g = p.add_argument_group("training (defaults: the chapter's settings; --fast shrinks them)")
+    g = p.add_argument_group(
+        "training (defaults: the chapter's settings; --fast shrinks the data and epochs)"
+    )
     g.add_argument("--epochs", type=_positive_int, help=f"training epochs (default {d.epochs})")
     g.add_argument(
         "--seed",
@@ -46,7 +49,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--fast",
         action="store_true",
-        help="shrunken data, width and epochs for a quick look (also EQUILIB_FAST=1)",
+        help=f"a quick look: {FAST['n_train']} training and {FAST['n_test']} test digits, "
+        f"{FAST['epochs']} epochs; the network is the same (also EQUILIB_FAST=1)",
     )
     g.add_argument(
         "--device",
@@ -89,8 +93,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--striding",
         choices=STRIDINGS,
-        help=f"how blocks stride: max pooling, or polyphase (equivariant to every "
-        f"shift) (default {d.striding})",
+        help=f"how blocks stride: polyphase (equivariant to every shift), max (max pooling) "
+        f"or plain (keep every S-th pixel, like a strided convolution); max and plain are "
+        f"equivariant only to shifts by multiples of the stride (default {d.striding})",
     )
     g.add_argument("--batch-size", type=_positive_int, help=f"batch size (default {d.batch_size})")
     g.add_argument(
@@ -163,7 +168,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "from local IDX files (see --data-root)",
     )
     g.add_argument(
-        "--data-root", help="folder with the MNIST IDX files (default $EQUILIB_DATA/mnist)"
+        "--data-root",
+        help="with --source mnist: folder with the MNIST IDX files (default $EQUILIB_DATA/mnist)",
     )
     g.add_argument(
         "--digit-size",
@@ -191,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one model on one task and report its learned per-layer structure",
         description="Train one model on the digits or quadrant task, by MAP or by marginal "
         "likelihood, and write OUT/result.json and OUT/structure.png (the learned "
-        "prior variance and weight norm of every path of every block).",
+        "prior precision and weight norm of every path of every block).",
     )
     d.add_argument(
         "--task",
@@ -213,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="map: fixed prior as weight decay; marglik: learn the per-tensor prior "
         "precisions by the Laplace marginal likelihood (default marglik)",
     )
-    d.add_argument("--out", required=True, help="output folder (created if missing)")
+    d.add_argument(
+        "--out", required=True, type=_out_folder, help="output folder (created if missing)"
+    )
     d.add_argument(
         "--resume",
         action="store_true",
@@ -224,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--overwrite",
         action="store_true",
-        help="start over in an OUT that holds a run, deleting its checkpoint and result first",
+        help=f"start over in an OUT that holds a run: its files wait in OUT/{STASH}/ until "
+        "the new run has written its result, and come back if the new run fails or is "
+        "interrupted",
     )
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_training_options(d)
@@ -259,7 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--out",
-        help="also write the table (table.md) and all results (results.json) to this folder",
+        type=_out_folder,
+        help="also write the table (table.md) and all results (results.json) to this folder "
+        "(created if missing; one that holds a table is refused unless --overwrite is given)",
+    )
+    c.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the table.md and results.json already in --out (they stay until the "
+        "new table is written)",
     )
     c.add_argument("--no-cache", action="store_true", help="recompute even if cached")
     c.add_argument(
@@ -322,8 +340,20 @@ def _config(args):
     )
 
 
+def _check_data_root(args, source: str) -> None:
+    """``--data-root`` names the MNIST folder: refused with any other ``source``, where it would
+    be silently ignored."""
+    if args.data_root is not None and source != "mnist":
+        raise ValueError(
+            f"--data-root names the folder of the MNIST files and needs --source mnist "
+            f"(the source here is {source})"
+        )
+
+
 def _check_writable(folder: Path) -> None:
     """Create ``folder`` if needed and make sure a file can be written in it."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"the output folder {str(folder)!r} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
@@ -360,6 +390,17 @@ def _refuse_or_clear_old_run(out: Path, resume: bool, overwrite: bool) -> Path |
         return None
     if not overwrite:
         what = "a finished run" if "result.json" in present else "an interrupted run"
+        if (out / STASH).is_dir():
+            # a killed --overwrite: its own files beside the run it was replacing
+            replaced = ", ".join(sorted(p.name for p in (out / STASH).iterdir())) or "nothing"
+            raise ValueError(
+                f"{str(out)!r} holds {what} of an --overwrite that was stopped "
+                f"({', '.join(present)}) and, in {STASH}/, the run it was replacing "
+                f"({replaced}); pass --resume to continue the new run or --overwrite to start "
+                f"it over (either deletes {STASH}/ once it finishes; an --overwrite that fails "
+                f"or is interrupted brings it back), or, to keep the old run, delete "
+                f"{', '.join(present)} and move the files of {STASH}/ back into {str(out)!r}"
+            )
         raise ValueError(
             f"{str(out)!r} already holds {what} ({', '.join(present)}); pass --resume to "
             "continue it, --overwrite to delete it and start over, or another --out"
@@ -405,6 +446,31 @@ def _setup(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a command, with what the interrupted run left behind (``str``)."""
+
+
+def _interrupted_discover(out: Path, args, restored: bool) -> str:
+    """What an interrupted ``discover`` left in ``out``, and how to go on from there."""
+    if restored:
+        return (
+            f"{str(out)!r} holds the run --overwrite was to replace again; the same command "
+            "starts over"
+        )
+    if (out / "checkpoint.pt").is_file():
+        how = (
+            "the same command"
+            if args.resume
+            else "the same command with --resume in place of --overwrite"
+            if args.overwrite
+            else "the same command and --resume"
+        )
+        return f"continue with {how} (the checkpoint in {str(out)!r} holds the last finished epoch)"
+    return (
+        f"no epoch had finished, so {str(out)!r} holds no checkpoint; the same command starts over"
+    )
+
+
 def cmd_discover(args) -> int:
     """Run ``discover``: train, then write result.json and structure.png into ``--out``."""
     import matplotlib
@@ -418,35 +484,45 @@ def cmd_discover(args) -> int:
 
     _setup(args)
     config = _config(args)
+    _check_data_root(args, config.source)
     device = default_device(args.device)  # a bad device is refused before --out is created
     out = Path(args.out)
-    _check_writable(out)
     checkpoint = out / "checkpoint.pt"
-    with claim_folder(out):  # one run at a time per folder; released at the end
-        stash = _refuse_or_clear_old_run(out, args.resume, args.overwrite)
-        finished = False
-        try:
-            print(
-                f"discover: {config.task} / {config.model} / {config.objective}, "
-                f"{config.epochs} epochs on {device}",
-                file=sys.stderr,
-            )
-            result = run(
-                config,
-                device=device,
-                progress=not args.quiet,
-                checkpoint=checkpoint,
-                resume=args.resume,
-                data_root=args.data_root,
-            )
-            result["device"] = str(device)
-            fig = plot_structure(result)
-            atomic_savefig(fig, out / "structure.png")
-            plt.close(fig)
-            atomic_write_text(out / "result.json", json.dumps(result, indent=1))
-            finished = True
-        finally:
-            _settle_stash(out, stash, finished)
+    if args.resume and not checkpoint.is_file():  # refused before --out is created
+        raise ValueError(
+            f"nothing to resume: {str(out)!r} holds no checkpoint.pt; run the same command "
+            "without --resume to start"
+        )
+    _check_writable(out)
+    stash = None
+    try:
+        with claim_folder(out):  # one run at a time per folder; released at the end
+            stash = _refuse_or_clear_old_run(out, args.resume, args.overwrite)
+            finished = False
+            try:
+                print(
+                    f"discover: {config.task} / {config.model} / {config.objective}, "
+                    f"{config.epochs} epochs on {device}",
+                    file=sys.stderr,
+                )
+                result = run(
+                    config,
+                    device=device,
+                    progress=not args.quiet,
+                    checkpoint=checkpoint,
+                    resume=args.resume,
+                    data_root=args.data_root,
+                )
+                result["device"] = str(device)
+                fig = plot_structure(result)
+                atomic_savefig(fig, out / "structure.png")
+                plt.close(fig)
+                atomic_write_text(out / "result.json", json.dumps(result, indent=1))
+                finished = True
+            finally:
+                _settle_stash(out, stash, finished)
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted_discover(out, args, restored=stash is not None)) from None
     print(
         f"test accuracy {_fmt(100 * result['test_accuracy'], '.1f')}%  ({result['seconds']:.1f} s)"
     )
@@ -483,46 +559,78 @@ def cmd_discover(args) -> int:
     return 0
 
 
+COMPARE_FILES = ("table.md", "results.json")
+# the files of the other commands' runs (discover's, degree's): compare writes beside none
+OTHER_RUN_FILES = (*RUN_FILES, STASH, "lambda.png")
+
+
+def _refuse_compare_folder(out: Path, overwrite: bool) -> None:
+    """Before any training: a folder that holds another command's run, or (without
+    ``overwrite``) a table of an earlier ``compare``, is refused."""
+    other = [name for name in OTHER_RUN_FILES if (out / name).exists()]
+    if other:
+        raise ValueError(
+            f"{str(out)!r} holds a run of discover or degree ({', '.join(other)}), not a "
+            "compare table; choose another --out"
+        )
+    present = [name for name in COMPARE_FILES if (out / name).exists()]
+    if present and not overwrite:
+        raise ValueError(
+            f"{str(out)!r} already holds a table ({', '.join(present)}); pass --overwrite to "
+            "replace it, or another --out"
+        )
+
+
 def cmd_compare(args) -> int:
-    """Run ``compare``: the table of models x objectives per task, printed as Markdown."""
+    """Run ``compare``: the table of models x objectives per task, printed as Markdown (the
+    table alone on stdout; progress and the time taken on stderr)."""
+    import contextlib
     import time
 
     from equilib import default_device, fast_mode
-    from equilib.discover import compare, markdown_table, without_weights
+    from equilib.discover import Config, compare, markdown_table, without_weights
 
     _setup(args)
+    _check_data_root(args, args.source or Config.source)
     device = default_device(args.device)
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_writable(out)
     fast = args.fast or fast_mode()
     overrides = _training_overrides(args)
-    t0 = time.perf_counter()
-    rows = compare(
-        args.task,
-        args.models,
-        args.objectives,
-        fast=fast,
-        device=device,
-        progress=not args.quiet,
-        cache=not args.no_cache,
-        log=lambda s: print(s, file=sys.stderr),
-        data_root=args.data_root,
-        **overrides,
-    )
-    table = markdown_table(rows)
-    total = time.perf_counter() - t0
-    print(table)
-    print(
-        f"\n{len(rows)} runs in {total:.1f} s (seconds column: time to train each run; "
-        f"cached runs are read back)"
-    )
-    if out is not None:
-        with claim_folder(out):
+    # the folder is claimed, and checked, before the training: a refusal loses no run
+    with claim_folder(out) if out is not None else contextlib.nullcontext():
+        if out is not None:
+            _refuse_compare_folder(out, args.overwrite)
+        t0 = time.perf_counter()
+        # the library prints its progress to stdout (a chapter shows it as the cell's output);
+        # here stdout is for the table alone
+        with contextlib.redirect_stdout(sys.stderr):
+            rows = compare(
+                args.task,
+                args.models,
+                args.objectives,
+                fast=fast,
+                device=device,
+                progress=not args.quiet,
+                cache=not args.no_cache,
+                log=lambda s: print(s, file=sys.stderr),
+                data_root=args.data_root,
+                **overrides,
+            )
+        table = markdown_table(rows)
+        total = time.perf_counter() - t0
+        if out is not None:
             atomic_write_text(out / "table.md", table + "\n")
             atomic_write_text(
                 out / "results.json", json.dumps([without_weights(r) for r in rows], indent=1)
             )
+    print(table)
+    print(
+        f"{len(rows)} run{'' if len(rows) == 1 else 's'} in {total:.1f} s (seconds column: "
+        "time to train each run; cached runs are read back)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -540,15 +648,8 @@ def main(argv=None) -> int:
     except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        hint = ""
-        if args.command == "discover" and args.overwrite:
-            hint = f"; {args.out} holds the run it was to replace again (--overwrite starts over)"
-        elif args.command == "discover":
-            hint = (
-                f"; continue with the same command and --resume (the checkpoint in {args.out} "
-                "holds the last finished epoch)"
-            )
+    except KeyboardInterrupt as e:
+        hint = f"; {e}" if isinstance(e, Interrupted) and str(e) else ""
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
     parser.error(f"unknown command {args.command!r}")

@@ -933,6 +933,11 @@ def run_many(
                 f"EQUILIB_WORKERS={text!r} is not a number; expected how many runs train at "
                 "once, a positive integer"
             ) from None
+        if workers < 1:
+            raise ValueError(
+                f"EQUILIB_WORKERS={text!r}: expected how many runs train at once, a positive "
+                "integer"
+            )
     if workers == 1:
         out = {}
         for key, config in configs.items():

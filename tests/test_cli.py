@@ -245,3 +245,94 @@ def test_every_option_the_ablations_of_chapter_07_name_reaches_the_config():
     assert len(commands) >= 4, commands
     for command in commands:
         build_parser().parse_args(command.split())
+
+
+def test_compare_prints_the_table_alone_on_stdout(tmp_path, monkeypatch, capsys):
+    """`compare > table.md` holds the table: progress and the time taken go to stderr, on both
+    paths of the runs (one after the other here, or loaded by equilib.runs)."""
+    monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path / "cache"))
+    args = ["compare", "--task", "digits", "--models", "conv", "--objectives", "map", "--fast"]
+    args += ["--epochs", "1", "--n-train", "60", "--n-test", "20", "--width", "2"]
+    for workers, says in (("1", "digits conv map: ..."), ("2", "loaded from the cache")):
+        monkeypatch.setenv("EQUILIB_WORKERS", workers)
+        assert main(args) == 0
+        out, err = capsys.readouterr()
+        lines = out.splitlines()
+        assert len(lines) == 3 and all(line.startswith("| ") for line in lines), out
+        assert says in err and "1 run in" in err
+
+
+def test_help_says_what_each_option_does(capsys):
+    from equilib.discover import FAST
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    helps = {name: {a.dest: a.help for a in sub[name]._actions} for name in ("discover", "degree")}
+    fast = helps["discover"]["fast"]
+    assert "width" not in fast and str(FAST["n_train"]) in fast and str(FAST["epochs"]) in fast
+    assert "plain" in helps["discover"]["striding"] and "polyphase" in helps["discover"]["striding"]
+    assert "variance" not in sub["discover"].description
+    assert "precision" in sub["discover"].description
+    assert "deleting" not in helps["discover"]["overwrite"]
+    assert ".replaced-run" in helps["discover"]["overwrite"]
+    from equilib.degree.training import experiment_config
+
+    single = experiment_config("rotated")
+    assert f"default {single['epochs']}" in helps["degree"]["epochs"]
+    assert f"default {single['n_train']}" in helps["degree"]["n_train"]
+    assert "--overwrite" in {o for a in sub["compare"]._actions for o in a.option_strings}
+    # the README's command-line examples: a line that promises every option shows a command's
+    # help (the top-level page lists the commands only)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for line in readme.splitlines():
+        if line.startswith("python -m equilib") and "every option" in line:
+            argv = line.split("#")[0].split()[3:]
+            assert argv and argv[0] in sub and argv[-1] == "--help", line
+            with pytest.raises(SystemExit):
+                main(argv)
+            assert "--epochs" in capsys.readouterr().out
+
+
+# each command with the smallest run it takes (were --out accepted, the test stays short)
+SMALL = {
+    "discover": ["discover", "--task", "digits", *TINY],
+    "compare": ["compare", "--task", "digits", "--models", "conv", "--objectives", "map", *TINY],
+    "degree": ["degree", "--data", "rotated", "--fast", "--epochs", "1", "--n-train", "32"],
+}
+
+
+@pytest.mark.parametrize("command, out", [("discover", ""), ("compare", ""), ("degree", " ")])
+def test_an_empty_out_is_refused(command, out, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main([*SMALL[command], "--quiet", "--out", out])
+    assert e.value.code == 2
+    assert "expected the name of an output folder" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written into the working directory
+
+
+@pytest.mark.parametrize("command", ["discover", "compare", "degree"])
+def test_an_out_that_is_a_file_is_called_a_file(command, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as e:
+        main([*SMALL[command], "--quiet", "--out", str(blocker)])
+    assert e.value.code == 2
+    assert "is a file" in capsys.readouterr().err
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("command", ["discover", "compare"])
+def test_data_root_without_mnist_is_refused(command, tmp_path, capsys):
+    out = tmp_path / "new"
+    argv = [command, "--task", "digits", "--out", str(out), "--data-root", str(tmp_path)]
+    assert main([*argv, *TINY]) == 2
+    assert "needs --source mnist" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_worker_count_of_zero_is_refused_by_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EQUILIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EQUILIB_WORKERS", "0")
+    assert main(SMALL["compare"]) == 2
+    assert "EQUILIB_WORKERS='0'" in capsys.readouterr().err

@@ -131,3 +131,27 @@ def test_the_readers_copy_invites_editing_and_is_never_overwritten(tmp_path):
     copies[0].write_text("# my work\n")
     course.workspace(folder)
     assert copies[0].read_text() == "# my work\n"
+
+
+def test_check_refuses_its_arguments_before_any_set_up(tmp_path, monkeypatch):
+    """A bad chapter or --dir is refused before the environment is built (on a fresh clone,
+    minutes) or book/my-exercises made; a --dir of the reader's own leaves that folder alone."""
+    course = load_course()
+    calls = []
+    monkeypatch.setattr(course, "setup", lambda force=False: calls.append("setup") or "python")
+    monkeypatch.setattr(course, "workspace", lambda folder=None: calls.append("workspace"))
+    monkeypatch.setattr(course, "run", lambda cmd, env=None, check=True: calls.append("run") or 0)
+    for argv, says in (
+        (["check", "99"], "no exercises for chapter 99"),
+        (["check", "01", "--dir", str(tmp_path / "missing")], "no folder"),
+        (["check", "01", "--dir", str(tmp_path)], "has no ex01_"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            course.main(argv)
+        assert says in str(e.value.code)
+        assert calls == [], f"{argv} set up before refusing its arguments"
+    for src in (ROOT / "exercises" / "student").glob("ex01_*.py"):
+        shutil.copy(src, tmp_path / src.name)
+    with pytest.raises(SystemExit) as e:
+        course.main(["check", "01", "--dir", str(tmp_path)])
+    assert e.value.code == 0 and calls == ["setup", "run"]  # no book/my-exercises made

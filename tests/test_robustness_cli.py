@@ -245,14 +245,30 @@ def test_claiming_a_folder_that_cannot_be_written_is_a_clear_error(tmp_path):
 
 
 def test_an_interrupted_discover_says_how_to_continue(tmp_path, monkeypatch, capsys):
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+    def interrupted_after(epochs):
+        def run(config, *, checkpoint, **kwargs):
+            if epochs:
+                checkpoint.write_bytes(b"a finished epoch")
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(discover, "run", interrupted)
-    assert _discover(tmp_path) == 130
+        return run
+
+    # before the first epoch has finished: nothing to resume
+    monkeypatch.setattr(discover, "run", interrupted_after(0))
+    assert _discover(tmp_path / "a") == 130
     err = capsys.readouterr().err
-    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
-    assert not (tmp_path / ".equilib.lock").exists()
+    assert "interrupted" in err and "no epoch had finished" in err and "--resume" not in err
+    assert "Traceback" not in err and not (tmp_path / "a" / ".equilib.lock").exists()
+    # after an epoch: the checkpoint is there to resume from
+    monkeypatch.setattr(discover, "run", interrupted_after(1))
+    assert _discover(tmp_path / "b") == 130
+    err = capsys.readouterr().err
+    assert "continue with the same command and --resume" in err
+    # --overwrite into a fresh folder replaced nothing: it continues with --resume too
+    assert _discover(tmp_path / "c", "--overwrite") == 130
+    err = capsys.readouterr().err
+    assert "--resume in place of --overwrite" in err and "replace" not in err
+    assert not (tmp_path / "c" / ".replaced-run").exists()
 
 
 @pytest.mark.parametrize("failure", [ValueError("no such data"), KeyboardInterrupt()])
@@ -312,3 +328,86 @@ def test_a_run_that_finishes_drops_a_stale_stash(tmp_path):
     (tmp_path / STASH / "result.json").write_text('{"test_accuracy": 0.9}')
     assert _discover(tmp_path) == 0
     assert (tmp_path / "result.json").exists() and not (tmp_path / STASH).exists()
+
+
+def test_a_plain_rerun_after_a_killed_overwrite_names_the_replaced_run(tmp_path, capsys):
+    from equilib.__main__ import STASH
+
+    (tmp_path / STASH).mkdir()
+    (tmp_path / STASH / "result.json").write_text('{"test_accuracy": 0.9}')  # being replaced
+    (tmp_path / "checkpoint.pt").write_bytes(b"the killed run's checkpoint")
+    files = lambda: {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    before = files()
+    assert _discover(tmp_path) == 2
+    err = capsys.readouterr().err
+    assert f"{STASH}/" in err and "result.json" in err and "move the files" in err
+    assert "--resume" in err and "--overwrite" in err
+    assert files() == before  # nothing touched
+
+
+def _compare(out, *extra):
+    return main(
+        ["compare", "--task", "digits", "--models", "conv", "--objectives", "map", "--out",
+         str(out), *TINY, *extra]
+    )  # fmt: skip
+
+
+def _fake_compare(calls):
+    row = {
+        "task": "digits", "model": "conv", "objective": "map", "test_accuracy": 0.5,
+        "seconds": 1.0, "layers": [], "config": {"n_train": 120},
+    }  # fmt: skip
+
+    def compare(*args, **kwargs):
+        calls.append(args)
+        return [row]
+
+    return compare
+
+
+def test_compare_checks_its_folder_before_training(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(discover, "compare", _fake_compare(calls))
+    # a folder in use by another run: refused, nothing trained
+    with claim_folder(tmp_path):
+        assert _compare(tmp_path) == 2
+        assert "in use by process" in capsys.readouterr().err
+    assert calls == []
+    # an earlier table is kept unless --overwrite
+    (tmp_path / "table.md").write_text("old table\n")
+    assert _compare(tmp_path) == 2
+    assert "--overwrite" in capsys.readouterr().err and calls == []
+    assert (tmp_path / "table.md").read_text() == "old table\n"
+    assert _compare(tmp_path, "--overwrite") == 0 and len(calls) == 1
+    assert (tmp_path / "table.md").read_text().startswith("| task")
+    assert not (tmp_path / ".equilib.lock").exists()
+    # a folder of another command's run: refused, also with --overwrite
+    for name in ("result.json", "checkpoint.pt", "lambda.png"):
+        other = tmp_path / name.split(".")[0]
+        other.mkdir()
+        (other / name).write_text("{}")
+        before = _snapshot(other)
+        assert _compare(other, "--overwrite") == 2
+        assert "not a compare table" in capsys.readouterr().err and len(calls) == 1
+        assert _snapshot(other) == before
+
+
+def test_degree_overwrite_leaves_no_plot_of_the_replaced_run(tmp_path, capsys):
+    (tmp_path / "result.json").write_text('{"old": true}')
+    (tmp_path / "lambda.png").write_bytes(b"the old run's lambda")
+    argv = ["degree", "--data", "rotated", "--model", "fc+conv", "--out", str(tmp_path)]
+    argv += ["--fast", "--epochs", "1", "--n-train", "32", "--quiet", "--overwrite"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "result.json").read_text())["layers"] == []  # nothing to plot
+    assert not (tmp_path / "lambda.png").exists()
+
+
+def test_refusals_leave_no_new_output_folder(tmp_path, monkeypatch, capsys):
+    import torch
+
+    out = tmp_path / "new"
+    assert _discover(out, "--resume") == 2
+    assert "nothing to resume" in capsys.readouterr().err and not out.exists()
+    if not torch.cuda.is_available():
+        assert main(["degree", "--data", "rotated", "--out", str(out), "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err and not out.exists()

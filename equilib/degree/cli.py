@@ -5,7 +5,7 @@
 one ``{"name", "entropy"}`` per layer in depth order, entropy = H(lambda) / log|H| with 1 =
 uniform, ``data_elements``: the indices into every layer's lambda of the rotations the data
 contain, plus the run's settings and lambda per epoch in ``lambdas``) and ``DIR/lambda.png``
-(lambda per layer on a polar plot).
+(lambda per layer on a polar plot; none for ``--model fc+conv``, which learns no lambda).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from equilib._argtypes import nonneg_int as _nonneg_int
+from equilib._argtypes import out_folder as _out_folder
 from equilib._argtypes import positive_int as _positive_int
 from equilib.cache import atomic_savefig, atomic_write_text, claim_folder
 
@@ -25,7 +26,10 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``degree`` subcommand's options to ``parser``."""
     from equilib.data.mixed import DEGREE_TASKS
-    from equilib.degree.training import LAMBDA_OBJECTIVES, MODEL_KINDS
+    from equilib.degree.training import LAMBDA_OBJECTIVES, MODEL_KINDS, experiment_config
+
+    single, double = experiment_config("rotated"), experiment_config("double")
+    double_fast = experiment_config("double", fast=True)
 
     parser.add_argument(
         "--data",
@@ -39,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         required=True,
+        type=_out_folder,
         help="output folder (created if needed); one "
         "that already holds a result is refused unless --overwrite is given",
     )
@@ -48,7 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replace the result.json and lambda.png already in --out",
     )
     parser.add_argument(
-        "--fast", action="store_true", help="shrunken double-digit runs (also EQUILIB_FAST=1)"
+        "--fast",
+        action="store_true",
+        help=f"fewer epochs for the double digits ({double_fast['epochs']} in place of "
+        f"{double['epochs']}); the other data sets train as without it (also EQUILIB_FAST=1)",
     )
     parser.add_argument(
         "--device",
@@ -69,10 +77,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="learn lambda with the KL regularisers (default) or by the Laplace "
         "marginal likelihood",
     )
-    parser.add_argument("--epochs", type=_positive_int, help="training epochs")
-    parser.add_argument("--n-train", type=_positive_int, help="training images")
+    parser.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help=f"training epochs (default {single['epochs']}; double: {double['epochs']}, "
+        f"{double_fast['epochs']} with --fast)",
+    )
+    parser.add_argument(
+        "--n-train",
+        type=_positive_int,
+        help=f"training images (default {single['n_train']}; double: {double['n_train']})",
+    )
     parser.add_argument("--share", action="store_true", help="one lambda shared by all layers")
-    parser.add_argument("--threads", type=_positive_int, help="CPU threads torch may use")
+    parser.add_argument(
+        "--threads", type=_positive_int, help="CPU threads torch may use (default: torch's choice)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -82,7 +101,12 @@ def run(args: argparse.Namespace) -> int:
     The folder is claimed for this run while it trains (a second run into it is refused), and
     a folder that already holds a result is refused unless ``args.overwrite``.
     """
+    from equilib import default_device
+
+    default_device(getattr(args, "device", None))  # a bad device is refused before --out is made
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output folder {str(out)!r} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -143,6 +167,8 @@ def _train_and_write(args: argparse.Namespace) -> int:
         atomic_savefig(fig, out / "lambda.png", dpi=110)
         plt.close(fig)
         wrote.append(out / "lambda.png")
+    else:  # no lambda to plot: a plot of the run this one replaced (--overwrite) would be stale
+        (out / "lambda.png").unlink(missing_ok=True)
     print(f"test accuracy {100 * result['test_accuracy']:.1f}%  ({result['seconds']:.1f} s)")
     present = result.get("data_elements")
     lambdas = result["lambdas"][-1] if result["lambdas"] else {}
