@@ -84,7 +84,7 @@ def softmax_hessian_root(p: torch.Tensor) -> torch.Tensor:
 
 def linear_kfac_factors(model: nn.Module, layer: nn.Linear, X: torch.Tensor) -> tuple:
     """(A, B) KFAC factors of ``layer`` under the exact GGN of softmax cross-entropy."""
-    # BEGIN SOLUTION Exercise 6.2: see chapter 06, 'KFAC: one Kronecker product per layer': a forward hook sees the layer's input and output; each column of the root is one backward pass from the logits
+    # BEGIN SOLUTION Exercise 6.2: see chapter 06, 'KFAC: one Kronecker product per layer': catch the layer's input and output during the forward pass, then backpropagate from the logits once per column of the root
     store = {}
 
     def hook(module, inputs, output):

@@ -28,12 +28,20 @@
 # orientation axis at position 2; convolutions are circular 'same' cross-correlations (the
 # helper `conv` below); the regular representation rotates every slice by `r` and rolls the
 # orientation axis by `r` (`equilib.groups.Rotations(4).act_fmap`).
+#
+# Exercises 3.2 and 3.3 add mirror images: the dihedral group `D4 = Dihedral(4)` has the eight
+# elements `g = (k, flip)` of `D4.elements`, in that order ("first mirror left-right if `flip`,
+# then turn by `k` quarter turns", as in exercise 1.1), acting on images by `D4.act(g, x)`.
+# A D4 feature map has shape `(B, C, 8, H, W)`: slice `i` of its group axis belongs to the element
+# `D4.elements[i]`, and the regular representation is `D4.act_fmap(g, y)`.
 
 # %%
 import torch
 import torch.nn.functional as F
 
-from equilib.groups import Rotations, equivariance_error
+from equilib.groups import Dihedral, Rotations, equivariance_error
+
+D4 = Dihedral(4)
 
 
 def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -61,53 +69,59 @@ if __name__ == "__main__":
     print(rotated_filters(w)[:, 0, 0])
 
 # %% [markdown]
-# ## Exercise 3.2: the C4 lifting convolution
+# ## Exercise 3.2: a lifting convolution for D4
 #
-# Write `lifting_conv(x, w)`: `x: (B, C, H, W)`, `w: (C', C, k, k)` ->
-# `y: (B, C', 4, H, W)` with `y[:, :, g] = conv(x, rot90(w, g))`. Then rotating the input by `r`
-# quarter turns acts on `y` by the regular representation.
+# Chapter 03 lifts an image with the four rotated copies of a filter. Do it for D4, whose
+# elements also mirror. Write `d4_lifting_conv(x, w)`: `x: (B, C, H, W)`, `w: (C', C, k, k)` ->
+# `y: (B, C', 8, H, W)`, where slice `i` of the group axis is the convolution of `x` with the
+# filter transformed by the element `D4.elements[i]`. Check first, on paper or in code, that the
+# identity of chapter 03 (transforming the image and the filter together transforms the output)
+# holds for a mirror too. Then transforming the input by any `g` of D4 acts on `y` by the regular
+# representation: the grader checks that for all eight elements, and compares your layer with
+# the same layer computed another way.
 
 
 # %%
-def lifting_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """C4 lifting convolution ``(B, C, H, W) -> (B, C', 4, H, W)``."""
-    raise NotImplementedError("Exercise 3.2: see chapter 03, 'The lifting convolution': one answer per rotated copy of the filter, kept on the orientation axis")
+def d4_lifting_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """D4 lifting convolution ``(B, C, H, W) -> (B, C', 8, H, W)``."""
+    raise NotImplementedError("Exercise 3.2: see chapter 03, 'Rotating the filter is rotating the image' and 'The lifting convolution': one output slice per element of the group, each from a transformed copy of the filter, in the order of D4.elements")
 
 
 # %%
 if __name__ == "__main__":
-    C4 = Rotations(4)
     x, w = torch.randn(2, 1, 8, 8), torch.randn(3, 1, 3, 3)
     print(
-        "equivariance error:",
-        equivariance_error(lambda t: lifting_conv(t, w), C4, x, out_action=C4.act_fmap),
+        "D4 equivariance error:",
+        equivariance_error(lambda t: d4_lifting_conv(t, w), D4, x, out_action=D4.act_fmap),
     )
 
 # %% [markdown]
-# ## Exercise 3.3: the C4 group convolution
+# ## Exercise 3.3: a group convolution for D4
 #
-# Write `group_conv(x, w)`: `x: (B, C, 4, H, W)`, `w: (C', C, 4, k, k)` ->
-# `y: (B, C', 4, H, W)` with
-# `y[:, :, g] = sum_{c, h} conv(x[:, c, h], (T_g w)[:, c, h])`, where `T_g w` rotates every
-# spatial slice of `w` by `g` quarter turns *and* rolls its orientation axis (dim 2) by `g`
-# (`torch.roll(..., g, dims=2)`). The grader checks the layer's output against chapter 03's and
-# its equivariance under the regular representation.
+# After the D4 lifting, a filter lives on the group too: `w: (C', C, 8, k, k)`, one small image
+# per input channel and input element. Write `d4_group_conv(x, w)`: `x: (B, C, 8, H, W)` ->
+# `y: (B, C', 8, H, W)`. As in chapter 03, slice `g` of the output sums, over the input channels
+# `c` and the input elements `h`, the convolution of `x[:, c, h]` with the filter transformed by
+# `g`; transforming a filter on the group by `g` transforms each of its small images by `g` *and*
+# moves them along the group axis: `(T_g w)_{c, h} = g . w_{c, g^-1 h}`. For C4 that move was a
+# roll; for D4 work it out from the group's composition (`D4.compose`, `D4.inverse`,
+# `D4.index`). The grader checks that the layer commutes with the regular representation of D4
+# and compares it with a computation of its own.
 
 
 # %%
-def group_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """C4 group convolution ``(B, C, 4, H, W) -> (B, C', 4, H, W)``."""
-    raise NotImplementedError("Exercise 3.3: see chapter 03, 'The group convolution': the sum over input channels and orientations is one ordinary multi-channel convolution if you arrange the axes right")
+def d4_group_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """D4 group convolution ``(B, C, 8, H, W) -> (B, C', 8, H, W)``."""
+    raise NotImplementedError("Exercise 3.3: see chapter 03, 'The group convolution': after the move by g, which small image of w sits at h? Chapter 01, section 3 (Actions on images and on feature maps) moves the slices of a feature map the same way")
 
 
 # %%
 if __name__ == "__main__":
-    C4 = Rotations(4)
-    h, w2 = torch.randn(2, 3, 4, 8, 8), torch.randn(2, 3, 4, 3, 3)
+    h, w2 = torch.randn(2, 3, 8, 8, 8), torch.randn(2, 3, 8, 3, 3)
     print(
-        "equivariance error:",
+        "D4 equivariance error:",
         equivariance_error(
-            lambda t: group_conv(t, w2), C4, h, in_action=C4.act_fmap, out_action=C4.act_fmap
+            lambda t: d4_group_conv(t, w2), D4, h, in_action=D4.act_fmap, out_action=D4.act_fmap
         ),
     )
 
@@ -129,7 +143,8 @@ def invariant_features(y: torch.Tensor) -> torch.Tensor:
 if __name__ == "__main__":
     C4 = Rotations(4)
     x, w = torch.randn(2, 1, 8, 8), torch.randn(3, 1, 3, 3)
-    f = lambda t: invariant_features(torch.relu(lifting_conv(t, w)))  # noqa: E731
+    lift = lambda t: torch.stack([conv(t, wg) for wg in rotated_filters(w)], dim=2)  # noqa: E731
+    f = lambda t: invariant_features(torch.relu(lift(t)))  # noqa: E731
     print("invariance error:", equivariance_error(f, C4, x, out_action="invariant"))
 
 # %% [markdown]

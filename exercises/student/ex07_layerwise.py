@@ -123,12 +123,14 @@ if __name__ == "__main__":
 # %% [markdown]
 # ## Exercise 7.4: hyperparameter steps on the evidence
 #
-# Between MAP epochs, the training loop holds the fitted Laplace approximation fixed and takes
-# a few Adam steps on `log delta` (one value per tensor) to maximise the evidence. Write
-# `hyper_steps(la, delta, steps, lr, n_data)`: start from `log delta`, minimise
-# `-la.log_marginal_likelihood(prior_precision=log_delta.exp()) / n_data` with
-# `torch.optim.Adam([log_delta], lr=lr)` for `steps` steps, and return the new `delta`
-# (detached). Optimising `log delta` keeps every precision positive.
+# Between MAP epochs, chapter 07's training loop updates the prior precisions `delta` (one per
+# tensor) so that the evidence grows, with the fitted Laplace approximation `la` held fixed.
+# Write `hyper_steps(la, delta, steps, lr, n_data)` that makes that update: `steps` optimiser
+# steps at learning rate `lr`, `n_data` training examples, returning the new `delta` (detached).
+# Read how the loop does it in chapter 07, 'One precision per tensor, learned during training':
+# which quantity does it optimise, with which optimiser, and how does it keep every precision
+# positive? The grader compares your steps with the training loop's, and checks that the
+# evidence rises.
 
 
 # %%

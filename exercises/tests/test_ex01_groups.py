@@ -108,7 +108,9 @@ def test_1_3_matches_equilib_equivariance_error(mod):
             got = mod.max_equivariance_error(f, _pairs(G), x)
             assert isinstance(got, float), f"expected a float, got {type(got).__name__}"
             expected = equivariance_error(f, G, x)
-            assert abs(got - expected) <= 1e-9 * max(1.0, expected), (G, name, got, expected)
+            assert abs(got - expected) <= 1e-9 * max(1.0, expected), (
+                f"for {name} under {G}: got {got}, the largest relative error is {expected}"
+            )
 
 
 def test_1_3_distinguishes_equivariant_from_not(mod):

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from equilib import nn as enn
-from equilib.groups import CyclicShifts, Rotations, equivariance_error, invariance_error
+from equilib.groups import CyclicShifts, Dihedral, Rotations, equivariance_error, invariance_error
 
 NAME = "ex03_group_convolutions"
 C4 = Rotations(4)
+D4 = Dihedral(4)
 
 
 def _rand(*shape, seed=0):
@@ -35,46 +36,89 @@ def test_3_1_rotated_filters(mod):
         )
 
 
-def test_3_2_lifting_conv_matches_equilib(mod):
+def _conv(x, w):
+    """Circular 'same' cross-correlation, written here: x (B, C, H, W), w (C', C, k, k)."""
+    p = w.shape[-1] // 2
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (p, p, p, p), mode="circular"), w)
+
+
+def _shape(got, expect):
+    assert tuple(got.shape) == expect, (
+        f"expected {expect} (B, C', 8, H, W): one slice per element of D4; got {tuple(got.shape)}"
+    )
+
+
+def test_3_2_d4_lifting_conv_other_way_round(mod):
+    """Slice g is conv(x, g.w) = g.conv(g^-1.x, w): transform the image instead of the filter."""
     x, w = _rand(2, 2, 8, 8), _rand(3, 2, 3, 3, seed=1)
-    layer = enn.LiftingConv2d(2, 3, 3, bias=False)
-    with torch.no_grad():
-        layer.conv.weight.copy_(w)
-        expect = layer(x)
-    torch.testing.assert_close(
-        mod.lifting_conv(x, w),
-        expect,
-        rtol=1e-4,
-        atol=1e-5,
-        msg="y[:, :, g] should be the convolution with the filter turned by g",
-    )
+    got = mod.d4_lifting_conv(x, w)
+    _shape(got, (2, 3, 8, 8, 8))
+    for i, g in enumerate(D4.elements):
+        expect = D4.act(g, _conv(D4.act(D4.inverse(g), x), w))
+        torch.testing.assert_close(
+            got[:, :, i],
+            expect,
+            rtol=1e-4,
+            atol=1e-5,
+            msg=f"slice {i} should be the convolution with the filter transformed by {g}, "
+            f"D4.elements[{i}] (first mirror if flip, then turn)",
+        )
 
 
-def test_3_2_lifting_conv_is_equivariant(mod):
+def test_3_2_d4_lifting_conv_is_equivariant(mod):
     x, w = _rand(2, 1, 10, 10, seed=2), _rand(2, 1, 5, 5, seed=3)
-    f = lambda t: mod.lifting_conv(t, w)  # noqa: E731
-    assert equivariance_error(f, C4, x, out_action=C4.act_fmap) < 1e-5, (
-        "turning the input should act on the output by the regular representation"
-    )
+    f = lambda t: mod.d4_lifting_conv(t, w)  # noqa: E731
+    for g in D4.elements:
+        err = equivariance_error(f, D4, x, out_action=D4.act_fmap, elements=[g])
+        assert err < 1e-5, (
+            f"transforming the input by {g} should act on the output by D4's regular "
+            f"representation (relative error {err:.2e})"
+        )
 
 
-def test_3_3_group_conv_matches_equilib(mod):
-    x, w = _rand(2, 3, 4, 8, 8, seed=4), _rand(2, 3, 4, 3, 3, seed=5)
-    layer = enn.GroupConv2d(3, 2, 3, bias=False)
-    with torch.no_grad():
-        layer.conv.weight.copy_(w.reshape(2, 12, 3, 3))
-        expect = layer(x)
+def test_3_3_d4_group_conv_identity_slice(mod):
+    """Slice e (the identity) uses the filter as it is: one multi-channel convolution."""
+    x, w = _rand(2, 3, 8, 6, 6, seed=4), _rand(2, 3, 8, 3, 3, seed=5)
+    got = mod.d4_group_conv(x, w)
+    _shape(got, (2, 2, 8, 6, 6))
     torch.testing.assert_close(
-        mod.group_conv(x, w),
-        expect,
+        got[:, :, 0],
+        _conv(x.flatten(1, 2), w.flatten(1, 2)),
         rtol=1e-4,
         atol=1e-5,
-        msg="the output differs from chapter 03's group convolution",
+        msg="slice 0 (the identity) should sum conv(x[:, c, h], w[:, c, h]) over c and h",
     )
-    f = lambda t: mod.group_conv(t, w)  # noqa: E731
-    assert equivariance_error(f, C4, x, in_action=C4.act_fmap, out_action=C4.act_fmap) < 1e-5, (
-        "the group convolution should commute with the regular representation"
-    )
+
+
+def test_3_3_d4_group_conv_other_way_round(mod):
+    """y(x)_g = g.(y(g^-1.x)_e): transform the input feature map instead of the filter."""
+    x, w = _rand(2, 3, 8, 6, 6, seed=6), _rand(2, 3, 8, 3, 3, seed=7)
+    got = mod.d4_group_conv(x, w)
+    _shape(got, (2, 2, 8, 6, 6))
+    for i, g in enumerate(D4.elements):
+        moved = D4.act_fmap(D4.inverse(g), x)
+        expect = D4.act(g, _conv(moved.flatten(1, 2), w.flatten(1, 2)))
+        torch.testing.assert_close(
+            got[:, :, i],
+            expect,
+            rtol=1e-4,
+            atol=1e-5,
+            msg=f"slice {i} (element {g}) differs: is each small image of w transformed by "
+            f"{g} and moved along the group axis as g moves the elements?",
+        )
+
+
+def test_3_3_d4_group_conv_is_equivariant(mod):
+    x, w = _rand(2, 2, 8, 7, 7, seed=8), _rand(3, 2, 8, 3, 3, seed=9)
+    f = lambda t: mod.d4_group_conv(t, w)  # noqa: E731
+    for g in D4.elements:
+        err = equivariance_error(
+            f, D4, x, in_action=D4.act_fmap, out_action=D4.act_fmap, elements=[g]
+        )
+        assert err < 1e-5, (
+            f"the group convolution should commute with D4's regular representation; for {g} "
+            f"the relative error is {err:.2e}"
+        )
 
 
 def test_3_4_invariant_features(mod):

@@ -7,8 +7,11 @@ import torch
 
 from equilib import nn as enn
 from equilib.models import build, path_norms
+from equilib.viz.connectivity import layer_matrix
 
 NAME = "ex04_soft_equivariance"
+# what the exercises ask you to write, which chapter 04 calls from the library
+FORBIDDEN = [("4.3", layer_matrix), ("4.4", path_norms)]
 
 
 def _rand(*shape, seed=0):
@@ -44,6 +47,34 @@ def test_4_1_ffc_forward_matches_the_effective_weight(mod):
         rtol=1e-5,
         atol=1e-5,
         msg="the output differs from the FC layer with the effective weight V U",
+    )
+
+
+def test_4_1_ffc_forward_never_forms_W(mod, within_memory):
+    """Megapixel images: W would hold 2^40 numbers (4 TiB); the factored pass needs megabytes."""
+    g = torch.Generator().manual_seed(6)
+    side = 1024
+    x = torch.rand(2, 1, side, side, generator=g)
+    U, V = torch.randn(1, 1, side * side, generator=g), torch.randn(1, 1, side * side, generator=g)
+    b = torch.randn(1, side * side, generator=g)
+    # out[b, 0, y] = V[y] sum_x U[x] x[b, x] + bias[y]: computed here in float64
+    expect = V[0, 0].double() * (x.flatten(1).double() @ U[0, 0].double())[:, None] + b.double()
+    got = within_memory(
+        4 << 30,
+        lambda: mod.ffc_forward(x, U, V, b, (side, side)),
+        f"on {side}x{side} images your forward pass forms W, or another tensor with both an "
+        "input and an output position axis: do the sum over input positions first (chapter 04, "
+        "'Cheaper relaxations: factored and sparsified layers')",
+    )
+    assert tuple(got.shape) == (2, 1, side, side), (
+        f"expected (B, C', H', W') = (2, 1, {side}, {side}), got {tuple(got.shape)}"
+    )
+    torch.testing.assert_close(
+        got.double().reshape(2, -1),
+        expect,
+        rtol=1e-4,
+        atol=1e-3,
+        msg="the output differs from the factored FC layer on large images",
     )
 
 
@@ -99,6 +130,10 @@ def test_4_3_conv_as_fc(mod, padding_mode):
 @pytest.mark.parametrize("name", ["fc+conv", "f-fc+conv", "gconv-c4", "fc+conv+gconv"])
 def test_4_4_path_weight_norms(mod, name):
     model = build(name, (1, 8, 8), width=3)
+    g = torch.Generator().manual_seed(len(name))
+    with torch.no_grad():  # every weight and bias away from its initial value (biases start at 0)
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
     got = mod.path_weight_norms(model)
     expect = path_norms(model)
     assert len(got) == len(expect), f"expected one dict per block ({len(expect)}), got {len(got)}"

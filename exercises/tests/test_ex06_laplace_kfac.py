@@ -6,10 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-from equilib.laplace import KronLaplace
+from equilib.laplace import KronLaplace, kron_logdet, reference_kfac
 
 NAME = "ex06_laplace_kfac"
 DT = torch.float64
+# what the exercises ask you to write, which chapter 06 calls from the library
+FORBIDDEN = [("6.1", kron_logdet), ("6.2", reference_kfac)]
+# factors too large for their Kronecker product: (300 * 200)^2 numbers are 27 GiB
+BIG_M, BIG_K = 300, 200
+NO_KRON = (
+    "it forms the {n} x {n} matrix (or another of that size): use what chapter 06, 'The "
+    "Kronecker log-determinant identity', says about the eigenvalues of a Kronecker product"
+)
 
 
 def _psd(n, rank, seed):
@@ -28,6 +36,29 @@ def test_6_1_kron_logdet(mod):
             f"kron_logdet(A, B, scale={scale}, delta={delta}) = {got:.8f}, but the dense "
             f"log-determinant is {float(dense):.8f}"
         )
+
+
+def _factor(n, seed):
+    """A random symmetric PSD matrix (n, n) with known eigenvalues (some zero): (matrix, eigs)."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=DT))
+    eigs = torch.rand(n, generator=g, dtype=DT) * 3
+    eigs[: n // 10] = 0.0
+    return (Q * eigs) @ Q.T, eigs
+
+
+def test_6_1_kron_logdet_never_forms_the_product(mod, within_memory):
+    (A, a), (B, b) = _factor(BIG_M, 10), _factor(BIG_K, 11)
+    expect = float(torch.log(0.7 * torch.outer(b, a) + 0.2).sum())
+    got = within_memory(
+        4 << 30,
+        lambda: mod.kron_logdet(A, B, 0.7, 0.2),
+        f"kron_logdet with A ({BIG_M}x{BIG_M}) and B ({BIG_K}x{BIG_K}): "
+        + NO_KRON.format(n=BIG_M * BIG_K),
+    )
+    assert abs(float(got) - expect) < 1e-6 * abs(expect), (
+        f"for A ({BIG_M}x{BIG_M}) and B ({BIG_K}x{BIG_K}) got {float(got):.6f}, expected {expect:.6f}"
+    )
 
 
 def _net(seed=0):
@@ -93,3 +124,19 @@ def test_6_3_effective_dimensions_and_mackay(mod):
         assert abs(float(new) - float(gamma[i] / w.detach().pow(2).sum())) < 1e-8, (
             f"{name}: MacKay's update is not chapter 05's fixed point for this block"
         )
+
+
+def test_6_3_effective_dimensions_never_form_the_product(mod, within_memory):
+    (A, a), (B, b) = _factor(BIG_M, 12), _factor(BIG_K, 13)
+    lam = 0.5 * torch.outer(b, a)
+    expect = float((lam / (lam + 1.5)).sum())
+    got = within_memory(
+        4 << 30,
+        lambda: mod.effective_dimensions(A, B, 0.5, 1.5),
+        f"effective_dimensions with A ({BIG_M}x{BIG_M}) and B ({BIG_K}x{BIG_K}): "
+        + NO_KRON.format(n=BIG_M * BIG_K),
+    )
+    assert abs(float(got) - expect) < 1e-6 * expect, (
+        f"for A ({BIG_M}x{BIG_M}) and B ({BIG_K}x{BIG_K}) got {float(got):.4f} effective "
+        f"parameters, expected {expect:.4f}"
+    )

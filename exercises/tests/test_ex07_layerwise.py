@@ -126,7 +126,8 @@ def test_7_4_hyper_steps_match_the_training_loop_and_raise_the_evidence(mod):
     opt = torch.optim.Adam([log_delta], lr=0.1)
     train._marglik_update(model, loader, log_delta, opt, 30, 64, lambda m, d: la)
     assert torch.allclose(got, log_delta.detach().exp(), rtol=1e-6), (
-        "not the steps of chapter 07's training loop (Adam on log delta of -log evidence / N)"
+        "not the steps of chapter 07's training loop ('One precision per tensor, learned during "
+        "training'): the same variable, optimiser and objective, scaled the same way?"
     )
 
 

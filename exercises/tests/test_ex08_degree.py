@@ -8,7 +8,16 @@ import math
 import pytest
 import torch
 
+from equilib.degree.density import GroupDensity, kl_divergence, kl_to_uniform, normalized_entropy
+
 NAME = "ex08_degree"
+# what the exercises ask you to write, which chapter 08 calls from the library
+FORBIDDEN = [
+    ("8.1", GroupDensity),
+    ("8.2", kl_to_uniform),
+    ("8.2", normalized_entropy),
+    ("8.2", kl_divergence),
+]
 
 SEC_DENSITY = "chapter 08, 'A band-limited density over the group'"
 SEC_KL = "chapter 08, 'Divergences, entropy and alignment'"
