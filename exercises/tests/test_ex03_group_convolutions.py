@@ -48,21 +48,25 @@ def _shape(got, expect):
     )
 
 
+def _each_slice(got, expect, message):
+    """Slice i of the group axis of ``got`` against ``expect(g)`` for g = D4.elements[i]."""
+    for i, g in enumerate(D4.elements):
+        torch.testing.assert_close(got[:, :, i], expect(g), rtol=1e-4, atol=1e-5, msg=message(i, g))
+
+
 def test_3_2_d4_lifting_conv_other_way_round(mod):
     """Slice g is conv(x, g.w) = g.conv(g^-1.x, w): transform the image instead of the filter."""
     x, w = _rand(2, 2, 8, 8), _rand(3, 2, 3, 3, seed=1)
     got = mod.d4_lifting_conv(x, w)
     _shape(got, (2, 3, 8, 8, 8))
-    for i, g in enumerate(D4.elements):
-        expect = D4.act(g, _conv(D4.act(D4.inverse(g), x), w))
-        torch.testing.assert_close(
-            got[:, :, i],
-            expect,
-            rtol=1e-4,
-            atol=1e-5,
-            msg=f"slice {i} should be the convolution with the filter transformed by {g}, "
-            f"D4.elements[{i}] (first mirror if flip, then turn)",
-        )
+    _each_slice(
+        got,
+        lambda g: D4.act(g, _conv(D4.act(D4.inverse(g), x), w)),
+        lambda i, g: (
+            f"slice {i} should be the convolution with the filter transformed by {g}, "
+            f"D4.elements[{i}] (first mirror if flip, then turn)"
+        ),
+    )
 
 
 def test_3_2_d4_lifting_conv_is_equivariant(mod):
@@ -95,17 +99,14 @@ def test_3_3_d4_group_conv_other_way_round(mod):
     x, w = _rand(2, 3, 8, 6, 6, seed=6), _rand(2, 3, 8, 3, 3, seed=7)
     got = mod.d4_group_conv(x, w)
     _shape(got, (2, 2, 8, 6, 6))
-    for i, g in enumerate(D4.elements):
-        moved = D4.act_fmap(D4.inverse(g), x)
-        expect = D4.act(g, _conv(moved.flatten(1, 2), w.flatten(1, 2)))
-        torch.testing.assert_close(
-            got[:, :, i],
-            expect,
-            rtol=1e-4,
-            atol=1e-5,
-            msg=f"slice {i} (element {g}) differs: is each small image of w transformed by "
-            f"{g} and moved along the group axis as g moves the elements?",
-        )
+    _each_slice(
+        got,
+        lambda g: D4.act(g, _conv(D4.act_fmap(D4.inverse(g), x).flatten(1, 2), w.flatten(1, 2))),
+        lambda i, g: (
+            f"slice {i} (element {g}) differs: is each small image of w transformed "
+            f"by {g} and moved along the group axis as g moves the elements?"
+        ),
+    )
 
 
 def test_3_3_d4_group_conv_is_equivariant(mod):
