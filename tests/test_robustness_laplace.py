@@ -100,3 +100,49 @@ def test_an_empty_batch_is_named(cls, where):
     batches.insert(where, (X[:0], y[:0]))
     with pytest.raises(ValueError, match=f"batch {where} of the loader holds no examples"):
         cls(_classifier()).fit(batches)
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.out = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+        self.l2.weight = self.l1.weight
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.l2(torch.tanh(self.l1(x)))))
+
+
+@pytest.mark.parametrize("cls", [KronLaplace, DiagLaplace, FullLaplace])
+def test_a_parameter_shared_by_two_modules_is_refused(cls):
+    with pytest.raises(ValueError, match="'l2'.*same tensor as 'l1.weight'"):
+        cls(_Tied())
+
+
+@pytest.mark.parametrize("cls", [KronLaplace, DiagLaplace, FullLaplace])
+def test_a_fit_after_requires_grad_changed_is_refused(cls):
+    model = _classifier()
+    la = cls(model)
+    model[0].bias.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"trainable parameters changed.*no longer: \['0.bias'\]"):
+        la.fit(_batches(torch.tensor([0, 1, 2, 0, 1, 2])))
+
+
+def test_temperature_may_be_any_real_number_and_a_tuple_output_is_named():
+    import numpy as np
+
+    for t in (np.float32(0.5), torch.tensor(0.5), 2):
+        assert KronLaplace(_classifier(), temperature=t).temperature == pytest.approx(float(t))
+    for bad in (0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="temperature must be a positive number"):
+            KronLaplace(_classifier(), temperature=bad)
+
+    class TwoOutputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.lin(x), x
+
+    with pytest.raises(TypeError, match="must return one tensor of outputs"):
+        DiagLaplace(TwoOutputs()).fit(_batches(torch.tensor([0, 1, 2, 0, 1, 2])))

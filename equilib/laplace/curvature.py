@@ -420,11 +420,13 @@ def inspect_model(model: nn.Module) -> tuple[list[ParamInfo], list[LayerInfo]]:
         raise ValueError("the model has no trainable parameters (requires_grad=True)")
     params: list[ParamInfo | None] = [None] * len(order)
     layers: list[LayerInfo] = []
+    owner: dict[int, str] = {}  # id of a parameter -> the module.parameter that owns it
     for mname, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             raise ValueError(
                 f"module {mname!r} of type {type(module).__name__} is not supported by the "
-                "Laplace curvature (batch statistics make examples interact); "
+                "Laplace curvature (in training its batch statistics make examples interact; "
+                "in evaluation, fold it into the layer before it); "
                 f"supported primitives: {supported()}"
             )
         own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
@@ -446,8 +448,14 @@ def inspect_model(model: nn.Module) -> tuple[list[ParamInfo], list[LayerInfo]]:
                     f"module {mname!r} of type {type(module).__name__} has an unexpected "
                     f"parameter {pname!r}; expected only 'weight' and 'bias'"
                 )
-            if id(p) not in order:  # shared with an earlier module: counted there
-                continue
+            if id(p) in owner:  # one tensor in two modules: only one of them would count
+                raise ValueError(
+                    f"parameter {pname!r} of module {mname!r} is the same tensor as "
+                    f"{owner[id(p)]!r}: the Laplace curvature does not support a parameter "
+                    "shared by two modules (the second module's part of its curvature would be "
+                    "missing); give each module its own parameter"
+                )
+            owner[id(p)] = f"{mname}.{pname}" if mname else pname
             idx, full = order.pop(id(p))
             params[idx] = ParamInfo(
                 idx, full, mname, primitive.kind, pname, p.numel(), tuple(p.shape)

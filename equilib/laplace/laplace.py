@@ -31,6 +31,7 @@ Where equilib differs on purpose:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 
 import torch
@@ -89,7 +90,14 @@ class BaseLaplace:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_likelihood_and_hessian(likelihood, hessian)
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
+        if isinstance(temperature, torch.Tensor) and temperature.numel() == 1:
+            temperature = float(temperature)
+        if not (
+            isinstance(temperature, numbers.Real)
+            and not isinstance(temperature, bool)
+            and math.isfinite(temperature)
+            and temperature > 0
+        ):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
         if logdet_dtype not in (torch.float32, torch.float64):
             raise ValueError(
@@ -109,6 +117,8 @@ class BaseLaplace:
             )
         self.bottleneck = bottleneck
         self.params, self.layers = inspect_model(model)
+        # the tensors the prior and the curvature are about, fixed here (see _check_tensors)
+        self._tensors = [p for p in model.parameters() if p.requires_grad]
         self.backend = CurvatureBackend(
             model,
             self.layers,
@@ -211,6 +221,7 @@ class BaseLaplace:
         examples from the loader); regression targets must be finite. Both are checked once
         after the pass over the data (``FitChecks``: no device synchronisation per batch).
         """
+        self._check_tensors()
         was_training = self.model.training
         self.model.eval()
         self._init_curvature()
@@ -248,11 +259,26 @@ class BaseLaplace:
         """A batch of inputs on the model's device (floating inputs in its dtype)."""
         return X.to(self.device, dtype=self.dtype if torch.is_floating_point(X) else None)
 
+    def _check_tensors(self) -> None:
+        """Refuse to fit when the model's trainable tensors are no longer those this object was
+        built for (``requires_grad`` switched since): its prior and curvature layout are theirs."""
+        now = [p for p in self.model.parameters() if p.requires_grad]
+        if [id(p) for p in now] != [id(p) for p in self._tensors]:
+            names = {id(p): n for n, p in self.model.named_parameters()}
+            before = {names.get(id(p), "?") for p in self._tensors}
+            after = {names.get(id(p), "?") for p in now}
+            raise ValueError(
+                "the model's trainable parameters changed since this "
+                f"{type(self).__name__} was built (now trainable: {sorted(after - before)}; "
+                f"no longer: {sorted(before - after)}); build a new one for the model as it is"
+            )
+
     def _weight_sqnorms(self) -> torch.Tensor:
         """Per trainable tensor, its squared norm now: (n_tensors,) in ``logdet_dtype``."""
         with torch.no_grad():
-            ps = [p for p in self.model.parameters() if p.requires_grad]
-            return torch.stack([p.detach().to(self.logdet_dtype).pow(2).sum() for p in ps])
+            return torch.stack(
+                [p.detach().to(self.logdet_dtype).pow(2).sum() for p in self._tensors]
+            )
 
     @property
     def fitted_here(self) -> bool:

@@ -89,6 +89,10 @@ def _drop_null_direction(L: torch.Tensor) -> torch.Tensor:
 
 def check_targets(f: torch.Tensor, y: torch.Tensor, likelihood: str) -> tuple:
     """Validate model output f and targets y; regression with f: (B,) is seen as (B, 1)."""
+    if not isinstance(f, torch.Tensor):
+        raise TypeError(
+            f"the model must return one tensor of outputs, (B, C), got {type(f).__name__}"
+        )
     if likelihood == "regression":
         if f.dim() == 1:
             f = f.unsqueeze(-1)
