@@ -64,6 +64,10 @@ def test_feature_map_response_errors():
     conv = build("conv", (1, 16, 16), width=4)
     resp = vc.feature_map_response(conv, x, CyclicShifts(16, 16), (3, 5))
     assert len(resp["errors"]) == 3 and max(resp["errors"]) < 1e-5
+    # what the explorer draws as g.f(x) is the f(g.x) the error measures, after the strided
+    # blocks too (a shift by 3 or 5 pixels is not 3 // 2 or 5 // 2 output pixels there)
+    for f_gx, g_fx, err in zip(resp["f_gx"], resp["g_fx"], resp["errors"]):
+        assert float((f_gx - g_fx).norm() / g_fx.norm()) == pytest.approx(err, abs=1e-6)
     fc = build("fc", (1, 16, 16), width=4)
     assert max(vc.feature_map_response(fc, x, CyclicShifts(16, 16), (3, 5))["errors"]) > 1e-3
     g = build("gconv-c4", (1, 16, 16), width=4)

@@ -145,10 +145,12 @@ def feature_map_response(
     """Feature maps of every block for ``x`` and ``g.x``, and their equivariance errors.
 
     Returns ``{"x", "gx", "f_x": [...], "f_gx": [...], "g_fx": [...], "errors": [...]}`` where
-    ``g_fx[i]`` transforms block ``i``'s output of ``x`` by ``g`` (shifts are divided by the
-    total stride so far; ``fmap=True`` uses the regular action on a group axis). ``errors[i] =
-    min over output shifts |f_gx - shift(g_fx)| / |g_fx|`` for shifts (polyphase striding moves
-    features by whole output pixels), the plain relative error otherwise.
+    ``g_fx[i]`` transforms block ``i``'s output of ``x`` by ``g`` (``fmap=True``: the regular
+    action on a group axis). For shifts, ``errors[i] = min over output shifts t of
+    |f_gx - shift_t(f_x)| / |f_x|`` (polyphase striding moves features by whole output pixels,
+    not always by the input shift divided by the stride), and ``g_fx[i]`` is ``f_x`` shifted by
+    the ``t`` that attains it (the input shift divided by the total stride so far when that
+    does as well); otherwise the plain relative error.
     """
     gx = group.act(g, x)
     f_x, f_gx = block_outputs(model, x), block_outputs(model, gx)
@@ -156,13 +158,19 @@ def feature_map_response(
     for a, b in zip(f_x, f_gx):
         if isinstance(g, tuple) and len(g) == 2 and getattr(group, "name", "") == "shifts":
             s = x.shape[-1] // a.shape[-1]
-            ga = torch.roll(a, (g[0] // s, g[1] // s), dims=(-2, -1))
             h, w = a.shape[-2:]
-            err = min(
-                float((b - torch.roll(a, (i, j), dims=(-2, -1))).norm())
+            nominal = ((g[0] // s) % h, (g[1] // s) % w)
+            gaps = {
+                (i, j): float((b - torch.roll(a, (i, j), dims=(-2, -1))).norm())
                 for i in range(h)
                 for j in range(w)
-            )
+            }
+            err = min(gaps.values())
+            # the drawn g.f(x) is the output shift that attains the error (after a strided
+            # block a shift by an odd number of pixels need not move the features by g // s);
+            # the shift by g // s where it does as well
+            best = nominal if gaps[nominal] <= err else min(gaps, key=gaps.get)
+            ga = torch.roll(a, best, dims=(-2, -1))
         else:
             ga = group.act_fmap(g, a) if fmap else group.act(g, a)
             err = float((b - ga).norm())
