@@ -121,3 +121,38 @@ def test_presence_gaps():
     assert presence_gaps(res, epoch=0) == {"lift": 0.0, "gconv1": 0.0}
     assert presence_gaps({**res, "data_elements": [0, 1, 2, 3]}) == {}
     assert presence_gaps(_result()) == {}
+
+
+def test_a_dihedral_run_is_drawn_as_four_turns_and_their_mirror_images():
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    res = {
+        "data": "partial",
+        "config": {"group": "D4"},
+        "lambdas": [{"lift": [1.0] * 8}, {"lift": [1.6, 0.3, 1.5, 0.6, 1.0, 1.0, 1.0, 1.0]}],
+        "entropies": [[1.0], [0.9]],
+        "data_elements": [0, 2],
+    }
+    fig = plot_lambdas(res)
+    bars = fig.axes[0].patches
+    assert len(bars) == 8  # four turns and four flips, not eight turns of 45 degrees
+    turns = [b.get_facecolor() for b in bars[:4]]
+    assert turns == [to_rgba("C0", 0.85), to_rgba("0.6", 0.85)] * 2
+    assert all(b.get_facecolor() == to_rgba("C1", 0.8) for b in bars[4:])
+    assert "flip" in [t.get_text() for t in fig.legends[0].get_texts()]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][1] == "90\N{DEGREE SIGN}"
+    plt.close(fig)
+
+
+def test_an_epoch_the_run_does_not_have_is_refused_by_name():
+    from equilib.viz.degree import presence_gaps
+
+    res = {**_result("partial"), "data_elements": [0, 2]}
+    for epoch in (2, -3):
+        with pytest.raises(ValueError, match="epoch must be an integer between -2 and 1"):
+            plot_lambdas(res, epoch=epoch)
+        with pytest.raises(ValueError, match="epoch must be an integer between -2 and 1"):
+            presence_gaps(res, epoch=epoch)
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        polar_points([float("nan"), 1.0, 1.0, 1.0])

@@ -29,8 +29,8 @@ def polar_points(values: Sequence[float], N: int | None = None) -> dict[str, lis
     D_N / O(2)); theta = 2 pi k / N. ``N`` (the number of rotations) defaults to |H| (no flips).
     """
     v = [float(x) for x in values]
-    if any(x < 0 for x in v):
-        raise ValueError("lambda values must be non-negative")
+    if not all(math.isfinite(x) and x >= 0 for x in v):
+        raise ValueError(f"lambda values must be finite and non-negative, got {v}")
     n = len(v) if N is None else N
     if len(v) not in (n, 2 * n):
         raise ValueError(f"expected {n} or {2 * n} values for {n} rotations, got {len(v)}")
@@ -52,6 +52,17 @@ def entropy_table(results: Mapping[str, Mapping]) -> dict[str, dict[str, float]]
     return table
 
 
+def _epoch_index(lambdas: Sequence, epoch: int) -> int:
+    """``epoch`` (negative: from the end) as an index into a run's lambdas, or a clear error."""
+    n = len(lambdas)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not -n <= epoch < n:
+        raise ValueError(
+            f"epoch must be an integer between {-n} and {n - 1} (0: the initialisation, "
+            f"-1: the last epoch), got {epoch!r}"
+        )
+    return epoch if epoch >= 0 else n + epoch
+
+
 def presence_gaps(result: Mapping, epoch: int = -1) -> dict[str, float]:
     """Per layer: the smallest lambda on the group elements the data contain minus the largest
     on those they do not (``result["data_elements"]``), at ``epoch`` (-1 = the last).
@@ -63,7 +74,7 @@ def presence_gaps(result: Mapping, epoch: int = -1) -> dict[str, float]:
     if present is None:
         return {}
     out = {}
-    for name, values in result["lambdas"][epoch].items():
+    for name, values in result["lambdas"][_epoch_index(result["lambdas"], epoch)].items():
         absent = [float(v) for k, v in enumerate(values) if k not in present]
         if absent:
             out[name] = min(float(values[k]) for k in present) - max(absent)
@@ -139,16 +150,24 @@ def plot_lambdas(result: Mapping, epoch: int = -1, fig=None):
 
     The group elements in the result's ``data_elements`` (when it has them) are drawn in blue.
     """
+    from equilib.degree.density import group_angles_flips
+    from equilib.degree.layers import make_group
+
     lams = result["lambdas"]
     if not lams or not lams[0]:
         raise ValueError("this result has no lambda (a model without partial layers)")
-    ep = epoch if epoch >= 0 else len(lams) + epoch
+    ep = _epoch_index(lams, epoch)
     ents = result["entropies"][ep]
     names = list(lams[ep])
     labelled = {f"{n} (H={h:.2f})": lams[ep][n] for n, h in zip(names, ents)}
     when = "at initialisation" if ep == 0 else f"after epoch {ep}"
     title = f"{result.get('data', '')} data: lambda per layer {when}"
-    return draw_lambdas(labelled, fig=fig, title=title, present=result.get("data_elements"))
+    # a group with flips has 2N values per layer: N turns, then N mirrored turns
+    group = result.get("config", {}).get("group", "C4")
+    n_rot = group_angles_flips(make_group(group) if isinstance(group, str) else group)[2]
+    return draw_lambdas(
+        labelled, fig=fig, title=title, N=n_rot, present=result.get("data_elements")
+    )
 
 
 def plot_entropies(results: Mapping[str, Mapping], ax=None):
