@@ -156,3 +156,20 @@ def test_an_epoch_the_run_does_not_have_is_refused_by_name():
             presence_gaps(res, epoch=epoch)
     with pytest.raises(ValueError, match="finite and non-negative"):
         polar_points([float("nan"), 1.0, 1.0, 1.0])
+
+
+def test_entropy_bars_cover_the_layers_of_every_run():
+    import matplotlib.pyplot as plt
+
+    ax = plot_entropies(
+        {
+            "per layer": {
+                "layers": [{"name": "lift", "entropy": 0.9}, {"name": "gconv1", "entropy": 0.8}]
+            },
+            "shared": {"layers": [{"name": "shared", "entropy": 0.5}]},
+        }
+    )
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["lift", "gconv1", "shared"]
+    heights = [b.get_height() for b in ax.patches]
+    assert sorted(h for h in heights if h == h) == [0.5, 0.8, 0.9]  # every entropy drawn
+    plt.close(ax.figure)

@@ -137,6 +137,9 @@ def test_figure_data_and_drawing():
     X = torch.randn(16, 4, generator=g, dtype=DT)
     curves = vm.evidence_vs_n(X, X.roll(1, dims=1), [4, 16], 1.0, 0.3)
     assert curves["conv"][-1] > curves["fc"][-1]  # a shift is a convolution
+    for ns in ([4, 32], [0, 4], []):  # more examples than given, none, or no n at all
+        with pytest.raises(ValueError, match="ns must be numbers of examples between 1 and the 16"):
+            vm.evidence_vs_n(X, X.roll(1, dims=1), ns, 1.0, 0.3)
     state = evidence_explorer_state(x, y, 2, 0.0, 0.1)
     assert abs(state["log_evidence"] - scan["log_evidence"][2]) < 1e-9
     assert state["mean"].shape == state["std"].shape == (200,)

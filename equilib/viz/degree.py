@@ -178,7 +178,8 @@ def plot_entropies(results: Mapping[str, Mapping], ax=None):
     runs = [k for k, v in table.items() if v]
     if not runs:
         raise ValueError("no run with lambda to plot")
-    layers = [k for k in table[runs[0]] if k != "mean"]
+    # every run's layers, in the order they first appear (runs may differ: a shared lambda)
+    layers = list(dict.fromkeys(k for run in runs for k in table[run] if k != "mean"))
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3))
     w = 0.8 / len(runs)
@@ -191,5 +192,5 @@ def plot_entropies(results: Mapping[str, Mapping], ax=None):
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.set_ylabel("H(lambda) / log|H|")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     return ax

@@ -48,7 +48,17 @@ def precision_scan(Phi, y, log_deltas, sigma_noise=0.1) -> dict:
 
 def evidence_vs_n(X, Y, ns, prior_precision=1.0, sigma_noise=0.3) -> dict:
     """Log evidence per datum of the ``fc`` and ``conv`` linear maps on the first n examples."""
-    out = {"n": np.asarray(list(ns)), "fc": [], "conv": []}
+    ns = list(ns)
+    bad = [
+        n
+        for n in ns
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= len(X)
+    ]
+    if not ns or bad:
+        raise ValueError(
+            f"ns must be numbers of examples between 1 and the {len(X)} given, got {ns}"
+        )
+    out = {"n": np.asarray(ns), "fc": [], "conv": []}
     for n in ns:
         for model in ("fc", "conv"):
             ev = linear_model_evidence(X[:n], Y[:n], model, prior_precision, sigma_noise)
