@@ -223,9 +223,13 @@ def test_draw_response_and_explorer_smoke():
     from equilib.widgets.transform import draw_response, transform_explorer
 
     x = _digitlike(16).float()
-    for f in (torch.sigmoid, lambda z: z.flatten(1)[:, :10]):
+    for f, panels in ((torch.sigmoid, 6), (lambda z: z.flatten(1)[:, :10], 5)):
         fig = draw_response(response(f, x[:1], make_transform("rotation", angle=30)))
-        assert len(fig.axes) == 5
+        # five panels, and for image outputs a colour bar that reads the difference's size
+        assert len(fig.axes) == panels
+        if panels == 5:  # vector outputs of [0, 1]: nothing drawn below 0 is wasted room
+            assert fig.axes[2].get_ylim()[0] == pytest.approx(0.0)
+            assert fig.axes[4].get_ylim()[0] < 0  # the difference has either sign
         plt.close(fig)
     box = transform_explorer(x, {"sigmoid": torch.sigmoid, "first ten": lambda z: z[:, 0, 0, :10]})
     controls = [w for column in box.children[0].children for w in column.children]

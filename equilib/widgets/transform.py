@@ -52,7 +52,9 @@ def draw_response(resp: Mapping[str, Any], fig=None, title: str = ""):
         elif image_out:
             img = _first_image(value)
             if key == "diff":
-                ax.imshow(img, cmap="RdBu_r", vmin=-out_max, vmax=out_max)
+                im = ax.imshow(img, cmap="RdBu_r", vmin=-out_max, vmax=out_max)
+                bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+                bar.ax.tick_params(labelsize=7)
             else:
                 lo = min(0.0, float(resp["f_gx"].min()), float(resp["g_fx"].min()))
                 ax.imshow(img, cmap="gray_r", vmin=lo, vmax=out_max)
@@ -60,7 +62,13 @@ def draw_response(resp: Mapping[str, Any], fig=None, title: str = ""):
             vec = value[0].detach().float().cpu().reshape(-1)
             colors = "tab:red" if key == "diff" else "tab:blue"
             ax.bar(range(len(vec)), vec.numpy(), color=colors)
-            ax.set_ylim(-out_max * 1.05, out_max * 1.05)
+            # the outputs on one scale; the difference symmetric about 0 (it has either sign)
+            lo = min(0.0, float(resp["f_gx"].min()), float(resp["g_fx"].min()))
+            if key == "diff":
+                ax.set_ylim(-out_max * 1.05, out_max * 1.05)
+            else:
+                ax.set_ylim(lo * 1.05, out_max * 1.05)
+            ax.axhline(0.0, color="0.5", lw=0.6)
             ax.set_xticks(range(len(vec)))
             ax.tick_params(labelsize=7)
         ax.set_title(name)
