@@ -116,6 +116,8 @@ def connectivity_explorer(layers: Mapping[str, tuple[torch.nn.Module, tuple[int,
         )
         fig.colorbar(im, ax=ax2, label="weight")
         ax2.axhline(unit, color="k", lw=0.8)
+        # a pointer beside the matrix too: the line alone hides under the frame at row 0
+        ax2.plot([-0.5], [unit], marker=">", color="k", markersize=7, clip_on=False)
         ax2.set_title(f"layer matrix {tuple(M.shape)} (row {unit} marked)", fontsize=9)
         ax2.set_xlabel("input unit (c, y, x)")
         ax2.set_ylabel("output unit (c', y', x')")
