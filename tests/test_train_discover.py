@@ -637,3 +637,22 @@ def test_tracking_the_test_accuracy_changes_nothing_but_the_curve():
         assert torch.equal(once["state_dict"][k], v), k
     with pytest.raises(ValueError, match="track_test must be True or False"):
         _tiny(track_test=1)
+
+
+def test_the_per_block_figures_refuse_one_result_in_place_of_a_list_and_nothing_to_plot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = _fake_result()  # no output precisions, no knockouts
+    for plot in (vp.plot_output_ratios, vp.plot_knockouts):
+        with pytest.raises(ValueError, match=r"groups\['a'\] must be a non-empty list of run"):
+            plot({"a": r})  # one seed's result, not a list of them
+        with pytest.raises(ValueError, match=r"groups\['a'\] must be a non-empty list"):
+            plot({"a": []})
+        with pytest.raises(ValueError, match="at least one label"):
+            plot({})
+        with pytest.raises(ValueError, match="no run here has"):
+            plot({"a": [r]})
+    assert plt.get_fignums() == []  # a refused figure leaves no empty one behind

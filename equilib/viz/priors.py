@@ -8,6 +8,7 @@ prior precision and weight norm), ``layers_history`` (the same after every epoch
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -249,6 +250,29 @@ def knockout_array(results: list[dict], path: str = "fc") -> np.ndarray:
     return _block_array(rows)
 
 
+def _group_arrays(groups, to_array, what: str) -> dict:
+    """``{label: to_array(results)}`` for ``groups = {label: [result, ...]}``, refusing a group
+    that is not a list of run results (one result instead of a list, say) and a figure with
+    nothing to show."""
+    if not isinstance(groups, Mapping) or not groups:
+        raise ValueError("groups must map at least one label to a list of run results")
+    for label, results in groups.items():
+        if (
+            isinstance(results, Mapping)
+            or not isinstance(results, Sequence)
+            or not results
+            or not all(isinstance(r, Mapping) and "layers" in r for r in results)
+        ):
+            raise ValueError(
+                f"groups[{label!r}] must be a non-empty list of run results (one per seed), "
+                f"got {type(results).__name__}"
+            )
+    arrays = {label: to_array(results) for label, results in groups.items()}
+    if not any(np.isfinite(a).any() for a in arrays.values()):
+        raise ValueError(f"no run here has {what} to plot (a model with a single path per block?)")
+    return arrays
+
+
 def _dots_per_block(ax, arrays: dict) -> None:
     """One marker per run and block for each ``{label: (runs, blocks) array}``, the labels side
     by side within each block, and the blocks named on the x axis."""
@@ -271,9 +295,12 @@ def plot_output_ratios(groups: dict, ax=None, a: str = "fc", b: str = "conv"):
     """
     import matplotlib.pyplot as plt
 
+    arrays = _group_arrays(
+        groups, lambda rs: output_ratio_array(rs, a, b), f"{a} and {b} output precisions"
+    )
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
-    _dots_per_block(ax, {label: output_ratio_array(rs, a, b) for label, rs in groups.items()})
+    _dots_per_block(ax, arrays)
     ax.axhline(1.0, color="0.4", lw=0.8, ls="--")
     ax.set_yscale("log")
     ax.set_ylabel(f"output precision {a} / {b}")
@@ -300,9 +327,9 @@ def plot_knockouts(groups: dict, ax=None, path: str = "fc"):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
+    arrays = _group_arrays(groups, lambda rs: knockout_array(rs, path), f"a silenced {path} path")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
-    arrays = {label: knockout_array(rs, path) for label, rs in groups.items()}
     _dots_per_block(ax, arrays)
     lowest = min([0.0] + [float(np.nanmin(a)) for a in arrays.values() if np.isfinite(a).any()])
     ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
