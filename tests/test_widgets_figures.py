@@ -132,3 +132,25 @@ def test_rotation_explorer(shown, capsys):
     assert len(shown) == 1
     assert plt.get_fignums() == []
     assert shown[0].axes[1].get_ylabel() == "probability"
+
+
+def test_explorers_refuse_what_they_cannot_show_before_building_a_slider():
+    pytest.importorskip("ipywidgets")
+    from equilib.widgets.connectivity import feature_map_explorer
+    from equilib.widgets.measure import rotation_explorer
+    from equilib.widgets.transform import transform_explorer
+
+    x = torch.rand(3, 1, 16, 16)
+    model = build("conv", (1, 16, 16), width=2).eval()
+    cases = [
+        (lambda: rotation_explorer({}, x), "at least one model"),
+        (lambda: rotation_explorer({"conv": model}, x[0]), r"\(N, C, H, W\), got \(1, 16, 16\)"),
+        (lambda: rotation_explorer({"conv": model}, x[:0]), "non-empty batch"),
+        (lambda: transform_explorer(x[:0], {"id": lambda t: t}), "non-empty batch"),
+        (lambda: transform_explorer(x, {}), "at least one function"),
+        (lambda: feature_map_explorer({}, x), "at least one model"),
+        (lambda: feature_map_explorer({"seq": torch.nn.Flatten()}, x), "have no blocks"),
+    ]
+    for make, message in cases:
+        with pytest.raises(ValueError, match=message):
+            make()

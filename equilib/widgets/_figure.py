@@ -9,7 +9,9 @@ it. ``show_in`` replaces the contents of an ``ipywidgets.Output`` by the figure.
 
 from __future__ import annotations
 
-__all__ = ["widget_figure", "show_in"]
+from collections.abc import Mapping
+
+__all__ = ["widget_figure", "show_in", "check_inputs"]
 
 
 def widget_figure(figsize: tuple[float, float]):
@@ -29,3 +31,15 @@ def show_in(out, fig) -> None:
     with out:
         out.clear_output(wait=True)
         display(fig)
+
+
+def check_inputs(x, named: Mapping, what: str) -> None:
+    """Refuse what an explorer cannot show, before it builds a slider: ``x`` must be a
+    non-empty batch of images ``(N, C, H, W)`` and ``named`` must name at least one ``what``."""
+    import torch
+
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or len(x) == 0:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a non-empty batch of images (N, C, H, W), got {shape}")
+    if not isinstance(named, Mapping) or not named:
+        raise ValueError(f"pass at least one {what}, as {{name: {what}}}")

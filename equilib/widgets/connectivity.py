@@ -17,7 +17,7 @@ import torch
 
 from equilib.groups import CyclicShifts, Rotations
 from equilib.viz.connectivity import feature_map_response, layer_matrix, unit_weights
-from equilib.widgets._figure import show_in, widget_figure
+from equilib.widgets._figure import check_inputs, show_in, widget_figure
 
 __all__ = [
     "draw_unit_weights",
@@ -184,8 +184,13 @@ def feature_map_explorer(models: Mapping[str, torch.nn.Module], x: torch.Tensor)
     """
     import ipywidgets as widgets
 
-    if x.ndim != 4:
-        raise ValueError(f"x must be (N, C, H, W), got {tuple(x.shape)}")
+    check_inputs(x, models, "model")
+    no_blocks = [name for name, m in models.items() if not hasattr(m, "blocks")]
+    if no_blocks:
+        raise ValueError(
+            f"models {no_blocks} have no blocks: the explorer shows the feature maps of the "
+            "blocks of equilib.models.build's models"
+        )
     H, W = x.shape[-2:]
     pick = widgets.Dropdown(options=list(models), description="model")
     kind = widgets.Dropdown(options=["shift", "rotation"], description="transform")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from equilib.groups import rotate
-from equilib.widgets._figure import show_in, widget_figure
+from equilib.widgets._figure import check_inputs, show_in, widget_figure
 
 __all__ = ["rotation_responses", "rotation_explorer"]
 
@@ -33,6 +33,7 @@ def rotation_explorer(models: Mapping[str, Callable], X: torch.Tensor):
     import ipywidgets as widgets
     from IPython.display import display
 
+    check_inputs(X, models, "model")
     angle = widgets.FloatSlider(value=0.0, min=-180.0, max=180.0, step=5.0, description="angle")
     index = widgets.IntSlider(value=0, min=0, max=len(X) - 1, description="digit")
     out = widgets.Output()

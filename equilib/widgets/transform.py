@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from equilib.viz.transform import D4_LABELS, make_transform, response, transform_label
-from equilib.widgets._figure import show_in, widget_figure
+from equilib.widgets._figure import check_inputs, show_in, widget_figure
 
 __all__ = ["draw_response", "transform_explorer"]
 
@@ -94,10 +94,7 @@ def transform_explorer(
     """
     import ipywidgets as widgets
 
-    if x.ndim != 4:
-        raise ValueError(f"x must be a batch of images (N, C, H, W), got {tuple(x.shape)}")
-    if not functions:
-        raise ValueError("functions must map at least one name to a function")
+    check_inputs(x, functions, "function")
     out_transforms = dict(out_transforms or {})
     H = x.shape[-2]
     max_shift = H // 2 if max_shift is None else max_shift
