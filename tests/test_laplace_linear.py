@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -134,6 +135,15 @@ def test_figure_data_and_drawing():
         abs(pscan["log_evidence"][1] - float(log_evidence(polynomial_features(x, 2), y, 1.0, 0.1)))
         < 1e-9
     )
+    # a generator of grid points gives the same scan as a list; an empty grid is refused
+    again = vm.precision_scan(polynomial_features(x, 2), y, (v for v in [-1.0, 0.0, 1.0]), 0.1)
+    assert again["log_delta"].shape == again["log_evidence"].shape == (3,)
+    np.testing.assert_allclose(again["log_evidence"], pscan["log_evidence"])
+    assert len(vm.degree_scan(x, y, (d for d in range(3)))["log_evidence"]) == 3
+    with pytest.raises(ValueError, match="at least one polynomial degree"):
+        vm.degree_scan(x, y, [])
+    with pytest.raises(ValueError, match="at least one log prior precision"):
+        vm.precision_scan(polynomial_features(x, 2), y, [], 0.1)
     X = torch.randn(16, 4, generator=g, dtype=DT)
     curves = vm.evidence_vs_n(X, X.roll(1, dims=1), [4, 16], 1.0, 0.3)
     assert curves["conv"][-1] > curves["fc"][-1]  # a shift is a convolution

@@ -27,7 +27,10 @@ __all__ = [
 
 def degree_scan(x, y, degrees, prior_precision=1.0, sigma_noise=0.1) -> dict:
     """Evidence, data fit and Occam term of polynomial models: arrays over ``degrees``."""
-    out = {"degree": np.asarray(list(degrees))}
+    degrees = list(degrees)  # a generator is read once
+    if not degrees:
+        raise ValueError("degrees must hold at least one polynomial degree")
+    out = {"degree": np.asarray(degrees)}
     rows = [
         evidence_terms(polynomial_features(x, int(d)), y, prior_precision, sigma_noise)
         for d in degrees
@@ -39,8 +42,11 @@ def degree_scan(x, y, degrees, prior_precision=1.0, sigma_noise=0.1) -> dict:
 
 def precision_scan(Phi, y, log_deltas, sigma_noise=0.1) -> dict:
     """Evidence terms over a grid of log prior precisions: arrays over ``log_deltas``."""
+    log_deltas = list(log_deltas)  # a generator is read once
+    if not log_deltas:
+        raise ValueError("log_deltas must hold at least one log prior precision")
     rows = [evidence_terms(Phi, y, float(np.exp(ld)), sigma_noise) for ld in log_deltas]
-    out = {"log_delta": np.asarray(list(log_deltas), dtype=float)}
+    out = {"log_delta": np.asarray(log_deltas, dtype=float)}
     for key in rows[0]:
         out[key] = np.array([float(r[key]) for r in rows])
     return out
