@@ -192,5 +192,5 @@ def plot_entropies(results: Mapping[str, Mapping], ax=None):
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.set_ylabel("H(lambda) / log|H|")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return ax
