@@ -173,3 +173,13 @@ def test_entropy_bars_cover_the_layers_of_every_run():
     heights = [b.get_height() for b in ax.patches]
     assert sorted(h for h in heights if h == h) == [0.5, 0.8, 0.9]  # every entropy drawn
     plt.close(ax.figure)
+
+
+def test_elements_in_the_data_must_be_elements_of_the_group():
+    from equilib.viz.degree import presence_gaps
+
+    for present in ([0, 7], [-1]):
+        with pytest.raises(ValueError, match="indices of rotations between 0 and 3"):
+            draw_lambdas({"lift": [1.0, 1.0, 1.0, 1.0]}, present=present)
+    with pytest.raises(ValueError, match="data_elements is empty"):
+        presence_gaps({**_result("partial"), "data_elements": []})

@@ -7,6 +7,7 @@ Pure functions (``polar_points``, ``entropy_table``) compute the numbers; ``draw
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -73,6 +74,8 @@ def presence_gaps(result: Mapping, epoch: int = -1) -> dict[str, float]:
     present = result.get("data_elements")
     if present is None:
         return {}
+    if not present:
+        raise ValueError("data_elements is empty: the data contain at least the identity")
     out = {}
     for name, values in result["lambdas"][_epoch_index(result["lambdas"], epoch)].items():
         absent = [float(v) for k, v in enumerate(values) if k not in present]
@@ -102,6 +105,13 @@ def draw_lambdas(
     names = list(lambdas)
     if not names:
         raise ValueError("lambdas must hold at least one layer")
+    if present is not None:
+        n_rot = N or min(len(v) for v in lambdas.values())
+        if not all(isinstance(k, numbers.Integral) and 0 <= k < n_rot for k in present):
+            raise ValueError(
+                f"present must list indices of rotations between 0 and {n_rot - 1}, got "
+                f"{list(present)}"
+            )
     if fig is None:
         fig = plt.figure(figsize=(2.6 * len(names), 3.2))
     fig.clf()
