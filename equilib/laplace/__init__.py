@@ -27,7 +27,13 @@ pair per group; F-FC and S-FC are two of them), ``equilib.nn.BasisConv2d`` (``a 
 patch``), inner convolutions of lifting / group convolutions applied to stacked copies,
 ``LiftingConvCN`` / ``GroupConvCN``, and (Full and Diag only, with the density frozen) the
 partial group convolutions of ``equilib.degree``.
-Any other module owning trainable parameters (and any BatchNorm) raises a ValueError naming it.
+Any other module owning trainable parameters (and any BatchNorm) raises a ValueError naming it,
+and so does a parameter shared by two modules. A parameter must enter the model's output only
+through the call of the module that owns it: one also used outside it (a tied decoder's
+``F.linear(h, encoder.weight.t())``) is not detected, and its curvature misses that use.
+``optimize_prior_precision`` learns one precision per tensor, starting from the current ones
+(laplace-torch restarts from ``init_prior_prec`` and takes a ``prior_structure``); the dense
+``posterior_precision`` is a ``FullLaplace`` attribute only.
 
 The curvature backend is separate from the Laplace logic (``laplace.py``): ``curvature.py``
 (which module owns each parameter; one registry entry per layer type with its input and output
