@@ -352,8 +352,6 @@ def _check_data_root(args, source: str) -> None:
 
 def _check_writable(folder: Path) -> None:
     """Create ``folder`` if needed and make sure a file can be written in it."""
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"the output folder {str(folder)!r} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):

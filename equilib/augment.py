@@ -45,6 +45,12 @@ __all__ = [
 TRANSFORMS = measure.TRANSFORMS  # ("rotation", "translation_x", "translation_y")
 
 
+def _check_positive_ints(**values) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def _inverse_softplus(v: float) -> float:
     return v + math.log(-math.expm1(-v))
 
@@ -85,9 +91,7 @@ class Augerino(nn.Module):
                 f"init_width must be one positive float or one per transform "
                 f"({len(transforms)}); got {init_width!r}"
             )
-        for name, n in (("n_samples", n_samples), ("n_eval", n_eval)):
-            if not isinstance(n, int) or n < 1:
-                raise ValueError(f"{name} must be a positive integer, got {n!r}")
+        _check_positive_ints(n_samples=n_samples, n_eval=n_eval)
         self.model = model
         self.transforms = transforms
         self.n_samples, self.n_eval = n_samples, n_eval
@@ -253,14 +257,12 @@ def train_augmentation(
     if objective not in ("augerino", "marglik"):
         raise ValueError(f"objective must be 'augerino' or 'marglik'; got {objective!r}")
     _check_data(X, y)
-    for name, value in (
-        ("epochs", epochs),
-        ("batch_size", batch_size),
-        ("marglik_every", marglik_every),
-        ("marglik_subset", marglik_subset),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    _check_positive_ints(
+        epochs=epochs,
+        batch_size=batch_size,
+        marglik_every=marglik_every,
+        marglik_subset=marglik_subset,
+    )
     for name, value in (("lr", lr), ("width_lr", width_lr), ("prior_precision", prior_precision)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}")

@@ -105,8 +105,6 @@ def run(args: argparse.Namespace) -> int:
 
     default_device(getattr(args, "device", None))  # a bad device is refused before --out is made
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the output folder {str(out)!r} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
