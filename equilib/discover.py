@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -552,6 +553,19 @@ def layers_history_path(checkpoint) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".layers.json")
 
 
+def _refuse_existing_run_files(checkpoint) -> None:
+    """A run that does not resume must not write over the files another checkpointed run left
+    (its checkpoint, its retraining's checkpoint, its per-epoch structure): refused before any
+    training, not after the first part of the run."""
+    files = (Path(checkpoint), retrain_checkpoint_path(checkpoint), layers_history_path(checkpoint))
+    present = [str(f) for f in files if os.path.lexists(f)]
+    if present:
+        raise FileExistsError(
+            f"a checkpointed run already left {present}; pass resume=True to continue it, or "
+            "delete them (or name another checkpoint) to start afresh"
+        )
+
+
 def retrain_checkpoint_path(checkpoint) -> Path:
     """Where :func:`run` checkpoints the retraining of a checkpointed run by the evidence:
     ``checkpoint.pt`` -> ``checkpoint.retrain.pt`` beside it."""
@@ -745,9 +759,12 @@ def run(
     per-epoch layer structure is also written beside it (:func:`layers_history_path`), so that a
     resumed run reports every epoch, and the retraining of a run by the evidence has a
     checkpoint of its own (:func:`retrain_checkpoint_path`), so that resuming a run stopped
-    while it retrained does not start the retraining over.
+    while it retrained does not start the retraining over; a run that does not resume refuses
+    a checkpoint (or either file beside it) that is already there.
     A run that diverges raises ``equilib.train.TrainingDiverged`` and returns nothing.
     """
+    if checkpoint is not None and not resume:
+        _refuse_existing_run_files(checkpoint)
     t0, c0 = time.perf_counter(), time.process_time()
     train_loader, test_loader, model = _initial(config, device, data_root)
     in_shape = train_loader.dataset.tensors[0].shape[1:]

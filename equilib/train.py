@@ -408,8 +408,9 @@ def fit(
     notices), and the model of the last epoch is kept (laplace-torch returns the one with the
     best evidence).
 
-    ``checkpoint``: a file written (atomically) after every epoch; with ``resume=True`` the run
-    continues from it exactly (same model, optimizers, precisions, history and random state) and
+    ``checkpoint``: a file written (atomically) after every epoch; a run that does not resume
+    refuses a file that already exists there (it would replace another run's checkpoint). With
+    ``resume=True`` the run continues from it exactly (same model, optimizers, precisions, history and random state) and
     it must have been written by a run with the same settings and parameter shapes.
     ``run_info`` (any picklable dict, e.g. the experiment's configuration) is stored with the
     checkpoint and must match on resume too. ``callback(epoch, history, model)`` is called after
@@ -531,6 +532,12 @@ def _check_fit_args(
         )
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
+    if checkpoint is not None and not resume and os.path.lexists(checkpoint):
+        # a fresh run would replace, epoch by epoch, a checkpoint another run may still need
+        raise FileExistsError(
+            f"checkpoint {os.fspath(checkpoint)!r} already exists; pass resume=True to continue "
+            "the run that wrote it, or delete it (or name another file) to start afresh"
+        )
     if curvature_batch_size is not None and (
         not _is_int(curvature_batch_size) or curvature_batch_size <= 0
     ):

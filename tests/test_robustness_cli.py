@@ -411,3 +411,17 @@ def test_refusals_leave_no_new_output_folder(tmp_path, monkeypatch, capsys):
     if not torch.cuda.is_available():
         assert main(["degree", "--data", "rotated", "--out", str(out), "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "left", ["checkpoint.pt", "checkpoint.retrain.pt", "checkpoint.layers.json"]
+)
+def test_a_fresh_discovery_refuses_another_runs_files_before_training(tmp_path, monkeypatch, left):
+    config = discover.default_config(
+        True, task="digits", objective="marglik", epochs=2, n_train=60, n_test=20, width=2
+    )
+    (tmp_path / left).write_bytes(b"another run's")
+    monkeypatch.setattr(discover, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    with pytest.raises(FileExistsError, match=rf"{left}.*pass resume=True"):
+        discover.run(config, progress=False, checkpoint=tmp_path / "checkpoint.pt")
+    assert (tmp_path / left).read_bytes() == b"another run's"

@@ -237,3 +237,18 @@ def test_an_empty_batch_in_training_is_named_not_reported_as_divergence():
     batches = [(X, y), (X[:0], y[:0])]
     with pytest.raises(ValueError, match="batch 1 of the training loader holds no examples"):
         train.fit(_model(), batches, epochs=1, progress=False)
+
+
+def test_a_fresh_run_does_not_replace_an_existing_checkpoint(tmp_path):
+    X, y = _data()
+    ckpt = tmp_path / "checkpoint.pt"
+    train.fit(_model(), _loader(X, y), epochs=2, lr=1e-2, progress=False, checkpoint=ckpt)
+    written = ckpt.read_bytes()
+    with pytest.raises(FileExistsError, match=r"already exists; pass resume=True"):
+        train.fit(_model(), _loader(X, y), epochs=5, lr=1e-1, progress=False, checkpoint=ckpt)
+    assert ckpt.read_bytes() == written  # the first run's checkpoint is untouched
+    # resuming it is what the message offers, and it still works
+    history = train.fit(
+        _model(), _loader(X, y), epochs=2, lr=1e-2, progress=False, checkpoint=ckpt, resume=True
+    )
+    assert len(history.train_loss) == 2
