@@ -20,7 +20,13 @@ from equilib._argtypes import nonneg_int as _nonneg_int
 from equilib._argtypes import out_folder as _out_folder
 from equilib._argtypes import positive_float as _positive_float
 from equilib._argtypes import positive_int as _positive_int
-from equilib.cache import atomic_savefig, atomic_write_text, claim_folder
+from equilib.cache import (
+    COMMAND_FILES,
+    atomic_savefig,
+    atomic_write_text,
+    claim_folder,
+    refuse_other_commands,
+)
 from equilib.degree import cli as degree_cli
 
 EPILOG = """examples:
@@ -362,15 +368,10 @@ def _check_writable(folder: Path) -> None:
         ) from e
 
 
-RUN_FILES = (
-    "result.json",
-    "structure.png",
-    "checkpoint.pt",
-    "checkpoint.layers.json",
-    "checkpoint.retrain.pt",
-)
 # where --overwrite keeps the run it replaces until the new one has written its result
 STASH = ".replaced-run"
+# the files of a discover run (of COMMAND_FILES["discover"], all but the stash)
+RUN_FILES = tuple(name for name in COMMAND_FILES["discover"] if name != STASH)
 
 
 def _refuse_or_clear_old_run(out: Path, resume: bool, overwrite: bool) -> Path | None:
@@ -495,6 +496,7 @@ def cmd_discover(args) -> int:
     stash = None
     try:
         with claim_folder(out):  # one run at a time per folder; released at the end
+            refuse_other_commands(out, "discover")
             stash = _refuse_or_clear_old_run(out, args.resume, args.overwrite)
             finished = False
             try:
@@ -557,20 +559,13 @@ def cmd_discover(args) -> int:
     return 0
 
 
-COMPARE_FILES = ("table.md", "results.json")
-# the files of the other commands' runs (discover's, degree's): compare writes beside none
-OTHER_RUN_FILES = (*RUN_FILES, STASH, "lambda.png")
+COMPARE_FILES = COMMAND_FILES["compare"]
 
 
 def _refuse_compare_folder(out: Path, overwrite: bool) -> None:
     """Before any training: a folder that holds another command's run, or (without
     ``overwrite``) a table of an earlier ``compare``, is refused."""
-    other = [name for name in OTHER_RUN_FILES if (out / name).exists()]
-    if other:
-        raise ValueError(
-            f"{str(out)!r} holds a run of discover or degree ({', '.join(other)}), not a "
-            "compare table; choose another --out"
-        )
+    refuse_other_commands(out, "compare")
     present = [name for name in COMPARE_FILES if (out / name).exists()]
     if present and not overwrite:
         raise ValueError(

@@ -436,6 +436,41 @@ def claim_folder(folder: str | os.PathLike) -> Iterator[Path]:
             lock.unlink(missing_ok=True)
 
 
+# the files each command of ``python -m equilib`` writes into its --out folder (discover's
+# stash of a run it replaces included); result.json is discover's and degree's alike
+COMMAND_FILES = {
+    "discover": (
+        "result.json",
+        "structure.png",
+        "checkpoint.pt",
+        "checkpoint.layers.json",
+        "checkpoint.retrain.pt",
+        ".replaced-run",
+    ),
+    "degree": ("result.json", "lambda.png"),
+    "compare": ("table.md", "results.json"),
+}
+
+
+def refuse_other_commands(folder: str | os.PathLike, command: str) -> None:
+    """Refuse an output ``folder`` holding files that only another command writes: ``command``
+    would leave its own beside them (or, with --overwrite, replace a shared name), and the
+    folder would describe two runs. ``--overwrite`` does not lift this; another folder does."""
+    own = set(COMMAND_FILES[command])
+    present = {}
+    for other, names in COMMAND_FILES.items():
+        for name in names:
+            if name not in own and os.path.lexists(Path(folder) / name):
+                present.setdefault(name, []).append(other)
+    if present:
+        owners = sorted({c for cs in present.values() for c in cs})
+        raise ValueError(
+            f"{str(folder)!r} holds {', '.join(sorted(present))}, written by "
+            f"{' or '.join('`equilib ' + c + '`' for c in owners)}, not by `equilib {command}`; "
+            "choose another --out"
+        )
+
+
 def _break_stale(lock: Path, pid: int) -> None:
     """Move a stale lock aside atomically; if what was moved is not the stale lock (another
     process replaced it meanwhile), put it back."""

@@ -388,7 +388,7 @@ def test_compare_checks_its_folder_before_training(tmp_path, monkeypatch, capsys
         (other / name).write_text("{}")
         before = _snapshot(other)
         assert _compare(other, "--overwrite") == 2
-        assert "not a compare table" in capsys.readouterr().err and len(calls) == 1
+        assert "not by `equilib compare`" in capsys.readouterr().err and len(calls) == 1
         assert _snapshot(other) == before
 
 
@@ -425,3 +425,27 @@ def test_a_fresh_discovery_refuses_another_runs_files_before_training(tmp_path, 
     with pytest.raises(FileExistsError, match=rf"{left}.*pass resume=True"):
         discover.run(config, progress=False, checkpoint=tmp_path / "checkpoint.pt")
     assert (tmp_path / left).read_bytes() == b"another run's"
+
+
+@pytest.mark.parametrize(
+    "command, other_files",
+    [
+        ("discover", ["table.md"]),
+        ("discover", ["results.json", "table.md"]),
+        ("discover", ["result.json", "lambda.png"]),  # a degree run
+        ("degree", ["table.md"]),
+        ("degree", ["result.json", "structure.png", "checkpoint.pt"]),  # a discover run
+    ],
+)
+def test_a_run_never_writes_beside_another_commands_output(tmp_path, capsys, command, other_files):
+    for name in other_files:
+        (tmp_path / name).write_text("the other command's")
+    before = _snapshot(tmp_path)
+    if command == "discover":
+        argv = ["discover", "--task", "digits", "--out", str(tmp_path), *TINY]
+    else:
+        argv = ["degree", "--data", "rotated", "--model", "fc+conv", "--out", str(tmp_path)]
+        argv += ["--fast", "--epochs", "1", "--n-train", "32", "--quiet"]
+    assert main([*argv, "--overwrite"]) == 2  # --overwrite does not lift it
+    assert f"not by `equilib {command}`" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before

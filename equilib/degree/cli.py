@@ -18,7 +18,7 @@ from pathlib import Path
 from equilib._argtypes import nonneg_int as _nonneg_int
 from equilib._argtypes import out_folder as _out_folder
 from equilib._argtypes import positive_int as _positive_int
-from equilib.cache import atomic_savefig, atomic_write_text, claim_folder
+from equilib.cache import atomic_savefig, atomic_write_text, claim_folder, refuse_other_commands
 
 __all__ = ["add_arguments", "run"]
 
@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         raise ValueError(f"cannot create the output folder {str(out)!r}: {e.strerror or e}") from e
     with claim_folder(out):
+        refuse_other_commands(out, "degree")
         present = [name for name in ("result.json", "lambda.png") if (out / name).exists()]
         if present and not getattr(args, "overwrite", False):
             raise ValueError(
