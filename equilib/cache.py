@@ -79,8 +79,26 @@ def _encode(value):
     return {kind: dtype, "shape": list(array.shape), "sha256": digest}
 
 
+def _string_keys(value):
+    """``value`` with every dict whose keys are not all strings replaced by a list of its items,
+    each key with its type: JSON writes ``{1: x}`` as ``{"1": x}``, and the two configurations
+    would share a key (and mixed key types could not be sorted). Dicts of string keys, the usual
+    configuration, are kept as they are, and so are their keys."""
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value):
+            return {k: _string_keys(v) for k, v in value.items()}
+        items = [
+            [type(k).__name__, json.dumps(_string_keys(k), default=_encode), _string_keys(v)]
+            for k, v in value.items()
+        ]
+        return {"dict keyed by non-strings": sorted(items, key=lambda kv: kv[:2])}
+    if isinstance(value, (list, tuple)):
+        return [_string_keys(v) for v in value]
+    return value
+
+
 def _config_blob(config: dict) -> str:
-    return json.dumps(config, sort_keys=True, default=_encode)
+    return json.dumps(_string_keys(config), sort_keys=True, default=_encode)
 
 
 def cache_key(name: str, config: dict) -> str:

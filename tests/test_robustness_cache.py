@@ -140,6 +140,22 @@ def test_configurations_holding_tensors_or_arrays_are_keyed_by_their_exact_conte
     assert cache_key("ev", {"n": np.int64(3)}) == cache_key("ev", {"n": 3})
 
 
+def test_dict_keys_of_other_types_are_not_their_strings():
+    import hashlib
+    import json
+
+    # JSON writes {1: ...} as {"1": ...}: two configurations, one key
+    assert cache_key("ev", {"shift": {1: 0.5}}) != cache_key("ev", {"shift": {"1": 0.5}})
+    assert cache_key("ev", {"w": {(0, 1): 2}}) != cache_key("ev", {"w": {"(0, 1)": 2}})
+    # keys of mixed types are keyed (sorted, JSON raises), in any insertion order
+    assert cache_key("ev", {"m": {1: "a", "b": 2}}) == cache_key("ev", {"m": {"b": 2, 1: "a"}})
+    assert cache_key("ev", {"m": {1: "a"}}) != cache_key("ev", {"m": {1: "b"}})
+    # a configuration of string keys keeps the key it always had
+    config = {"task": "digits", "epochs": 3, "sizes": [1, 2], "inner": {"a": 0.5}}
+    blob = json.dumps(config, sort_keys=True)
+    assert cache_key("ev", config) == "ev-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def test_an_atomic_write_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
     import equilib.cache as cache_module
 
