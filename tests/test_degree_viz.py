@@ -183,3 +183,24 @@ def test_elements_in_the_data_must_be_elements_of_the_group():
             draw_lambdas({"lift": [1.0, 1.0, 1.0, 1.0]}, present=present)
     with pytest.raises(ValueError, match="data_elements is empty"):
         presence_gaps({**_result("partial"), "data_elements": []})
+
+
+def test_the_lambda_explorer_draws_once_per_move(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    import matplotlib.pyplot as plt
+
+    import equilib.viz.degree as vd
+    from equilib.widgets.degree import lambda_explorer
+
+    draws = []
+    real = vd.plot_lambdas
+    monkeypatch.setattr(
+        vd, "plot_lambdas", lambda *a, **k: draws.append(k["epoch"]) or real(*a, **k)
+    )
+    box = lambda_explorer({"rotated": _result(), "upright": _result("upright")})
+    pick, epoch = box.children[0].children
+    epoch.value = 0
+    draws.clear()
+    pick.value = "upright"
+    assert draws == [1]  # the new run at its last epoch, drawn once
+    plt.close("all")

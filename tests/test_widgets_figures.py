@@ -154,3 +154,79 @@ def test_explorers_refuse_what_they_cannot_show_before_building_a_slider():
     for make, message in cases:
         with pytest.raises(ValueError, match=message):
             make()
+
+
+def _prior_result(epochs, v=1.0):
+    layers = [
+        {
+            "name": "block0",
+            "paths": {
+                "fc": {"prior_precision": v, "weight_norm": 1.0},
+                "conv": {"prior_precision": 1.0, "weight_norm": 2.0},
+            },
+        }
+    ]
+    return {
+        "task": "digits",
+        "model": "f-fc+conv",
+        "objective": "marglik",
+        "config": {"n_train": 10},
+        "history": {
+            "epoch": list(epochs),
+            "test_acc": [0.5] * len(epochs),
+            "log_marglik": [-9.0] * len(epochs),
+        },
+        "layers_history": [layers] * len(epochs),
+    }
+
+
+def test_one_move_of_the_reader_is_one_redraw(shown, monkeypatch):
+    from equilib.widgets import connectivity as wc
+    from equilib.widgets import priors as wp
+
+    # runs whose epochs do not overlap: the slider's range moves past its old maximum and back
+    box = wp.prior_explorer(
+        {"late": _prior_result(range(40, 44)), "early": _prior_result(range(1, 4))}
+    )
+    pick, epoch = box.children[0].children
+    for run, last in (("early", 3), ("late", 43), ("early", 3)):
+        n = len(shown)
+        pick.value = run
+        assert (epoch.min, epoch.max, epoch.value) == (1 if run == "early" else 40, last, last)
+        assert len(shown) == n + 1
+    n = len(shown)
+    epoch.value = 2
+    assert len(shown) == n + 1
+
+    # a smaller layer clamps the unit sliders: still one redraw
+    box = wc.connectivity_explorer(
+        {"big": (enn.conv2d(1, 3, 3), (1, 8, 8)), "small": (enn.conv2d(1, 1, 3), (1, 4, 4))}
+    )
+    pick, ch = box.children[0].children
+    row, col = box.children[1].children
+    ch.value, row.value, col.value = 2, 7, 7
+    n = len(shown)
+    pick.value = "small"
+    assert (ch.value, row.value, col.value) == (0, 3, 3) and len(shown) == n + 1
+
+    # a model with fewer blocks clamps the block slider: one response computed, one redraw
+    calls = []
+    real = wc.feature_map_response
+    monkeypatch.setattr(
+        wc, "feature_map_response", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    box = wc.feature_map_explorer(
+        {
+            "deep": build("conv", (1, 16, 16), width=4),
+            "shallow": build("conv", (1, 16, 16), width=4, depth=1),
+        },
+        torch.randn(2, 1, 16, 16),
+    )
+    pick = box.children[0].children[0]
+    block = box.children[2].children[0]
+    block.value = block.max
+    calls.clear()
+    n = len(shown)
+    pick.value = "shallow"
+    assert block.value == block.max == 0
+    assert len(calls) == 1 and len(shown) == n + 1

@@ -5,13 +5,19 @@ too, the next ``plt.show()`` anywhere in the notebook (in an unrelated cell) wou
 second time. ``widget_figure`` therefore closes the figure in pyplot right after creating it:
 the ``Figure`` object stays fully usable for drawing and for ``display``, pyplot just forgets
 it. ``show_in`` replaces the contents of an ``ipywidgets.Output`` by the figure.
+
+One move of the reader is one redraw: an explorer that sets a slider's range when another
+widget changes (lowering a maximum clamps the value, which notifies again) wraps its handlers
+with one :class:`OneDraw`, so the changes it makes itself while handling a move draw nothing
+of their own; ``set_slider`` gives a slider a new range without passing through max < min,
+which ipywidgets refuses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["widget_figure", "show_in", "check_inputs"]
+__all__ = ["widget_figure", "show_in", "check_inputs", "OneDraw", "set_slider"]
 
 
 def widget_figure(figsize: tuple[float, float]):
@@ -43,3 +49,34 @@ def check_inputs(x, named: Mapping, what: str) -> None:
         raise ValueError(f"x must be a non-empty batch of images (N, C, H, W), got {shape}")
     if not isinstance(named, Mapping) or not named:
         raise ValueError(f"pass at least one {what}, as {{name: {what}}}")
+
+
+class OneDraw:
+    """Wraps an explorer's handlers so that one change by the reader runs one handler: a
+    handler that notifications of its own changes (a clamped slider, a new range) would call
+    again while it runs is skipped, since the running one draws the final state."""
+
+    def __init__(self) -> None:
+        self.busy = False
+
+    def __call__(self, handler):
+        def guarded(*args):
+            if self.busy:
+                return
+            self.busy = True
+            try:
+                handler(*args)
+            finally:
+                self.busy = False
+
+        return guarded
+
+
+def set_slider(slider, low: int, high: int, value: int) -> None:
+    """Give ``slider`` the range ``[low, high]`` and then ``value``, in the order that never
+    has max < min (ipywidgets raises on that)."""
+    if low > slider.max:
+        slider.max, slider.min = high, low
+    else:
+        slider.min, slider.max = low, high
+    slider.value = value

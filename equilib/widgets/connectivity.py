@@ -17,7 +17,7 @@ import torch
 
 from equilib.groups import CyclicShifts, Rotations
 from equilib.viz.connectivity import feature_map_response, layer_matrix, unit_weights
-from equilib.widgets._figure import check_inputs, show_in, widget_figure
+from equilib.widgets._figure import OneDraw, check_inputs, set_slider, show_in, widget_figure
 
 __all__ = [
     "draw_unit_weights",
@@ -91,11 +91,10 @@ def connectivity_explorer(layers: Mapping[str, tuple[torch.nn.Module, tuple[int,
     out = widgets.Output()
     fig = widget_figure((9, 3.4))
 
-    def set_ranges(*_):
+    def set_ranges():
         _, _, (Co, Ho, Wo) = info(pick.value)
         for w, n in ((ch, Co), (row, Ho), (col, Wo)):
-            w.max = n - 1
-            w.value = min(w.value, n - 1)
+            set_slider(w, 0, n - 1, min(w.value, n - 1))
 
     def update(*_):
         M, (C, H, W), (Co, Ho, Wo) = info(pick.value)
@@ -124,11 +123,15 @@ def connectivity_explorer(layers: Mapping[str, tuple[torch.nn.Module, tuple[int,
         fig.tight_layout()
         show_in(out, fig)
 
-    pick.observe(set_ranges, names="value")
-    for w in (pick, ch, row, col):
-        w.observe(update, names="value")
-    set_ranges()
-    update()
+    def new_layer(*_):
+        set_ranges()
+        update()
+
+    once = OneDraw()
+    pick.observe(once(new_layer), names="value")
+    for w in (ch, row, col):
+        w.observe(once(update), names="value")
+    new_layer()
     return widgets.VBox([widgets.HBox([pick, ch]), widgets.HBox([row, col]), out])
 
 
@@ -218,8 +221,10 @@ def feature_map_explorer(models: Mapping[str, torch.nn.Module], x: torch.Tensor)
         draw_feature_maps(resp, block.value, channel.value, fig, title=pick.value)
         show_in(out, fig)
 
+    # update sets the block and channel ranges itself: a value they clamp draws nothing twice
+    once = OneDraw()
     for w in (pick, kind, dy, dx, k, block, channel, index):
-        w.observe(update, names="value")
+        w.observe(once(update), names="value")
     update()
     return widgets.VBox(
         [

@@ -23,6 +23,7 @@ def lambda_explorer(results: Mapping[str, Mapping]):
     from IPython.display import display
 
     from equilib.viz.degree import plot_lambdas
+    from equilib.widgets._figure import OneDraw, set_slider
 
     runs = {k: v for k, v in results.items() if v.get("lambdas") and v["lambdas"][0]}
     if not runs:
@@ -34,10 +35,9 @@ def lambda_explorer(results: Mapping[str, Mapping]):
     fig = plt.figure(figsize=(2.6 * n_layers, 3.2))
     plt.close(fig)  # drawn into ``out`` only: no later plt.show() shows it again
 
-    def set_range(*_):
+    def set_range():
         n = len(runs[pick.value]["lambdas"]) - 1
-        epoch.max = n
-        epoch.value = n
+        set_slider(epoch, 0, n, n)
 
     def update(*_):
         plot_lambdas(runs[pick.value], epoch=epoch.value, fig=fig)
@@ -45,9 +45,12 @@ def lambda_explorer(results: Mapping[str, Mapping]):
             out.clear_output(wait=True)
             display(fig)
 
-    pick.observe(set_range, names="value")
-    pick.observe(update, names="value")
-    epoch.observe(update, names="value")
-    set_range()
-    update()
+    def new_run(*_):
+        set_range()
+        update()
+
+    once = OneDraw()
+    pick.observe(once(new_run), names="value")
+    epoch.observe(once(update), names="value")
+    new_run()
     return widgets.VBox([widgets.HBox([pick, epoch]), out])

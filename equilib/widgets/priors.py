@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from equilib.widgets._figure import show_in, widget_figure
+from equilib.widgets._figure import OneDraw, set_slider, show_in, widget_figure
 
 __all__ = [
     "prior_explorer_state",
@@ -113,12 +113,10 @@ def prior_explorer(results: Mapping[str, dict]):
     out = widgets.Output()
     fig = widget_figure((9, 3.2))
 
-    def set_range(*_):
+    def set_range():
         r = results[pick.value]
         known = [e for e, h in zip(r["history"]["epoch"], r["layers_history"]) if h is not None]
-        epoch.max = known[-1]
-        epoch.min = known[0]
-        epoch.value = known[-1]
+        set_slider(epoch, known[0], known[-1], known[-1])
 
     def update(*_):
         r = results[pick.value]
@@ -132,11 +130,14 @@ def prior_explorer(results: Mapping[str, dict]):
         fig.tight_layout()
         show_in(out, fig)
 
-    pick.observe(set_range, names="value")
-    for w in (pick, epoch):
-        w.observe(update, names="value")
-    set_range()
-    update()
+    def new_run(*_):
+        set_range()
+        update()
+
+    once = OneDraw()
+    pick.observe(once(new_run), names="value")
+    epoch.observe(once(update), names="value")
+    new_run()
     return widgets.VBox([widgets.HBox([pick, epoch]), out])
 
 
