@@ -226,7 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
         "precisions by the Laplace marginal likelihood (default marglik)",
     )
     d.add_argument(
-        "--out", required=True, type=_out_folder, help="output folder (created if missing)"
+        "--out",
+        required=True,
+        type=_out_folder,
+        help="output folder (created if missing; one that holds another command's output is "
+        "refused)",
     )
     d.add_argument(
         "--resume",
@@ -277,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=_out_folder,
         help="also write the table (table.md) and all results (results.json) to this folder "
-        "(created if missing; one that holds a table is refused unless --overwrite is given)",
+        "(created if missing; one that holds a table is refused unless --overwrite is given, "
+        "one that holds a run of discover or degree always)",
     )
     c.add_argument(
         "--overwrite",

@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         required=True,
         type=_out_folder,
-        help="output folder (created if needed); one "
-        "that already holds a result is refused unless --overwrite is given",
+        help="output folder (created if needed); one that already holds a result is refused "
+        "unless --overwrite is given, one that holds another command's output always",
     )
     parser.add_argument(
         "--overwrite",
