@@ -96,28 +96,35 @@ def test_evidence_explorer(shown):
     assert shown[-1].axes[0].get_xlabel() == "x"
 
 
-def test_prior_explorer(shown):
-    from equilib.widgets import priors as wp
-
-    def layers(v):
-        return [
-            {
-                "name": "block0",
-                "paths": {
-                    "fc": {"prior_precision": v, "weight_norm": 1.0},
-                    "conv": {"prior_precision": 1.0, "weight_norm": 2.0},
-                },
-            }
-        ]
-
-    result = {
+def _prior_result(epochs, v=1.0):
+    layers = [
+        {
+            "name": "block0",
+            "paths": {
+                "fc": {"prior_precision": v, "weight_norm": 1.0},
+                "conv": {"prior_precision": 1.0, "weight_norm": 2.0},
+            },
+        }
+    ]
+    return {
         "task": "digits",
         "model": "f-fc+conv",
         "objective": "marglik",
         "config": {"n_train": 10},
-        "history": {"epoch": [1, 2], "test_acc": [0.5, 0.7], "log_marglik": [-9.0, -8.0]},
-        "layers_history": [layers(1.0), layers(10.0)],
+        "history": {
+            "epoch": list(epochs),
+            "test_acc": [0.5] * len(epochs),
+            "log_marglik": [-9.0] * len(epochs),
+        },
+        "layers_history": [layers] * len(epochs),
     }
+
+
+def test_prior_explorer(shown):
+    from equilib.widgets import priors as wp
+
+    result = _prior_result([1, 2])
+    result["layers_history"][1] = _prior_result([2], v=10.0)["layers_history"][0]
     box = wp.prior_explorer({"digits": result})
     n = len(shown)
     box.children[0].children[1].value = 1
@@ -154,30 +161,6 @@ def test_explorers_refuse_what_they_cannot_show_before_building_a_slider():
     for make, message in cases:
         with pytest.raises(ValueError, match=message):
             make()
-
-
-def _prior_result(epochs, v=1.0):
-    layers = [
-        {
-            "name": "block0",
-            "paths": {
-                "fc": {"prior_precision": v, "weight_norm": 1.0},
-                "conv": {"prior_precision": 1.0, "weight_norm": 2.0},
-            },
-        }
-    ]
-    return {
-        "task": "digits",
-        "model": "f-fc+conv",
-        "objective": "marglik",
-        "config": {"n_train": 10},
-        "history": {
-            "epoch": list(epochs),
-            "test_acc": [0.5] * len(epochs),
-            "log_marglik": [-9.0] * len(epochs),
-        },
-        "layers_history": [layers] * len(epochs),
-    }
 
 
 def test_one_move_of_the_reader_is_one_redraw(shown, monkeypatch):

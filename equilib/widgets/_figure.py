@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["widget_figure", "show_in", "check_inputs", "OneDraw", "set_slider"]
+__all__ = [
+    "widget_figure",
+    "show_in",
+    "check_inputs",
+    "OneDraw",
+    "set_slider",
+    "wire_picker",
+]
 
 
 def widget_figure(figsize: tuple[float, float]):
@@ -80,3 +87,19 @@ def set_slider(slider, low: int, high: int, value: int) -> None:
     else:
         slider.min, slider.max = low, high
     slider.value = value
+
+
+def wire_picker(pick, sliders, set_ranges, draw) -> None:
+    """Connect a picker (of a run, a layer) and the ``sliders`` that move within what it picked:
+    a new pick calls ``set_ranges()`` and then ``draw()``, a moved slider ``draw()``, each move
+    drawing once (:class:`OneDraw`). Draws the first state."""
+
+    def new_pick(*_):
+        set_ranges()
+        draw()
+
+    once = OneDraw()
+    pick.observe(once(new_pick), names="value")
+    for slider in sliders:
+        slider.observe(once(draw), names="value")
+    new_pick()

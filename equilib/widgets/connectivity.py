@@ -17,7 +17,14 @@ import torch
 
 from equilib.groups import CyclicShifts, Rotations
 from equilib.viz.connectivity import feature_map_response, layer_matrix, unit_weights
-from equilib.widgets._figure import OneDraw, check_inputs, set_slider, show_in, widget_figure
+from equilib.widgets._figure import (
+    OneDraw,
+    check_inputs,
+    set_slider,
+    show_in,
+    widget_figure,
+    wire_picker,
+)
 
 __all__ = [
     "draw_unit_weights",
@@ -123,15 +130,7 @@ def connectivity_explorer(layers: Mapping[str, tuple[torch.nn.Module, tuple[int,
         fig.tight_layout()
         show_in(out, fig)
 
-    def new_layer(*_):
-        set_ranges()
-        update()
-
-    once = OneDraw()
-    pick.observe(once(new_layer), names="value")
-    for w in (ch, row, col):
-        w.observe(once(update), names="value")
-    new_layer()
+    wire_picker(pick, [ch, row, col], set_ranges, update)
     return widgets.VBox([widgets.HBox([pick, ch]), widgets.HBox([row, col]), out])
 
 

@@ -23,7 +23,7 @@ def lambda_explorer(results: Mapping[str, Mapping]):
     from IPython.display import display
 
     from equilib.viz.degree import plot_lambdas
-    from equilib.widgets._figure import OneDraw, set_slider
+    from equilib.widgets._figure import set_slider, wire_picker
 
     runs = {k: v for k, v in results.items() if v.get("lambdas") and v["lambdas"][0]}
     if not runs:
@@ -45,12 +45,5 @@ def lambda_explorer(results: Mapping[str, Mapping]):
             out.clear_output(wait=True)
             display(fig)
 
-    def new_run(*_):
-        set_range()
-        update()
-
-    once = OneDraw()
-    pick.observe(once(new_run), names="value")
-    epoch.observe(once(update), names="value")
-    new_run()
+    wire_picker(pick, [epoch], set_range, update)
     return widgets.VBox([widgets.HBox([pick, epoch]), out])

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from equilib.widgets._figure import OneDraw, set_slider, show_in, widget_figure
+from equilib.widgets._figure import set_slider, show_in, widget_figure, wire_picker
 
 __all__ = [
     "prior_explorer_state",
@@ -130,14 +130,7 @@ def prior_explorer(results: Mapping[str, dict]):
         fig.tight_layout()
         show_in(out, fig)
 
-    def new_run(*_):
-        set_range()
-        update()
-
-    once = OneDraw()
-    pick.observe(once(new_run), names="value")
-    epoch.observe(once(update), names="value")
-    new_run()
+    wire_picker(pick, [epoch], set_range, update)
     return widgets.VBox([widgets.HBox([pick, epoch]), out])
 
 
