@@ -410,8 +410,9 @@ def fit(
 
     ``checkpoint``: a file written (atomically) after every epoch; a run that does not resume
     refuses a file that already exists there (it would replace another run's checkpoint). With
-    ``resume=True`` the run continues from it exactly (same model, optimizers, precisions, history and random state) and
-    it must have been written by a run with the same settings and parameter shapes.
+    ``resume=True`` the run continues from it exactly (same model, optimizers, precisions,
+    history and random state), and it must have been written by a run with the same settings
+    and parameter shapes.
     ``run_info`` (any picklable dict, e.g. the experiment's configuration) is stored with the
     checkpoint and must match on resume too. ``callback(epoch, history, model)`` is called after
     every epoch. ``reparametrize(model)``, if given, is called before training and after every
