@@ -155,16 +155,49 @@ def reader_copy(student: str, chapter: str) -> str:
     return "".join(lines[: start - 1]) + notice + "".join(lines[end + 1 :])
 
 
-def workspace(folder: Path | None = None) -> None:
-    """Copy each student exercise into ``book/my-exercises`` unless the reader has one already."""
+def _functions(source: str) -> list[str] | None:
+    """The names of the top-level functions of a Python file (None if it does not parse)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def warn_if_outdated(copy: Path, template: Path) -> None:
+    """Say so if the reader's ``copy`` of an exercise file lacks a function that the current
+    ``template`` asks for (the exercises changed after the copy was made): grading it would
+    only report a missing attribute. The copy is never touched."""
+    have, want = _functions(copy.read_text()), _functions(template.read_text())
+    if have is None or want is None:
+        return  # a copy that does not parse: grading names the line
+    lacking = [name for name in want if name not in have]
+    if lacking:
+        shown = copy.relative_to(ROOT) if copy.is_relative_to(ROOT) else copy
+        say(
+            f"{shown} has no {', '.join(lacking)}: the exercises changed after your copy was "
+            "made. Your copy is kept as it is; to get the current exercises beside your work, "
+            "rename it and run python3 course.py lab again"
+        )
+
+
+def workspace(folder: Path | None = None, warn: bool = True) -> None:
+    """Copy each student exercise into ``book/my-exercises`` unless the reader has one already
+    (an existing copy is kept, with a word, if ``warn``, when the exercises changed since it was
+    made)."""
     folder = WORKSPACE if folder is None else folder
     folder.mkdir(parents=True, exist_ok=True)
     for src in sorted((EXERCISES / "student").glob("ex*.py")):
         dst = folder / src.name
-        if not dst.exists():
-            dst.write_text(reader_copy(src.read_text(), src.name[2:4]))
-            shown = dst.relative_to(ROOT) if dst.is_relative_to(ROOT) else dst
-            say(f"new exercise file for you: {shown}")
+        if dst.exists():
+            if warn:
+                warn_if_outdated(dst, src)
+            continue
+        dst.write_text(reader_copy(src.read_text(), src.name[2:4]))
+        shown = dst.relative_to(ROOT) if dst.is_relative_to(ROOT) else dst
+        say(f"new exercise file for you: {shown}")
 
 
 def cmd_lab(args) -> None:
@@ -300,8 +333,10 @@ def cmd_check(args) -> None:
     py = setup()
     if not args.dir:
         folder = WORKSPACE
-        workspace()  # the reader's copies, made once
+        workspace(warn=False)  # the reader's copies, made once
         _check_copies(folder, expected)
+    for name in expected:  # a word on a copy that the exercises outgrew
+        warn_if_outdated(folder / name, EXERCISES / "student" / name)
     say(f"grading your work in {folder}")
     env = {"EQUILIB_EXERCISES_DIR": str(folder), "EQUILIB_FAST": "1", "MPLBACKEND": "Agg"}
     # each test has a time limit (pytest-timeout, in the dev extra): a loop that never ends

@@ -133,13 +133,38 @@ def test_the_readers_copy_invites_editing_and_is_never_overwritten(tmp_path):
     assert copies[0].read_text() == "# my work\n"
 
 
+def test_a_copy_the_exercises_outgrew_is_named_and_kept(tmp_path, monkeypatch, capsys):
+    course = load_course()
+    folder = tmp_path / "my-exercises"
+    course.workspace(folder)
+    capsys.readouterr()
+    copy = folder / "ex03_group_convolutions.py"
+    # a copy made before the exercise asked for d4_group_conv: the reader's own work in it
+    old = copy.read_text().replace("def d4_group_conv(", "def c4_group_conv(")
+    copy.write_text(old)
+    course.workspace(folder)
+    said = capsys.readouterr().out
+    assert "ex03_group_convolutions.py has no d4_group_conv" in said
+    assert "ex01" not in said  # copies that are current get no word
+    assert copy.read_text() == old
+    # grading it says the same before the tests run
+    monkeypatch.setattr(course, "setup", lambda force=False: "python")
+    monkeypatch.setattr(course, "run", lambda cmd, env=None, check=True: 1)
+    with pytest.raises(SystemExit):
+        course.main(["check", "03", "--dir", str(folder)])
+    assert "has no d4_group_conv" in capsys.readouterr().out
+    assert copy.read_text() == old
+
+
 def test_check_refuses_its_arguments_before_any_set_up(tmp_path, monkeypatch):
     """A bad chapter or --dir is refused before the environment is built (on a fresh clone,
     minutes) or book/my-exercises made; a --dir of the reader's own leaves that folder alone."""
     course = load_course()
     calls = []
     monkeypatch.setattr(course, "setup", lambda force=False: calls.append("setup") or "python")
-    monkeypatch.setattr(course, "workspace", lambda folder=None: calls.append("workspace"))
+    monkeypatch.setattr(
+        course, "workspace", lambda folder=None, warn=True: calls.append("workspace")
+    )
     monkeypatch.setattr(course, "run", lambda cmd, env=None, check=True: calls.append("run") or 0)
     for argv, says in (
         (["check", "99"], "no exercises for chapter 99"),
