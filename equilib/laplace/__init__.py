@@ -33,7 +33,10 @@ through the call of the module that owns it: one also used outside it (a tied de
 ``F.linear(h, encoder.weight.t())``) is not detected, and its curvature misses that use.
 ``optimize_prior_precision`` learns one precision per tensor, starting from the current ones
 (laplace-torch restarts from ``init_prior_prec`` and takes a ``prior_structure``); the dense
-``posterior_precision`` is a ``FullLaplace`` attribute only.
+``posterior_precision`` is a ``FullLaplace`` attribute only. The approximation serves the
+evidence and its gradients: there is no posterior predictive (laplace-torch's
+``la(x, pred_type=..., link_approx=...)``, ``predictive_samples``, ``sample``); for one, fit
+laplace-torch on the trained model.
 
 The curvature backend is separate from the Laplace logic (``laplace.py``): ``curvature.py``
 (which module owns each parameter; one registry entry per layer type with its input and output
