@@ -176,10 +176,15 @@ def warn_if_outdated(copy: Path, template: Path) -> None:
     lacking = [name for name in want if name not in have]
     if lacking:
         shown = copy.relative_to(ROOT) if copy.is_relative_to(ROOT) else copy
+        fresh = (
+            "rename it and run python3 course.py lab again"
+            if copy.parent == WORKSPACE
+            else (f"copy {template.relative_to(ROOT)} beside it under another name")
+        )
         say(
             f"{shown} has no {', '.join(lacking)}: the exercises changed after your copy was "
-            "made. Your copy is kept as it is; to get the current exercises beside your work, "
-            "rename it and run python3 course.py lab again"
+            f"made. Your copy is kept as it is; to get the current exercises beside your work, "
+            f"{fresh}"
         )
 
 
