@@ -179,11 +179,11 @@ def warn_if_outdated(copy: Path, template: Path) -> None:
         fresh = (
             "rename it and run python3 course.py lab again"
             if copy.parent == WORKSPACE
-            else (f"copy {template.relative_to(ROOT)} beside it under another name")
+            else f"copy {template.relative_to(ROOT)} beside it under another name"
         )
         say(
             f"{shown} has no {', '.join(lacking)}: the exercises changed after your copy was "
-            f"made. Your copy is kept as it is; to get the current exercises beside your work, "
+            "made. Your copy is kept as it is; to get the current exercises beside your work, "
             f"{fresh}"
         )
 
