@@ -45,6 +45,8 @@ def draw_response(resp: Mapping[str, Any], fig=None, title: str = ""):
     image_out = resp["fx"].ndim == resp["x"].ndim
     out_max = float(torch.stack([resp["f_gx"].abs().max(), resp["g_fx"].abs().max()]).max())
     out_max = max(out_max, 1e-12)
+    # the outputs f(g.x) and g.f(x) on one scale, from min(0, their lowest value) to out_max
+    out_min = min(0.0, float(resp["f_gx"].min()), float(resp["g_fx"].min()))
     for ax, (key, name) in zip(axes, _PANELS):
         value = resp[key]
         if key in ("x", "gx"):
@@ -56,18 +58,14 @@ def draw_response(resp: Mapping[str, Any], fig=None, title: str = ""):
                 bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
                 bar.ax.tick_params(labelsize=7)
             else:
-                lo = min(0.0, float(resp["f_gx"].min()), float(resp["g_fx"].min()))
-                ax.imshow(img, cmap="gray_r", vmin=lo, vmax=out_max)
+                ax.imshow(img, cmap="gray_r", vmin=out_min, vmax=out_max)
         else:
             vec = value[0].detach().float().cpu().reshape(-1)
             colors = "tab:red" if key == "diff" else "tab:blue"
             ax.bar(range(len(vec)), vec.numpy(), color=colors)
-            # the outputs on one scale; the difference symmetric about 0 (it has either sign)
-            lo = min(0.0, float(resp["f_gx"].min()), float(resp["g_fx"].min()))
-            if key == "diff":
-                ax.set_ylim(-out_max * 1.05, out_max * 1.05)
-            else:
-                ax.set_ylim(lo * 1.05, out_max * 1.05)
+            # the difference symmetric about 0 (it has either sign)
+            low = -out_max if key == "diff" else out_min
+            ax.set_ylim(low * 1.05, out_max * 1.05)
             ax.axhline(0.0, color="0.5", lw=0.6)
             ax.set_xticks(range(len(vec)))
             ax.tick_params(labelsize=7)
