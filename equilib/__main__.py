@@ -56,7 +56,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "--fast",
         action="store_true",
         help=f"a quick look: {FAST['n_train']} training and {FAST['n_test']} test digits, "
-        f"{FAST['epochs']} epochs; the network is the same (also EQUILIB_FAST=1)",
+        f"{FAST['epochs']} epochs, steps of {FAST['hyper_lr']} on the log precisions; the "
+        "network is the same (also EQUILIB_FAST=1)",
     )
     g.add_argument(
         "--device",
@@ -133,7 +134,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--hyper-lr",
         type=_positive_float,
-        help=f"marglik: learning rate of those steps (default {d.hyper_lr})",
+        help=f"marglik: learning rate of those steps (default {d.hyper_lr}; "
+        f"{FAST['hyper_lr']} with --fast)",
     )
     g.add_argument(
         "--no-retrain",
@@ -560,6 +562,12 @@ def cmd_discover(args) -> int:
         ]
         if without:
             print(f"    test accuracy without one path: {', '.join(without)}")
+    everywhere = result.get("knockout_everywhere") or {}
+    if everywhere:
+        print(
+            "test accuracy without a path in every block: "
+            + ", ".join(f"{p} {_fmt(100 * v, '.1f')}%" for p, v in everywhere.items())
+        )
     print(f"wrote {out / 'result.json'} and {out / 'structure.png'}")
     return 0
 

@@ -108,6 +108,9 @@ def test_discover_writes_result_json_and_png(runs):
             assert v["output_precision"] > 0 and v["output_rms"] > 0
             assert 0.0 <= v["knockout_accuracy"] <= 1.0
             assert 0.0 <= v["effective_dimension"]  # the evidence's runs only
+    # the accuracy with a path silenced in every block at once
+    assert set(r["knockout_everywhere"]) == {"fc", "conv"}
+    assert all(0.0 <= v <= 1.0 for v in r["knockout_everywhere"].values())
     mp = json.loads((runs["map"] / "result.json").read_text())
     assert all("effective_dimension" not in v for la in mp["layers"] for v in la["paths"].values())
     # a run by the evidence also reports its network retrained at the precisions it chose
@@ -270,6 +273,7 @@ def test_help_says_what_each_option_does(capsys):
     helps = {name: {a.dest: a.help for a in sub[name]._actions} for name in ("discover", "degree")}
     fast = helps["discover"]["fast"]
     assert "width" not in fast and str(FAST["n_train"]) in fast and str(FAST["epochs"]) in fast
+    assert all(str(v) in fast for v in FAST.values()), "the help names every FAST setting"
     assert "plain" in helps["discover"]["striding"] and "polyphase" in helps["discover"]["striding"]
     assert "variance" not in sub["discover"].description
     assert "precision" in sub["discover"].description

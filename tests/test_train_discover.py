@@ -420,6 +420,35 @@ def test_knockout_accuracy_is_the_accuracy_with_the_paths_weights_at_zero():
     # a block with one path has nothing to knock out
     conv = build("conv", in_shape=(1, 8, 8), n_classes=4, width=4)
     assert [la["paths"] for la in discover.knockout_accuracies(conv, loader)] == [{}] * 3
+    assert discover.knockout_everywhere(conv, loader) == {}
+
+
+def test_knockout_everywhere_zeroes_a_path_in_every_block_at_once():
+    """Silencing the FC path of every block equals zeroing every FC weight, which a
+    knockout of one block at a time does not, and the model is left as it was."""
+    torch.manual_seed(1)
+    m = build("f-fc+conv", in_shape=(1, 8, 8), n_classes=4, width=4)
+    x = torch.randn(64, 1, 8, 8)
+    with torch.no_grad():
+        y = m(x).argmax(-1)
+    loader = [(x[:40], y[:40]), (x[40:], y[40:])]
+    state = copy.deepcopy(m.state_dict())
+    got = discover.knockout_everywhere(m, loader)
+    assert sorted(got) == ["conv", "fc"]
+    for pname, acc in got.items():
+        zeroed = copy.deepcopy(m)
+        with torch.no_grad():
+            for block in zeroed.blocks:
+                for p in block.paths[pname].parameters():
+                    p.zero_()
+            want = float((zeroed(x).argmax(-1) == y).double().mean())
+        assert acc == pytest.approx(want)
+    one_block = [
+        la["paths"]["fc"]["knockout_accuracy"] for la in discover.knockout_accuracies(m, loader)
+    ]
+    assert got["fc"] < min(one_block), "silencing every block's FC path costs more than one"
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(v, state[k])
 
 
 def _exact_output_variances(model, x, delta, factor_scale):
