@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import torch
@@ -136,6 +137,15 @@ def _run_one(job: Job):
     return result, time.time() - start, time.process_time() - cpu
 
 
+_BROKEN = (
+    "the process training {key!r} stopped before it returned. If this was started from a "
+    'Python script, the script must start the runs under `if __name__ == "__main__":`, '
+    "since each worker process imports the script first (the error it printed above says "
+    "'bootstrapping phase'); if it ran out of memory, train fewer runs at once "
+    "(EQUILIB_WORKERS=1 trains them one after the other in this process)"
+)
+
+
 def run_jobs(jobs: Mapping[str, Job], workers: int = 2, progress: bool = True) -> dict:
     """``{key: result}`` for ``{key: Job}``: cached runs are loaded, the others trained.
 
@@ -144,7 +154,9 @@ def run_jobs(jobs: Mapping[str, Job], workers: int = 2, progress: bool = True) -
     A run is handed to a process only when one is free, in the order of ``jobs``, so what is
     printed as started is what is running. ``progress`` prints a line per run when it is
     loaded from the cache, when it starts and when it finishes (with its wall time and the CPU
-    time of the process that trained it).
+    time of the process that trained it). A worker process that dies (killed for memory, or
+    started by a script without the ``if __name__ == "__main__":`` guard) raises a
+    ``RuntimeError`` that says so.
     """
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
@@ -196,7 +208,10 @@ def run_jobs(jobs: Mapping[str, Job], workers: int = 2, progress: bool = True) -
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in sorted(finished, key=lambda f: todo.index(running[f])):
                     key = running.pop(fut)
-                    results[key], seconds, cpu = fut.result()
+                    try:
+                        results[key], seconds, cpu = fut.result()
+                    except BrokenProcessPool as e:
+                        raise RuntimeError(_BROKEN.format(key=key)) from e
                     done += 1
                     say(
                         f"  {key}: done in {seconds:.0f} s (CPU {cpu:.0f} s; {done}/{n}, "

@@ -184,3 +184,25 @@ def test_run_many_starts_the_longest_runs_first_and_answers_in_the_callers_order
     costs = [discover.expected_cost(configs[tuple(name.split())]) for name in submitted]
     assert costs == sorted(costs, reverse=True)
     assert submitted[:3] == ["fc marglik", "f-fc+conv marglik", "conv marglik"]
+
+
+def test_a_script_without_the_main_guard_is_told_what_to_do(tmp_path):
+    """Worker processes import the script that started them; without the guard each one starts
+    the runs again and dies, and the error names the guard instead of a broken pool."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import json\n"
+        "from equilib import runs\n"
+        "jobs = {k: runs.Job('guard', {'k': k}, json.dumps) for k in ('a', 'b')}\n"
+        "runs.run_jobs(jobs, workers=2, progress=False)\n"
+    )
+    env = {**os.environ, "EQUILIB_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError") and 'if __name__ == "__main__":' in last, last
