@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from equilib import measure
+from equilib._checks import check_positive_int
 from equilib.groups import rotate
 from equilib.train import TrainingDiverged
 
@@ -47,8 +48,7 @@ TRANSFORMS = measure.TRANSFORMS  # ("rotation", "translation_x", "translation_y"
 
 def _check_positive_ints(**values) -> None:
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(name, value)
 
 
 def _inverse_softplus(v: float) -> float:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from equilib._checks import is_int
 from equilib.cache import atomic_save, load_error_reason
 
 CHECKPOINT_FORMAT = "equilib.train/1"
@@ -148,7 +149,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             "written by equilib.train.fit"
         )
     wrong = [k for k, kind in _ENTRY_KINDS.items() if not isinstance(state[k], kind)]
-    if isinstance(state["epoch"], bool) or not isinstance(state["epoch"], int):
+    if not is_int(state["epoch"]):
         wrong.append("epoch")
     if wrong:
         raise ValueError(

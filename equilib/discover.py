@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from equilib import models as zoo
+from equilib._checks import check_positive_int, is_int
 from equilib.cache import atomic_write_text, cached, with_code
 from equilib.cache import code_fingerprint as files_fingerprint
 from equilib.data.tasks import SOURCES, TASKS, make_task, n_classes
@@ -150,14 +151,10 @@ class Config:
             "marglik_every",
             "hyper_steps",
         ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            check_positive_int(name, getattr(self, name))
         if self.strides is not None:
             strides = tuple(self.strides)
-            if not strides or any(
-                isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in strides
-            ):
+            if not strides or any(not is_int(v) or v < 1 for v in strides):
                 raise ValueError(
                     f"strides must be positive ints, one per block, got {self.strides!r}"
                 )
@@ -165,9 +162,7 @@ class Config:
         if self.fc_blocks is not None:
             blocks = tuple(self.fc_blocks)
             depth = 3 if self.strides is None else len(self.strides)
-            if any(isinstance(b, bool) or not isinstance(b, int) for b in blocks) or not all(
-                0 <= b < depth for b in blocks
-            ):
+            if any(not is_int(b) for b in blocks) or not all(0 <= b < depth for b in blocks):
                 raise ValueError(
                     f"fc_blocks must be block indices from 0 to {depth - 1}, got {self.fc_blocks!r}"
                 )
@@ -456,8 +451,7 @@ def output_precisions(
 
     if factor_scale not in FACTOR_SCALES:
         raise ValueError(f"factor_scale must be one of {list(FACTOR_SCALES)}, got {factor_scale!r}")
-    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
-        raise ValueError(f"probes must be a positive int, got {probes!r}")
+    check_positive_int("probes", probes)
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or len(x) == 0:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a non-empty batch of images (B, C, H, W), got {got}")

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from equilib._checks import is_int
+
 __all__ = [
     "Group",
     "CyclicShifts",
@@ -355,7 +357,7 @@ class Rotations(Group):
     name = "rotations"
 
     def __init__(self, N: int):
-        if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+        if not is_int(N) or N < 1:
             raise ValueError(f"the order N of C_N must be a positive integer, got {N!r}")
         self.N = N
         super().__init__(list(range(N)))
@@ -412,7 +414,7 @@ class Dihedral(Group):
     name = "dihedral"
 
     def __init__(self, N: int):
-        if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+        if not is_int(N) or N < 1:
             raise ValueError(f"the order N of D_N must be a positive integer, got {N!r}")
         self.N = N
         self._rot = Rotations(N)

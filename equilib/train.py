@@ -37,6 +37,8 @@ from torch.utils.data import (
     default_collate,
 )
 
+from equilib._checks import check_positive_int, is_int
+
 # the checkpoint format and its readers live in equilib.checkpoint; the names that code and
 # tests read from equilib.train stay importable from here
 from equilib.checkpoint import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
@@ -518,14 +520,15 @@ def _check_fit_args(
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {list(OPTIMIZERS)}")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; expected one of {list(SCHEDULES)}")
-    if not _is_int(epochs) or epochs <= 0:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    for name, value in (("marglik_every", marglik_every), ("hyper_steps", hyper_steps)):
-        if not _is_int(value) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not _is_int(burn_in) or burn_in < 0:
+    for name, value in (
+        ("epochs", epochs),
+        ("marglik_every", marglik_every),
+        ("hyper_steps", hyper_steps),
+    ):
+        check_positive_int(name, value)
+    if not is_int(burn_in) or burn_in < 0:
         raise ValueError(f"burn_in must be a non-negative int, got {burn_in!r}")
-    if not _is_int(warmup) or not 0 <= warmup <= epochs:
+    if not is_int(warmup) or not 0 <= warmup <= epochs:
         raise ValueError(f"warmup must be an int from 0 to epochs ({epochs}), got {warmup!r}")
     if not (lr > 0 and hyper_lr > 0 and 0 <= lr_min <= lr):
         raise ValueError(
@@ -540,7 +543,7 @@ def _check_fit_args(
             "the run that wrote it, or delete it (or name another file) to start afresh"
         )
     if curvature_batch_size is not None and (
-        not _is_int(curvature_batch_size) or curvature_batch_size <= 0
+        not is_int(curvature_batch_size) or curvature_batch_size <= 0
     ):
         raise ValueError(
             f"curvature_batch_size must be a positive int or None, got {curvature_batch_size!r}"
@@ -560,10 +563,6 @@ def _optimizer(name: str, params: list, lr: float) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(params, lr=lr, fused=fused)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _resume(

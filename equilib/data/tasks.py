@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from equilib._checks import is_int
 from equilib.data.digits import load_digits, place_on_canvas, upsample
 
 __all__ = ["TASKS", "SOURCES", "n_classes", "quadrant_corners", "place_in_quadrants", "make_task"]
@@ -125,7 +126,7 @@ def make_task(
     """
     _check_task(task)
     for name, v in (("n_train", n_train), ("n_test", n_test), ("seed", seed)):
-        if isinstance(v, bool) or not isinstance(v, int):
+        if not is_int(v):
             raise TypeError(f"{name} must be an int, got {v!r}")
     Xtr, dtr, Xte, dte, g = _source(source, root, seed, n_train, n_test, digit_size)
     size = Xtr.shape[-1]

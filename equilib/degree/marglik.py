@@ -31,6 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from equilib._checks import check_positive_int
 from equilib.degree.layers import PartialGroupConv, PartialLiftingConv
 
 __all__ = ["orbit_structure", "orbit_logdet", "MarglikLambda", "diag_ggn_effective"]
@@ -154,8 +155,7 @@ class MarglikLambda:
         seed: int = 0,
     ):
         for name, value in (("n_data", n_data), ("subset", subset), ("steps", steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, value)
         if not (isinstance(prior_precision, (int, float)) and prior_precision > 0):
             raise ValueError(f"prior_precision must be a positive number, got {prior_precision!r}")
         if not (isinstance(lr, (int, float)) and lr > 0):

@@ -15,6 +15,8 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import nn
 
+from equilib._checks import check_positive_int, is_int
+
 __all__ = [
     "PADDING_MODES",
     "check_padding_mode",
@@ -35,7 +37,7 @@ __all__ = [
 
 
 def _check_kernel(kernel_size) -> int:
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+    if not is_int(kernel_size) or kernel_size < 1:
         raise ValueError(
             f"kernel_size must be a positive int (a k x k filter with k >= 1), got {kernel_size!r}"
         )
@@ -389,8 +391,7 @@ def window_maxima(x: torch.Tensor, stride: int) -> torch.Tensor:
     window gives NaN). Elementwise maxima of the strided rows, then of the strided columns:
     no indices are kept, so it is meant for passes without a backward (its gradient would split
     between tied entries where ``max_pool2d`` picks one)."""
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride must be a positive int, got {stride!r}")
+    check_positive_int("stride", stride)
     if x.ndim < 2 or x.shape[-2] % stride or x.shape[-1] % stride:
         raise ValueError(
             f"window_maxima expects (..., H, W) with H and W multiples of the stride {stride}, "

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from equilib._checks import is_int
+
 __all__ = [
     "polar_points",
     "entropy_table",
@@ -56,7 +58,7 @@ def entropy_table(results: Mapping[str, Mapping]) -> dict[str, dict[str, float]]
 def _epoch_index(lambdas: Sequence, epoch: int) -> int:
     """``epoch`` (negative: from the end) as an index into a run's lambdas, or a clear error."""
     n = len(lambdas)
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or not -n <= epoch < n:
+    if not is_int(epoch) or not -n <= epoch < n:
         raise ValueError(
             f"epoch must be an integer between {-n} and {n - 1} (0: the initialisation, "
             f"-1: the last epoch), got {epoch!r}"
