@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from equilib import nn as enn
 from equilib.models import build, path_norms
@@ -50,8 +51,39 @@ def test_4_1_ffc_forward_matches_the_effective_weight(mod):
     )
 
 
+class _CountNumbers(TorchFunctionMode):
+    """Counts the numbers that torch functions and tensor methods hand back while it is on."""
+
+    def __init__(self):
+        super().__init__()
+        self.numbers = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.numbers += t.numel()
+        return out
+
+
 def test_4_1_ffc_forward_never_forms_W(mod, within_memory):
     """Megapixel images: W would hold 2^40 numbers (4 TiB); the factored pass needs megabytes."""
+    # first at 64x64, counting the numbers the pass computes: W, or W row by row, is 4096^2 of
+    # them; a pass whose work grows with X + Y computes a few times the size of its inputs
+    g = torch.Generator().manual_seed(5)
+    small = 64 * 64
+    x = torch.rand(2, 1, 64, 64, generator=g)
+    U, V = torch.randn(1, 1, small, generator=g), torch.randn(1, 1, small, generator=g)
+    b = torch.randn(1, small, generator=g)
+    with _CountNumbers() as count:
+        mod.ffc_forward(x, U, V, b, (64, 64))
+    inputs = x.numel() + U.numel() + V.numel() + b.numel()
+    assert count.numbers < 50 * inputs, (
+        f"on 64x64 images your forward pass computed {count.numbers:,} numbers, where W has "
+        f"{small * small:,} and the inputs {inputs:,}: it forms W, or W piece by piece (a row "
+        "at a time, say), so its work grows with X * Y; do the sum over input positions first "
+        "(chapter 04, 'Cheaper relaxations: factored and sparsified layers')"
+    )
     g = torch.Generator().manual_seed(6)
     side = 1024
     x = torch.rand(2, 1, side, side, generator=g)
